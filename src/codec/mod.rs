@@ -1,0 +1,512 @@
+//! Decode and encode: the Confluent wire format (magic 0, 4-byte big-endian schema id,
+//! Avro binary body) with reader/writer schema resolution, to and from the model types.
+//!
+//! Pure and synchronous. A record whose writer id is unknown comes back as
+//! [`DecodeError::UnknownSchemaId`]; the source may learn the schema from a Schema Registry
+//! (off the hot path) and try again.
+
+mod avro_map;
+pub mod catalogue;
+
+use apache_avro::types::Value;
+
+use avro_map::*;
+pub use catalogue::{Catalogue, CatalogueError, RegistryClient, RegistryError, OUTPUT_RECORDS};
+
+use crate::model::*;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty value (a tombstone is only allowed on the households topic)")]
+    Empty,
+    #[error("not the Confluent wire format: magic byte {0:#04x}, expected 0x00")]
+    BadMagic(u8),
+    #[error("value of {0} bytes is shorter than the 5-byte Confluent header")]
+    Truncated(usize),
+    #[error("unknown schema id {0}")]
+    UnknownSchemaId(u32),
+    #[error("schema id {id} writes {found}, but this topic carries {expected}")]
+    WrongRecord {
+        id: u32,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("malformed Avro body: {0}")]
+    Avro(String),
+    #[error("{0} bytes left over after the Avro body")]
+    TrailingBytes(usize),
+    #[error("record shape: {0}")]
+    Shape(String),
+    #[error("invalid value: {0}")]
+    Invalid(String),
+    #[error("a households tombstone needs the household id as its key")]
+    TombstoneWithoutKey,
+}
+
+impl DecodeError {
+    /// Bounded label for metrics and the dead-letter `error_type` header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty_value",
+            DecodeError::BadMagic(_) => "bad_magic_byte",
+            DecodeError::Truncated(_) => "truncated_header",
+            DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
+            DecodeError::WrongRecord { .. } => "wrong_record_type",
+            DecodeError::Avro(_) => "malformed_avro",
+            DecodeError::TrailingBytes(_) => "trailing_bytes",
+            DecodeError::Shape(_) => "schema_mismatch",
+            DecodeError::Invalid(_) => "invalid_value",
+            DecodeError::TombstoneWithoutKey => "tombstone_without_key",
+        }
+    }
+
+    /// Every reason label, so metrics can be pre-registered at zero.
+    pub const REASONS: [&'static str; 10] = [
+        "empty_value",
+        "bad_magic_byte",
+        "truncated_header",
+        "unknown_schema_id",
+        "wrong_record_type",
+        "malformed_avro",
+        "trailing_bytes",
+        "schema_mismatch",
+        "invalid_value",
+        "tombstone_without_key",
+    ];
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("encoding {record}: {message}")]
+pub struct EncodeError {
+    record: &'static str,
+    message: String,
+}
+
+/// Splits a Confluent-framed value into its schema id and Avro body.
+pub fn split_frame(payload: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    if payload.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if payload.len() < 5 {
+        return Err(DecodeError::Truncated(payload.len()));
+    }
+    if payload[0] != 0 {
+        return Err(DecodeError::BadMagic(payload[0]));
+    }
+    let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+    Ok((id, &payload[5..]))
+}
+
+pub struct Codec {
+    catalogue: Catalogue,
+}
+
+impl Codec {
+    pub fn new(catalogue: Catalogue) -> Codec {
+        Codec { catalogue }
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    pub fn catalogue_mut(&mut self) -> &mut Catalogue {
+        &mut self.catalogue
+    }
+
+    fn decode_value(&self, expected: &'static str, payload: &[u8]) -> Result<Value, DecodeError> {
+        let (id, mut body) = split_frame(payload)?;
+        let writer = self
+            .catalogue
+            .writer(id)
+            .ok_or(DecodeError::UnknownSchemaId(id))?;
+        if writer.record != expected {
+            return Err(DecodeError::WrongRecord {
+                id,
+                found: writer.record.clone(),
+                expected,
+            });
+        }
+        let reader = if writer.is_reader {
+            None
+        } else {
+            self.catalogue.reader(expected)
+        };
+        // Known leniency of apache-avro 0.21 (decode.rs): a union read at end of input decodes
+        // as null, so a body cut exactly before its trailing nullable fields is accepted with
+        // those fields empty. Every other truncation is an error.
+        let value = apache_avro::from_avro_datum(&writer.schema, &mut body, reader)
+            .map_err(|e| DecodeError::Avro(e.to_string()))?;
+        if !body.is_empty() {
+            return Err(DecodeError::TrailingBytes(body.len()));
+        }
+        Ok(value)
+    }
+
+    /// Decodes one input record. `key` is only read for a households tombstone.
+    pub fn decode_input(
+        &self,
+        kind: InputKind,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<Input, DecodeError> {
+        let payload = match payload {
+            Some(p) if !p.is_empty() => p,
+            _ if kind == InputKind::Households => {
+                let id = key
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .filter(|k| !k.is_empty())
+                    .ok_or(DecodeError::TombstoneWithoutKey)?;
+                return Ok(Input::Household {
+                    household_id: id.to_string(),
+                    profile: None,
+                });
+            }
+            _ => return Err(DecodeError::Empty),
+        };
+        let value = self.decode_value(kind.record_name(), payload)?;
+        let mut r = Rec::from_value(value, kind.record_name())?;
+        let input = match kind {
+            InputKind::SensorEvents => Input::Sensor(SensorEvent {
+                event_id: r.string("event_id")?,
+                household_id: r.string("household_id")?,
+                device_id: r.string("device_id")?,
+                device_kind: r.symbol("device_kind", DeviceKind::from_symbol)?,
+                event_time: r.millis("event_time")?,
+                reading: reading(r.value("reading")?)?,
+                gateway_id: r.opt_string("gateway_id")?,
+            }),
+            InputKind::Heartbeats => Input::Heartbeat(DeviceHeartbeat {
+                household_id: r.string("household_id")?,
+                device_id: r.string("device_id")?,
+                device_kind: r.symbol("device_kind", DeviceKind::from_symbol)?,
+                event_time: r.millis("event_time")?,
+                battery_pct: r.opt_int("battery_pct")?,
+                mains_power: r.opt_boolean("mains_power")?,
+            }),
+            InputKind::CheckIns => Input::CheckIn(CheckIn {
+                household_id: r.string("household_id")?,
+                event_time: r.millis("event_time")?,
+                kind: r.symbol("kind", CheckInKind::from_symbol)?,
+                visitor_id: r.opt_string("visitor_id")?,
+            }),
+            InputKind::Households => {
+                let profile = HouseholdProfile {
+                    household_id: r.string("household_id")?,
+                    district: r.string("district")?,
+                    street: r.string("street")?,
+                    community: r.string("community")?,
+                    cohorts: cohorts(r.array("cohorts")?)?,
+                    ability_level: r.int("ability_level")?,
+                    age: r.int("age")?,
+                    emergency_contacts: contacts(r.array("emergency_contacts")?)?,
+                    quiet_hours: quiet_hours(r.value("quiet_hours")?)?,
+                    away_until: r.opt_millis("away_until")?,
+                    timezone: r.string("timezone")?,
+                };
+                Input::Household {
+                    household_id: profile.household_id.clone(),
+                    profile: Some(profile),
+                }
+            }
+            InputKind::WeatherAlerts => Input::Weather(WeatherAlert {
+                alert_id: r.string("alert_id")?,
+                region: r.string("region")?,
+                kind: r.symbol("kind", WeatherKind::from_symbol)?,
+                level: r.symbol("level", WeatherLevel::from_symbol)?,
+                issued_at: r.millis("issued_at")?,
+                expires_at: r.millis("expires_at")?,
+                cancelled: r.boolean("cancelled")?,
+            }),
+            InputKind::TaskUpdates => Input::TaskUpdate(TaskUpdate {
+                task_id: r.string("task_id")?,
+                household_id: r.string("household_id")?,
+                status: r.symbol("status", TaskUpdateStatus::from_symbol)?,
+                by: r.string("by")?,
+                at: r.millis("at")?,
+                note: r.opt_string("note")?,
+            }),
+        };
+        crate::validate::input(&input)?;
+        Ok(input)
+    }
+
+    fn frame(&self, record: &'static str, value: Value) -> Result<Vec<u8>, EncodeError> {
+        let id = self.catalogue.current_id(record);
+        let schema = self.catalogue.reader(record).expect("catalogue checked on load");
+        let body = apache_avro::to_avro_datum(schema, value).map_err(|e| EncodeError {
+            record,
+            message: e.to_string(),
+        })?;
+        let mut out = Vec::with_capacity(body.len() + 5);
+        out.push(0);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Encodes an input record as a producer would (simulator, tests). `None` is a tombstone.
+    pub fn encode_input(&self, input: &Input) -> Result<Option<Vec<u8>>, EncodeError> {
+        let (record, value) = match input {
+            Input::Sensor(e) => ("SensorEvent", sensor_value(e)),
+            Input::Heartbeat(h) => (
+                "DeviceHeartbeat",
+                record(vec![
+                    ("household_id", e_str(&h.household_id)),
+                    ("device_id", e_str(&h.device_id)),
+                    ("device_kind", e_sym(h.device_kind.index(), h.device_kind.as_str())),
+                    ("event_time", e_ts(h.event_time)),
+                    ("battery_pct", e_opt(h.battery_pct, Value::Int)),
+                    ("mains_power", e_opt(h.mains_power, Value::Boolean)),
+                ]),
+            ),
+            Input::CheckIn(c) => (
+                "CheckIn",
+                record(vec![
+                    ("household_id", e_str(&c.household_id)),
+                    ("event_time", e_ts(c.event_time)),
+                    ("kind", e_sym(c.kind.index(), c.kind.as_str())),
+                    ("visitor_id", e_opt(c.visitor_id.as_deref(), e_str)),
+                ]),
+            ),
+            Input::Household { profile: None, .. } => return Ok(None),
+            Input::Household {
+                profile: Some(p), ..
+            } => ("HouseholdProfile", profile_value(p)),
+            Input::Weather(w) => (
+                "WeatherAlert",
+                record(vec![
+                    ("alert_id", e_str(&w.alert_id)),
+                    ("region", e_str(&w.region)),
+                    ("kind", e_sym(w.kind.index(), w.kind.as_str())),
+                    ("level", e_sym(w.level.index(), w.level.as_str())),
+                    ("issued_at", e_ts(w.issued_at)),
+                    ("expires_at", e_ts(w.expires_at)),
+                    ("cancelled", Value::Boolean(w.cancelled)),
+                ]),
+            ),
+            Input::TaskUpdate(u) => (
+                "TaskUpdate",
+                record(vec![
+                    ("task_id", e_str(&u.task_id)),
+                    ("household_id", e_str(&u.household_id)),
+                    ("status", e_sym(u.status.index(), u.status.as_str())),
+                    ("by", e_str(&u.by)),
+                    ("at", e_ts(u.at)),
+                    ("note", e_opt(u.note.as_deref(), e_str)),
+                ]),
+            ),
+        };
+        self.frame(record, value).map(Some)
+    }
+
+    /// Encodes an output record for its topic.
+    pub fn encode_output(&self, output: &Output) -> Result<Vec<u8>, EncodeError> {
+        match output {
+            Output::Task(t) => self.frame("EscalationTask", task_value(t)),
+            Output::Notification(n) => self.frame(
+                "ContactNotification",
+                record(vec![
+                    ("notification_id", e_str(&n.notification_id)),
+                    ("task_id", e_str(&n.task_id)),
+                    ("household_id", e_str(&n.household_id)),
+                    ("rule_id", e_str(&n.rule_id)),
+                    ("contacts", e_contacts(&n.contacts)),
+                    ("message", e_str(&n.message)),
+                    ("incident_time", e_ts(n.incident_time)),
+                    ("emitted_at", e_ts(n.emitted_at)),
+                ]),
+            ),
+            Output::TaskEvent(e) => self.frame(
+                "TaskEvent",
+                record(vec![
+                    ("task_id", e_str(&e.task_id)),
+                    ("household_id", e_str(&e.household_id)),
+                    ("rule_id", e_str(&e.rule_id)),
+                    ("kind", e_sym(e.kind.index(), e.kind.as_str())),
+                    ("at", e_ts(e.at)),
+                    ("reason", e_str(&e.reason)),
+                    ("by", e_opt(e.by.as_deref(), e_str)),
+                ]),
+            ),
+        }
+    }
+
+    /// Decodes a record from one of the output topics (the dispatch desk's side, tests,
+    /// the embedded demo's printer). The writer id says which record it is.
+    pub fn decode_output(&self, payload: &[u8]) -> Result<Output, DecodeError> {
+        let (id, _) = split_frame(payload)?;
+        let writer = self
+            .catalogue
+            .writer(id)
+            .ok_or(DecodeError::UnknownSchemaId(id))?;
+        match writer.record.as_str() {
+            "EscalationTask" => {
+                let mut r = Rec::from_value(self.decode_value("EscalationTask", payload)?, "task")?;
+                let evidence = r
+                    .array("evidence")?
+                    .into_iter()
+                    .map(|v| {
+                        let mut e = Rec::from_value(v, "evidence")?;
+                        Ok(Evidence {
+                            event_id: e.string("event_id")?,
+                            event_time: e.millis("event_time")?,
+                            summary: e.string("summary")?,
+                        })
+                    })
+                    .collect::<Result<_, DecodeError>>()?;
+                Ok(Output::Task(EscalationTask {
+                    task_id: r.string("task_id")?,
+                    incident_id: r.opt_string("incident_id")?,
+                    household_id: r.string("household_id")?,
+                    rule_id: r.string("rule_id")?,
+                    severity: r.symbol("severity", Severity::from_symbol)?,
+                    action: r.symbol("action", Action::from_symbol)?,
+                    tier: r.int("tier")?,
+                    district: r.string("district")?,
+                    street: r.string("street")?,
+                    community: r.string("community")?,
+                    reason: r.string("reason")?,
+                    evidence,
+                    incident_time: r.millis("incident_time")?,
+                    emitted_at: r.millis("emitted_at")?,
+                    respond_by: r.millis("respond_by")?,
+                }))
+            }
+            "ContactNotification" => {
+                let v = self.decode_value("ContactNotification", payload)?;
+                let mut r = Rec::from_value(v, "notification")?;
+                Ok(Output::Notification(ContactNotification {
+                    notification_id: r.string("notification_id")?,
+                    task_id: r.string("task_id")?,
+                    household_id: r.string("household_id")?,
+                    rule_id: r.string("rule_id")?,
+                    contacts: contacts(r.array("contacts")?)?,
+                    message: r.string("message")?,
+                    incident_time: r.millis("incident_time")?,
+                    emitted_at: r.millis("emitted_at")?,
+                }))
+            }
+            "TaskEvent" => {
+                let mut r = Rec::from_value(self.decode_value("TaskEvent", payload)?, "event")?;
+                Ok(Output::TaskEvent(TaskEvent {
+                    task_id: r.string("task_id")?,
+                    household_id: r.string("household_id")?,
+                    rule_id: r.string("rule_id")?,
+                    kind: r.symbol("kind", TaskEventKind::from_symbol)?,
+                    at: r.millis("at")?,
+                    reason: r.string("reason")?,
+                    by: r.opt_string("by")?,
+                }))
+            }
+            other => Err(DecodeError::Shape(format!(
+                "schema id {id} writes {other}, not an output record"
+            ))),
+        }
+    }
+}
+
+fn sensor_value(e: &SensorEvent) -> Value {
+    let (branch, reading) = match &e.reading {
+        Reading::Motion { detected } => (0, record(vec![("detected", Value::Boolean(*detected))])),
+        Reading::Door { open } => (1, record(vec![("open", Value::Boolean(*open))])),
+        Reading::Bed { occupied } => (2, record(vec![("occupied", Value::Boolean(*occupied))])),
+        Reading::Vitals {
+            heart_rate_bpm,
+            respiration_rpm,
+            worn,
+        } => (
+            3,
+            record(vec![
+                ("heart_rate_bpm", e_opt(*heart_rate_bpm, Value::Int)),
+                ("respiration_rpm", e_opt(*respiration_rpm, Value::Int)),
+                ("worn", Value::Boolean(*worn)),
+            ]),
+        ),
+        Reading::Alarm { active } => (4, record(vec![("active", Value::Boolean(*active))])),
+        Reading::Meter { cumulative } => {
+            (5, record(vec![("cumulative", Value::Double(*cumulative))]))
+        }
+        Reading::PillBox { dose_taken } => {
+            (6, record(vec![("dose_taken", Value::Boolean(*dose_taken))]))
+        }
+    };
+    record(vec![
+        ("event_id", e_str(&e.event_id)),
+        ("household_id", e_str(&e.household_id)),
+        ("device_id", e_str(&e.device_id)),
+        ("device_kind", e_sym(e.device_kind.index(), e.device_kind.as_str())),
+        ("event_time", e_ts(e.event_time)),
+        ("reading", Value::Union(branch, Box::new(reading))),
+        ("gateway_id", e_opt(e.gateway_id.as_deref(), e_str)),
+    ])
+}
+
+fn profile_value(p: &HouseholdProfile) -> Value {
+    record(vec![
+        ("household_id", e_str(&p.household_id)),
+        ("district", e_str(&p.district)),
+        ("street", e_str(&p.street)),
+        ("community", e_str(&p.community)),
+        (
+            "cohorts",
+            Value::Array(
+                p.cohorts
+                    .iter()
+                    .map(|c| e_sym(c.index(), c.as_str()))
+                    .collect(),
+            ),
+        ),
+        ("ability_level", Value::Int(p.ability_level)),
+        ("age", Value::Int(p.age)),
+        ("emergency_contacts", e_contacts(&p.emergency_contacts)),
+        (
+            "quiet_hours",
+            e_opt(p.quiet_hours, |q| {
+                record(vec![
+                    ("start_minute", Value::Int(q.start_minute)),
+                    ("end_minute", Value::Int(q.end_minute)),
+                ])
+            }),
+        ),
+        ("away_until", e_opt(p.away_until, e_ts)),
+        ("timezone", e_str(&p.timezone)),
+    ])
+}
+
+fn task_value(t: &EscalationTask) -> Value {
+    record(vec![
+        ("task_id", e_str(&t.task_id)),
+        ("incident_id", e_opt(t.incident_id.as_deref(), e_str)),
+        ("household_id", e_str(&t.household_id)),
+        ("rule_id", e_str(&t.rule_id)),
+        ("severity", e_sym(t.severity.index(), t.severity.as_str())),
+        ("action", e_sym(t.action.index(), t.action.as_str())),
+        ("tier", Value::Int(t.tier)),
+        ("district", e_str(&t.district)),
+        ("street", e_str(&t.street)),
+        ("community", e_str(&t.community)),
+        ("reason", e_str(&t.reason)),
+        (
+            "evidence",
+            Value::Array(
+                t.evidence
+                    .iter()
+                    .map(|e| {
+                        record(vec![
+                            ("event_id", e_str(&e.event_id)),
+                            ("event_time", e_ts(e.event_time)),
+                            ("summary", e_str(&e.summary)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        ("incident_time", e_ts(t.incident_time)),
+        ("emitted_at", e_ts(t.emitted_at)),
+        ("respond_by", e_ts(t.respond_by)),
+    ])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+
+const T0: Millis = 1_795_000_000_000;
+
+fn engine() -> Engine {
+    let rules = RuleSet::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"))).unwrap();
+    Engine::new(Arc::new(rules))
+}
+
+fn profile(id: &str, contacts: usize) -> Input {
+    Input::Household {
+        household_id: id.into(),
+        profile: Some(HouseholdProfile {
+            household_id: id.into(),
+            district: "420102".into(),
+            street: "420102001".into(),
+            community: "420102001003".into(),
+            cohorts: vec![Cohort::LIVING_ALONE],
+            ability_level: 2,
+            age: 84,
+            emergency_contacts: (0..contacts)
+                .map(|i| Contact {
+                    name: format!("张{i}"),
+                    relation: "daughter".into(),
+                    phone: format!("1380000000{i}"),
+                })
+                .collect(),
+            quiet_hours: None,
+            away_until: None,
+            timezone: "Asia/Shanghai".into(),
+        }),
+    }
+}
+
+fn sensor(hh: &str, id: &str, kind: DeviceKind, t: Millis, reading: Reading) -> Input {
+    Input::Sensor(SensorEvent {
+        event_id: id.into(),
+        household_id: hh.into(),
+        device_id: format!("{hh}-{kind}"),
+        device_kind: kind,
+        event_time: t,
+        reading,
+        gateway_id: None,
+    })
+}
+
+fn press(hh: &str, id: &str, t: Millis) -> Input {
+    sensor(hh, id, DeviceKind::EMERGENCY_BUTTON, t, Reading::Alarm { active: true })
+}
+
+fn run(e: &mut Engine, input: &Input, now: Millis) -> Vec<Output> {
+    let mut out = Vec::new();
+    e.process(input, now, &mut out).unwrap();
+    out
+}
+
+fn tasks(out: &[Output]) -> Vec<&EscalationTask> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Task(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn button_press_raises_critical_task_notification_and_opened_event() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 2), T0);
+    let out = run(&mut e, &press("hh-1", "ev-1", T0 + 1_000), T0 + 1_200);
+    assert_eq!(out.len(), 3, "{out:#?}");
+    let incident = ids::incident_id("hh-1", "alarm.emergency_button", "ev-1");
+    let task_id = ids::task_id(&incident, 0);
+    let Output::Task(t) = &out[0] else { panic!("{out:?}") };
+    assert_eq!(
+        t,
+        &EscalationTask {
+            task_id: task_id.clone(),
+            incident_id: Some(incident),
+            household_id: "hh-1".into(),
+            rule_id: "alarm.emergency_button".into(),
+            severity: Severity::CRITICAL,
+            action: Action::CALL_ELDER,
+            tier: 0,
+            district: "420102".into(),
+            street: "420102001".into(),
+            community: "420102001003".into(),
+            reason: "Emergency call button pressed / 紧急呼叫按钮被按下".into(),
+            evidence: vec![Evidence {
+                event_id: "ev-1".into(),
+                event_time: T0 + 1_000,
+                summary: "EMERGENCY_BUTTON hh-1-EMERGENCY_BUTTON alarm active".into(),
+            }],
+            incident_time: T0 + 1_000,
+            emitted_at: T0 + 1_200,
+            respond_by: T0 + 1_200 + 300_000,
+        }
+    );
+    let Output::Notification(n) = &out[1] else { panic!("{out:?}") };
+    assert_eq!(n.task_id, task_id);
+    assert_eq!(n.notification_id, ids::notification_id(&task_id));
+    assert_eq!(n.contacts.len(), 2);
+    assert_eq!(n.contacts[1].phone, "13800000001");
+    assert!(!n.message.contains("1380"), "no phone number in the message");
+    let Output::TaskEvent(ev) = &out[2] else { panic!("{out:?}") };
+    assert_eq!((ev.kind, ev.task_id.as_str(), ev.at), (TaskEventKind::OPENED, task_id.as_str(), T0 + 1_200));
+    assert_eq!(e.open_incidents(), 1);
+}
+
+#[test]
+fn every_instant_alarm_kind_fires_and_other_readings_do_not() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    let expect = [
+        (DeviceKind::EMERGENCY_BUTTON, "alarm.emergency_button"),
+        (DeviceKind::WEARABLE, "alarm.wearable_sos"),
+        (DeviceKind::FALL_DETECTOR, "alarm.fall"),
+        (DeviceKind::SMOKE_ALARM, "alarm.smoke"),
+        (DeviceKind::GAS_ALARM, "alarm.gas"),
+        (DeviceKind::WATER_LEAK, "alarm.water_leak"),
+    ];
+    for (i, (kind, rule)) in expect.iter().enumerate() {
+        let out = run(&mut e, &sensor("hh-1", &format!("a{i}"), *kind, T0, Reading::Alarm { active: true }), T0);
+        let t = tasks(&out);
+        assert_eq!(t.len(), 1, "{kind}");
+        assert_eq!((t[0].rule_id.as_str(), t[0].severity), (*rule, Severity::CRITICAL));
+    }
+    // An alarm clearing, motion and vitals raise nothing here.
+    for (i, input) in [
+        sensor("hh-1", "c1", DeviceKind::SMOKE_ALARM, T0, Reading::Alarm { active: false }),
+        sensor("hh-1", "c2", DeviceKind::MOTION_PIR, T0, Reading::Motion { detected: true }),
+        sensor("hh-1", "c3", DeviceKind::WEARABLE, T0, Reading::Vitals { heart_rate_bpm: Some(70), respiration_rpm: None, worn: true }),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(run(&mut e, input, T0).is_empty(), "input {i}");
+    }
+}
+
+#[test]
+fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    let first = run(&mut e, &press("hh-1", "p1", T0), T0);
+    let task_id = tasks(&first)[0].task_id.clone();
+    assert!(run(&mut e, &press("hh-1", "p2", T0 + 60_000), T0 + 60_000).is_empty());
+    assert!(run(&mut e, &press("hh-1", "p3", T0 + 120_000), T0 + 120_000).is_empty());
+    assert_eq!(e.stats().suppressed_repeats, 2);
+    // A different alarm in the same home is a different incident.
+    assert_eq!(tasks(&run(&mut e, &sensor("hh-1", "s1", DeviceKind::SMOKE_ALARM, T0, Reading::Alarm { active: true }), T0)).len(), 1);
+
+    let ack = Input::TaskUpdate(TaskUpdate {
+        task_id: task_id.clone(),
+        household_id: "hh-1".into(),
+        status: TaskUpdateStatus::ACKNOWLEDGED,
+        by: "desk-7".into(),
+        at: T0 + 130_000,
+        note: None,
+    });
+    let out = run(&mut e, &ack, T0 + 130_000);
+    assert!(matches!(&out[..], [Output::TaskEvent(TaskEvent { kind: TaskEventKind::ACKNOWLEDGED, .. })]));
+    assert!(run(&mut e, &press("hh-1", "p4", T0 + 140_000), T0 + 140_000).is_empty(), "acknowledged is still open");
+
+    let resolve = Input::TaskUpdate(TaskUpdate {
+        status: TaskUpdateStatus::RESOLVED,
+        note: Some("家属已到场 phone 13800000000".into()),
+        ..match ack { Input::TaskUpdate(u) => u, _ => unreachable!() }
+    });
+    let out = run(&mut e, &resolve, T0 + 200_000);
+    let Output::TaskEvent(ev) = &out[0] else { panic!() };
+    assert_eq!((ev.kind, ev.by.as_deref()), (TaskEventKind::RESOLVED, Some("desk-7")));
+    assert!(!ev.reason.contains("1380"), "the desk's free text is not copied");
+    let again = run(&mut e, &press("hh-1", "p5", T0 + 300_000), T0 + 300_000);
+    let t = tasks(&again);
+    assert_eq!(t.len(), 1);
+    assert_ne!(t[0].task_id, task_id, "a new incident gets a new id");
+}
+
+#[test]
+fn stale_open_incident_is_superseded_by_a_new_alarm() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 0), T0);
+    run(&mut e, &press("hh-1", "p1", T0), T0);
+    let seven_hours = 7 * 3_600_000;
+    let out = run(&mut e, &press("hh-1", "p2", T0 + seven_hours), T0 + seven_hours);
+    assert!(matches!(&out[0], Output::TaskEvent(TaskEvent { kind: TaskEventKind::AUTO_RESOLVED, .. })));
+    assert_eq!(tasks(&out).len(), 1);
+    assert_eq!(e.stats().stale_incidents, 1);
+    assert_eq!(e.open_incidents(), 1);
+    // No contacts registered: no notification.
+    assert!(!out.iter().any(|o| matches!(o, Output::Notification(_))));
+}
+
+#[test]
+fn duplicate_event_ids_are_dropped() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    let out = run(&mut e, &press("hh-1", "same", T0), T0);
+    let task_id = tasks(&out)[0].task_id.clone();
+    e.process(
+        &Input::TaskUpdate(TaskUpdate {
+            task_id,
+            household_id: "hh-1".into(),
+            status: TaskUpdateStatus::FALSE_ALARM,
+            by: "desk".into(),
+            at: T0,
+            note: None,
+        }),
+        T0,
+        &mut Vec::new(),
+    )
+    .unwrap();
+    // The same device event delivered again must not reopen a closed incident.
+    assert!(run(&mut e, &press("hh-1", "same", T0), T0 + 5_000).is_empty());
+    assert_eq!(e.stats().duplicate_events, 1);
+}
+
+#[test]
+fn unknown_household_alarm_still_fires_other_events_are_rejected() {
+    let mut e = engine();
+    let out = run(&mut e, &press("hh-x", "p1", T0), T0);
+    let t = tasks(&out);
+    assert_eq!(t.len(), 1);
+    assert!(t[0].reason.contains("not in the registry"));
+    assert_eq!(t[0].district, "");
+    assert_eq!(e.stats().unknown_household_alarms, 1);
+    let motion = sensor("hh-y", "m1", DeviceKind::MOTION_PIR, T0, Reading::Motion { detected: true });
+    assert_eq!(e.process(&motion, T0, &mut Vec::new()), Err(EngineError::UnknownHousehold));
+}
+
+#[test]
+fn skewed_device_clock_uses_arrival_time() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    // The watch thinks it is 1970.
+    let out = run(&mut e, &press("hh-1", "p1", 0), T0);
+    let t = tasks(&out)[0];
+    assert_eq!(t.incident_time, T0);
+    assert_eq!(t.evidence[0].event_time, 0, "the device's own time is kept as evidence");
+    assert!(t.evidence[0].summary.contains("device clock off"));
+    assert_eq!(e.stats().clock_skew_clamped, 1);
+    // Within the allowed skew the device time stands.
+    let out = run(&mut e, &sensor("hh-1", "g1", DeviceKind::GAS_ALARM, T0 - 60_000, Reading::Alarm { active: true }), T0);
+    assert_eq!(tasks(&out)[0].incident_time, T0 - 60_000);
+}
+
+#[test]
+fn task_updates_for_unknown_tasks_are_rejected() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    let out = run(&mut e, &press("hh-1", "p1", T0), T0);
+    let real = tasks(&out)[0].task_id.clone();
+    let upd = |task: &str, hh: &str| {
+        Input::TaskUpdate(TaskUpdate {
+            task_id: task.into(),
+            household_id: hh.into(),
+            status: TaskUpdateStatus::RESOLVED,
+            by: "desk".into(),
+            at: T0,
+            note: None,
+        })
+    };
+    assert_eq!(e.process(&upd("nope", "hh-1"), T0, &mut Vec::new()), Err(EngineError::UnknownTask));
+    assert_eq!(e.process(&upd(&real, "hh-2"), T0, &mut Vec::new()), Err(EngineError::UnknownTask));
+    assert!(e.process(&upd(&real, "hh-1"), T0, &mut Vec::new()).is_ok());
+    assert_eq!(e.process(&upd(&real, "hh-1"), T0, &mut Vec::new()), Err(EngineError::UnknownTask), "closed once");
+}
+
+#[test]
+fn registry_removal_drops_state_but_open_tasks_stay_answerable() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    run(&mut e, &profile("hh-2", 1), T0);
+    let out = run(&mut e, &press("hh-1", "p1", T0), T0);
+    let task_id = tasks(&out)[0].task_id.clone();
+    for hh in ["hh-1", "hh-2"] {
+        run(&mut e, &Input::Household { household_id: hh.into(), profile: None }, T0);
+    }
+    assert_eq!(e.household_count(), 1, "hh-2 gone, hh-1 kept for its open task");
+    let heartbeat = Input::Heartbeat(DeviceHeartbeat {
+        household_id: "hh-1".into(),
+        device_id: "d".into(),
+        device_kind: DeviceKind::MOTION_PIR,
+        event_time: T0,
+        battery_pct: Some(80),
+        mains_power: None,
+    });
+    assert_eq!(e.process(&heartbeat, T0, &mut Vec::new()), Err(EngineError::UnknownHousehold));
+    let resolve = Input::TaskUpdate(TaskUpdate {
+        task_id,
+        household_id: "hh-1".into(),
+        status: TaskUpdateStatus::RESOLVED,
+        by: "desk".into(),
+        at: T0,
+        note: None,
+    });
+    assert_eq!(run(&mut e, &resolve, T0).len(), 1);
+    assert_eq!(e.household_count(), 0);
+}
+
+#[test]
+fn same_input_gives_same_outputs() {
+    let inputs = vec![
+        profile("hh-1", 1),
+        press("hh-1", "p1", T0),
+        sensor("hh-1", "f1", DeviceKind::FALL_DETECTOR, T0 + 5, Reading::Alarm { active: true }),
+        press("hh-2", "q1", T0 + 9),
+    ];
+    let run_all = || {
+        let mut e = engine();
+        let mut out = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            e.process(input, T0 + i as i64, &mut out).unwrap();
+        }
+        out
+    };
+    let a = run_all();
+    assert_eq!(tasks(&a).len(), 3);
+    assert_eq!(a, run_all());
+}

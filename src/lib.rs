@@ -1,0 +1,21 @@
+//! carestream: a real-time alert stream processor for the remote care of elderly people
+//! living at home. Sensor, heartbeat, check-in, registry, weather and task-update streams come
+//! in from Kafka; escalation tasks, contact notifications and task lifecycle events go out.
+//!
+//! Stages: [`source`] (Kafka in) → [`codec`] (Avro decode) → [`engine`] (state and rules,
+//! pure) → [`codec`] (encode) → [`sink`] (Kafka out), wired by [`pipeline`].
+
+pub mod admin;
+pub mod codec;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod http;
+pub mod model;
+pub mod pipeline;
+pub mod rules;
+pub mod simulate;
+pub mod sink;
+pub mod source;
+pub mod telemetry;
+pub mod validate;

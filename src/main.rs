@@ -1,0 +1,186 @@
+//! The `carestream` command: parses the CLI, loads config, sets up logging and signals, and
+//! calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use carestream::config::Config;
+use carestream::simulate::{Injection, SimConfig, Simulator};
+use carestream::telemetry::{self, Metrics};
+use carestream::{admin, demo, pipeline};
+
+#[derive(Parser)]
+#[command(name = "carestream", version, about = "Real-time alert stream processor for home care of the elderly")]
+struct Cli {
+    /// TOML config file; every setting can also come from CARESTREAM_<SECTION>__<KEY>.
+    #[arg(long, short, global = true, env = "CARESTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor against the configured Kafka cluster.
+    Run,
+    /// Everything in one process: in-process broker, simulated city, processor; prints tasks.
+    Demo {
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Partitions per topic of the in-process broker.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+    /// Produce a simulated city to the configured Kafka cluster.
+    Simulate {
+        #[command(flatten)]
+        sim: SimArgs,
+    },
+    /// Validate config, schemas and rules without starting.
+    Check,
+    /// Create the contract's topics (idempotent).
+    CreateTopics {
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+#[derive(Args, Clone)]
+struct SimArgs {
+    #[arg(long, default_value_t = 200)]
+    households: usize,
+    /// Events per second across the city.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Inject an alarm: KIND@HOUSEHOLD+SECONDS, e.g. EMERGENCY_BUTTON@42+30 (repeatable).
+    #[arg(long = "inject")]
+    injections: Vec<Injection>,
+    /// Also inject a random alarm every this many seconds.
+    #[arg(long)]
+    incident_every_secs: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl SimArgs {
+    fn config(&self) -> SimConfig {
+        SimConfig {
+            households: self.households,
+            rate: self.rate,
+            duration: self.duration_secs.map(Duration::from_secs_f64),
+            injections: self.injections.clone(),
+            incident_every: self.incident_every_secs.map(Duration::from_secs_f64),
+            seed: self.seed,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&config.log.format, &config.log.filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `shutdown` turns true on the first SIGINT/SIGTERM; `hard_stop` when the drain has taken
+/// longer than allowed, or on a second signal.
+fn signals(grace: Duration) -> (watch::Receiver<bool>, watch::Receiver<bool>) {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (hard_tx, hard_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        next_signal(&mut term).await;
+        tracing::info!("signal received: draining");
+        let _ = shutdown_tx.send(true);
+        tokio::select! { _ = next_signal(&mut term) => {}, _ = tokio::time::sleep(grace) => {} }
+        let _ = hard_tx.send(true);
+    });
+    (shutdown_rx, hard_rx)
+}
+
+async fn next_signal(term: &mut tokio::signal::unix::Signal) {
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let grace = Duration::from_millis(config.pipeline.shutdown_timeout_ms);
+    match command {
+        Command::Check => {
+            let loaded = pipeline::load(&config)?;
+            println!(
+                "config ok; {} alarm rule(s); schemas in {} ok; topics: {}",
+                loaded.rules.alarms.len(),
+                loaded.codec.catalogue().dir().display(),
+                config.topics.all().iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
+        Command::CreateTopics { partitions, replication } => {
+            let created = admin::create_topics(&config, partitions, replication).await?;
+            println!("created {} topic(s): {}", created.len(), created.join(", "));
+            Ok(())
+        }
+        Command::Run => {
+            let mut loaded = pipeline::load(&config)?;
+            if let Some(url) = &config.schemas.registry_url {
+                let client = carestream::codec::RegistryClient::new(url);
+                pipeline::register_schemas(&mut loaded.codec, &config, &client).await?;
+            }
+            let rule_ids: Vec<String> = loaded.rules.alarms.iter().map(|r| r.rule_id.clone()).collect();
+            let metrics = Arc::new(Metrics::new(&rule_ids));
+            let (shutdown, hard_stop) = signals(grace);
+            let (addr, _http) = carestream::http::serve(&config.http.listen, metrics.clone(), shutdown.clone()).await?;
+            tracing::info!(%addr, brokers = %config.kafka.brokers, group = %config.kafka.group_id, "carestream running");
+            let processor = pipeline::Processor::new(config, loaded, metrics)?;
+            processor.run(shutdown, hard_stop).await
+        }
+        Command::Demo { sim, partitions } => {
+            let (shutdown, hard_stop) = signals(grace);
+            let mut cfg = sim.config();
+            if cfg.incident_every.is_none() && cfg.injections.is_empty() {
+                cfg.incident_every = Some(Duration::from_secs(5));
+            }
+            demo::run(config, demo::DemoOptions { sim: cfg, partitions }, shutdown, hard_stop).await
+        }
+        Command::Simulate { sim } => {
+            let loaded = pipeline::load(&config)?;
+            let producer: rdkafka::producer::FutureProducer = carestream::source::base_client_config(&config).set("linger.ms", "5").create()?;
+            let (shutdown, _) = signals(grace);
+            let report = Simulator::new(&producer, &loaded.codec, &config.topics).run(&sim.config(), shutdown).await;
+            eprintln!(
+                "simulator: {} households, {} events, {} incidents, {} send errors",
+                report.households, report.events, report.incidents, report.send_errors
+            );
+            Ok(())
+        }
+    }
+}

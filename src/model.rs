@@ -1,0 +1,368 @@
+//! The project's own types for every record of the wire contract: what decode produces,
+//! what the engine reads and writes, what encode serialises. No Avro or Kafka types here.
+
+use serde::Serialize;
+
+/// Milliseconds since the Unix epoch (Avro `timestamp-millis`).
+pub type Millis = i64;
+
+/// Declares a C-like enum whose variants are the contract's `UPPER_CASE` Avro symbols, in
+/// schema order, so the Avro index and the variant index agree.
+macro_rules! symbols {
+    ($(#[$m:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => stringify!($variant)),+ }
+            }
+
+            pub fn from_symbol(s: &str) -> Option<Self> {
+                match s { $(stringify!($variant) => Some($name::$variant),)+ _ => None }
+            }
+
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+symbols!(DeviceKind {
+    MOTION_PIR,
+    DOOR_CONTACT,
+    BED_SENSOR,
+    WEARABLE,
+    EMERGENCY_BUTTON,
+    SMOKE_ALARM,
+    GAS_ALARM,
+    WATER_LEAK,
+    WATER_METER,
+    POWER_METER,
+    PILL_BOX,
+    FALL_DETECTOR,
+});
+
+symbols!(CheckInKind {
+    IM_OK_BUTTON,
+    PHONE_ROUND,
+    VIDEO_CALL,
+    HOME_VISIT,
+});
+
+symbols!(Cohort {
+    LIVING_ALONE,
+    EMPTY_NEST,
+    LEFT_BEHIND,
+    DISABLED,
+    SEVERE_DISABILITY,
+    SPECIAL_FAMILY,
+    OTHER,
+});
+
+symbols!(WeatherKind {
+    TYPHOON,
+    HEAT,
+    COLD,
+    RAINSTORM,
+    SNOW,
+    OTHER,
+});
+
+symbols!(WeatherLevel {
+    BLUE,
+    YELLOW,
+    ORANGE,
+    RED,
+});
+
+symbols!(TaskUpdateStatus {
+    ACKNOWLEDGED,
+    RESOLVED,
+    FALSE_ALARM,
+});
+
+symbols!(Severity {
+    CRITICAL,
+    HIGH,
+    ROUTINE,
+});
+
+symbols!(Action {
+    CALL_ELDER,
+    NOTIFY_CONTACT,
+    ONSITE_VISIT,
+    EMERGENCY_SERVICES,
+    WELFARE_CALL,
+    DEVICE_MAINTENANCE,
+});
+
+symbols!(TaskEventKind {
+    OPENED,
+    ESCALATED,
+    ACKNOWLEDGED,
+    AUTO_RESOLVED,
+    RESOLVED,
+    FALSE_ALARM,
+});
+
+/// The `reading` union of a sensor event, one variant per record of the union.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Reading {
+    Motion {
+        detected: bool,
+    },
+    Door {
+        open: bool,
+    },
+    Bed {
+        occupied: bool,
+    },
+    Vitals {
+        heart_rate_bpm: Option<i32>,
+        respiration_rpm: Option<i32>,
+        worn: bool,
+    },
+    Alarm {
+        active: bool,
+    },
+    Meter {
+        cumulative: f64,
+    },
+    PillBox {
+        dose_taken: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SensorEvent {
+    pub event_id: String,
+    pub household_id: String,
+    pub device_id: String,
+    pub device_kind: DeviceKind,
+    pub event_time: Millis,
+    pub reading: Reading,
+    pub gateway_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceHeartbeat {
+    pub household_id: String,
+    pub device_id: String,
+    pub device_kind: DeviceKind,
+    pub event_time: Millis,
+    pub battery_pct: Option<i32>,
+    pub mains_power: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckIn {
+    pub household_id: String,
+    pub event_time: Millis,
+    pub kind: CheckInKind,
+    pub visitor_id: Option<String>,
+}
+
+/// An emergency contact. Personal data: it may only leave the process on the
+/// contact-notification topic, never in a log line, a metric label or a task.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct Contact {
+    pub name: String,
+    pub relation: String,
+    pub phone: String,
+}
+
+impl std::fmt::Debug for Contact {
+    // Debug output ends up in logs and panic messages; the relation is all that is safe.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contact")
+            .field("relation", &self.relation)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QuietHours {
+    pub start_minute: i32,
+    pub end_minute: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HouseholdProfile {
+    pub household_id: String,
+    pub district: String,
+    pub street: String,
+    pub community: String,
+    pub cohorts: Vec<Cohort>,
+    pub ability_level: i32,
+    pub age: i32,
+    pub emergency_contacts: Vec<Contact>,
+    pub quiet_hours: Option<QuietHours>,
+    pub away_until: Option<Millis>,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeatherAlert {
+    pub alert_id: String,
+    pub region: String,
+    pub kind: WeatherKind,
+    pub level: WeatherLevel,
+    pub issued_at: Millis,
+    pub expires_at: Millis,
+    pub cancelled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskUpdate {
+    pub task_id: String,
+    pub household_id: String,
+    pub status: TaskUpdateStatus,
+    pub by: String,
+    pub at: Millis,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    pub event_id: String,
+    pub event_time: Millis,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EscalationTask {
+    pub task_id: String,
+    pub incident_id: Option<String>,
+    pub household_id: String,
+    pub rule_id: String,
+    pub severity: Severity,
+    pub action: Action,
+    pub tier: i32,
+    pub district: String,
+    pub street: String,
+    pub community: String,
+    pub reason: String,
+    pub evidence: Vec<Evidence>,
+    pub incident_time: Millis,
+    pub emitted_at: Millis,
+    pub respond_by: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContactNotification {
+    pub notification_id: String,
+    pub task_id: String,
+    pub household_id: String,
+    pub rule_id: String,
+    #[serde(skip)]
+    pub contacts: Vec<Contact>,
+    pub message: String,
+    pub incident_time: Millis,
+    pub emitted_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskEvent {
+    pub task_id: String,
+    pub household_id: String,
+    pub rule_id: String,
+    pub kind: TaskEventKind,
+    pub at: Millis,
+    pub reason: String,
+    pub by: Option<String>,
+}
+
+/// The six input streams of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InputKind {
+    SensorEvents,
+    Heartbeats,
+    CheckIns,
+    Households,
+    WeatherAlerts,
+    TaskUpdates,
+}
+
+impl InputKind {
+    pub const ALL: [InputKind; 6] = [
+        InputKind::SensorEvents,
+        InputKind::Heartbeats,
+        InputKind::CheckIns,
+        InputKind::Households,
+        InputKind::WeatherAlerts,
+        InputKind::TaskUpdates,
+    ];
+
+    /// The Avro record name a value on this stream must resolve to.
+    pub fn record_name(self) -> &'static str {
+        match self {
+            InputKind::SensorEvents => "SensorEvent",
+            InputKind::Heartbeats => "DeviceHeartbeat",
+            InputKind::CheckIns => "CheckIn",
+            InputKind::Households => "HouseholdProfile",
+            InputKind::WeatherAlerts => "WeatherAlert",
+            InputKind::TaskUpdates => "TaskUpdate",
+        }
+    }
+
+    /// Short bounded label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            InputKind::SensorEvents => "sensor_events",
+            InputKind::Heartbeats => "heartbeats",
+            InputKind::CheckIns => "checkins",
+            InputKind::Households => "households",
+            InputKind::WeatherAlerts => "weather_alerts",
+            InputKind::TaskUpdates => "task_updates",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A decoded input record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Sensor(SensorEvent),
+    Heartbeat(DeviceHeartbeat),
+    CheckIn(CheckIn),
+    /// `None` is a tombstone: the household left the registry.
+    Household {
+        household_id: String,
+        profile: Option<HouseholdProfile>,
+    },
+    Weather(WeatherAlert),
+    TaskUpdate(TaskUpdate),
+}
+
+/// The four output streams of the contract.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Task(EscalationTask),
+    Notification(ContactNotification),
+    TaskEvent(TaskEvent),
+}
+
+impl Output {
+    pub fn household_id(&self) -> &str {
+        match self {
+            Output::Task(t) => &t.household_id,
+            Output::Notification(n) => &n.household_id,
+            Output::TaskEvent(e) => &e.household_id,
+        }
+    }
+}

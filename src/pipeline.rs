@@ -1,0 +1,406 @@
+//! The processor's main loop: read a batch from the group consumer, decode it, run the
+//! engine, deliver every output and dead-letter, and only then store the batch's offsets.
+//! A crash anywhere re-reads from the last stored offsets; re-emitted outputs carry the same
+//! deterministic ids.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::codec::{Catalogue, Codec, DecodeError, RegistryClient, RegistryError};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::model::*;
+use crate::rules::RuleSet;
+use crate::sink::{wait_true, Ack, OutRecord, Sink};
+use crate::source::{self, RegistryMsg, RegistryReader};
+use crate::telemetry::{Metrics, RateLimit};
+
+/// Everything `check` validates and `run` needs before touching Kafka.
+pub struct Loaded {
+    pub codec: Codec,
+    pub rules: Arc<RuleSet>,
+}
+
+pub fn load(config: &Config) -> anyhow::Result<Loaded> {
+    let catalogue = Catalogue::load(&config.schemas.dir)?;
+    let rules = RuleSet::load(&config.rules.dir)?;
+    Ok(Loaded {
+        codec: Codec::new(catalogue),
+        rules: Arc::new(rules),
+    })
+}
+
+/// Registers the current schemas with the Schema Registry and adopts its ids.
+pub async fn register_schemas(codec: &mut Codec, config: &Config, client: &RegistryClient) -> anyhow::Result<()> {
+    let mut ids = BTreeMap::new();
+    let mut wanted: Vec<(&str, String)> = InputKind::ALL
+        .iter()
+        .map(|k| (k.record_name(), config.topics.input(*k).to_string()))
+        .collect();
+    wanted.push(("EscalationTask", config.topics.dispatch_critical.clone()));
+    wanted.push(("ContactNotification", config.topics.contact_notifications.clone()));
+    wanted.push(("TaskEvent", config.topics.task_events.clone()));
+    for (record, topic) in wanted {
+        let text = codec.catalogue().reader_text(record).expect("loaded").to_string();
+        let c = client.clone();
+        let subject = format!("{topic}-value");
+        let id = tokio::task::spawn_blocking(move || c.register(&subject, &text))
+            .await?
+            .with_context(|| format!("registering {record}"))?;
+        ids.insert(record.to_string(), id);
+    }
+    codec.catalogue_mut().set_current_ids(ids);
+    Ok(())
+}
+
+/// One record read from Kafka, whatever consumer it came from.
+struct RawRecord<'a> {
+    kind: InputKind,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+}
+
+#[derive(Default)]
+struct Batch {
+    records: Vec<OutRecord>,
+    /// Highest offset processed per group partition.
+    offsets: HashMap<(String, i32), i64>,
+    count: usize,
+    started: Option<Instant>,
+}
+
+pub struct Processor {
+    config: Config,
+    codec: Codec,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    sink: Sink,
+    registry: Option<RegistryClient>,
+    missing_schema_ids: HashSet<u32>,
+    topic_kinds: HashMap<String, InputKind>,
+    outputs: Vec<Output>,
+    warn: RateLimit,
+}
+
+enum Step {
+    Done,
+    NeedSchema(u32),
+}
+
+impl Processor {
+    pub fn new(config: Config, loaded: Loaded, metrics: Arc<Metrics>) -> anyhow::Result<Processor> {
+        let sink = Sink::new(&source::base_client_config(&config))?;
+        let topic_kinds = InputKind::ALL
+            .iter()
+            .map(|k| (config.topics.input(*k).to_string(), *k))
+            .collect();
+        Ok(Processor {
+            registry: config.schemas.registry_url.as_deref().map(RegistryClient::new),
+            engine: Engine::new(loaded.rules),
+            codec: loaded.codec,
+            config,
+            metrics,
+            sink,
+            missing_schema_ids: HashSet::new(),
+            topic_kinds,
+            outputs: Vec::new(),
+            warn: RateLimit::new(Duration::from_secs(10)),
+        })
+    }
+
+    fn dead_letter(&self, r: &RawRecord<'_>, reason: &'static str, error: &str, batch: &mut Batch) {
+        self.metrics
+            .dead_letters
+            .with_label_values(&[r.kind.label(), reason])
+            .inc();
+        if let Some(held) = self.warn.check(reason) {
+            tracing::warn!(stream = r.kind.label(), partition = r.partition, offset = r.offset, reason, error, held_back = held, "input record dead-lettered");
+        }
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "source_topic", value: Some(r.topic) })
+            .insert(Header { key: "source_partition", value: Some(&r.partition.to_string()) })
+            .insert(Header { key: "source_offset", value: Some(&r.offset.to_string()) })
+            .insert(Header { key: "error_type", value: Some(reason) })
+            .insert(Header { key: "error", value: Some(error) });
+        batch.records.push(OutRecord {
+            topic: self.config.topics.dead_letter.clone(),
+            key: r.key.unwrap_or_default().to_vec(),
+            payload: r.payload.unwrap_or_default().to_vec(),
+            headers: Some(headers),
+            ack: Ack::DeadLetter,
+        });
+    }
+
+    /// Decodes and processes one record; synchronous, no I/O.
+    fn step(&mut self, r: &RawRecord<'_>, batch: &mut Batch) -> Step {
+        let now = r.timestamp.filter(|t| *t > 0).unwrap_or_else(wall_millis);
+        self.metrics.input(r.kind);
+        let input = match self.codec.decode_input(r.kind, r.key, r.payload) {
+            Ok(i) => i,
+            Err(DecodeError::UnknownSchemaId(id)) if self.registry.is_some() && !self.missing_schema_ids.contains(&id) => {
+                return Step::NeedSchema(id)
+            }
+            Err(e) => {
+                self.metrics.decode_errors.with_label_values(&[r.kind.label(), e.reason()]).inc();
+                self.dead_letter(r, e.reason(), &e.to_string(), batch);
+                return Step::Done;
+            }
+        };
+        let mut outputs = std::mem::take(&mut self.outputs);
+        if let Err(e) = self.engine.process(&input, now, &mut outputs) {
+            self.dead_letter(r, e.reason(), &e.to_string(), batch);
+        }
+        for o in outputs.drain(..) {
+            match self.codec.encode_output(&o) {
+                Ok(payload) => batch.records.push(self.out_record(&o, payload)),
+                Err(e) => {
+                    tracing::error!(error = %e, "an output could not be encoded");
+                    self.dead_letter(r, "encode_failed", &e.to_string(), batch);
+                }
+            }
+        }
+        self.outputs = outputs;
+        Step::Done
+    }
+
+    fn out_record(&self, o: &Output, payload: Vec<u8>) -> OutRecord {
+        let t = &self.config.topics;
+        let (topic, ack) = match o {
+            Output::Task(task) => (
+                t.dispatch(task.severity).to_string(),
+                Ack::Task {
+                    severity: task.severity,
+                    rule_id: task.rule_id.clone(),
+                    incident_time: task.incident_time,
+                },
+            ),
+            Output::Notification(_) => (t.contact_notifications.clone(), Ack::Notification),
+            Output::TaskEvent(e) => (t.task_events.clone(), Ack::TaskEvent(e.kind)),
+        };
+        OutRecord {
+            topic,
+            key: o.household_id().as_bytes().to_vec(),
+            payload,
+            headers: None,
+            ack,
+        }
+    }
+
+    /// Processes a record, learning an unknown writer schema from the registry if needed.
+    async fn handle(&mut self, r: RawRecord<'_>, batch: &mut Batch) {
+        batch.started.get_or_insert_with(Instant::now);
+        batch.count += 1;
+        while let Step::NeedSchema(id) = self.step(&r, batch) {
+            self.fetch_schema(id).await;
+        }
+    }
+
+    async fn fetch_schema(&mut self, id: u32) {
+        let client = self.registry.clone().expect("only asked with a registry");
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let c = client.clone();
+            let got = tokio::task::spawn_blocking(move || c.schema_by_id(id)).await;
+            match got {
+                Ok(Ok(text)) => match self.codec.catalogue_mut().insert_writer(id, &text) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(schema_id = id, error = %e, "registry schema unusable");
+                        self.missing_schema_ids.insert(id);
+                        return;
+                    }
+                },
+                Ok(Err(RegistryError::NotFound(_))) => {
+                    self.missing_schema_ids.insert(id);
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(schema_id = id, error = %e, "schema registry unavailable; retrying"),
+                Err(e) => tracing::warn!(schema_id = id, error = %e, "schema look-up task failed; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Delivers the batch's outputs and then stores its offsets.
+    async fn complete(&mut self, batch: &mut Batch, consumer: Option<&StreamConsumer>, hard_stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+        if batch.count == 0 && batch.records.is_empty() {
+            return Ok(());
+        }
+        let m = self.metrics.clone();
+        let warn = &self.warn;
+        let records = std::mem::take(&mut batch.records);
+        self.sink
+            .deliver(
+                records,
+                hard_stop,
+                |r| on_ack(&m, r),
+                |e| {
+                    m.produce_retries.inc();
+                    if let Some(held) = warn.check("produce") {
+                        tracing::warn!(error = %e, held_back = held, "output delivery failed; sending again");
+                    }
+                },
+            )
+            .await?;
+        if let Some(consumer) = consumer {
+            if !batch.offsets.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for ((topic, partition), offset) in &batch.offsets {
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))?;
+                }
+                if let Err(e) = consumer.store_offsets(&tpl) {
+                    // A revoked partition cannot be stored: its new owner re-reads, same ids.
+                    tracing::warn!(error = %e, "storing offsets");
+                }
+            }
+        }
+        self.metrics.engine_stats(self.engine.stats(), self.engine.household_count(), self.engine.open_incidents());
+        if let Some(t) = batch.started {
+            self.metrics.batch_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        *batch = Batch::default();
+        Ok(())
+    }
+
+    fn apply_registry(&mut self, msg: RegistryMsg, batch: &mut Batch) -> Option<bool> {
+        match msg {
+            RegistryMsg::CaughtUp => Some(true),
+            RegistryMsg::Record { partition, offset, timestamp, key, payload } => {
+                let topic = self.config.topics.households.clone();
+                let r = RawRecord {
+                    kind: InputKind::Households,
+                    topic: &topic,
+                    partition,
+                    offset,
+                    timestamp,
+                    key: key.as_deref(),
+                    payload: payload.as_deref(),
+                };
+                batch.started.get_or_insert_with(Instant::now);
+                // Registry records use local schemas only: a registry look-up would stall the
+                // reader; an unknown id there is dead-lettered like any other.
+                if let Step::NeedSchema(id) = self.step(&r, batch) {
+                    self.missing_schema_ids.insert(id);
+                    let _ = self.step(&r, batch);
+                    self.missing_schema_ids.remove(&id);
+                }
+                Some(false)
+            }
+        }
+    }
+
+    /// Runs until `shutdown` turns true; then drains, commits and returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, mut hard_stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let (reader, mut registry_rx): (RegistryReader, mpsc::Receiver<RegistryMsg>) = RegistryReader::start(&self.config)?;
+        let mut batch = Batch::default();
+        let started = Instant::now();
+        // Load the whole registry before the first event is judged.
+        loop {
+            tokio::select! {
+                _ = wait_true(&mut shutdown) => { drop(reader); return Ok(()); }
+                msg = registry_rx.recv() => {
+                    let Some(msg) = msg else { anyhow::bail!("registry reader stopped") };
+                    if self.apply_registry(msg, &mut batch) == Some(true) { break; }
+                    if batch.records.len() >= self.config.pipeline.batch_max_records {
+                        self.complete(&mut batch, None, &mut hard_stop).await?;
+                    }
+                }
+            }
+        }
+        self.complete(&mut batch, None, &mut hard_stop).await?;
+        tracing::info!(households = self.engine.household_count(), seconds = started.elapsed().as_secs_f64(), "registry loaded");
+
+        let consumer = source::group_consumer(&self.config)?;
+        self.metrics.ready.set(1);
+        let max = self.config.pipeline.batch_max_records;
+        let wait = Duration::from_millis(self.config.pipeline.batch_max_wait_ms);
+        loop {
+            tokio::select! {
+                biased;
+                _ = wait_true(&mut shutdown) => break,
+                msg = registry_rx.recv() => {
+                    let Some(msg) = msg else { anyhow::bail!("registry reader stopped") };
+                    self.apply_registry(msg, &mut batch);
+                }
+                m = consumer.recv() => self.on_message(m, &mut batch).await,
+            }
+            let deadline = tokio::time::Instant::now() + wait;
+            while batch.count < max {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(m) => self.on_message(m, &mut batch).await,
+                    Err(_) => break,
+                }
+            }
+            self.complete(&mut batch, Some(&consumer), &mut hard_stop).await?;
+        }
+        self.metrics.ready.set(0);
+        tracing::info!("shutting down: committing stored offsets");
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing stored since the last automatic commit: nothing to do.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "final commit"),
+        }
+        consumer.unsubscribe();
+        self.sink.flush(Duration::from_millis(self.config.pipeline.shutdown_timeout_ms));
+        drop(reader);
+        Ok(())
+    }
+
+    async fn on_message(&mut self, m: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>, batch: &mut Batch) {
+        match m {
+            Ok(m) => {
+                let Some(kind) = self.topic_kinds.get(m.topic()).copied() else {
+                    return;
+                };
+                batch.offsets.insert((m.topic().to_string(), m.partition()), m.offset());
+                let r = RawRecord {
+                    kind,
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
+                    key: m.key(),
+                    payload: m.payload(),
+                };
+                self.handle(r, batch).await;
+            }
+            Err(e) => {
+                if let Some(held) = self.warn.check("consume") {
+                    tracing::warn!(error = %e, held_back = held, "consume error");
+                }
+            }
+        }
+    }
+}
+
+fn on_ack(m: &Metrics, r: &OutRecord) {
+    match &r.ack {
+        Ack::Task { severity, rule_id, incident_time } => {
+            m.tasks.with_label_values(&[severity.as_str(), rule_id]).inc();
+            let secs = (wall_millis() - incident_time).max(0) as f64 / 1000.0;
+            m.incident_to_ack.with_label_values(&[severity.as_str()]).observe(secs);
+        }
+        Ack::Notification => m.notifications.inc(),
+        Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
+        Ack::DeadLetter => {}
+    }
+}
+
+pub fn wall_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

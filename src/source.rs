@@ -1,0 +1,181 @@
+//! Kafka sources. The event streams are read by one consumer group, household-keyed, with
+//! offsets stored only by the pipeline once outputs are acknowledged. The household registry
+//! is read as a global table: every instance reads all of `care.households` from the start
+//! (on its own thread, outside the group), so a partition that moves between instances never
+//! finds its new owner without the profiles it needs; processing starts once it caught up.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+
+/// Settings every client shares: brokers and the pass-through properties (SASL, TLS, ...).
+pub fn base_client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers);
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The group consumer over the event streams (everything but the registry).
+pub fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let mut c = base_client_config(config);
+    let session = config.kafka.session_timeout_ms;
+    c.set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // The pipeline stores an offset only when the outputs it caused are acknowledged.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &config.kafka.auto_offset_reset)
+        .set("session.timeout.ms", session.to_string())
+        .set("heartbeat.interval.ms", (session / 6).clamp(500, 3000).to_string())
+        .set("enable.partition.eof", "false");
+    let consumer: StreamConsumer = c.create()?;
+    let t = &config.topics;
+    consumer.subscribe(&[
+        &t.sensor_events,
+        &t.heartbeats,
+        &t.checkins,
+        &t.weather_alerts,
+        &t.task_updates,
+    ])?;
+    Ok(consumer)
+}
+
+/// A registry record handed from the reader thread to the pipeline, which decodes it.
+#[derive(Debug)]
+pub enum RegistryMsg {
+    Record {
+        partition: i32,
+        offset: i64,
+        timestamp: Option<i64>,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+    },
+    /// Everything that was on the topic when the reader started has been handed over.
+    CaughtUp,
+}
+
+pub struct RegistryReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RegistryReader {
+    /// Starts the reader; records arrive on the returned channel (bounded: the reader waits
+    /// when the pipeline is behind).
+    pub fn start(config: &Config) -> anyhow::Result<(RegistryReader, mpsc::Receiver<RegistryMsg>)> {
+        let mut c = base_client_config(config);
+        // A group id is required by the client, but the reader never joins or commits.
+        c.set("group.id", format!("{}-registry", config.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = c.create()?;
+        let topic = config.topics.households.clone();
+        let (tx, rx) = mpsc::channel(10_000);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("registry-reader".into())
+            .spawn(move || read_registry(consumer, &topic, tx, &stop2))?;
+        Ok((
+            RegistryReader {
+                stop,
+                thread: Some(thread),
+            },
+            rx,
+        ))
+    }
+}
+
+impl Drop for RegistryReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_registry(consumer: BaseConsumer, topic: &str, tx: mpsc::Sender<RegistryMsg>, stop: &AtomicBool) {
+    let timeout = Duration::from_secs(5);
+    // The topic's partitions and where each ends now; retried until the broker answers.
+    let ends: Vec<(i32, i64)> = loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let parts = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .ok()
+            .and_then(|md| md.topics().first().map(|t| (t.error(), t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())));
+        match parts {
+            Some((None, ids)) if !ids.is_empty() => {
+                let ends: Result<Vec<_>, _> = ids
+                    .iter()
+                    .map(|&p| consumer.fetch_watermarks(topic, p, timeout).map(|(_, high)| (p, high)))
+                    .collect();
+                match ends {
+                    Ok(e) => break e,
+                    Err(e) => tracing::warn!(topic, error = %e, "registry: reading watermarks"),
+                }
+            }
+            _ => tracing::warn!(topic, "registry: topic not available yet, retrying"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (p, _) in &ends {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        tracing::error!(topic, error = %e, "registry: cannot assign partitions");
+        return;
+    }
+    // Next offset wanted per partition before the reader counts as caught up.
+    let mut behind: Vec<(i32, i64)> = ends.into_iter().filter(|(_, high)| *high > 0).collect();
+    let mut caught_up = false;
+    while !stop.load(Ordering::Relaxed) {
+        if !caught_up && behind.is_empty() {
+            caught_up = true;
+            if tx.blocking_send(RegistryMsg::CaughtUp).is_err() {
+                return;
+            }
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                // Compaction can remove the last records of a partition: ask where we are.
+                if !behind.is_empty() {
+                    if let Ok(pos) = consumer.position() {
+                        behind.retain(|(p, high)| {
+                            !matches!(pos.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *high)
+                        });
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "registry: consume error"),
+            Some(Ok(m)) => {
+                let (p, o) = (m.partition(), m.offset());
+                behind.retain(|(bp, high)| !(*bp == p && o + 1 >= *high));
+                let msg = RegistryMsg::Record {
+                    partition: p,
+                    offset: o,
+                    timestamp: m.timestamp().to_millis(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                };
+                if tx.blocking_send(msg).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Metrics and log set-up. Every metric name lives here; labels are small bounded sets
+//! (stream, reason, severity, rule, kind) and never a household id or anything personal.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::codec::DecodeError;
+use crate::engine::{EngineError, EngineStats};
+use crate::model::{InputKind, Severity, TaskEventKind};
+
+pub const NAMESPACE: &str = "carestream";
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Pre-resolved per stream: the hot path indexes an array, it never looks up labels.
+    input_records: Vec<IntCounter>,
+    pub dead_letters: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub tasks: IntCounterVec,
+    pub notifications: IntCounter,
+    pub task_events: IntCounterVec,
+    pub incident_to_ack: HistogramVec,
+    pub produce_retries: IntCounter,
+    pub batch_seconds: prometheus::Histogram,
+    pub duplicate_events: IntCounter,
+    pub suppressed_repeats: IntCounter,
+    pub clock_skew_clamped: IntCounter,
+    pub unknown_household_alarms: IntCounter,
+    pub stale_incidents: IntCounter,
+    pub households: IntGauge,
+    pub open_incidents: IntGauge,
+    pub ready: IntGauge,
+    last_stats: Mutex<EngineStats>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new(rule_ids: &[String]) -> Metrics {
+        let registry = Registry::new();
+        let input = counter_vec(
+            &registry,
+            "input_records_total",
+            "Records read from the input topics, by stream.",
+            &["stream"],
+        );
+        let input_records = InputKind::ALL
+            .iter()
+            .map(|k| input.with_label_values(&[k.label()]))
+            .collect();
+        let dead_letters = counter_vec(
+            &registry,
+            "dead_letters_total",
+            "Input records written to the dead-letter topic, by stream and reason.",
+            &["stream", "reason"],
+        );
+        let decode_errors = counter_vec(
+            &registry,
+            "decode_errors_total",
+            "Input records that could not be decoded, by stream and reason.",
+            &["stream", "reason"],
+        );
+        let tasks = counter_vec(
+            &registry,
+            "tasks_emitted_total",
+            "Escalation tasks acknowledged by the broker, by severity and rule.",
+            &["severity", "rule"],
+        );
+        let task_events = counter_vec(
+            &registry,
+            "task_events_total",
+            "Task lifecycle events acknowledged by the broker, by kind.",
+            &["kind"],
+        );
+        let incident_to_ack = HistogramVec::new(
+            HistogramOpts::new(
+                "incident_to_task_ack_seconds",
+                "From the incident's event time to the broker acknowledging its task.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["severity"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(incident_to_ack.clone())).expect("unique metric");
+        let batch_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "batch_duration_seconds",
+                "From a batch's first record to its offsets being stored.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(batch_seconds.clone())).expect("unique metric");
+
+        // Every series a dashboard or alert relies on exists from the start, at zero.
+        for k in InputKind::ALL {
+            for r in DecodeError::REASONS {
+                decode_errors.with_label_values(&[k.label(), r]);
+                dead_letters.with_label_values(&[k.label(), r]);
+            }
+            for r in EngineError::REASONS {
+                dead_letters.with_label_values(&[k.label(), r]);
+            }
+        }
+        for s in Severity::ALL {
+            incident_to_ack.with_label_values(&[s.as_str()]);
+            for rule in rule_ids {
+                tasks.with_label_values(&[s.as_str(), rule]);
+            }
+        }
+        for k in TaskEventKind::ALL {
+            task_events.with_label_values(&[k.as_str()]);
+        }
+
+        Metrics {
+            input_records,
+            dead_letters,
+            decode_errors,
+            tasks,
+            task_events,
+            incident_to_ack,
+            batch_seconds,
+            notifications: counter(&registry, "contact_notifications_total", "Contact notifications acknowledged by the broker."),
+            produce_retries: counter(&registry, "produce_retries_total", "Output records sent again after a failed delivery."),
+            duplicate_events: counter(&registry, "duplicate_events_total", "Device events dropped because their event_id was seen recently."),
+            suppressed_repeats: counter(&registry, "suppressed_repeats_total", "Alarm repeats dropped because the incident is still open."),
+            clock_skew_clamped: counter(&registry, "clock_skew_clamped_total", "Events whose device clock was too far off and were placed at arrival time."),
+            unknown_household_alarms: counter(&registry, "unknown_household_alarms_total", "Alarms raised for households not in the registry."),
+            stale_incidents: counter(&registry, "stale_incidents_total", "Open incidents closed because a new alarm came long after them."),
+            households: gauge(&registry, "households", "Households held in state."),
+            open_incidents: gauge(&registry, "open_incidents", "Incidents whose task is not closed."),
+            ready: gauge(&registry, "ready", "1 once the processor has loaded the registry and is consuming."),
+            last_stats: Mutex::new(EngineStats::default()),
+            registry,
+        }
+    }
+
+    #[inline]
+    pub fn input(&self, kind: InputKind) {
+        self.input_records[kind.index()].inc();
+    }
+
+    /// Folds the engine's counters into the metrics (once per batch).
+    pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
+        let mut last = self.last_stats.lock().expect("not poisoned");
+        self.duplicate_events.inc_by(now.duplicate_events - last.duplicate_events);
+        self.suppressed_repeats.inc_by(now.suppressed_repeats - last.suppressed_repeats);
+        self.clock_skew_clamped.inc_by(now.clock_skew_clamped - last.clock_skew_clamped);
+        self.unknown_household_alarms
+            .inc_by(now.unknown_household_alarms - last.unknown_household_alarms);
+        self.stale_incidents.inc_by(now.stale_incidents - last.stale_incidents);
+        *last = now;
+        self.households.set(households as i64);
+        self.open_incidents.set(open as i64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Lets a repeated warning through at most once per interval, with the count it held back.
+pub struct RateLimit {
+    every: Duration,
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl RateLimit {
+    pub fn new(every: Duration) -> RateLimit {
+        RateLimit {
+            every,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(suppressed)` when a line for `key` may be written now.
+    pub fn check(&self, key: &'static str) -> Option<u64> {
+        let mut map = self.last.lock().expect("not poisoned");
+        let now = Instant::now();
+        match map.get_mut(key) {
+            Some((at, held)) if now.duration_since(*at) < self.every => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let n = *held;
+                *at = now;
+                *held = 0;
+                Some(n)
+            }
+            None => {
+                map.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Sets up `tracing`: text or JSON lines on stderr; `RUST_LOG` overrides the filter.
+pub fn init_logging(format: &str, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
