@@ -9,8 +9,13 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 
-pub async fn create_topics(config: &Config, partitions: i32, replication: i32) -> anyhow::Result<Vec<String>> {
-    let admin: AdminClient<DefaultClientContext> = crate::source::base_client_config(config).create()?;
+pub async fn create_topics(
+    config: &Config,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> =
+        crate::source::base_client_config(config).create()?;
     let all = config.topics.all();
     let topics: Vec<NewTopic<'_>> = all
         .iter()

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "CARESTREAM_";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -91,20 +91,6 @@ pub struct LogConfig {
     pub filter: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            kafka: KafkaConfig::default(),
-            topics: Topics::default(),
-            schemas: SchemaConfig::default(),
-            rules: RulesConfig::default(),
-            http: HttpConfig::default(),
-            pipeline: PipelineConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -147,7 +133,9 @@ impl Default for SchemaConfig {
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        RulesConfig { dir: "rules".into() }
+        RulesConfig {
+            dir: "rules".into(),
+        }
     }
 }
 
@@ -288,13 +276,21 @@ impl Config {
             problems.push("kafka.auto_offset_reset must be earliest or latest".to_string());
         }
         for key in self.kafka.properties.keys() {
-            if ["group.id", "bootstrap.servers", "enable.auto.offset.store"].contains(&key.as_str()) {
-                problems.push(format!("kafka.properties.{key} is set by the processor itself"));
+            if ["group.id", "bootstrap.servers", "enable.auto.offset.store"].contains(&key.as_str())
+            {
+                problems.push(format!(
+                    "kafka.properties.{key} is set by the processor itself"
+                ));
             }
         }
         let topics = self.topics.all();
         for (i, (t, _)) in topics.iter().enumerate() {
-            if t.is_empty() || t.len() > 249 || !t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            if t.is_empty()
+                || t.len() > 249
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
                 problems.push(format!("topic name {t:?} is not a valid Kafka topic name"));
             }
             if topics[..i].iter().any(|(o, _)| o == t) {
@@ -302,7 +298,10 @@ impl Config {
             }
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("http.listen {:?} is not an address like 127.0.0.1:9464", self.http.listen));
+            problems.push(format!(
+                "http.listen {:?} is not an address like 127.0.0.1:9464",
+                self.http.listen
+            ));
         }
         if self.pipeline.batch_max_records == 0 || self.pipeline.batch_max_records > 100_000 {
             problems.push("pipeline.batch_max_records must be 1..=100000".to_string());
@@ -312,7 +311,9 @@ impl Config {
         }
         if let Some(url) = &self.schemas.registry_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                problems.push(format!("schemas.registry_url {url:?} is not an http(s) URL"));
+                problems.push(format!(
+                    "schemas.registry_url {url:?} is not an http(s) URL"
+                ));
             }
         }
         if problems.is_empty() {
@@ -364,9 +365,11 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     };
     let value = match (cur.get(&key), value) {
         // A property map only holds strings.
-        (_, v) if parents.last().is_some_and(|p| p == "properties") => {
-            toml::Value::String(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
-        }
+        (_, v) if parents.last().is_some_and(|p| p == "properties") => toml::Value::String(
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string()),
+        ),
         (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(v.to_string()),
         (_, v) => v,
     };
@@ -379,7 +382,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -387,7 +393,14 @@ mod tests {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c.topics.sensor_events, "care.sensor-events");
         assert_eq!(c.topics.dead_letter, "care.dead-letter");
-        assert_eq!(c.topics.all().iter().filter(|(_, compact)| *compact).count(), 1);
+        assert_eq!(
+            c.topics
+                .all()
+                .iter()
+                .filter(|(_, compact)| *compact)
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -401,7 +414,10 @@ mod tests {
             env(&[
                 ("CARESTREAM_KAFKA__BROKERS", "env:9092"),
                 ("CARESTREAM_PIPELINE__BATCH_MAX_RECORDS", "64"),
-                ("CARESTREAM_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+                (
+                    "CARESTREAM_KAFKA__PROPERTIES__SECURITY_PROTOCOL",
+                    "SASL_SSL",
+                ),
                 ("CARESTREAM_TOPICS__TASK_EVENTS", "123"),
                 ("UNRELATED", "1"),
             ]),
@@ -410,7 +426,10 @@ mod tests {
         assert_eq!(c.kafka.brokers, "env:9092");
         assert_eq!(c.kafka.group_id, "g-file");
         assert_eq!(c.topics.sensor_events, "x.sensors");
-        assert_eq!(c.topics.task_events, "123", "a numeric-looking string stays a string");
+        assert_eq!(
+            c.topics.task_events, "123",
+            "a numeric-looking string stays a string"
+        );
         assert_eq!(c.pipeline.batch_max_records, 64);
         assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
     }
@@ -433,7 +452,9 @@ mod tests {
             ]),
         )
         .unwrap_err();
-        let ConfigError::Invalid(problems) = err else { panic!("{err}") };
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
 }

@@ -25,32 +25,52 @@ pub struct DemoOptions {
 }
 
 /// Runs until the simulation's duration ends or `shutdown` turns true.
-pub async fn run(mut config: Config, opts: DemoOptions, shutdown: watch::Receiver<bool>, hard_stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    opts: DemoOptions,
+    shutdown: watch::Receiver<bool>,
+    hard_stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mock = MockCluster::new(1)?;
     for (topic, _) in config.topics.all() {
         mock.create_topic(topic, opts.partitions, 1)?;
     }
     config.kafka.brokers = mock.bootstrap_servers();
     let loaded = pipeline::load(&config)?;
-    let rule_ids: Vec<String> = loaded.rules.alarms.iter().map(|r| r.rule_id.clone()).collect();
+    let rule_ids: Vec<String> = loaded
+        .rules
+        .alarms
+        .iter()
+        .map(|r| r.rule_id.clone())
+        .collect();
     let metrics = Arc::new(Metrics::new(&rule_ids));
-    let (addr, _http) = crate::http::serve(&config.http.listen, metrics.clone(), shutdown.clone()).await?;
-    println!("carestream demo: in-process broker at {}, {} households, metrics at http://{addr}/metrics", config.kafka.brokers, opts.sim.households);
+    let (addr, _http) =
+        crate::http::serve(&config.http.listen, metrics.clone(), shutdown.clone()).await?;
+    println!(
+        "carestream demo: in-process broker at {}, {} households, metrics at http://{addr}/metrics",
+        config.kafka.brokers, opts.sim.households
+    );
 
     // The simulator and the printer have their own codecs, as separate services would.
     let (stop_tx, stop_rx) = watch::channel(false);
     let sim_codec = pipeline::load(&config)?.codec;
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &config.kafka.brokers).set("linger.ms", "5").create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("linger.ms", "5")
+        .create()?;
     let topics = config.topics.clone();
     let sim_cfg = opts.sim.clone();
     let mut sim_stop = stop_rx.clone();
     // The registry goes first, as a city platform's would: the processor loads it on start.
-    let mut sim = Simulator::new(&producer, &sim_codec, &topics);
-    sim.register(&sim_cfg);
-    drop(sim);
+    Simulator::new(&producer, &sim_codec, &topics).register(&sim_cfg);
     let simulator = tokio::spawn(async move {
-        let report = Simulator::new(&producer, &sim_codec, &topics).stream(&sim_cfg, sim_stop.clone()).await;
-        println!("simulator: {} households registered, {} events, {} injected incidents", report.households, report.events, report.incidents);
+        let report = Simulator::new(&producer, &sim_codec, &topics)
+            .stream(&sim_cfg, sim_stop.clone())
+            .await;
+        println!(
+            "simulator: {} households registered, {} events, {} injected incidents",
+            report.households, report.events, report.incidents
+        );
         // Keep the printer and processor going a little for the last tasks to show.
         tokio::select! { _ = tokio::time::sleep(Duration::from_secs(3)) => {}, _ = wait_true(&mut sim_stop) => {} }
     });
@@ -79,7 +99,12 @@ async fn print_tasks(config: Config, mut stop: watch::Receiver<bool>) -> anyhow:
         .set("auto.offset.reset", "earliest")
         .create()?;
     let t = &config.topics;
-    consumer.subscribe(&[&t.dispatch_critical, &t.dispatch_high, &t.dispatch_routine, &t.contact_notifications])?;
+    consumer.subscribe(&[
+        &t.dispatch_critical,
+        &t.dispatch_high,
+        &t.dispatch_routine,
+        &t.contact_notifications,
+    ])?;
     loop {
         let m = tokio::select! {
             _ = wait_true(&mut stop) => return Ok(()),

@@ -63,16 +63,22 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
-        ("GET", "/health") if metrics.ready.get() == 1 => {
-            ("200 OK", "application/json", "{\"status\":\"ready\"}\n".to_string())
-        }
+        ("GET", "/health") if metrics.ready.get() == 1 => (
+            "200 OK",
+            "application/json",
+            "{\"status\":\"ready\"}\n".to_string(),
+        ),
         ("GET", "/health") => (
             "503 Service Unavailable",
             "application/json",
             "{\"status\":\"starting\"}\n".to_string(),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

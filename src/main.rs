@@ -16,7 +16,11 @@ use carestream::telemetry::{self, Metrics};
 use carestream::{admin, demo, pipeline};
 
 #[derive(Parser)]
-#[command(name = "carestream", version, about = "Real-time alert stream processor for home care of the elderly")]
+#[command(
+    name = "carestream",
+    version,
+    about = "Real-time alert stream processor for home care of the elderly"
+)]
 struct Cli {
     /// TOML config file; every setting can also come from CARESTREAM_<SECTION>__<KEY>.
     #[arg(long, short, global = true, env = "CARESTREAM_CONFIG")]
@@ -140,11 +144,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 "config ok; {} alarm rule(s); schemas in {} ok; topics: {}",
                 loaded.rules.alarms.len(),
                 loaded.codec.catalogue().dir().display(),
-                config.topics.all().iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
+                config
+                    .topics
+                    .all()
+                    .iter()
+                    .map(|(t, _)| *t)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(())
         }
-        Command::CreateTopics { partitions, replication } => {
+        Command::CreateTopics {
+            partitions,
+            replication,
+        } => {
             let created = admin::create_topics(&config, partitions, replication).await?;
             println!("created {} topic(s): {}", created.len(), created.join(", "));
             Ok(())
@@ -155,10 +168,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 let client = carestream::codec::RegistryClient::new(url);
                 pipeline::register_schemas(&mut loaded.codec, &config, &client).await?;
             }
-            let rule_ids: Vec<String> = loaded.rules.alarms.iter().map(|r| r.rule_id.clone()).collect();
+            let rule_ids: Vec<String> = loaded
+                .rules
+                .alarms
+                .iter()
+                .map(|r| r.rule_id.clone())
+                .collect();
             let metrics = Arc::new(Metrics::new(&rule_ids));
             let (shutdown, hard_stop) = signals(grace);
-            let (addr, _http) = carestream::http::serve(&config.http.listen, metrics.clone(), shutdown.clone()).await?;
+            let (addr, _http) =
+                carestream::http::serve(&config.http.listen, metrics.clone(), shutdown.clone())
+                    .await?;
             tracing::info!(%addr, brokers = %config.kafka.brokers, group = %config.kafka.group_id, "carestream running");
             let processor = pipeline::Processor::new(config, loaded, metrics)?;
             processor.run(shutdown, hard_stop).await
@@ -169,13 +189,27 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             if cfg.incident_every.is_none() && cfg.injections.is_empty() {
                 cfg.incident_every = Some(Duration::from_secs(5));
             }
-            demo::run(config, demo::DemoOptions { sim: cfg, partitions }, shutdown, hard_stop).await
+            demo::run(
+                config,
+                demo::DemoOptions {
+                    sim: cfg,
+                    partitions,
+                },
+                shutdown,
+                hard_stop,
+            )
+            .await
         }
         Command::Simulate { sim } => {
             let loaded = pipeline::load(&config)?;
-            let producer: rdkafka::producer::FutureProducer = carestream::source::base_client_config(&config).set("linger.ms", "5").create()?;
+            let producer: rdkafka::producer::FutureProducer =
+                carestream::source::base_client_config(&config)
+                    .set("linger.ms", "5")
+                    .create()?;
             let (shutdown, _) = signals(grace);
-            let report = Simulator::new(&producer, &loaded.codec, &config.topics).run(&sim.config(), shutdown).await;
+            let report = Simulator::new(&producer, &loaded.codec, &config.topics)
+                .run(&sim.config(), shutdown)
+                .await;
             eprintln!(
                 "simulator: {} households, {} events, {} incidents, {} send errors",
                 report.households, report.events, report.incidents, report.send_errors

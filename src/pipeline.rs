@@ -38,17 +38,28 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
 }
 
 /// Registers the current schemas with the Schema Registry and adopts its ids.
-pub async fn register_schemas(codec: &mut Codec, config: &Config, client: &RegistryClient) -> anyhow::Result<()> {
+pub async fn register_schemas(
+    codec: &mut Codec,
+    config: &Config,
+    client: &RegistryClient,
+) -> anyhow::Result<()> {
     let mut ids = BTreeMap::new();
     let mut wanted: Vec<(&str, String)> = InputKind::ALL
         .iter()
         .map(|k| (k.record_name(), config.topics.input(*k).to_string()))
         .collect();
     wanted.push(("EscalationTask", config.topics.dispatch_critical.clone()));
-    wanted.push(("ContactNotification", config.topics.contact_notifications.clone()));
+    wanted.push((
+        "ContactNotification",
+        config.topics.contact_notifications.clone(),
+    ));
     wanted.push(("TaskEvent", config.topics.task_events.clone()));
     for (record, topic) in wanted {
-        let text = codec.catalogue().reader_text(record).expect("loaded").to_string();
+        let text = codec
+            .catalogue()
+            .reader_text(record)
+            .expect("loaded")
+            .to_string();
         let c = client.clone();
         let subject = format!("{topic}-value");
         let id = tokio::task::spawn_blocking(move || c.register(&subject, &text))
@@ -56,7 +67,7 @@ pub async fn register_schemas(codec: &mut Codec, config: &Config, client: &Regis
             .with_context(|| format!("registering {record}"))?;
         ids.insert(record.to_string(), id);
     }
-    codec.catalogue_mut().set_current_ids(ids);
+    codec.catalogue_mut().adopt_registry_ids(ids);
     Ok(())
 }
 
@@ -106,7 +117,11 @@ impl Processor {
             .map(|k| (config.topics.input(*k).to_string(), *k))
             .collect();
         Ok(Processor {
-            registry: config.schemas.registry_url.as_deref().map(RegistryClient::new),
+            registry: config
+                .schemas
+                .registry_url
+                .as_deref()
+                .map(RegistryClient::new),
             engine: Engine::new(loaded.rules),
             codec: loaded.codec,
             config,
@@ -125,14 +140,37 @@ impl Processor {
             .with_label_values(&[r.kind.label(), reason])
             .inc();
         if let Some(held) = self.warn.check(reason) {
-            tracing::warn!(stream = r.kind.label(), partition = r.partition, offset = r.offset, reason, error, held_back = held, "input record dead-lettered");
+            tracing::warn!(
+                stream = r.kind.label(),
+                partition = r.partition,
+                offset = r.offset,
+                reason,
+                error,
+                held_back = held,
+                "input record dead-lettered"
+            );
         }
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "source_topic", value: Some(r.topic) })
-            .insert(Header { key: "source_partition", value: Some(&r.partition.to_string()) })
-            .insert(Header { key: "source_offset", value: Some(&r.offset.to_string()) })
-            .insert(Header { key: "error_type", value: Some(reason) })
-            .insert(Header { key: "error", value: Some(error) });
+            .insert(Header {
+                key: "source_topic",
+                value: Some(r.topic),
+            })
+            .insert(Header {
+                key: "source_partition",
+                value: Some(&r.partition.to_string()),
+            })
+            .insert(Header {
+                key: "source_offset",
+                value: Some(&r.offset.to_string()),
+            })
+            .insert(Header {
+                key: "error_type",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "error",
+                value: Some(error),
+            });
         batch.records.push(OutRecord {
             topic: self.config.topics.dead_letter.clone(),
             key: r.key.unwrap_or_default().to_vec(),
@@ -148,11 +186,16 @@ impl Processor {
         self.metrics.input(r.kind);
         let input = match self.codec.decode_input(r.kind, r.key, r.payload) {
             Ok(i) => i,
-            Err(DecodeError::UnknownSchemaId(id)) if self.registry.is_some() && !self.missing_schema_ids.contains(&id) => {
+            Err(DecodeError::UnknownSchemaId(id))
+                if self.registry.is_some() && !self.missing_schema_ids.contains(&id) =>
+            {
                 return Step::NeedSchema(id)
             }
             Err(e) => {
-                self.metrics.decode_errors.with_label_values(&[r.kind.label(), e.reason()]).inc();
+                self.metrics
+                    .decode_errors
+                    .with_label_values(&[r.kind.label(), e.reason()])
+                    .inc();
                 self.dead_letter(r, e.reason(), &e.to_string(), batch);
                 return Step::Done;
             }
@@ -225,8 +268,12 @@ impl Processor {
                     self.missing_schema_ids.insert(id);
                     return;
                 }
-                Ok(Err(e)) => tracing::warn!(schema_id = id, error = %e, "schema registry unavailable; retrying"),
-                Err(e) => tracing::warn!(schema_id = id, error = %e, "schema look-up task failed; retrying"),
+                Ok(Err(e)) => {
+                    tracing::warn!(schema_id = id, error = %e, "schema registry unavailable; retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(schema_id = id, error = %e, "schema look-up task failed; retrying")
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -234,7 +281,12 @@ impl Processor {
     }
 
     /// Delivers the batch's outputs and then stores its offsets.
-    async fn complete(&mut self, batch: &mut Batch, consumer: Option<&StreamConsumer>, hard_stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    async fn complete(
+        &mut self,
+        batch: &mut Batch,
+        consumer: Option<&StreamConsumer>,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         if batch.count == 0 && batch.records.is_empty() {
             return Ok(());
         }
@@ -266,9 +318,15 @@ impl Processor {
                 }
             }
         }
-        self.metrics.engine_stats(self.engine.stats(), self.engine.household_count(), self.engine.open_incidents());
+        self.metrics.engine_stats(
+            self.engine.stats(),
+            self.engine.household_count(),
+            self.engine.open_incidents(),
+        );
         if let Some(t) = batch.started {
-            self.metrics.batch_seconds.observe(t.elapsed().as_secs_f64());
+            self.metrics
+                .batch_seconds
+                .observe(t.elapsed().as_secs_f64());
         }
         *batch = Batch::default();
         Ok(())
@@ -277,7 +335,13 @@ impl Processor {
     fn apply_registry(&mut self, msg: RegistryMsg, batch: &mut Batch) -> Option<bool> {
         match msg {
             RegistryMsg::CaughtUp => Some(true),
-            RegistryMsg::Record { partition, offset, timestamp, key, payload } => {
+            RegistryMsg::Record {
+                partition,
+                offset,
+                timestamp,
+                key,
+                payload,
+            } => {
                 let topic = self.config.topics.households.clone();
                 let r = RawRecord {
                     kind: InputKind::Households,
@@ -302,8 +366,13 @@ impl Processor {
     }
 
     /// Runs until `shutdown` turns true; then drains, commits and returns.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, mut hard_stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let (reader, mut registry_rx): (RegistryReader, mpsc::Receiver<RegistryMsg>) = RegistryReader::start(&self.config)?;
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut hard_stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let (reader, mut registry_rx): (RegistryReader, mpsc::Receiver<RegistryMsg>) =
+            RegistryReader::start(&self.config)?;
         let mut batch = Batch::default();
         let started = Instant::now();
         // Load the whole registry before the first event is judged.
@@ -320,7 +389,11 @@ impl Processor {
             }
         }
         self.complete(&mut batch, None, &mut hard_stop).await?;
-        tracing::info!(households = self.engine.household_count(), seconds = started.elapsed().as_secs_f64(), "registry loaded");
+        tracing::info!(
+            households = self.engine.household_count(),
+            seconds = started.elapsed().as_secs_f64(),
+            "registry loaded"
+        );
 
         let consumer = source::group_consumer(&self.config)?;
         self.metrics.ready.set(1);
@@ -343,28 +416,40 @@ impl Processor {
                     Err(_) => break,
                 }
             }
-            self.complete(&mut batch, Some(&consumer), &mut hard_stop).await?;
+            self.complete(&mut batch, Some(&consumer), &mut hard_stop)
+                .await?;
         }
         self.metrics.ready.set(0);
         tracing::info!("shutting down: committing stored offsets");
         match consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last automatic commit: nothing to do.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            ))
+            | Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "final commit"),
         }
         consumer.unsubscribe();
-        self.sink.flush(Duration::from_millis(self.config.pipeline.shutdown_timeout_ms));
+        self.sink.flush(Duration::from_millis(
+            self.config.pipeline.shutdown_timeout_ms,
+        ));
         drop(reader);
         Ok(())
     }
 
-    async fn on_message(&mut self, m: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>, batch: &mut Batch) {
+    async fn on_message(
+        &mut self,
+        m: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+        batch: &mut Batch,
+    ) {
         match m {
             Ok(m) => {
                 let Some(kind) = self.topic_kinds.get(m.topic()).copied() else {
                     return;
                 };
-                batch.offsets.insert((m.topic().to_string(), m.partition()), m.offset());
+                batch
+                    .offsets
+                    .insert((m.topic().to_string(), m.partition()), m.offset());
                 let r = RawRecord {
                     kind,
                     topic: m.topic(),
@@ -387,10 +472,18 @@ impl Processor {
 
 fn on_ack(m: &Metrics, r: &OutRecord) {
     match &r.ack {
-        Ack::Task { severity, rule_id, incident_time } => {
-            m.tasks.with_label_values(&[severity.as_str(), rule_id]).inc();
+        Ack::Task {
+            severity,
+            rule_id,
+            incident_time,
+        } => {
+            m.tasks
+                .with_label_values(&[severity.as_str(), rule_id])
+                .inc();
             let secs = (wall_millis() - incident_time).max(0) as f64 / 1000.0;
-            m.incident_to_ack.with_label_values(&[severity.as_str()]).observe(secs);
+            m.incident_to_ack
+                .with_label_values(&[severity.as_str()])
+                .observe(secs);
         }
         Ack::Notification => m.notifications.inc(),
         Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),

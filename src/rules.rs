@@ -20,6 +20,7 @@ pub struct RulesError(pub Vec<String>);
 #[serde(deny_unknown_fields)]
 struct EngineFile {
     max_clock_skew: Spanned<String>,
+    max_event_age: Spanned<String>,
     dedup_memory: Spanned<i64>,
 }
 
@@ -62,6 +63,7 @@ pub struct AlarmRule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSet {
     pub max_clock_skew: Millis,
+    pub max_event_age: Millis,
     pub dedup_memory: usize,
     pub alarms: Vec<AlarmRule>,
     /// Index into `alarms` by `DeviceKind::index()`.
@@ -92,12 +94,14 @@ impl RuleSet {
 
         let mut set = RuleSet {
             max_clock_skew: 0,
+            max_event_age: 0,
             dedup_memory: 0,
             alarms: Vec::new(),
             alarm_by_kind: [None; 12],
         };
         if let Some((e, src)) = &engine {
             set.max_clock_skew = src.duration(&e.max_clock_skew, "max_clock_skew", &mut problems);
+            set.max_event_age = src.duration(&e.max_event_age, "max_event_age", &mut problems);
             let n = *e.dedup_memory.get_ref();
             if !(0..=1024).contains(&n) {
                 problems.push(src.at(e.dedup_memory.span(), "dedup_memory must be 0..=1024"));
@@ -179,7 +183,10 @@ impl Source {
             _ => {
                 problems.push(self.at(
                     v.span(),
-                    &format!("{field}: {:?} is not a positive duration like \"90s\", \"5m\", \"12h\"", v.get_ref()),
+                    &format!(
+                        "{field}: {:?} is not a positive duration like \"90s\", \"5m\", \"12h\"",
+                        v.get_ref()
+                    ),
                 ));
                 1
             }
@@ -240,7 +247,8 @@ mod tests {
     }
 
     fn temp_rules(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("carestream-rules-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("carestream-rules-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -252,7 +260,13 @@ mod tests {
         let (_, rule) = set.alarm_for(DeviceKind::EMERGENCY_BUTTON).unwrap();
         assert_eq!(rule.rule_id, "alarm.emergency_button");
         assert_eq!(rule.respond_within, 5 * 60_000);
-        assert_eq!(set.alarm_for(DeviceKind::SMOKE_ALARM).unwrap().1.respond_within, 3 * 60_000);
+        assert_eq!(
+            set.alarm_for(DeviceKind::SMOKE_ALARM)
+                .unwrap()
+                .1
+                .respond_within,
+            3 * 60_000
+        );
         assert!(set.alarm_for(DeviceKind::MOTION_PIR).is_none());
         assert_eq!(set.max_clock_skew, 10 * 60_000);
     }
@@ -260,7 +274,11 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_line_and_column() {
         let dir = temp_rules("bad");
-        write(&dir, "engine.toml", "max_clock_skew = \"ten minutes\"\ndedup_memory = 5000\n");
+        write(
+            &dir,
+            "engine.toml",
+            "max_clock_skew = \"ten minutes\"\ndedup_memory = 5000\nmax_event_age = \"7d\"\n",
+        );
         write(
             &dir,
             "alarms.toml",
@@ -272,19 +290,37 @@ mod tests {
         assert_eq!(err.0.len(), 5, "{all}");
         assert!(all.contains("engine.toml:1:18: max_clock_skew"), "{all}");
         assert!(all.contains("engine.toml:2:16: dedup_memory"), "{all}");
-        assert!(all.contains("alarms.toml:7:37: device kind must be one of"), "{all}");
-        assert!(all.contains("alarms.toml:8:10: action must be one of"), "{all}");
+        assert!(
+            all.contains("alarms.toml:7:37: device kind must be one of"),
+            "{all}"
+        );
+        assert!(
+            all.contains("alarms.toml:8:10: action must be one of"),
+            "{all}"
+        );
         assert!(all.contains("typo.toml: unknown rules file"), "{all}");
     }
 
     #[test]
     fn unknown_field_is_named_with_its_position() {
         let dir = temp_rules("unknown");
-        write(&dir, "engine.toml", "max_clock_skew = \"1m\"\ndedup_memory = 8\nmax_skew = 3\n");
-        write(&dir, "alarms.toml", "[defaults]\nrespond_within = \"5m\"\nstale_after = \"6h\"\n");
+        write(
+            &dir,
+            "engine.toml",
+            "max_clock_skew = \"1m\"\ndedup_memory = 8\nmax_skew = 3\nmax_event_age = \"1d\"\n",
+        );
+        write(
+            &dir,
+            "alarms.toml",
+            "[defaults]\nrespond_within = \"5m\"\nstale_after = \"6h\"\n",
+        );
         let err = RuleSet::load(&dir).unwrap_err();
         assert_eq!(err.0.len(), 1);
-        assert!(err.0[0].contains("engine.toml:3:1") && err.0[0].contains("max_skew"), "{:?}", err.0);
+        assert!(
+            err.0[0].contains("engine.toml:3:1") && err.0[0].contains("max_skew"),
+            "{:?}",
+            err.0
+        );
     }
 
     #[test]

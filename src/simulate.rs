@@ -32,7 +32,8 @@ impl std::str::FromStr for Injection {
         let err = || format!("{s:?}: expected KIND@HOUSEHOLD+SECONDS, e.g. EMERGENCY_BUTTON@42+30");
         let (kind, rest) = s.split_once('@').ok_or_else(err)?;
         let (hh, secs) = rest.split_once('+').ok_or_else(err)?;
-        let kind = DeviceKind::from_symbol(kind).ok_or_else(|| format!("{kind:?} is not a device kind"))?;
+        let kind = DeviceKind::from_symbol(kind)
+            .ok_or_else(|| format!("{kind:?} is not a device kind"))?;
         Ok(Injection {
             after: Duration::from_secs_f64(secs.parse().map_err(|_| err())?),
             household: hh.parse().map_err(|_| err())?,
@@ -84,10 +85,18 @@ pub fn household(i: usize, seed: u64) -> HouseholdProfile {
     let district = DISTRICTS[i % DISTRICTS.len()];
     let street = format!("{district}{:03}", 1 + rng.below(12));
     let community = format!("{street}{:03}", 1 + rng.below(20));
-    let mut cohorts = vec![if rng.below(3) == 0 { Cohort::EMPTY_NEST } else { Cohort::LIVING_ALONE }];
+    let mut cohorts = vec![if rng.below(3) == 0 {
+        Cohort::EMPTY_NEST
+    } else {
+        Cohort::LIVING_ALONE
+    }];
     let ability_level = rng.below(5) as i32;
     if ability_level >= 3 {
-        cohorts.push(if ability_level == 4 { Cohort::SEVERE_DISABILITY } else { Cohort::DISABLED });
+        cohorts.push(if ability_level == 4 {
+            Cohort::SEVERE_DISABILITY
+        } else {
+            Cohort::DISABLED
+        });
     }
     if rng.below(20) == 0 {
         cohorts.push(Cohort::SPECIAL_FAMILY);
@@ -109,7 +118,10 @@ pub fn household(i: usize, seed: u64) -> HouseholdProfile {
         ability_level,
         age: 65 + rng.below(35) as i32,
         emergency_contacts: contacts,
-        quiet_hours: Some(QuietHours { start_minute: 22 * 60, end_minute: 6 * 60 + 30 }),
+        quiet_hours: Some(QuietHours {
+            start_minute: 22 * 60,
+            end_minute: 6 * 60 + 30,
+        }),
         away_until: None,
         timezone: "Asia/Shanghai".into(),
     }
@@ -133,11 +145,20 @@ pub struct Simulator<'a> {
 
 impl<'a> Simulator<'a> {
     pub fn new(producer: &'a FutureProducer, codec: &'a Codec, topics: &'a Topics) -> Self {
-        Simulator { producer, codec, topics, seq: 0, report: SimReport::default() }
+        Simulator {
+            producer,
+            codec,
+            topics,
+            seq: 0,
+            report: SimReport::default(),
+        }
     }
 
     fn send(&mut self, topic: &str, key: &str, input: &Input) {
-        let payload = self.codec.encode_input(input).expect("simulated records are valid");
+        let payload = self
+            .codec
+            .encode_input(input)
+            .expect("simulated records are valid");
         let mut rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
         if let Some(p) = payload.as_deref() {
             rec = rec.payload(p);
@@ -170,18 +191,56 @@ impl<'a> Simulator<'a> {
         let hh = rng.below(households as u64) as usize;
         let lag = rng.below(2_000) as Millis;
         match rng.below(10) {
-            0..=3 => self.sensor(hh, DeviceKind::MOTION_PIR, Reading::Motion { detected: true }, now, lag),
-            4 => self.sensor(hh, DeviceKind::DOOR_CONTACT, Reading::Door { open: rng.below(2) == 0 }, now, lag),
-            5 => self.sensor(hh, DeviceKind::BED_SENSOR, Reading::Bed { occupied: rng.below(2) == 0 }, now, lag),
+            0..=3 => self.sensor(
+                hh,
+                DeviceKind::MOTION_PIR,
+                Reading::Motion { detected: true },
+                now,
+                lag,
+            ),
+            4 => self.sensor(
+                hh,
+                DeviceKind::DOOR_CONTACT,
+                Reading::Door {
+                    open: rng.below(2) == 0,
+                },
+                now,
+                lag,
+            ),
+            5 => self.sensor(
+                hh,
+                DeviceKind::BED_SENSOR,
+                Reading::Bed {
+                    occupied: rng.below(2) == 0,
+                },
+                now,
+                lag,
+            ),
             6 | 7 => {
                 let worn = rng.below(10) != 0;
                 let hr = worn.then(|| 58 + rng.below(30) as i32);
                 let rr = worn.then(|| 12 + rng.below(8) as i32);
-                self.sensor(hh, DeviceKind::WEARABLE, Reading::Vitals { heart_rate_bpm: hr, respiration_rpm: rr, worn }, now, lag)
+                self.sensor(
+                    hh,
+                    DeviceKind::WEARABLE,
+                    Reading::Vitals {
+                        heart_rate_bpm: hr,
+                        respiration_rpm: rr,
+                        worn,
+                    },
+                    now,
+                    lag,
+                )
             }
             8 => {
                 let m3 = (now / 60_000) as f64 * 0.0001 + hh as f64;
-                self.sensor(hh, DeviceKind::WATER_METER, Reading::Meter { cumulative: m3 }, now, lag)
+                self.sensor(
+                    hh,
+                    DeviceKind::WATER_METER,
+                    Reading::Meter { cumulative: m3 },
+                    now,
+                    lag,
+                )
             }
             _ => {
                 let id = household_id(hh);
@@ -215,7 +274,14 @@ impl<'a> Simulator<'a> {
         for i in 0..cfg.households {
             let p = household(i, cfg.seed);
             let id = p.household_id.clone();
-            self.send(&topic, &id, &Input::Household { household_id: id.clone(), profile: Some(p) });
+            self.send(
+                &topic,
+                &id,
+                &Input::Household {
+                    household_id: id.clone(),
+                    profile: Some(p),
+                },
+            );
             if i % 5_000 == 4_999 {
                 let _ = self.producer.flush(Duration::from_secs(30));
             }
@@ -259,7 +325,14 @@ impl<'a> Simulator<'a> {
             }
             if let (Some(at), Some(every)) = (next_random, cfg.incident_every) {
                 if elapsed >= at {
-                    let kinds = [DeviceKind::EMERGENCY_BUTTON, DeviceKind::FALL_DETECTOR, DeviceKind::SMOKE_ALARM, DeviceKind::GAS_ALARM, DeviceKind::WATER_LEAK, DeviceKind::WEARABLE];
+                    let kinds = [
+                        DeviceKind::EMERGENCY_BUTTON,
+                        DeviceKind::FALL_DETECTOR,
+                        DeviceKind::SMOKE_ALARM,
+                        DeviceKind::GAS_ALARM,
+                        DeviceKind::WATER_LEAK,
+                        DeviceKind::WEARABLE,
+                    ];
                     let kind = kinds[rng.below(kinds.len() as u64) as usize];
                     self.inject(rng.below(cfg.households as u64) as usize, kind, now);
                     next_random = Some(at + every);
@@ -283,7 +356,14 @@ mod tests {
     #[test]
     fn injections_parse() {
         let i: Injection = "SMOKE_ALARM@7+2.5".parse().unwrap();
-        assert_eq!(i, Injection { after: Duration::from_millis(2500), household: 7, kind: DeviceKind::SMOKE_ALARM });
+        assert_eq!(
+            i,
+            Injection {
+                after: Duration::from_millis(2500),
+                household: 7,
+                kind: DeviceKind::SMOKE_ALARM
+            }
+        );
         assert!("SMOKE@7+2".parse::<Injection>().is_err());
         assert!("SMOKE_ALARM@x+2".parse::<Injection>().is_err());
         assert!("SMOKE_ALARM7+2".parse::<Injection>().is_err());
@@ -294,7 +374,11 @@ mod tests {
         for i in 0..200 {
             let p = household(i, 1);
             assert_eq!(p, household(i, 1));
-            crate::validate::input(&Input::Household { household_id: p.household_id.clone(), profile: Some(p.clone()) }).unwrap();
+            crate::validate::input(&Input::Household {
+                household_id: p.household_id.clone(),
+                profile: Some(p.clone()),
+            })
+            .unwrap();
             assert!(p.street.starts_with(&p.district) && p.community.starts_with(&p.street));
         }
         assert_ne!(household(3, 1), household(3, 2));

@@ -60,7 +60,9 @@ pub fn producer_config(base: &ClientConfig) -> ClientConfig {
 
 impl Sink {
     pub fn new(config: &ClientConfig) -> Result<Sink, SinkError> {
-        let producer: FutureProducer = producer_config(config).create().map_err(SinkError::Create)?;
+        let producer: FutureProducer = producer_config(config)
+            .create()
+            .map_err(SinkError::Create)?;
         Ok(Sink { producer })
     }
 

@@ -37,7 +37,10 @@ pub fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error:
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &config.kafka.auto_offset_reset)
         .set("session.timeout.ms", session.to_string())
-        .set("heartbeat.interval.ms", (session / 6).clamp(500, 3000).to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (session / 6).clamp(500, 3000).to_string(),
+        )
         .set("enable.partition.eof", "false");
     let consumer: StreamConsumer = c.create()?;
     let t = &config.topics;
@@ -106,7 +109,12 @@ impl Drop for RegistryReader {
     }
 }
 
-fn read_registry(consumer: BaseConsumer, topic: &str, tx: mpsc::Sender<RegistryMsg>, stop: &AtomicBool) {
+fn read_registry(
+    consumer: BaseConsumer,
+    topic: &str,
+    tx: mpsc::Sender<RegistryMsg>,
+    stop: &AtomicBool,
+) {
     let timeout = Duration::from_secs(5);
     // The topic's partitions and where each ends now; retried until the broker answers.
     let ends: Vec<(i32, i64)> = loop {
@@ -116,12 +124,23 @@ fn read_registry(consumer: BaseConsumer, topic: &str, tx: mpsc::Sender<RegistryM
         let parts = consumer
             .fetch_metadata(Some(topic), timeout)
             .ok()
-            .and_then(|md| md.topics().first().map(|t| (t.error(), t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())));
+            .and_then(|md| {
+                md.topics().first().map(|t| {
+                    (
+                        t.error(),
+                        t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>(),
+                    )
+                })
+            });
         match parts {
             Some((None, ids)) if !ids.is_empty() => {
                 let ends: Result<Vec<_>, _> = ids
                     .iter()
-                    .map(|&p| consumer.fetch_watermarks(topic, p, timeout).map(|(_, high)| (p, high)))
+                    .map(|&p| {
+                        consumer
+                            .fetch_watermarks(topic, p, timeout)
+                            .map(|(_, high)| (p, high))
+                    })
                     .collect();
                 match ends {
                     Ok(e) => break e,

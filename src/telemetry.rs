@@ -40,20 +40,28 @@ pub struct Metrics {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    let c =
+        IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
@@ -106,7 +114,9 @@ impl Metrics {
             &["severity"],
         )
         .expect("valid metric");
-        registry.register(Box::new(incident_to_ack.clone())).expect("unique metric");
+        registry
+            .register(Box::new(incident_to_ack.clone()))
+            .expect("unique metric");
         let batch_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "batch_duration_seconds",
@@ -116,7 +126,9 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
         )
         .expect("valid metric");
-        registry.register(Box::new(batch_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(batch_seconds.clone()))
+            .expect("unique metric");
 
         // Every series a dashboard or alert relies on exists from the start, at zero.
         for k in InputKind::ALL {
@@ -146,16 +158,52 @@ impl Metrics {
             task_events,
             incident_to_ack,
             batch_seconds,
-            notifications: counter(&registry, "contact_notifications_total", "Contact notifications acknowledged by the broker."),
-            produce_retries: counter(&registry, "produce_retries_total", "Output records sent again after a failed delivery."),
-            duplicate_events: counter(&registry, "duplicate_events_total", "Device events dropped because their event_id was seen recently."),
-            suppressed_repeats: counter(&registry, "suppressed_repeats_total", "Alarm repeats dropped because the incident is still open."),
-            clock_skew_clamped: counter(&registry, "clock_skew_clamped_total", "Events whose device clock was too far off and were placed at arrival time."),
-            unknown_household_alarms: counter(&registry, "unknown_household_alarms_total", "Alarms raised for households not in the registry."),
-            stale_incidents: counter(&registry, "stale_incidents_total", "Open incidents closed because a new alarm came long after them."),
+            notifications: counter(
+                &registry,
+                "contact_notifications_total",
+                "Contact notifications acknowledged by the broker.",
+            ),
+            produce_retries: counter(
+                &registry,
+                "produce_retries_total",
+                "Output records sent again after a failed delivery.",
+            ),
+            duplicate_events: counter(
+                &registry,
+                "duplicate_events_total",
+                "Device events dropped because their event_id was seen recently.",
+            ),
+            suppressed_repeats: counter(
+                &registry,
+                "suppressed_repeats_total",
+                "Alarm repeats dropped because the incident is still open.",
+            ),
+            clock_skew_clamped: counter(
+                &registry,
+                "clock_skew_clamped_total",
+                "Events whose device clock was too far off and were placed at arrival time.",
+            ),
+            unknown_household_alarms: counter(
+                &registry,
+                "unknown_household_alarms_total",
+                "Alarms raised for households not in the registry.",
+            ),
+            stale_incidents: counter(
+                &registry,
+                "stale_incidents_total",
+                "Open incidents closed because a new alarm came long after them.",
+            ),
             households: gauge(&registry, "households", "Households held in state."),
-            open_incidents: gauge(&registry, "open_incidents", "Incidents whose task is not closed."),
-            ready: gauge(&registry, "ready", "1 once the processor has loaded the registry and is consuming."),
+            open_incidents: gauge(
+                &registry,
+                "open_incidents",
+                "Incidents whose task is not closed.",
+            ),
+            ready: gauge(
+                &registry,
+                "ready",
+                "1 once the processor has loaded the registry and is consuming.",
+            ),
             last_stats: Mutex::new(EngineStats::default()),
             registry,
         }
@@ -169,12 +217,16 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        self.duplicate_events.inc_by(now.duplicate_events - last.duplicate_events);
-        self.suppressed_repeats.inc_by(now.suppressed_repeats - last.suppressed_repeats);
-        self.clock_skew_clamped.inc_by(now.clock_skew_clamped - last.clock_skew_clamped);
+        self.duplicate_events
+            .inc_by(now.duplicate_events - last.duplicate_events);
+        self.suppressed_repeats
+            .inc_by(now.suppressed_repeats - last.suppressed_repeats);
+        self.clock_skew_clamped
+            .inc_by(now.clock_skew_clamped - last.clock_skew_clamped);
         self.unknown_household_alarms
             .inc_by(now.unknown_household_alarms - last.unknown_household_alarms);
-        self.stale_incidents.inc_by(now.stale_incidents - last.stale_incidents);
+        self.stale_incidents
+            .inc_by(now.stale_incidents - last.stale_incidents);
         *last = now;
         self.households.set(households as i64);
         self.open_incidents.set(open as i64);

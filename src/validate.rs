@@ -59,10 +59,8 @@ pub fn input(input: &Input) -> Result<(), DecodeError> {
                         in_range("respiration_rpm", *rr, RESPIRATION_RANGE)?;
                     }
                 }
-                Reading::Meter { cumulative } => {
-                    if !cumulative.is_finite() || *cumulative < 0.0 {
-                        return Err(invalid(format!("meter cumulative = {cumulative}")));
-                    }
+                Reading::Meter { cumulative } if !cumulative.is_finite() || *cumulative < 0.0 => {
+                    return Err(invalid(format!("meter cumulative = {cumulative}")));
                 }
                 _ => {}
             }
@@ -84,7 +82,10 @@ pub fn input(input: &Input) -> Result<(), DecodeError> {
             Ok(())
         }
         Input::CheckIn(c) => id("household_id", &c.household_id),
-        Input::Household { household_id, profile } => {
+        Input::Household {
+            household_id,
+            profile,
+        } => {
             id("household_id", household_id)?;
             if let Some(p) = profile {
                 in_range("ability_level", p.ability_level, 0..=4)?;

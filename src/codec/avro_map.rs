@@ -134,9 +134,8 @@ fn enum_symbol<T>(
     parse: fn(&str) -> Option<T>,
 ) -> Result<T, DecodeError> {
     match v {
-        Value::Enum(_, sym) => parse(&sym).ok_or_else(|| {
-            DecodeError::Invalid(format!("{name}: unknown symbol {sym:?}"))
-        }),
+        Value::Enum(_, sym) => parse(&sym)
+            .ok_or_else(|| DecodeError::Invalid(format!("{name}: unknown symbol {sym:?}"))),
         other => Err(mistyped(name, "enum", &other)),
     }
 }
@@ -250,7 +249,12 @@ pub(super) fn e_opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
 }
 
 pub(super) fn record(fields: Vec<(&str, Value)>) -> Value {
-    Value::Record(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Value::Record(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 pub(super) fn e_contacts(contacts: &[Contact]) -> Value {

@@ -147,7 +147,11 @@ impl Catalogue {
                 is_reader,
             };
             if writers.insert(entry.id, Arc::new(writer)).is_some() {
-                problems.push(format!("{}: id {} is used twice", cat_path.display(), entry.id));
+                problems.push(format!(
+                    "{}: id {} is used twice",
+                    cat_path.display(),
+                    entry.id
+                ));
             }
         }
         let mut wanted: Vec<&str> = crate::model::InputKind::ALL
@@ -157,7 +161,10 @@ impl Catalogue {
         wanted.extend(OUTPUT_RECORDS);
         for record in wanted {
             if !readers.contains_key(record) {
-                problems.push(format!("no schema in {} defines record {record}", dir.display()));
+                problems.push(format!(
+                    "no schema in {} defines record {record}",
+                    dir.display()
+                ));
             } else if !current_ids.contains_key(record) {
                 problems.push(format!(
                     "{}: no id is given to the current schema of {record}",
@@ -214,9 +221,24 @@ impl Catalogue {
         Ok(())
     }
 
-    /// Replaces the current ids with those a Schema Registry assigned.
-    pub fn set_current_ids(&mut self, ids: BTreeMap<String, u32>) {
-        self.current_ids.extend(ids);
+    /// Switches to a Schema Registry's numbering: the local catalogue's ids mean nothing
+    /// there (a registry's id 3 may be another subject's schema), so every writer id is
+    /// dropped; the current schemas are known under the ids the registry gave them and any
+    /// other id is looked up in the registry when it is first seen.
+    pub fn adopt_registry_ids(&mut self, ids: BTreeMap<String, u32>) {
+        self.writers.clear();
+        for (record, id) in &ids {
+            if let Some((schema, _)) = self.readers.get(record) {
+                let writer = WriterSchema {
+                    id: *id,
+                    record: record.clone(),
+                    schema: schema.clone(),
+                    is_reader: true,
+                };
+                self.writers.insert(*id, Arc::new(writer));
+            }
+        }
+        self.current_ids = ids.into_iter().collect();
     }
 }
 

@@ -233,7 +233,10 @@ impl Codec {
 
     fn frame(&self, record: &'static str, value: Value) -> Result<Vec<u8>, EncodeError> {
         let id = self.catalogue.current_id(record);
-        let schema = self.catalogue.reader(record).expect("catalogue checked on load");
+        let schema = self
+            .catalogue
+            .reader(record)
+            .expect("catalogue checked on load");
         let body = apache_avro::to_avro_datum(schema, value).map_err(|e| EncodeError {
             record,
             message: e.to_string(),
@@ -254,7 +257,10 @@ impl Codec {
                 record(vec![
                     ("household_id", e_str(&h.household_id)),
                     ("device_id", e_str(&h.device_id)),
-                    ("device_kind", e_sym(h.device_kind.index(), h.device_kind.as_str())),
+                    (
+                        "device_kind",
+                        e_sym(h.device_kind.index(), h.device_kind.as_str()),
+                    ),
                     ("event_time", e_ts(h.event_time)),
                     ("battery_pct", e_opt(h.battery_pct, Value::Int)),
                     ("mains_power", e_opt(h.mains_power, Value::Boolean)),
@@ -435,7 +441,10 @@ fn sensor_value(e: &SensorEvent) -> Value {
         ("event_id", e_str(&e.event_id)),
         ("household_id", e_str(&e.household_id)),
         ("device_id", e_str(&e.device_id)),
-        ("device_kind", e_sym(e.device_kind.index(), e.device_kind.as_str())),
+        (
+            "device_kind",
+            e_sym(e.device_kind.index(), e.device_kind.as_str()),
+        ),
         ("event_time", e_ts(e.event_time)),
         ("reading", Value::Union(branch, Box::new(reading))),
         ("gateway_id", e_opt(e.gateway_id.as_deref(), e_str)),

@@ -17,7 +17,11 @@ fn sample_inputs() -> Vec<(InputKind, Input)> {
                 device_id: "d1".into(),
                 device_kind: DeviceKind::WEARABLE,
                 event_time: 1_795_000_000_123,
-                reading: Reading::Vitals { heart_rate_bpm: Some(131), respiration_rpm: None, worn: true },
+                reading: Reading::Vitals {
+                    heart_rate_bpm: Some(131),
+                    respiration_rpm: None,
+                    worn: true,
+                },
                 gateway_id: Some("gw".into()),
             }),
         ),
@@ -46,9 +50,20 @@ fn sample_inputs() -> Vec<(InputKind, Input)> {
         ),
         (
             InputKind::CheckIns,
-            Input::CheckIn(CheckIn { household_id: "hh-1".into(), event_time: 7, kind: CheckInKind::HOME_VISIT, visitor_id: Some("v-3".into()) }),
+            Input::CheckIn(CheckIn {
+                household_id: "hh-1".into(),
+                event_time: 7,
+                kind: CheckInKind::HOME_VISIT,
+                visitor_id: Some("v-3".into()),
+            }),
         ),
-        (InputKind::Households, Input::Household { household_id: profile.household_id.clone(), profile: Some(profile) }),
+        (
+            InputKind::Households,
+            Input::Household {
+                household_id: profile.household_id.clone(),
+                profile: Some(profile),
+            },
+        ),
         (
             InputKind::WeatherAlerts,
             Input::Weather(WeatherAlert {
@@ -81,7 +96,11 @@ fn every_input_round_trips() {
     for (kind, input) in sample_inputs() {
         let bytes = c.encode_input(&input).unwrap().unwrap();
         assert_eq!(bytes[0], 0, "magic byte");
-        assert_eq!(c.decode_input(kind, None, Some(&bytes)).unwrap(), input, "{kind:?}");
+        assert_eq!(
+            c.decode_input(kind, None, Some(&bytes)).unwrap(),
+            input,
+            "{kind:?}"
+        );
     }
 }
 
@@ -101,7 +120,11 @@ fn every_output_round_trips() {
             street: "s".into(),
             community: "c".into(),
             reason: "跌倒".into(),
-            evidence: vec![Evidence { event_id: "e".into(), event_time: 3, summary: "x".into() }],
+            evidence: vec![Evidence {
+                event_id: "e".into(),
+                event_time: 3,
+                summary: "x".into(),
+            }],
             incident_time: 1,
             emitted_at: 2,
             respond_by: 3,
@@ -111,7 +134,11 @@ fn every_output_round_trips() {
             task_id: "t".into(),
             household_id: "hh".into(),
             rule_id: "r".into(),
-            contacts: vec![Contact { name: "王".into(), relation: "son".into(), phone: "13900000000".into() }],
+            contacts: vec![Contact {
+                name: "王".into(),
+                relation: "son".into(),
+                phone: "13900000000".into(),
+            }],
             message: "m".into(),
             incident_time: 1,
             emitted_at: 2,
@@ -138,9 +165,18 @@ fn framing_errors_are_named() {
     let k = InputKind::SensorEvents;
     assert_eq!(c.decode_input(k, None, None), Err(DecodeError::Empty));
     assert_eq!(c.decode_input(k, None, Some(&[])), Err(DecodeError::Empty));
-    assert_eq!(c.decode_input(k, None, Some(&[0, 0, 0])), Err(DecodeError::Truncated(3)));
-    assert_eq!(c.decode_input(k, None, Some(b"{\"json\": true}")), Err(DecodeError::BadMagic(b'{')));
-    assert_eq!(c.decode_input(k, None, Some(&[0, 0, 0, 0x30, 0x39, 1, 2])), Err(DecodeError::UnknownSchemaId(12345)));
+    assert_eq!(
+        c.decode_input(k, None, Some(&[0, 0, 0])),
+        Err(DecodeError::Truncated(3))
+    );
+    assert_eq!(
+        c.decode_input(k, None, Some(b"{\"json\": true}")),
+        Err(DecodeError::BadMagic(b'{'))
+    );
+    assert_eq!(
+        c.decode_input(k, None, Some(&[0, 0, 0, 0x30, 0x39, 1, 2])),
+        Err(DecodeError::UnknownSchemaId(12345))
+    );
 }
 
 #[test]
@@ -150,11 +186,17 @@ fn wrong_record_trailing_bytes_and_garbage_bodies_are_rejected() {
     let bytes = c.encode_input(hb).unwrap().unwrap();
     assert!(matches!(
         c.decode_input(InputKind::SensorEvents, None, Some(&bytes)),
-        Err(DecodeError::WrongRecord { expected: "SensorEvent", .. })
+        Err(DecodeError::WrongRecord {
+            expected: "SensorEvent",
+            ..
+        })
     ));
     let mut longer = bytes.clone();
     longer.extend_from_slice(&[1, 2, 3]);
-    assert_eq!(c.decode_input(InputKind::Heartbeats, None, Some(&longer)), Err(DecodeError::TrailingBytes(3)));
+    assert_eq!(
+        c.decode_input(InputKind::Heartbeats, None, Some(&longer)),
+        Err(DecodeError::TrailingBytes(3))
+    );
     // Cut inside household_id. (apache-avro 0.21 reads a union at end of input as null, so a
     // cut exactly before trailing nullable fields is not detectable with it: see decode_value.)
     let truncated = &bytes[..8];
@@ -163,7 +205,10 @@ fn wrong_record_trailing_bytes_and_garbage_bodies_are_rejected() {
     // A string length prefix claiming ~1 GiB must fail fast, not allocate.
     let mut huge = bytes[..5].to_vec();
     huge.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x07]);
-    assert!(matches!(c.decode_input(InputKind::Heartbeats, None, Some(&huge)), Err(DecodeError::Avro(_))));
+    assert!(matches!(
+        c.decode_input(InputKind::Heartbeats, None, Some(&huge)),
+        Err(DecodeError::Avro(_))
+    ));
 }
 
 #[test]
@@ -171,30 +216,54 @@ fn tombstones_only_on_the_registry() {
     let c = codec();
     assert_eq!(
         c.decode_input(InputKind::Households, Some(b"hh-9"), None),
-        Ok(Input::Household { household_id: "hh-9".into(), profile: None })
+        Ok(Input::Household {
+            household_id: "hh-9".into(),
+            profile: None
+        })
     );
-    assert_eq!(c.decode_input(InputKind::Households, None, None), Err(DecodeError::TombstoneWithoutKey));
-    assert_eq!(c.decode_input(InputKind::CheckIns, Some(b"hh-9"), None), Err(DecodeError::Empty));
+    assert_eq!(
+        c.decode_input(InputKind::Households, None, None),
+        Err(DecodeError::TombstoneWithoutKey)
+    );
+    assert_eq!(
+        c.decode_input(InputKind::CheckIns, Some(b"hh-9"), None),
+        Err(DecodeError::Empty)
+    );
 }
 
 #[test]
 fn absurd_values_are_invalid() {
     let c = codec();
     let (_, input) = &sample_inputs()[0];
-    let Input::Sensor(mut e) = input.clone() else { unreachable!() };
-    e.reading = Reading::Vitals { heart_rate_bpm: Some(900), respiration_rpm: None, worn: true };
+    let Input::Sensor(mut e) = input.clone() else {
+        unreachable!()
+    };
+    e.reading = Reading::Vitals {
+        heart_rate_bpm: Some(900),
+        respiration_rpm: None,
+        worn: true,
+    };
     let bytes = c.encode_input(&Input::Sensor(e.clone())).unwrap().unwrap();
-    let err = c.decode_input(InputKind::SensorEvents, None, Some(&bytes)).unwrap_err();
+    let err = c
+        .decode_input(InputKind::SensorEvents, None, Some(&bytes))
+        .unwrap_err();
     assert_eq!(err.reason(), "invalid_value");
     assert!(err.to_string().contains("heart_rate_bpm = 900"), "{err}");
     e.reading = Reading::Meter { cumulative: 1.0 };
     let bytes = c.encode_input(&Input::Sensor(e.clone())).unwrap().unwrap();
-    let err = c.decode_input(InputKind::SensorEvents, None, Some(&bytes)).unwrap_err();
-    assert!(err.to_string().contains("WEARABLE cannot send a Meter"), "{err}");
+    let err = c
+        .decode_input(InputKind::SensorEvents, None, Some(&bytes))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("WEARABLE cannot send a Meter"),
+        "{err}"
+    );
     e.reading = Reading::Alarm { active: true };
     e.household_id = String::new();
     let bytes = c.encode_input(&Input::Sensor(e)).unwrap().unwrap();
-    let err = c.decode_input(InputKind::SensorEvents, None, Some(&bytes)).unwrap_err();
+    let err = c
+        .decode_input(InputKind::SensorEvents, None, Some(&bytes))
+        .unwrap_err();
     assert!(err.to_string().contains("household_id is empty"), "{err}");
 }
 
@@ -210,12 +279,29 @@ fn older_writer_schema_resolves_to_the_current_reader() {
         ("device_id".into(), avro_map::e_str("b1")),
         ("device_kind".into(), avro_map::e_sym(4, "EMERGENCY_BUTTON")),
         ("event_time".into(), avro_map::e_ts(42)),
-        ("reading".into(), apache_avro::types::Value::Union(4, Box::new(avro_map::record(vec![("active", apache_avro::types::Value::Boolean(true))])))),
+        (
+            "reading".into(),
+            apache_avro::types::Value::Union(
+                4,
+                Box::new(avro_map::record(vec![(
+                    "active",
+                    apache_avro::types::Value::Boolean(true),
+                )])),
+            ),
+        ),
     ]);
     let mut bytes = vec![0, 0, 0, 0, 1];
     bytes.extend(apache_avro::to_avro_datum(&v1.schema, value).unwrap());
-    let Input::Sensor(e) = c.decode_input(InputKind::SensorEvents, None, Some(&bytes)).unwrap() else { panic!() };
-    assert_eq!((e.event_id.as_str(), e.gateway_id, e.reading), ("old-1", None, Reading::Alarm { active: true }));
+    let Input::Sensor(e) = c
+        .decode_input(InputKind::SensorEvents, None, Some(&bytes))
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (e.event_id.as_str(), e.gateway_id, e.reading),
+        ("old-1", None, Reading::Alarm { active: true })
+    );
 }
 
 #[test]
@@ -242,10 +328,18 @@ fn catalogue_problems_are_all_reported() {
         "[[schema]]\nid = 2\nrecord = \"SensorEvent\"\nfile = \"sensor_event.avsc\"\n[[schema]]\nid = 2\nrecord = \"CheckIn\"\nfile = \"check_in.avsc\"\n[[schema]]\nid = 3\nrecord = \"TaskEvent\"\nfile = \"check_in.avsc\"\n",
     )
     .unwrap();
-    let Err(CatalogueError::Invalid(problems)) = Catalogue::load(&dir) else { panic!() };
+    let Err(CatalogueError::Invalid(problems)) = Catalogue::load(&dir) else {
+        panic!()
+    };
     let all = problems.join("\n");
-    assert!(all.contains("broken.avsc: not a valid Avro schema"), "{all}");
+    assert!(
+        all.contains("broken.avsc: not a valid Avro schema"),
+        "{all}"
+    );
     assert!(all.contains("id 2 is used twice"), "{all}");
     assert!(all.contains("id 3 says record TaskEvent"), "{all}");
-    assert!(all.contains("no schema in") && all.contains("defines record DeviceHeartbeat"), "{all}");
+    assert!(
+        all.contains("no schema in") && all.contains("defines record DeviceHeartbeat"),
+        "{all}"
+    );
 }

@@ -39,7 +39,10 @@ mod tests {
         assert_eq!(inc, "c1da6a79-f44c-510a-9583-fea189340df3");
         assert_eq!(Uuid::parse_str(&inc).unwrap().get_version_num(), 5);
         assert_ne!(task_id(&inc, 0), task_id(&inc, 1));
-        assert_ne!(incident_id("hh-1", "alarm.fall", "evt-9"), incident_id("hh-1", "alarm.smoke", "evt-9"));
+        assert_ne!(
+            incident_id("hh-1", "alarm.fall", "evt-9"),
+            incident_id("hh-1", "alarm.smoke", "evt-9")
+        );
         // Parts cannot run into each other.
         assert_ne!(incident_id("a", "bc", "d"), incident_id("ab", "c", "d"));
     }

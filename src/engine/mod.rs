@@ -158,8 +158,10 @@ impl Engine {
     fn apply_profile(&mut self, household_id: &str, profile: Option<&HouseholdProfile>) {
         match profile {
             Some(p) => {
-                self.households.entry(household_id.to_string()).or_default().profile =
-                    Some(Arc::new(p.clone()));
+                self.households
+                    .entry(household_id.to_string())
+                    .or_default()
+                    .profile = Some(Arc::new(p.clone()));
             }
             None => {
                 // Removed from the registry: drop its state, but keep open incidents
@@ -176,8 +178,11 @@ impl Engine {
     }
 
     /// Places an event in time: the device clock when it is plausible, else arrival time.
+    /// Late is plausible (backlog); ahead of arrival, or older than any backlog, is not.
     fn event_time(&mut self, device_time: Millis, now: Millis) -> (Millis, bool) {
-        if (device_time - now).abs() > self.rules.max_clock_skew {
+        if device_time - now > self.rules.max_clock_skew
+            || now - device_time > self.rules.max_event_age
+        {
             self.stats.clock_skew_clamped += 1;
             (now, true)
         } else {

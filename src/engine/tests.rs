@@ -48,7 +48,13 @@ fn sensor(hh: &str, id: &str, kind: DeviceKind, t: Millis, reading: Reading) -> 
 }
 
 fn press(hh: &str, id: &str, t: Millis) -> Input {
-    sensor(hh, id, DeviceKind::EMERGENCY_BUTTON, t, Reading::Alarm { active: true })
+    sensor(
+        hh,
+        id,
+        DeviceKind::EMERGENCY_BUTTON,
+        t,
+        Reading::Alarm { active: true },
+    )
 }
 
 fn run(e: &mut Engine, input: &Input, now: Millis) -> Vec<Output> {
@@ -74,7 +80,9 @@ fn button_press_raises_critical_task_notification_and_opened_event() {
     assert_eq!(out.len(), 3, "{out:#?}");
     let incident = ids::incident_id("hh-1", "alarm.emergency_button", "ev-1");
     let task_id = ids::task_id(&incident, 0);
-    let Output::Task(t) = &out[0] else { panic!("{out:?}") };
+    let Output::Task(t) = &out[0] else {
+        panic!("{out:?}")
+    };
     assert_eq!(
         t,
         &EscalationTask {
@@ -99,14 +107,24 @@ fn button_press_raises_critical_task_notification_and_opened_event() {
             respond_by: T0 + 1_200 + 300_000,
         }
     );
-    let Output::Notification(n) = &out[1] else { panic!("{out:?}") };
+    let Output::Notification(n) = &out[1] else {
+        panic!("{out:?}")
+    };
     assert_eq!(n.task_id, task_id);
     assert_eq!(n.notification_id, ids::notification_id(&task_id));
     assert_eq!(n.contacts.len(), 2);
     assert_eq!(n.contacts[1].phone, "13800000001");
-    assert!(!n.message.contains("1380"), "no phone number in the message");
-    let Output::TaskEvent(ev) = &out[2] else { panic!("{out:?}") };
-    assert_eq!((ev.kind, ev.task_id.as_str(), ev.at), (TaskEventKind::OPENED, task_id.as_str(), T0 + 1_200));
+    assert!(
+        !n.message.contains("1380"),
+        "no phone number in the message"
+    );
+    let Output::TaskEvent(ev) = &out[2] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (ev.kind, ev.task_id.as_str(), ev.at),
+        (TaskEventKind::OPENED, task_id.as_str(), T0 + 1_200)
+    );
     assert_eq!(e.open_incidents(), 1);
 }
 
@@ -123,16 +141,51 @@ fn every_instant_alarm_kind_fires_and_other_readings_do_not() {
         (DeviceKind::WATER_LEAK, "alarm.water_leak"),
     ];
     for (i, (kind, rule)) in expect.iter().enumerate() {
-        let out = run(&mut e, &sensor("hh-1", &format!("a{i}"), *kind, T0, Reading::Alarm { active: true }), T0);
+        let out = run(
+            &mut e,
+            &sensor(
+                "hh-1",
+                &format!("a{i}"),
+                *kind,
+                T0,
+                Reading::Alarm { active: true },
+            ),
+            T0,
+        );
         let t = tasks(&out);
         assert_eq!(t.len(), 1, "{kind}");
-        assert_eq!((t[0].rule_id.as_str(), t[0].severity), (*rule, Severity::CRITICAL));
+        assert_eq!(
+            (t[0].rule_id.as_str(), t[0].severity),
+            (*rule, Severity::CRITICAL)
+        );
     }
     // An alarm clearing, motion and vitals raise nothing here.
     for (i, input) in [
-        sensor("hh-1", "c1", DeviceKind::SMOKE_ALARM, T0, Reading::Alarm { active: false }),
-        sensor("hh-1", "c2", DeviceKind::MOTION_PIR, T0, Reading::Motion { detected: true }),
-        sensor("hh-1", "c3", DeviceKind::WEARABLE, T0, Reading::Vitals { heart_rate_bpm: Some(70), respiration_rpm: None, worn: true }),
+        sensor(
+            "hh-1",
+            "c1",
+            DeviceKind::SMOKE_ALARM,
+            T0,
+            Reading::Alarm { active: false },
+        ),
+        sensor(
+            "hh-1",
+            "c2",
+            DeviceKind::MOTION_PIR,
+            T0,
+            Reading::Motion { detected: true },
+        ),
+        sensor(
+            "hh-1",
+            "c3",
+            DeviceKind::WEARABLE,
+            T0,
+            Reading::Vitals {
+                heart_rate_bpm: Some(70),
+                respiration_rpm: None,
+                worn: true,
+            },
+        ),
     ]
     .iter()
     .enumerate()
@@ -151,7 +204,21 @@ fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
     assert!(run(&mut e, &press("hh-1", "p3", T0 + 120_000), T0 + 120_000).is_empty());
     assert_eq!(e.stats().suppressed_repeats, 2);
     // A different alarm in the same home is a different incident.
-    assert_eq!(tasks(&run(&mut e, &sensor("hh-1", "s1", DeviceKind::SMOKE_ALARM, T0, Reading::Alarm { active: true }), T0)).len(), 1);
+    assert_eq!(
+        tasks(&run(
+            &mut e,
+            &sensor(
+                "hh-1",
+                "s1",
+                DeviceKind::SMOKE_ALARM,
+                T0,
+                Reading::Alarm { active: true }
+            ),
+            T0
+        ))
+        .len(),
+        1
+    );
 
     let ack = Input::TaskUpdate(TaskUpdate {
         task_id: task_id.clone(),
@@ -162,18 +229,38 @@ fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
         note: None,
     });
     let out = run(&mut e, &ack, T0 + 130_000);
-    assert!(matches!(&out[..], [Output::TaskEvent(TaskEvent { kind: TaskEventKind::ACKNOWLEDGED, .. })]));
-    assert!(run(&mut e, &press("hh-1", "p4", T0 + 140_000), T0 + 140_000).is_empty(), "acknowledged is still open");
+    assert!(matches!(
+        &out[..],
+        [Output::TaskEvent(TaskEvent {
+            kind: TaskEventKind::ACKNOWLEDGED,
+            ..
+        })]
+    ));
+    assert!(
+        run(&mut e, &press("hh-1", "p4", T0 + 140_000), T0 + 140_000).is_empty(),
+        "acknowledged is still open"
+    );
 
     let resolve = Input::TaskUpdate(TaskUpdate {
         status: TaskUpdateStatus::RESOLVED,
         note: Some("家属已到场 phone 13800000000".into()),
-        ..match ack { Input::TaskUpdate(u) => u, _ => unreachable!() }
+        ..match ack {
+            Input::TaskUpdate(u) => u,
+            _ => unreachable!(),
+        }
     });
     let out = run(&mut e, &resolve, T0 + 200_000);
-    let Output::TaskEvent(ev) = &out[0] else { panic!() };
-    assert_eq!((ev.kind, ev.by.as_deref()), (TaskEventKind::RESOLVED, Some("desk-7")));
-    assert!(!ev.reason.contains("1380"), "the desk's free text is not copied");
+    let Output::TaskEvent(ev) = &out[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (ev.kind, ev.by.as_deref()),
+        (TaskEventKind::RESOLVED, Some("desk-7"))
+    );
+    assert!(
+        !ev.reason.contains("1380"),
+        "the desk's free text is not copied"
+    );
     let again = run(&mut e, &press("hh-1", "p5", T0 + 300_000), T0 + 300_000);
     let t = tasks(&again);
     assert_eq!(t.len(), 1);
@@ -186,8 +273,18 @@ fn stale_open_incident_is_superseded_by_a_new_alarm() {
     run(&mut e, &profile("hh-1", 0), T0);
     run(&mut e, &press("hh-1", "p1", T0), T0);
     let seven_hours = 7 * 3_600_000;
-    let out = run(&mut e, &press("hh-1", "p2", T0 + seven_hours), T0 + seven_hours);
-    assert!(matches!(&out[0], Output::TaskEvent(TaskEvent { kind: TaskEventKind::AUTO_RESOLVED, .. })));
+    let out = run(
+        &mut e,
+        &press("hh-1", "p2", T0 + seven_hours),
+        T0 + seven_hours,
+    );
+    assert!(matches!(
+        &out[0],
+        Output::TaskEvent(TaskEvent {
+            kind: TaskEventKind::AUTO_RESOLVED,
+            ..
+        })
+    ));
     assert_eq!(tasks(&out).len(), 1);
     assert_eq!(e.stats().stale_incidents, 1);
     assert_eq!(e.open_incidents(), 1);
@@ -228,8 +325,17 @@ fn unknown_household_alarm_still_fires_other_events_are_rejected() {
     assert!(t[0].reason.contains("not in the registry"));
     assert_eq!(t[0].district, "");
     assert_eq!(e.stats().unknown_household_alarms, 1);
-    let motion = sensor("hh-y", "m1", DeviceKind::MOTION_PIR, T0, Reading::Motion { detected: true });
-    assert_eq!(e.process(&motion, T0, &mut Vec::new()), Err(EngineError::UnknownHousehold));
+    let motion = sensor(
+        "hh-y",
+        "m1",
+        DeviceKind::MOTION_PIR,
+        T0,
+        Reading::Motion { detected: true },
+    );
+    assert_eq!(
+        e.process(&motion, T0, &mut Vec::new()),
+        Err(EngineError::UnknownHousehold)
+    );
 }
 
 #[test]
@@ -240,12 +346,52 @@ fn skewed_device_clock_uses_arrival_time() {
     let out = run(&mut e, &press("hh-1", "p1", 0), T0);
     let t = tasks(&out)[0];
     assert_eq!(t.incident_time, T0);
-    assert_eq!(t.evidence[0].event_time, 0, "the device's own time is kept as evidence");
+    assert_eq!(
+        t.evidence[0].event_time, 0,
+        "the device's own time is kept as evidence"
+    );
     assert!(t.evidence[0].summary.contains("device clock off"));
     assert_eq!(e.stats().clock_skew_clamped, 1);
     // Within the allowed skew the device time stands.
-    let out = run(&mut e, &sensor("hh-1", "g1", DeviceKind::GAS_ALARM, T0 - 60_000, Reading::Alarm { active: true }), T0);
-    assert_eq!(tasks(&out)[0].incident_time, T0 - 60_000);
+    let out = run(
+        &mut e,
+        &sensor(
+            "hh-1",
+            "g1",
+            DeviceKind::GAS_ALARM,
+            T0 + 60_000,
+            Reading::Alarm { active: true },
+        ),
+        T0,
+    );
+    assert_eq!(tasks(&out)[0].incident_time, T0 + 60_000);
+    // Late (a gateway's backlog, a day old) keeps the device time.
+    let out = run(
+        &mut e,
+        &sensor(
+            "hh-1",
+            "f1",
+            DeviceKind::FALL_DETECTOR,
+            T0 - 86_400_000,
+            Reading::Alarm { active: true },
+        ),
+        T0,
+    );
+    assert_eq!(tasks(&out)[0].incident_time, T0 - 86_400_000);
+    // An hour ahead is a fast clock.
+    let out = run(
+        &mut e,
+        &sensor(
+            "hh-1",
+            "s1",
+            DeviceKind::SMOKE_ALARM,
+            T0 + 3_600_000,
+            Reading::Alarm { active: true },
+        ),
+        T0,
+    );
+    assert_eq!(tasks(&out)[0].incident_time, T0);
+    assert_eq!(e.stats().clock_skew_clamped, 2);
 }
 
 #[test]
@@ -264,10 +410,20 @@ fn task_updates_for_unknown_tasks_are_rejected() {
             note: None,
         })
     };
-    assert_eq!(e.process(&upd("nope", "hh-1"), T0, &mut Vec::new()), Err(EngineError::UnknownTask));
-    assert_eq!(e.process(&upd(&real, "hh-2"), T0, &mut Vec::new()), Err(EngineError::UnknownTask));
+    assert_eq!(
+        e.process(&upd("nope", "hh-1"), T0, &mut Vec::new()),
+        Err(EngineError::UnknownTask)
+    );
+    assert_eq!(
+        e.process(&upd(&real, "hh-2"), T0, &mut Vec::new()),
+        Err(EngineError::UnknownTask)
+    );
     assert!(e.process(&upd(&real, "hh-1"), T0, &mut Vec::new()).is_ok());
-    assert_eq!(e.process(&upd(&real, "hh-1"), T0, &mut Vec::new()), Err(EngineError::UnknownTask), "closed once");
+    assert_eq!(
+        e.process(&upd(&real, "hh-1"), T0, &mut Vec::new()),
+        Err(EngineError::UnknownTask),
+        "closed once"
+    );
 }
 
 #[test]
@@ -278,9 +434,20 @@ fn registry_removal_drops_state_but_open_tasks_stay_answerable() {
     let out = run(&mut e, &press("hh-1", "p1", T0), T0);
     let task_id = tasks(&out)[0].task_id.clone();
     for hh in ["hh-1", "hh-2"] {
-        run(&mut e, &Input::Household { household_id: hh.into(), profile: None }, T0);
+        run(
+            &mut e,
+            &Input::Household {
+                household_id: hh.into(),
+                profile: None,
+            },
+            T0,
+        );
     }
-    assert_eq!(e.household_count(), 1, "hh-2 gone, hh-1 kept for its open task");
+    assert_eq!(
+        e.household_count(),
+        1,
+        "hh-2 gone, hh-1 kept for its open task"
+    );
     let heartbeat = Input::Heartbeat(DeviceHeartbeat {
         household_id: "hh-1".into(),
         device_id: "d".into(),
@@ -289,7 +456,10 @@ fn registry_removal_drops_state_but_open_tasks_stay_answerable() {
         battery_pct: Some(80),
         mains_power: None,
     });
-    assert_eq!(e.process(&heartbeat, T0, &mut Vec::new()), Err(EngineError::UnknownHousehold));
+    assert_eq!(
+        e.process(&heartbeat, T0, &mut Vec::new()),
+        Err(EngineError::UnknownHousehold)
+    );
     let resolve = Input::TaskUpdate(TaskUpdate {
         task_id,
         household_id: "hh-1".into(),
@@ -304,10 +474,16 @@ fn registry_removal_drops_state_but_open_tasks_stay_answerable() {
 
 #[test]
 fn same_input_gives_same_outputs() {
-    let inputs = vec![
+    let inputs = [
         profile("hh-1", 1),
         press("hh-1", "p1", T0),
-        sensor("hh-1", "f1", DeviceKind::FALL_DETECTOR, T0 + 5, Reading::Alarm { active: true }),
+        sensor(
+            "hh-1",
+            "f1",
+            DeviceKind::FALL_DETECTOR,
+            T0 + 5,
+            Reading::Alarm { active: true },
+        ),
         press("hh-2", "q1", T0 + 9),
     ];
     let run_all = || {

@@ -1,0 +1,670 @@
+//! Black-box: the real `carestream` binary against a real broker (tansu, sqlite storage).
+//! A real client produces alarm events (bytes from fastavro and from our encoder) and bad
+//! records; the test plays the dispatch desk and asserts the exact tasks, notifications,
+//! lifecycle events and dead-letters that come out, the metrics, and a clean shutdown.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use carestream::codec::Codec;
+use carestream::config::Config;
+use carestream::engine::ids;
+use carestream::model::*;
+
+struct Sent {
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: Option<&[u8]>,
+    timestamp: i64,
+) -> Sent {
+    let mut rec: FutureRecord<'_, str, [u8]> =
+        FutureRecord::to(topic).key(key).timestamp(timestamp);
+    if let Some(p) = payload {
+        rec = rec.payload(p);
+    }
+    let d = producer
+        .send(rec, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+    Sent {
+        partition: d.partition,
+        offset: d.offset,
+        timestamp,
+    }
+}
+
+fn sensor(
+    hh: &str,
+    event_id: &str,
+    kind: DeviceKind,
+    event_time: Millis,
+    reading: Reading,
+) -> Input {
+    Input::Sensor(SensorEvent {
+        event_id: event_id.into(),
+        household_id: hh.into(),
+        device_id: format!("{hh}-{kind}"),
+        device_kind: kind,
+        event_time,
+        reading,
+        gateway_id: None,
+    })
+}
+
+fn enc(codec: &Codec, input: &Input) -> Vec<u8> {
+    codec.encode_input(input).unwrap().unwrap()
+}
+
+/// Reads every record of `topics` (a fresh group from the start) until `want` records per
+/// topic have arrived, then keeps listening for `settle` to catch anything extra.
+async fn collect(
+    config: &Config,
+    topics: &[&str],
+    want: &HashMap<&str, usize>,
+    settle: Duration,
+) -> HashMap<String, Vec<OwnedMessage>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", common::unique("desk"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .unwrap();
+    consumer.subscribe(topics).unwrap();
+    let mut got: HashMap<String, Vec<OwnedMessage>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let done = |got: &HashMap<String, Vec<OwnedMessage>>| {
+        want.iter()
+            .all(|(t, n)| got.get(*t).map_or(0, Vec::len) >= *n)
+    };
+    while !done(&got) {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => got
+                .entry(m.topic().to_string())
+                .or_default()
+                .push(m.detach()),
+            Ok(Err(e)) => panic!("consume: {e}"),
+            Err(_) => panic!(
+                "timed out; have {:?}",
+                got.iter()
+                    .map(|(t, v)| (t.clone(), v.len()))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+    while let Ok(Ok(m)) = tokio::time::timeout(settle, consumer.recv()).await {
+        got.entry(m.topic().to_string())
+            .or_default()
+            .push(m.detach());
+    }
+    got
+}
+
+fn header(m: &OwnedMessage, key: &str) -> String {
+    let h = m.headers().expect("dead letters carry headers");
+    (0..h.count())
+        .map(|i| h.get(i))
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8(v.to_vec()).unwrap())
+        .unwrap_or_else(|| panic!("no header {key}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_and_bad_records_end_to_end_on_tansu() {
+    let broker = common::Broker::start();
+    let (config, env) = common::test_config(&broker.bootstrap(), "bb");
+    let t = config.topics.clone();
+    carestream::admin::create_topics(&config, 3, 1)
+        .await
+        .unwrap();
+    let codec = common::codec();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let base = carestream::pipeline::wall_millis();
+    let mut ts = base;
+    let mut next_ts = || {
+        ts += 10;
+        ts
+    };
+
+    // The registry: one household written by fastavro, two by our encoder.
+    send(
+        &producer,
+        &t.households,
+        "hh-fx-1",
+        Some(&common::fixture("household")),
+        next_ts(),
+    )
+    .await;
+    for (i, hh) in ["hh-bb-1", "hh-bb-2"].iter().enumerate() {
+        let mut p = carestream::simulate::household(i, 7);
+        p.household_id = hh.to_string();
+        let input = Input::Household {
+            household_id: hh.to_string(),
+            profile: Some(p),
+        };
+        send(
+            &producer,
+            &t.households,
+            hh,
+            Some(&enc(&codec, &input)),
+            next_ts(),
+        )
+        .await;
+    }
+
+    let mut proc = common::Processor::start(&env);
+    proc.wait_ready(Duration::from_secs(60));
+
+    // Events that must raise tasks (and their arrival timestamps).
+    let fx_button = send(
+        &producer,
+        &t.sensor_events,
+        "hh-fx-1",
+        Some(&common::fixture("sensor_v2_button")),
+        next_ts(),
+    )
+    .await;
+    let fx_smoke = send(
+        &producer,
+        &t.sensor_events,
+        "hh-fx-1",
+        Some(&common::fixture("sensor_v1_smoke")),
+        next_ts(),
+    )
+    .await;
+    let mut sensor_records = 2;
+    for f in ["sensor_v2_vitals", "sensor_v2_meter"] {
+        send(
+            &producer,
+            &t.sensor_events,
+            "hh-fx-1",
+            Some(&common::fixture(f)),
+            next_ts(),
+        )
+        .await;
+        sensor_records += 1;
+    }
+    let press = sensor(
+        "hh-bb-1",
+        "bb-press-1",
+        DeviceKind::EMERGENCY_BUTTON,
+        base,
+        Reading::Alarm { active: true },
+    );
+    let bb_press = send(
+        &producer,
+        &t.sensor_events,
+        "hh-bb-1",
+        Some(&enc(&codec, &press)),
+        next_ts(),
+    )
+    .await;
+    let again = sensor(
+        "hh-bb-1",
+        "bb-press-2",
+        DeviceKind::EMERGENCY_BUTTON,
+        base + 30_000,
+        Reading::Alarm { active: true },
+    );
+    send(
+        &producer,
+        &t.sensor_events,
+        "hh-bb-1",
+        Some(&enc(&codec, &again)),
+        next_ts(),
+    )
+    .await;
+    send(
+        &producer,
+        &t.sensor_events,
+        "hh-bb-1",
+        Some(&enc(&codec, &press)),
+        next_ts(),
+    )
+    .await; // redelivered
+            // A gas detector whose clock was reset to 1970.
+    let gas = sensor(
+        "hh-bb-2",
+        "bb-gas-1",
+        DeviceKind::GAS_ALARM,
+        0,
+        Reading::Alarm { active: true },
+    );
+    let bb_gas = send(
+        &producer,
+        &t.sensor_events,
+        "hh-bb-2",
+        Some(&enc(&codec, &gas)),
+        next_ts(),
+    )
+    .await;
+    sensor_records += 4;
+    send(
+        &producer,
+        &t.heartbeats,
+        "hh-fx-1",
+        Some(&common::fixture("heartbeat")),
+        next_ts(),
+    )
+    .await;
+
+    // Bad records, each with the dead-letter reason it must get.
+    let heartbeat_bytes = common::fixture("heartbeat");
+    let absurd = sensor(
+        "hh-bb-1",
+        "bb-vit-1",
+        DeviceKind::WEARABLE,
+        base,
+        Reading::Vitals {
+            heart_rate_bpm: Some(900),
+            respiration_rpm: None,
+            worn: true,
+        },
+    );
+    let stranger = sensor(
+        "hh-nobody",
+        "nb-1",
+        DeviceKind::MOTION_PIR,
+        base,
+        Reading::Motion { detected: true },
+    );
+    let bad: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "bad_magic_byte",
+            &t.sensor_events,
+            b"not avro at all".to_vec(),
+        ),
+        (
+            "unknown_schema_id",
+            &t.sensor_events,
+            vec![0, 0, 0, 0x30, 0x39, 2, 4],
+        ),
+        ("truncated_header", &t.sensor_events, vec![0, 0]),
+        ("invalid_value", &t.sensor_events, enc(&codec, &absurd)),
+        (
+            "unknown_household",
+            &t.sensor_events,
+            enc(&codec, &stranger),
+        ),
+        ("wrong_record_type", &t.sensor_events, heartbeat_bytes),
+        ("malformed_avro", &t.sensor_events, {
+            let mut b = enc(&codec, &press);
+            b.truncate(9);
+            b
+        }),
+    ];
+    let mut expected_dead = BTreeMap::new();
+    for (reason, topic, payload) in &bad {
+        let s = send(&producer, topic, "hh-bb-1", Some(payload), next_ts()).await;
+        expected_dead.insert(
+            (topic.to_string(), s.partition, s.offset),
+            (*reason, payload.clone()),
+        );
+        sensor_records += 1;
+    }
+
+    // The desk sees the four tasks.
+    let tasks_seen = collect(
+        &config,
+        &[&t.dispatch_critical],
+        &HashMap::from([(t.dispatch_critical.as_str(), 4)]),
+        Duration::from_millis(500),
+    )
+    .await;
+    let tasks: Vec<EscalationTask> = tasks_seen[&t.dispatch_critical]
+        .iter()
+        .map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::Task(task) => {
+                    assert_eq!(
+                        m.key(),
+                        Some(task.household_id.as_bytes()),
+                        "keyed by household"
+                    );
+                    task
+                }
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    let want = [
+        (
+            "hh-fx-1",
+            "alarm.emergency_button",
+            "fx-btn-1",
+            1_795_000_000_000,
+            fx_button.timestamp,
+            300_000,
+        ),
+        (
+            "hh-fx-1",
+            "alarm.smoke",
+            "fx-smoke-1",
+            1_795_000_001_000,
+            fx_smoke.timestamp,
+            180_000,
+        ),
+        (
+            "hh-bb-1",
+            "alarm.emergency_button",
+            "bb-press-1",
+            base,
+            bb_press.timestamp,
+            300_000,
+        ),
+        (
+            "hh-bb-2",
+            "alarm.gas",
+            "bb-gas-1",
+            bb_gas.timestamp,
+            bb_gas.timestamp,
+            180_000,
+        ),
+    ];
+    assert_eq!(tasks.len(), 4, "{tasks:#?}");
+    let mut task_ids = HashMap::new();
+    for (hh, rule, event, incident_time, emitted, respond) in want {
+        let incident = ids::incident_id(hh, rule, event);
+        let id = ids::task_id(&incident, 0);
+        let task = tasks
+            .iter()
+            .find(|t| t.task_id == id)
+            .unwrap_or_else(|| panic!("no task for {hh} {rule}: {tasks:#?}"));
+        assert_eq!(
+            (
+                task.household_id.as_str(),
+                task.rule_id.as_str(),
+                task.severity,
+                task.action,
+                task.tier
+            ),
+            (hh, rule, Severity::CRITICAL, Action::CALL_ELDER, 0)
+        );
+        assert_eq!(
+            (task.incident_time, task.emitted_at, task.respond_by),
+            (incident_time, emitted, emitted + respond),
+            "{rule}"
+        );
+        assert_eq!(task.incident_id.as_deref(), Some(incident.as_str()));
+        assert_eq!(task.evidence.len(), 1);
+        assert_eq!(task.evidence[0].event_id, event);
+        task_ids.insert(event, id);
+    }
+    let fx_task = tasks.iter().find(|t| t.household_id == "hh-fx-1").unwrap();
+    assert_eq!(
+        (
+            fx_task.district.as_str(),
+            fx_task.street.as_str(),
+            fx_task.community.as_str()
+        ),
+        ("420106", "420106004", "420106004012")
+    );
+
+    // The desk answers: acknowledges one task, resolves another, and sends one for a task
+    // that does not exist.
+    let update = |task_id: &str, hh: &str, status| {
+        enc(
+            &codec,
+            &Input::TaskUpdate(TaskUpdate {
+                task_id: task_id.into(),
+                household_id: hh.into(),
+                status,
+                by: "desk-3".into(),
+                at: base,
+                note: None,
+            }),
+        )
+    };
+    send(
+        &producer,
+        &t.task_updates,
+        "hh-bb-1",
+        Some(&update(
+            &task_ids["bb-press-1"],
+            "hh-bb-1",
+            TaskUpdateStatus::ACKNOWLEDGED,
+        )),
+        next_ts(),
+    )
+    .await;
+    send(
+        &producer,
+        &t.task_updates,
+        "hh-fx-1",
+        Some(&update(
+            &task_ids["fx-smoke-1"],
+            "hh-fx-1",
+            TaskUpdateStatus::RESOLVED,
+        )),
+        next_ts(),
+    )
+    .await;
+    let ghost = update("no-such-task", "hh-bb-1", TaskUpdateStatus::RESOLVED);
+    let s = send(
+        &producer,
+        &t.task_updates,
+        "hh-bb-1",
+        Some(&ghost),
+        next_ts(),
+    )
+    .await;
+    expected_dead.insert(
+        (t.task_updates.clone(), s.partition, s.offset),
+        ("unknown_task", ghost),
+    );
+
+    let want = HashMap::from([
+        (t.dispatch_critical.as_str(), 4),
+        (t.contact_notifications.as_str(), 4),
+        (t.task_events.as_str(), 6),
+        (t.dead_letter.as_str(), expected_dead.len()),
+    ]);
+    let all = [
+        t.dispatch_critical.as_str(),
+        t.dispatch_high.as_str(),
+        t.dispatch_routine.as_str(),
+        t.contact_notifications.as_str(),
+        t.task_events.as_str(),
+        t.dead_letter.as_str(),
+    ];
+    let got = collect(&config, &all, &want, Duration::from_secs(3)).await;
+    for topic in all {
+        let n = got.get(topic).map_or(0, Vec::len);
+        assert_eq!(
+            n,
+            want.get(topic).copied().unwrap_or(0),
+            "exactly this many records on {topic}"
+        );
+    }
+
+    // One notification per task, carrying the contacts (the only output that may).
+    let mut notified: Vec<String> = got[&t.contact_notifications]
+        .iter()
+        .map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::Notification(n) => {
+                    assert_eq!(n.notification_id, ids::notification_id(&n.task_id));
+                    assert!(!n.contacts.is_empty());
+                    if n.household_id == "hh-fx-1" {
+                        assert_eq!(n.contacts[0].phone, "13912345678");
+                    }
+                    n.task_id
+                }
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    notified.sort();
+    let mut all_ids: Vec<String> = task_ids.values().cloned().collect();
+    all_ids.sort();
+    assert_eq!(notified, all_ids);
+
+    // Lifecycle: four OPENED, one ACKNOWLEDGED (by the desk), one RESOLVED.
+    let mut lifecycle: Vec<(String, TaskEventKind, Option<String>)> = got[&t.task_events]
+        .iter()
+        .map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::TaskEvent(e) => (e.task_id, e.kind, e.by),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    lifecycle.sort();
+    let mut want_lifecycle: Vec<(String, TaskEventKind, Option<String>)> = task_ids
+        .values()
+        .map(|id| (id.clone(), TaskEventKind::OPENED, None))
+        .collect();
+    want_lifecycle.push((
+        task_ids["bb-press-1"].clone(),
+        TaskEventKind::ACKNOWLEDGED,
+        Some("desk-3".into()),
+    ));
+    want_lifecycle.push((
+        task_ids["fx-smoke-1"].clone(),
+        TaskEventKind::RESOLVED,
+        Some("desk-3".into()),
+    ));
+    want_lifecycle.sort();
+    assert_eq!(lifecycle, want_lifecycle);
+
+    // Dead letters: the raw bytes, with the source's topic, partition, offset and error.
+    let mut dead = BTreeMap::new();
+    for m in &got[&t.dead_letter] {
+        let source = (
+            header(m, "source_topic"),
+            header(m, "source_partition").parse().unwrap(),
+            header(m, "source_offset").parse().unwrap(),
+        );
+        assert!(!header(m, "error").is_empty());
+        dead.insert(
+            source,
+            (
+                header(m, "error_type"),
+                m.payload().unwrap_or_default().to_vec(),
+            ),
+        );
+    }
+    let expected_dead: BTreeMap<_, _> = expected_dead
+        .into_iter()
+        .map(|(k, (r, p))| (k, (r.to_string(), p)))
+        .collect();
+    assert_eq!(dead, expected_dead);
+
+    // Metrics.
+    let (status, scrape) = proc.get("/metrics");
+    assert_eq!(status, 200);
+    let m = |series: &str| {
+        common::metric(&scrape, series).unwrap_or_else(|| panic!("no series {series}"))
+    };
+    assert_eq!(
+        m(r#"carestream_input_records_total{stream="sensor_events"}"#),
+        sensor_records as f64
+    );
+    assert_eq!(
+        m(r#"carestream_input_records_total{stream="households"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"carestream_input_records_total{stream="task_updates"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"carestream_tasks_emitted_total{rule="alarm.emergency_button",severity="CRITICAL"}"#),
+        2.0
+    );
+    assert_eq!(
+        m(r#"carestream_tasks_emitted_total{rule="alarm.gas",severity="CRITICAL"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"carestream_incident_to_task_ack_seconds_count{severity="CRITICAL"}"#),
+        4.0
+    );
+    assert_eq!(m("carestream_contact_notifications_total"), 4.0);
+    assert_eq!(m("carestream_duplicate_events_total"), 1.0);
+    assert_eq!(m("carestream_suppressed_repeats_total"), 1.0);
+    assert_eq!(m("carestream_clock_skew_clamped_total"), 1.0);
+    for (reason, stream) in [
+        ("bad_magic_byte", "sensor_events"),
+        ("unknown_household", "sensor_events"),
+        ("unknown_task", "task_updates"),
+        ("malformed_avro", "sensor_events"),
+    ] {
+        assert_eq!(
+            m(&format!(
+                r#"carestream_dead_letters_total{{reason="{reason}",stream="{stream}"}}"#
+            )),
+            1.0,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        m(r#"carestream_decode_errors_total{reason="unknown_schema_id",stream="sensor_events"}"#),
+        1.0
+    );
+    assert_eq!(m("carestream_ready"), 1.0);
+
+    // Graceful shutdown: SIGTERM drains, commits and exits 0.
+    let status = proc
+        .terminate(Duration::from_secs(20))
+        .expect("exits within 20 s of SIGTERM");
+    assert!(status.success(), "{status}\n{}", proc.logs());
+
+    // Offsets were committed past every record, so a restart would not re-read them.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", &config.kafka.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition(&t.sensor_events, p);
+    }
+    let committed = group
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(
+        total, sensor_records as i64,
+        "committed offsets cover every sensor record"
+    );
+
+    // No personal data in the logs.
+    let logs = proc.logs();
+    assert!(logs.contains("registry loaded"), "{logs}");
+    for secret in ["李秀英", "13912345678", "联系人"] {
+        assert!(!logs.contains(secret), "personal data in logs: {secret}");
+        assert!(
+            !scrape.contains(secret),
+            "personal data in metrics: {secret}"
+        );
+    }
+}

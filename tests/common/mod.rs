@@ -1,0 +1,442 @@
+//! Shared test harness: a real tansu broker per test (sqlite storage, free loopback port),
+//! unique topic and group names, the real `carestream` binary, and a small fake Schema
+//! Registry speaking the two Confluent calls the processor uses.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use carestream::codec::{Catalogue, Codec};
+use carestream::config::Config;
+
+pub const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+
+pub fn codec() -> Codec {
+    Codec::new(Catalogue::load(&Path::new(MANIFEST).join("schemas")).unwrap())
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(MANIFEST)
+            .join("tests/fixtures/avro")
+            .join(format!("{name}.bin")),
+    )
+    .unwrap()
+}
+
+pub fn expected() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(Path::new(MANIFEST).join("tests/fixtures/expected.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("CARESTREAM_TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cache =
+        std::env::var("CARESTREAM_CACHE").unwrap_or_else(|_| format!("{home}/.cache/carestream"));
+    let p = PathBuf::from(cache).join("tansu-0.6.0/bin/tansu");
+    assert!(
+        p.exists(),
+        "the tansu broker is not installed at {}: run scripts/install-broker.sh (or set CARESTREAM_TANSU)",
+        p.display()
+    );
+    p
+}
+
+/// A tansu broker with sqlite storage, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("carestream-tansu"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Broker {
+            port,
+            dir,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .unwrap();
+        let child = Command::new(tansu_binary())
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                // Relative: tansu resolves the sqlite path against its working directory.
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(20));
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "nothing listening on port {port} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A configuration with every topic and the group under a unique prefix.
+pub fn test_config(bootstrap: &str, tag: &str) -> (Config, Vec<(String, String)>) {
+    let prefix = unique(tag);
+    let mut env = vec![
+        (
+            "CARESTREAM_KAFKA__BROKERS".to_string(),
+            bootstrap.to_string(),
+        ),
+        (
+            "CARESTREAM_KAFKA__GROUP_ID".to_string(),
+            format!("{prefix}-group"),
+        ),
+        (
+            "CARESTREAM_KAFKA__SESSION_TIMEOUT_MS".to_string(),
+            "6000".to_string(),
+        ),
+        (
+            "CARESTREAM_SCHEMAS__DIR".to_string(),
+            format!("{MANIFEST}/schemas"),
+        ),
+        (
+            "CARESTREAM_RULES__DIR".to_string(),
+            format!("{MANIFEST}/rules"),
+        ),
+        (
+            "CARESTREAM_HTTP__LISTEN".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+        ),
+    ];
+    for key in [
+        "sensor_events",
+        "heartbeats",
+        "checkins",
+        "households",
+        "weather_alerts",
+        "task_updates",
+        "dispatch_critical",
+        "dispatch_high",
+        "dispatch_routine",
+        "contact_notifications",
+        "task_events",
+        "dead_letter",
+    ] {
+        env.push((
+            format!("CARESTREAM_TOPICS__{}", key.to_uppercase()),
+            format!("{prefix}.{key}"),
+        ));
+    }
+    let config = Config::load(None, env.clone()).unwrap();
+    (config, env)
+}
+
+/// The real binary, `carestream run`, with the given environment; killed on drop.
+pub struct Processor {
+    pub child: Child,
+    pub http: String,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Processor {
+    pub fn start(env: &[(String, String)]) -> Processor {
+        let http = env
+            .iter()
+            .find(|(k, _)| k == "CARESTREAM_HTTP__LISTEN")
+            .unwrap()
+            .1
+            .clone();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_carestream"))
+            .arg("run")
+            .envs(env.iter().cloned())
+            .env("CARESTREAM_LOG__FORMAT", "json")
+            .env("RUST_LOG", "carestream=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start carestream");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Processor {
+            child,
+            http,
+            stderr,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http, path)
+    }
+
+    pub fn wait_ready(&mut self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "carestream exited early with {status}:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            if TcpStream::connect(&self.http).is_ok() && self.get("/health").0 == 200 {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "not ready after {limit:?}:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit status (None if it did not exit within `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample in a Prometheus text scrape (`name{labels}` exactly as written).
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.rsplit_once(' ')
+                .filter(|(s, _)| *s == series)
+                .map(|(_, v)| v.parse().unwrap())
+        })
+}
+
+/// A fake Confluent Schema Registry: `GET /schemas/ids/{id}` from a fixed table, and
+/// `POST /subjects/{s}/versions` answering the id of the posted record from `by_record`.
+pub struct FakeRegistry {
+    pub url: String,
+    pub lookups: Arc<Mutex<Vec<u32>>>,
+    pub registered: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeRegistry {
+    pub fn start(by_id: HashMap<u32, String>, by_record: HashMap<String, u32>) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let lookups = Arc::new(Mutex::new(Vec::new()));
+        let registered = Arc::new(Mutex::new(Vec::new()));
+        let (l2, r2) = (lookups.clone(), registered.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let _ = serve_registry(stream, &by_id, &by_record, &l2, &r2);
+            }
+        });
+        FakeRegistry {
+            url,
+            lookups,
+            registered,
+        }
+    }
+}
+
+fn serve_registry(
+    mut stream: TcpStream,
+    by_id: &HashMap<u32, String>,
+    by_record: &HashMap<String, u32>,
+    lookups: &Mutex<Vec<u32>>,
+    registered: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut content_length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body)?;
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, answer) = if let (Some(id), "GET") = (path.strip_prefix("/schemas/ids/"), method) {
+        let id: u32 = id.parse().unwrap_or(0);
+        lookups.lock().unwrap().push(id);
+        match by_id.get(&id) {
+            Some(s) => ("200 OK", serde_json::json!({ "schema": s }).to_string()),
+            None => (
+                "404 Not Found",
+                r#"{"error_code":40403,"message":"Schema not found"}"#.to_string(),
+            ),
+        }
+    } else if method == "POST" && path.starts_with("/subjects/") {
+        let posted: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(posted["schema"].as_str().unwrap()).unwrap();
+        let name = schema["name"].as_str().unwrap().to_string();
+        registered.lock().unwrap().push(path.to_string());
+        (
+            "200 OK",
+            serde_json::json!({ "id": by_record[&name] }).to_string(),
+        )
+    } else {
+        ("404 Not Found", "{}".to_string())
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    )
+}
+
+/// The fake registry's tables for this project: the catalogue's ids for every schema file,
+/// plus the v3 sensor schema of the fixtures under id 1003.
+pub fn registry_tables() -> (HashMap<u32, String>, HashMap<String, u32>) {
+    let cat: toml::Table = toml::from_str(
+        &std::fs::read_to_string(Path::new(MANIFEST).join("schemas/catalogue.toml")).unwrap(),
+    )
+    .unwrap();
+    let mut by_id = HashMap::new();
+    let mut by_record = HashMap::new();
+    for entry in cat["schema"].as_array().unwrap() {
+        let id = entry["id"].as_integer().unwrap() as u32;
+        let file = entry["file"].as_str().unwrap();
+        by_id.insert(
+            id,
+            std::fs::read_to_string(Path::new(MANIFEST).join("schemas").join(file)).unwrap(),
+        );
+        if !file.starts_with("history/") {
+            by_record.insert(entry["record"].as_str().unwrap().to_string(), id);
+        }
+    }
+    by_id.insert(
+        1003,
+        std::fs::read_to_string(Path::new(MANIFEST).join("tests/fixtures/sensor_event.v3.avsc"))
+            .unwrap(),
+    );
+    (by_id, by_record)
+}
