@@ -37,13 +37,7 @@ pub async fn run(
     }
     config.kafka.brokers = mock.bootstrap_servers();
     let loaded = pipeline::load(&config)?;
-    let rule_ids: Vec<String> = loaded
-        .rules
-        .alarms
-        .iter()
-        .map(|r| r.rule_id.clone())
-        .collect();
-    let metrics = Arc::new(Metrics::new(&rule_ids));
+    let metrics = Arc::new(Metrics::new(&loaded.rules.rule_ids()));
     let (addr, _http) =
         crate::http::serve(&config.http.listen, metrics.clone(), shutdown.clone()).await?;
     println!(

@@ -168,13 +168,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 let client = carestream::codec::RegistryClient::new(url);
                 pipeline::register_schemas(&mut loaded.codec, &config, &client).await?;
             }
-            let rule_ids: Vec<String> = loaded
-                .rules
-                .alarms
-                .iter()
-                .map(|r| r.rule_id.clone())
-                .collect();
-            let metrics = Arc::new(Metrics::new(&rule_ids));
+            let metrics = Arc::new(Metrics::new(&loaded.rules.rule_ids()));
             let (shutdown, hard_stop) = signals(grace);
             let (addr, _http) =
                 carestream::http::serve(&config.http.listen, metrics.clone(), shutdown.clone())

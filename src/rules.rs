@@ -75,6 +75,11 @@ impl RuleSet {
         self.alarm_by_kind[kind.index()].map(|i| (i, &self.alarms[i]))
     }
 
+    /// Every rule id, for pre-registering the per-rule metric series.
+    pub fn rule_ids(&self) -> Vec<String> {
+        self.alarms.iter().map(|r| r.rule_id.clone()).collect()
+    }
+
     /// Loads and validates every file of `dir`, collecting all problems.
     pub fn load(dir: &Path) -> Result<RuleSet, RulesError> {
         let mut problems = Vec::new();
