@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use carestream::codec::{Catalogue, Codec};
-use carestream::engine::Engine;
+use carestream::engine::{Engine, Meta};
 use carestream::model::*;
 use carestream::rules::RuleSet;
 use carestream::simulate::{household, household_id, Rng};
@@ -72,7 +72,10 @@ fn warm_engine(rules: &Arc<RuleSet>) -> Engine {
                     household_id: p.household_id.clone(),
                     profile: Some(p),
                 },
-                T0,
+                Meta {
+                    partition: 0,
+                    arrival: T0,
+                },
                 &mut Vec::new(),
             )
             .unwrap();
@@ -101,7 +104,16 @@ fn benches(c: &mut Criterion) {
             |mut engine| {
                 let mut out = Vec::new();
                 for (i, e) in events.iter().enumerate() {
-                    engine.process(e, T0 + i as i64, &mut out).unwrap();
+                    engine
+                        .process(
+                            e,
+                            Meta {
+                                partition: 0,
+                                arrival: T0 + i as i64,
+                            },
+                            &mut out,
+                        )
+                        .unwrap();
                     out.clear();
                 }
                 engine
@@ -118,7 +130,16 @@ fn benches(c: &mut Criterion) {
                     let input = codec
                         .decode_input(InputKind::SensorEvents, None, Some(p))
                         .unwrap();
-                    engine.process(&input, T0 + i as i64, &mut out).unwrap();
+                    engine
+                        .process(
+                            &input,
+                            Meta {
+                                partition: 0,
+                                arrival: T0 + i as i64,
+                            },
+                            &mut out,
+                        )
+                        .unwrap();
                     for o in out.drain(..) {
                         std::hint::black_box(codec.encode_output(&o).unwrap());
                     }

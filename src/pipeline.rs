@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::{Catalogue, Codec, DecodeError, RegistryClient, RegistryError};
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, Meta};
 use crate::model::*;
 use crate::rules::RuleSet;
 use crate::sink::{wait_true, Ack, OutRecord, Sink};
@@ -102,6 +102,26 @@ pub struct Processor {
     topic_kinds: HashMap<String, InputKind>,
     outputs: Vec<Output>,
     warn: RateLimit,
+    /// When each partition last delivered a record (processing time), for idle ticks.
+    last_record: HashMap<i32, Instant>,
+    housekeeping: Housekeeping,
+}
+
+/// When the periodic chores last ran, and what the rules directory looked like.
+struct Housekeeping {
+    ticked: Instant,
+    reload_checked: Instant,
+    swept: Instant,
+    rules_stamp: Option<std::time::SystemTime>,
+}
+
+/// The newest modification time of the rule files: a change means a reload.
+fn rules_stamp(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
 }
 
 enum Step {
@@ -112,6 +132,7 @@ enum Step {
 impl Processor {
     pub fn new(config: Config, loaded: Loaded, metrics: Arc<Metrics>) -> anyhow::Result<Processor> {
         let sink = Sink::new(&source::base_client_config(&config))?;
+        let stamp = rules_stamp(&config.rules.dir);
         let topic_kinds = InputKind::ALL
             .iter()
             .map(|k| (config.topics.input(*k).to_string(), *k))
@@ -131,6 +152,13 @@ impl Processor {
             topic_kinds,
             outputs: Vec::new(),
             warn: RateLimit::new(Duration::from_secs(10)),
+            last_record: HashMap::new(),
+            housekeeping: Housekeeping {
+                ticked: Instant::now(),
+                reload_checked: Instant::now(),
+                swept: Instant::now(),
+                rules_stamp: stamp,
+            },
         })
     }
 
@@ -201,20 +229,90 @@ impl Processor {
             }
         };
         let mut outputs = std::mem::take(&mut self.outputs);
-        if let Err(e) = self.engine.process(&input, now, &mut outputs) {
+        let meta = Meta {
+            partition: r.partition,
+            arrival: now,
+        };
+        if let Err(e) = self.engine.process(&input, meta, &mut outputs) {
             self.dead_letter(r, e.reason(), &e.to_string(), batch);
         }
+        if r.kind != InputKind::Households {
+            self.last_record.insert(r.partition, Instant::now());
+        }
+        if let Err(e) = self.emit(&mut outputs, batch) {
+            self.dead_letter(r, "encode_failed", &e.to_string(), batch);
+        }
+        self.outputs = outputs;
+        Step::Done
+    }
+
+    /// Encodes the engine's outputs into the batch.
+    fn emit(
+        &self,
+        outputs: &mut Vec<Output>,
+        batch: &mut Batch,
+    ) -> Result<(), crate::codec::EncodeError> {
+        let mut failed = Ok(());
         for o in outputs.drain(..) {
             match self.codec.encode_output(&o) {
                 Ok(payload) => batch.records.push(self.out_record(&o, payload)),
                 Err(e) => {
+                    // Our own records always encode; if one does not, it is a bug to see.
                     tracing::error!(error = %e, "an output could not be encoded");
-                    self.dead_letter(r, "encode_failed", &e.to_string(), batch);
+                    failed = Err(e);
                 }
             }
         }
-        self.outputs = outputs;
-        Step::Done
+        failed
+    }
+
+    /// Periodic chores between batches: move quiet partitions on by the clock, reload
+    /// changed rules, forget stale households.
+    fn housekeeping(&mut self, batch: &mut Batch) {
+        let now = Instant::now();
+        let idle = Duration::from_millis(self.engine.rules().idle_timeout.max(0) as u64);
+        if now.duration_since(self.housekeeping.ticked) >= Duration::from_secs(1) {
+            self.housekeeping.ticked = now;
+            let mut outputs = std::mem::take(&mut self.outputs);
+            for p in self.engine.partitions() {
+                let quiet = self
+                    .last_record
+                    .get(&p)
+                    .is_none_or(|t| now.duration_since(*t) >= idle);
+                if quiet {
+                    self.engine
+                        .tick(p, wall_millis() - idle.as_millis() as i64, &mut outputs);
+                }
+            }
+            let _ = self.emit(&mut outputs, batch);
+            self.outputs = outputs;
+        }
+        if now.duration_since(self.housekeeping.reload_checked) >= Duration::from_secs(5) {
+            self.housekeeping.reload_checked = now;
+            let stamp = rules_stamp(&self.config.rules.dir);
+            if stamp != self.housekeeping.rules_stamp {
+                self.housekeeping.rules_stamp = stamp;
+                match RuleSet::load(&self.config.rules.dir) {
+                    Ok(rules) => {
+                        self.engine.set_rules(Arc::new(rules));
+                        self.metrics.rule_reloads.with_label_values(&["ok"]).inc();
+                        tracing::info!("rules reloaded");
+                    }
+                    Err(e) => {
+                        // Keep running on the rules that worked; say exactly what is wrong.
+                        self.metrics
+                            .rule_reloads
+                            .with_label_values(&["error"])
+                            .inc();
+                        tracing::error!(error = %e, "rules changed but do not load; keeping the previous rules");
+                    }
+                }
+            }
+        }
+        if now.duration_since(self.housekeeping.swept) >= Duration::from_secs(60) {
+            self.housekeeping.swept = now;
+            self.engine.sweep(wall_millis());
+        }
     }
 
     fn out_record(&self, o: &Output, payload: Vec<u8>) -> OutRecord {
@@ -399,6 +497,7 @@ impl Processor {
         self.metrics.ready.set(1);
         let max = self.config.pipeline.batch_max_records;
         let wait = Duration::from_millis(self.config.pipeline.batch_max_wait_ms);
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
@@ -408,6 +507,7 @@ impl Processor {
                     self.apply_registry(msg, &mut batch);
                 }
                 m = consumer.recv() => self.on_message(m, &mut batch).await,
+                _ = ticker.tick() => {}
             }
             let deadline = tokio::time::Instant::now() + wait;
             while batch.count < max {
@@ -416,6 +516,7 @@ impl Processor {
                     Err(_) => break,
                 }
             }
+            self.housekeeping(&mut batch);
             self.complete(&mut batch, Some(&consumer), &mut hard_stop)
                 .await?;
         }

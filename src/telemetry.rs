@@ -36,6 +36,14 @@ pub struct Metrics {
     pub households: IntGauge,
     pub open_incidents: IntGauge,
     pub ready: IntGauge,
+    pub rule_reloads: IntCounterVec,
+    pub late_events: IntCounter,
+    pub late_dropped: IntCounter,
+    pub incidents_opened: IntCounter,
+    pub auto_resolved: IntCounter,
+    pub timezone_fallbacks: IntCounter,
+    pub queued: IntGauge,
+    pub state_bytes: IntGauge,
     last_stats: Mutex<EngineStats>,
 }
 
@@ -204,6 +212,19 @@ impl Metrics {
                 "ready",
                 "1 once the processor has loaded the registry and is consuming.",
             ),
+            rule_reloads: {
+                let c = counter_vec(&registry, "rule_reloads_total", "Reloads of rules/ after a change, by result (ok, error).", &["result"]);
+                c.with_label_values(&["ok"]);
+                c.with_label_values(&["error"]);
+                c
+            },
+            late_events: counter(&registry, "late_events_total", "Events behind the watermark, still used where order does not matter."),
+            late_dropped: counter(&registry, "late_events_dropped_total", "Events too late to use (past the allowed lateness, or for a rule that needs order)."),
+            incidents_opened: counter(&registry, "incidents_opened_total", "Incidents opened by any rule."),
+            auto_resolved: counter(&registry, "incidents_auto_resolved_total", "Incidents closed because their condition cleared."),
+            timezone_fallbacks: counter(&registry, "timezone_fallbacks_total", "Registry entries whose time zone is unknown here; China Standard Time was used."),
+            queued: gauge(&registry, "event_time_queue_entries", "Events and deadlines waiting for the watermark."),
+            state_bytes: gauge(&registry, "state_bytes", "Approximate bytes of per-household state."),
             last_stats: Mutex::new(EngineStats::default()),
             registry,
         }

@@ -1,16 +1,37 @@
 //! The pure engine: decoded inputs in, escalation tasks, contact notifications and task
-//! lifecycle events out. No I/O, no async, no clock: "now" is the arrival time of the record
-//! (its Kafka timestamp), so the same input stream always yields the same outputs.
+//! lifecycle events out. No I/O, no async, no wall clock: time comes from the inputs (event
+//! time, and the record's arrival timestamp in Kafka) and from [`Engine::tick`], which the
+//! caller uses to move on a partition that has gone quiet. The same inputs always give the
+//! same outputs.
+//!
+//! Instant alarms fire on arrival. Everything else goes through event time: each partition
+//! has a watermark (the newest event time minus `out_of_orderness`) and a queue; events that
+//! need order wait there until the watermark passes them, and each windowed rule keeps one
+//! deadline per household in the same queue.
 
 mod alarms;
+mod clock;
+mod household;
 pub mod ids;
+mod incidents;
+pub mod localtime;
+mod timed;
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use clock::{Clock, Due, Entry, Pending};
+use household::{hash64, Household, NEVER};
+
 use crate::model::*;
-use crate::rules::RuleSet;
+use crate::rules::{RuleKind, RuleSet};
+
+/// Where and when a record arrived: its partition and its Kafka timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub partition: i32,
+    pub arrival: Millis,
+}
 
 /// Why an input could not be used. The pipeline dead-letters the raw record with `reason()`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -41,46 +62,15 @@ pub struct EngineStats {
     pub clock_skew_clamped: u64,
     pub unknown_household_alarms: u64,
     pub stale_incidents: u64,
-}
-
-/// An incident whose task the desk has not closed yet.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct OpenIncident {
-    pub rule: usize,
-    pub incident_id: String,
-    pub task_id: String,
-    pub incident_time: Millis,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Household {
-    pub profile: Option<Arc<HouseholdProfile>>,
-    pub open: Vec<OpenIncident>,
-    /// Hashes of the last event ids seen, a ring of `RuleSet::dedup_memory` entries.
-    recent: Vec<u64>,
-    recent_next: usize,
-}
-
-impl Household {
-    /// Records `event_id`; false when it was seen recently (a redelivery or device repeat).
-    fn first_sighting(&mut self, event_id: &str, memory: usize) -> bool {
-        if memory == 0 {
-            return true;
-        }
-        let mut h = DefaultHasher::new();
-        event_id.hash(&mut h);
-        let h = h.finish();
-        if self.recent.contains(&h) {
-            return false;
-        }
-        if self.recent.len() < memory {
-            self.recent.push(h);
-        } else {
-            self.recent[self.recent_next % memory] = h;
-        }
-        self.recent_next = (self.recent_next + 1) % memory;
-        true
-    }
+    /// Behind the watermark but used where order does not matter.
+    pub late_events: u64,
+    /// Too late (beyond the allowed lateness), or late for a rule that needs order.
+    pub late_dropped: u64,
+    pub incidents_opened: u64,
+    pub auto_resolved: u64,
+    pub timers_fired: u64,
+    pub timezone_fallbacks: u64,
+    pub households_forgotten: u64,
 }
 
 /// Where an open task lives, for the desk's updates.
@@ -93,8 +83,12 @@ struct TaskRef {
 
 pub struct Engine {
     rules: Arc<RuleSet>,
-    households: HashMap<String, Household>,
+    index: HashMap<Arc<str>, u32>,
+    slots: Vec<Option<Household>>,
+    free: Vec<u32>,
+    next_generation: u32,
     tasks: HashMap<String, TaskRef>,
+    partitions: HashMap<i32, Clock>,
     stats: EngineStats,
 }
 
@@ -102,8 +96,12 @@ impl Engine {
     pub fn new(rules: Arc<RuleSet>) -> Engine {
         Engine {
             rules,
-            households: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
             tasks: HashMap::new(),
+            partitions: HashMap::new(),
             stats: EngineStats::default(),
         }
     }
@@ -117,18 +115,103 @@ impl Engine {
     }
 
     pub fn household_count(&self) -> usize {
-        self.households.len()
+        self.index.len()
     }
 
     pub fn open_incidents(&self) -> usize {
         self.tasks.len()
     }
 
-    /// Processes one input that arrived at `now` (ms), appending what it causes to `out`.
+    /// Entries waiting in the partitions' queues (events and deadlines).
+    pub fn queued(&self) -> usize {
+        self.partitions.values().map(Clock::queued).sum()
+    }
+
+    pub fn watermark(&self, partition: i32) -> Option<Millis> {
+        self.partitions.get(&partition).and_then(|c| c.watermark)
+    }
+
+    /// Approximate bytes of per-household state (the registry's profiles excluded: they are
+    /// the joined table, shared, not state the rules keep).
+    pub fn state_bytes(&self) -> usize {
+        let per_slot = std::mem::size_of::<Option<Household>>();
+        let index = self.index.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 8);
+        let heap: usize = self.slots.iter().flatten().map(Household::heap_bytes).sum();
+        self.slots.capacity() * per_slot + index + heap
+    }
+
+    /// Swaps in new rules (a reload): every household's deadlines are worked out again.
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.rules = rules;
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].is_some() {
+                self.slot_mut(slot).scheduled = [NEVER; RuleKind::ALL.len()];
+                self.schedule_all(slot);
+            }
+        }
+    }
+
+    fn slot(&self, slot: u32) -> &Household {
+        self.slots[slot as usize].as_ref().expect("live slot")
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> &mut Household {
+        self.slots[slot as usize].as_mut().expect("live slot")
+    }
+
+    fn clock(&mut self, partition: i32) -> &mut Clock {
+        self.partitions.entry(partition).or_default()
+    }
+
+    fn lookup(&self, household_id: &str) -> Option<u32> {
+        self.index.get(household_id).copied()
+    }
+
+    fn known(&self, household_id: &str) -> Option<u32> {
+        self.lookup(household_id)
+            .filter(|s| self.slot(*s).profile.is_some())
+    }
+
+    fn slot_for(&mut self, household_id: &str) -> u32 {
+        if let Some(s) = self.lookup(household_id) {
+            return s;
+        }
+        let id: Arc<str> = Arc::from(household_id);
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let h = Household::new(id.clone(), self.next_generation, self.rules.dedup_memory);
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(h);
+                s
+            }
+            None => {
+                self.slots.push(Some(h));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, slot);
+        slot
+    }
+
+    fn forget(&mut self, slot: u32) {
+        if let Some(h) = self.slots[slot as usize].take() {
+            self.index.remove(&h.id);
+            self.free.push(slot);
+            self.stats.households_forgotten += 1;
+        }
+    }
+
+    fn schedule_all(&mut self, slot: u32) {
+        for kind in RuleKind::ALL {
+            self.schedule(slot, kind);
+        }
+    }
+
+    /// Processes one input, appending what it causes to `out`.
     pub fn process(
         &mut self,
         input: &Input,
-        now: Millis,
+        meta: Meta,
         out: &mut Vec<Output>,
     ) -> Result<(), EngineError> {
         match input {
@@ -139,38 +222,111 @@ impl Engine {
                 self.apply_profile(household_id, profile.as_ref());
                 Ok(())
             }
-            Input::Sensor(e) => self.sensor(e, now, out),
-            Input::TaskUpdate(u) => self.task_update(u, out),
-            Input::Heartbeat(h) => self.known(&h.household_id),
-            Input::CheckIn(c) => self.known(&c.household_id),
+            Input::Sensor(e) => self.sensor(e, meta, out),
+            Input::Heartbeat(hb) => {
+                let slot = self
+                    .known(&hb.household_id)
+                    .ok_or(EngineError::UnknownHousehold)?;
+                let (t, _) = self.event_time(hb.event_time, meta.arrival);
+                self.touch(slot, meta.partition, t);
+                self.slot_mut(slot).device(&hb.device_id, hb.device_kind, t);
+                self.device_alive(slot, t, out);
+                self.advance(meta.partition, t.min(meta.arrival), out);
+                Ok(())
+            }
+            Input::CheckIn(c) => {
+                let slot = self
+                    .known(&c.household_id)
+                    .ok_or(EngineError::UnknownHousehold)?;
+                let (t, _) = self.event_time(c.event_time, meta.arrival);
+                self.touch(slot, meta.partition, t);
+                if self
+                    .clock(meta.partition)
+                    .watermark
+                    .is_some_and(|w| t < w - self.rules.allowed_lateness)
+                {
+                    self.stats.late_dropped += 1;
+                } else {
+                    self.checked_in(slot, t, c.kind == CheckInKind::HOME_VISIT, out);
+                }
+                self.advance(meta.partition, t.min(meta.arrival), out);
+                Ok(())
+            }
             // Weather fan-out arrives with the escalation work; an alert is valid input.
             Input::Weather(_) => Ok(()),
+            Input::TaskUpdate(u) => self.task_update(u, out),
         }
     }
 
-    fn known(&self, household_id: &str) -> Result<(), EngineError> {
-        match self.households.get(household_id) {
-            Some(h) if h.profile.is_some() => Ok(()),
-            _ => Err(EngineError::UnknownHousehold),
+    /// Moves a quiet partition's watermark on to `to` (the caller's clock less its idle
+    /// allowance) and releases what is due. Never moves time back.
+    pub fn tick(&mut self, partition: i32, to: Millis, out: &mut Vec<Output>) {
+        if self.partitions.contains_key(&partition) {
+            self.clock(partition).advance_to(to);
+            self.drain(partition, out);
+        }
+    }
+
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut p: Vec<i32> = self.partitions.keys().copied().collect();
+        p.sort_unstable();
+        p
+    }
+
+    /// Forgets households that left the registry and have been silent past `state_ttl`.
+    pub fn sweep(&mut self, now: Millis) {
+        let ttl = self.rules.state_ttl;
+        let stale: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let h = h.as_ref()?;
+                (h.profile.is_none() && h.open.is_empty() && h.last_seen < now - ttl)
+                    .then_some(i as u32)
+            })
+            .collect();
+        for slot in stale {
+            self.forget(slot);
+        }
+    }
+
+    fn touch(&mut self, slot: u32, partition: i32, t: Millis) {
+        let h = self.slot_mut(slot);
+        let first = h.first_seen == NEVER;
+        h.partition = Some(partition);
+        h.seen(t);
+        if first {
+            self.schedule_all(slot);
         }
     }
 
     fn apply_profile(&mut self, household_id: &str, profile: Option<&HouseholdProfile>) {
         match profile {
             Some(p) => {
-                self.households
-                    .entry(household_id.to_string())
-                    .or_default()
-                    .profile = Some(Arc::new(p.clone()));
+                let slot = self.slot_for(household_id);
+                let offset = match localtime::offset(&p.timezone) {
+                    Some(o) => o,
+                    None => {
+                        self.stats.timezone_fallbacks += 1;
+                        localtime::offset_or_cst(&p.timezone)
+                    }
+                };
+                let h = self.slot_mut(slot);
+                h.profile = Some(Arc::new(p.clone()));
+                h.offset = offset;
+                // Cohorts, overrides and away_until may have moved a deadline.
+                h.scheduled = [NEVER; RuleKind::ALL.len()];
+                self.schedule_all(slot);
             }
             None => {
                 // Removed from the registry: drop its state, but keep open incidents
                 // answerable until the desk closes them.
-                if let Some(h) = self.households.get(household_id) {
-                    if h.open.is_empty() {
-                        self.households.remove(household_id);
-                    } else if let Some(h) = self.households.get_mut(household_id) {
-                        h.profile = None;
+                if let Some(slot) = self.lookup(household_id) {
+                    if self.slot(slot).open.is_empty() {
+                        self.forget(slot);
+                    } else {
+                        self.slot_mut(slot).profile = None;
                     }
                 }
             }
@@ -193,35 +349,93 @@ impl Engine {
     fn sensor(
         &mut self,
         e: &SensorEvent,
-        now: Millis,
+        meta: Meta,
         out: &mut Vec<Output>,
     ) -> Result<(), EngineError> {
-        let memory = self.rules.dedup_memory;
         let alarm = match e.reading {
             Reading::Alarm { active: true } => self.rules.alarm_for(e.device_kind).map(|(i, _)| i),
             _ => None,
         };
-        let known = self
-            .households
-            .get(&e.household_id)
-            .is_some_and(|h| h.profile.is_some());
-        if !known && alarm.is_none() {
-            return Err(EngineError::UnknownHousehold);
-        }
-        let h = self.households.entry(e.household_id.clone()).or_default();
-        if !h.first_sighting(&e.event_id, memory) {
+        let slot = match (self.known(&e.household_id), alarm) {
+            (Some(s), _) => s,
+            // A call for help is never dropped for want of a registry entry.
+            (None, Some(_)) => self.slot_for(&e.household_id),
+            (None, None) => return Err(EngineError::UnknownHousehold),
+        };
+        if !self.slot_mut(slot).first_sighting(&e.event_id) {
             self.stats.duplicate_events += 1;
             return Ok(());
         }
+        let (t, skewed) = self.event_time(e.event_time, meta.arrival);
+        self.touch(slot, meta.partition, t);
+        self.slot_mut(slot).device(&e.device_id, e.device_kind, t);
         if let Some(rule) = alarm {
-            if !known {
-                // A call for help is never dropped for want of a registry entry.
+            if self.slot(slot).profile.is_none() {
                 self.stats.unknown_household_alarms += 1;
             }
-            let (time, skewed) = self.event_time(e.event_time, now);
-            self.raise_alarm(rule, e, time, skewed, now, out);
+            self.raise_alarm(slot, rule, e, t, skewed, meta.arrival, out);
+        } else if let Some(p) = pending(&e.reading, e.device_kind) {
+            self.enqueue(slot, t, p, hash64(&e.event_id), meta.partition, out);
         }
+        self.device_alive(slot, t, out);
+        self.advance(meta.partition, t.min(meta.arrival), out);
         Ok(())
+    }
+
+    fn enqueue(
+        &mut self,
+        slot: u32,
+        t: Millis,
+        p: Pending,
+        key: u64,
+        partition: i32,
+        out: &mut Vec<Output>,
+    ) {
+        let lateness = self.rules.allowed_lateness;
+        let generation = self.slot(slot).generation;
+        let clock = self.clock(partition);
+        if clock.is_late(t) {
+            if clock.watermark.is_some_and(|w| t < w - lateness) {
+                self.stats.late_dropped += 1;
+            } else {
+                self.stats.late_events += 1;
+                self.apply_pending(slot, t, p, true, out);
+            }
+            return;
+        }
+        clock.push(Entry {
+            time: t,
+            slot,
+            generation,
+            key,
+            due: Due::Event(p),
+        });
+    }
+
+    fn advance(&mut self, partition: i32, seen: Millis, out: &mut Vec<Output>) {
+        let ooo = self.rules.out_of_orderness;
+        self.clock(partition).observe(seen, ooo);
+        self.drain(partition, out);
+    }
+
+    fn drain(&mut self, partition: i32, out: &mut Vec<Output>) {
+        while let Some(e) = self.clock(partition).pop_due() {
+            let live = self
+                .slots
+                .get(e.slot as usize)
+                .and_then(|h| h.as_ref())
+                .is_some_and(|h| h.generation == e.generation);
+            if !live {
+                continue;
+            }
+            match e.due {
+                Due::Event(p) => self.apply_pending(e.slot, e.time, p, false, out),
+                Due::Timer(kind) if self.slot(e.slot).scheduled[kind as usize] == e.time => {
+                    self.fire(e.slot, kind, e.time, out)
+                }
+                Due::Timer(_) => {} // superseded by an earlier deadline
+            }
+        }
     }
 
     fn task_update(&mut self, u: &TaskUpdate, out: &mut Vec<Output>) -> Result<(), EngineError> {
@@ -234,14 +448,35 @@ impl Engine {
             TaskUpdateStatus::RESOLVED => TaskEventKind::RESOLVED,
             TaskUpdateStatus::FALSE_ALARM => TaskEventKind::FALSE_ALARM,
         };
+        // The desk's free text can carry anything; only its presence is passed on.
+        let reason = match &u.note {
+            Some(_) => format!("{} by the dispatch desk (with a note)", kind.as_str()),
+            None => format!("{} by the dispatch desk", kind.as_str()),
+        };
+        let slot = self.lookup(&u.household_id);
         if kind != TaskEventKind::ACKNOWLEDGED {
-            self.tasks.remove(&u.task_id);
-            if let Some(h) = self.households.get_mut(&u.household_id) {
-                h.open.retain(|i| i.incident_id != task.incident_id);
-                if h.profile.is_none() && h.open.is_empty() {
-                    self.households.remove(&u.household_id);
+            if let Some(slot) = slot {
+                let rule = self
+                    .slot(slot)
+                    .open
+                    .iter()
+                    .find(|i| i.incident_id == task.incident_id)
+                    .map(|i| i.rule.clone());
+                if let Some(rule) = rule {
+                    self.close_incident(slot, &rule, kind, u.at, &reason, out);
+                    if let Some(Output::TaskEvent(e)) = out.last_mut() {
+                        e.by = Some(u.by.clone());
+                    }
+                    let h = self.slot(slot);
+                    if h.profile.is_none() && h.open.is_empty() {
+                        self.forget(slot);
+                    } else {
+                        self.schedule_all(slot);
+                    }
+                    return Ok(());
                 }
             }
+            self.tasks.remove(&u.task_id);
         }
         out.push(Output::TaskEvent(TaskEvent {
             task_id: u.task_id.clone(),
@@ -249,15 +484,37 @@ impl Engine {
             rule_id: task.rule_id,
             kind,
             at: u.at,
-            reason: match &u.note {
-                // The desk's free text can carry anything; only its presence is passed on.
-                Some(_) => format!("{} by the dispatch desk (with a note)", kind.as_str()),
-                None => format!("{} by the dispatch desk", kind.as_str()),
-            },
+            reason,
             by: Some(u.by.clone()),
         }));
         Ok(())
     }
+}
+
+/// The queued form of a sensor reading, if any rule reads it.
+fn pending(reading: &Reading, kind: DeviceKind) -> Option<Pending> {
+    let small = |v: Option<i32>| v.map(|v| v.clamp(i16::MIN as i32, i16::MAX as i32) as i16);
+    Some(match *reading {
+        Reading::Motion { detected: true } => Pending::Motion,
+        Reading::Motion { detected: false } => return None,
+        Reading::Door { .. } => Pending::Door,
+        Reading::Bed { occupied } => Pending::Bed { occupied },
+        Reading::Vitals {
+            heart_rate_bpm,
+            respiration_rpm,
+            worn,
+        } => Pending::Vitals {
+            hr: small(heart_rate_bpm),
+            rr: small(respiration_rpm),
+            worn,
+        },
+        Reading::Meter { cumulative } => Pending::Meter {
+            water: kind == DeviceKind::WATER_METER,
+            value: cumulative,
+        },
+        Reading::PillBox { dose_taken: true } => Pending::Pill,
+        Reading::PillBox { dose_taken: false } | Reading::Alarm { .. } => return None,
+    })
 }
 
 #[cfg(test)]

@@ -57,9 +57,16 @@ fn press(hh: &str, id: &str, t: Millis) -> Input {
     )
 }
 
+fn m(arrival: Millis) -> Meta {
+    Meta {
+        partition: 0,
+        arrival,
+    }
+}
+
 fn run(e: &mut Engine, input: &Input, now: Millis) -> Vec<Output> {
     let mut out = Vec::new();
-    e.process(input, now, &mut out).unwrap();
+    e.process(input, m(now), &mut out).unwrap();
     out
 }
 
@@ -307,7 +314,7 @@ fn duplicate_event_ids_are_dropped() {
             at: T0,
             note: None,
         }),
-        T0,
+        m(T0),
         &mut Vec::new(),
     )
     .unwrap();
@@ -333,7 +340,7 @@ fn unknown_household_alarm_still_fires_other_events_are_rejected() {
         Reading::Motion { detected: true },
     );
     assert_eq!(
-        e.process(&motion, T0, &mut Vec::new()),
+        e.process(&motion, m(T0), &mut Vec::new()),
         Err(EngineError::UnknownHousehold)
     );
 }
@@ -411,16 +418,18 @@ fn task_updates_for_unknown_tasks_are_rejected() {
         })
     };
     assert_eq!(
-        e.process(&upd("nope", "hh-1"), T0, &mut Vec::new()),
+        e.process(&upd("nope", "hh-1"), m(T0), &mut Vec::new()),
         Err(EngineError::UnknownTask)
     );
     assert_eq!(
-        e.process(&upd(&real, "hh-2"), T0, &mut Vec::new()),
+        e.process(&upd(&real, "hh-2"), m(T0), &mut Vec::new()),
         Err(EngineError::UnknownTask)
     );
-    assert!(e.process(&upd(&real, "hh-1"), T0, &mut Vec::new()).is_ok());
+    assert!(e
+        .process(&upd(&real, "hh-1"), m(T0), &mut Vec::new())
+        .is_ok());
     assert_eq!(
-        e.process(&upd(&real, "hh-1"), T0, &mut Vec::new()),
+        e.process(&upd(&real, "hh-1"), m(T0), &mut Vec::new()),
         Err(EngineError::UnknownTask),
         "closed once"
     );
@@ -457,7 +466,7 @@ fn registry_removal_drops_state_but_open_tasks_stay_answerable() {
         mains_power: None,
     });
     assert_eq!(
-        e.process(&heartbeat, T0, &mut Vec::new()),
+        e.process(&heartbeat, m(T0), &mut Vec::new()),
         Err(EngineError::UnknownHousehold)
     );
     let resolve = Input::TaskUpdate(TaskUpdate {
@@ -490,7 +499,7 @@ fn same_input_gives_same_outputs() {
         let mut e = engine();
         let mut out = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
-            e.process(input, T0 + i as i64, &mut out).unwrap();
+            e.process(input, m(T0 + i as i64), &mut out).unwrap();
         }
         out
     };

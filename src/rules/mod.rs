@@ -1,15 +1,20 @@
 //! Rule configuration from `rules/*.toml`: parsed as plain data, then validated into the
 //! runtime [`RuleSet`] with every problem reported by file, line and column.
 
+pub mod windowed;
+
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{Action, DeviceKind, Millis};
+use crate::model::{Action, DeviceKind, Millis, QuietHours};
 
-/// The files `rules/` may hold; anything else there is a mistake worth stopping for.
+pub use windowed::{p, RuleKind, WindowedRule};
+
+/// The files `rules/` holds besides one per windowed rule; anything else there is a mistake
+/// worth stopping for.
 pub const FILES: [&str; 2] = ["engine.toml", "alarms.toml"];
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,11 @@ struct EngineFile {
     max_clock_skew: Spanned<String>,
     max_event_age: Spanned<String>,
     dedup_memory: Spanned<i64>,
+    out_of_orderness: Spanned<String>,
+    allowed_lateness: Spanned<String>,
+    idle_timeout: Spanned<String>,
+    state_ttl: Spanned<String>,
+    default_quiet_hours: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,19 +75,38 @@ pub struct RuleSet {
     pub max_clock_skew: Millis,
     pub max_event_age: Millis,
     pub dedup_memory: usize,
+    /// How far behind the newest event time a partition's watermark trails.
+    pub out_of_orderness: Millis,
+    /// Events later than this behind the watermark are counted and dropped.
+    pub allowed_lateness: Millis,
+    /// A partition with no records for this long (processing time) has its watermark moved
+    /// on by the clock, so its timers still fire.
+    pub idle_timeout: Millis,
+    /// A household with no event and no registry entry for this long is forgotten.
+    pub state_ttl: Millis,
+    pub default_quiet_hours: QuietHours,
     pub alarms: Vec<AlarmRule>,
+    /// One per [`RuleKind`], in `RuleKind::ALL` order.
+    pub windowed: Vec<WindowedRule>,
     /// Index into `alarms` by `DeviceKind::index()`.
     alarm_by_kind: [Option<usize>; 12],
 }
 
 impl RuleSet {
+    pub fn rule(&self, kind: RuleKind) -> &WindowedRule {
+        &self.windowed[kind as usize]
+    }
+
     pub fn alarm_for(&self, kind: DeviceKind) -> Option<(usize, &AlarmRule)> {
         self.alarm_by_kind[kind.index()].map(|i| (i, &self.alarms[i]))
     }
 
     /// Every rule id, for pre-registering the per-rule metric series.
     pub fn rule_ids(&self) -> Vec<String> {
-        self.alarms.iter().map(|r| r.rule_id.clone()).collect()
+        let alarms = self.alarms.iter().map(|r| r.rule_id.clone());
+        alarms
+            .chain(RuleKind::ALL.iter().map(|k| k.rule_id().to_string()))
+            .collect()
     }
 
     /// Loads and validates every file of `dir`, collecting all problems.
@@ -86,7 +115,8 @@ impl RuleSet {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.ends_with(".toml") && !FILES.contains(&name.as_str()) {
+                let windowed = RuleKind::ALL.iter().any(|k| k.file() == name);
+                if name.ends_with(".toml") && !FILES.contains(&name.as_str()) && !windowed {
                     problems.push(format!(
                         "{}: unknown rules file (expected one of {FILES:?})",
                         e.path().display()
@@ -101,12 +131,45 @@ impl RuleSet {
             max_clock_skew: 0,
             max_event_age: 0,
             dedup_memory: 0,
+            out_of_orderness: 0,
+            allowed_lateness: 0,
+            idle_timeout: 0,
+            state_ttl: 0,
+            default_quiet_hours: QuietHours {
+                start_minute: 22 * 60,
+                end_minute: 6 * 60,
+            },
             alarms: Vec::new(),
+            windowed: Vec::new(),
             alarm_by_kind: [None; 12],
         };
         if let Some((e, src)) = &engine {
             set.max_clock_skew = src.duration(&e.max_clock_skew, "max_clock_skew", &mut problems);
             set.max_event_age = src.duration(&e.max_event_age, "max_event_age", &mut problems);
+            set.out_of_orderness =
+                src.duration(&e.out_of_orderness, "out_of_orderness", &mut problems);
+            set.allowed_lateness =
+                src.duration(&e.allowed_lateness, "allowed_lateness", &mut problems);
+            set.idle_timeout = src.duration(&e.idle_timeout, "idle_timeout", &mut problems);
+            set.state_ttl = src.duration(&e.state_ttl, "state_ttl", &mut problems);
+            let q = e.default_quiet_hours.get_ref();
+            match q.split_once('-').and_then(|(a, b)| {
+                Some((
+                    windowed::parse_time_of_day(a)?,
+                    windowed::parse_time_of_day(b)?,
+                ))
+            }) {
+                Some((start_minute, end_minute)) => {
+                    set.default_quiet_hours = QuietHours {
+                        start_minute,
+                        end_minute,
+                    }
+                }
+                None => problems.push(src.at(
+                    e.default_quiet_hours.span(),
+                    "default_quiet_hours must look like \"22:00-06:00\"",
+                )),
+            }
             let n = *e.dedup_memory.get_ref();
             if !(0..=1024).contains(&n) {
                 problems.push(src.at(e.dedup_memory.span(), "dedup_memory must be 0..=1024"));
@@ -160,6 +223,18 @@ impl RuleSet {
                 });
             }
         }
+        for kind in RuleKind::ALL {
+            let path = dir.join(kind.file());
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let src = Source { path, text };
+                    if let Some(rule) = WindowedRule::load(kind, &src, &mut problems) {
+                        set.windowed.push(rule);
+                    }
+                }
+                Err(e) => problems.push(format!("{}: {e}", path.display())),
+            }
+        }
         if problems.is_empty() {
             Ok(set)
         } else {
@@ -175,14 +250,19 @@ struct Source {
 }
 
 impl Source {
-    fn at(&self, span: Range<usize>, msg: &str) -> String {
+    pub(crate) fn at(&self, span: Range<usize>, msg: &str) -> String {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         format!("{}:{line}:{col}: {msg}", self.path.display())
     }
 
-    fn duration(&self, v: &Spanned<String>, field: &str, problems: &mut Vec<String>) -> Millis {
+    pub(crate) fn duration(
+        &self,
+        v: &Spanned<String>,
+        field: &str,
+        problems: &mut Vec<String>,
+    ) -> Millis {
         match parse_duration(v.get_ref()) {
             Some(ms) if ms > 0 => ms,
             _ => {
@@ -251,12 +331,23 @@ mod tests {
         std::fs::write(dir.join(name), text).unwrap();
     }
 
+    /// A copy of the shipped rules in a fresh directory, to break on purpose.
     fn temp_rules(tag: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("carestream-rules-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let shipped = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
+        for e in std::fs::read_dir(shipped).unwrap().flatten() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
         dir
+    }
+
+    fn edit(dir: &Path, name: &str, from: &str, to: &str) {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(text.contains(from), "{name} has no {from:?}");
+        write(dir, name, &text.replacen(from, to, 1));
     }
 
     #[test]
@@ -282,19 +373,43 @@ mod tests {
         write(
             &dir,
             "engine.toml",
-            "max_clock_skew = \"ten minutes\"\ndedup_memory = 5000\nmax_event_age = \"7d\"\n",
+            &std::fs::read_to_string(dir.join("engine.toml"))
+                .unwrap()
+                .replace(
+                    "max_clock_skew = \"10m\"",
+                    "max_clock_skew = \"ten minutes\"",
+                )
+                .replace("dedup_memory = 32", "dedup_memory = 5000"),
         );
         write(
             &dir,
             "alarms.toml",
             "[defaults]\nrespond_within = \"5m\"\nstale_after = \"6h\"\n\n[[alarm]]\nrule_id = \"a\"\ndevice_kinds = [\"EMERGENCY_BUTTON\", \"TOASTER\"]\naction = \"PANIC\"\nreason = \"x\"\n",
         );
+        edit(
+            &dir,
+            "vitals.toml",
+            "heart_rate_high = 120",
+            "heart_rate_high = 1200",
+        );
+        edit(
+            &dir,
+            "no_movement.toml",
+            "params = { after = \"6h\" }",
+            "params = { aftr = \"6h\" }",
+        );
+        edit(
+            &dir,
+            "visit_cadence.toml",
+            "cohorts = [\"SEVERE_DISABILITY\"]",
+            "cohorts = [\"VERY_OLD\"]",
+        );
         write(&dir, "typo.toml", "");
         let err = RuleSet::load(&dir).unwrap_err();
         let all = err.0.join("\n");
-        assert_eq!(err.0.len(), 5, "{all}");
-        assert!(all.contains("engine.toml:1:18: max_clock_skew"), "{all}");
-        assert!(all.contains("engine.toml:2:16: dedup_memory"), "{all}");
+        assert_eq!(err.0.len(), 8, "{all}");
+        assert!(all.contains("engine.toml:5:18: max_clock_skew"), "{all}");
+        assert!(all.contains("engine.toml:12:16: dedup_memory"), "{all}");
         assert!(
             all.contains("alarms.toml:7:37: device kind must be one of"),
             "{all}"
@@ -303,28 +418,85 @@ mod tests {
             all.contains("alarms.toml:8:10: action must be one of"),
             "{all}"
         );
+        assert!(
+            all.contains("vitals.toml:11:19: heart_rate_high: expected a number in 0..=300"),
+            "{all}"
+        );
+        assert!(
+            all.contains("no_movement.toml:") && all.contains("unknown parameter aftr"),
+            "{all}"
+        );
+        assert!(
+            all.contains("visit_cadence.toml:") && all.contains("cohort must be one of"),
+            "{all}"
+        );
         assert!(all.contains("typo.toml: unknown rules file"), "{all}");
     }
 
     #[test]
     fn unknown_field_is_named_with_its_position() {
         let dir = temp_rules("unknown");
-        write(
+        edit(
             &dir,
             "engine.toml",
-            "max_clock_skew = \"1m\"\ndedup_memory = 8\nmax_skew = 3\nmax_event_age = \"1d\"\n",
-        );
-        write(
-            &dir,
-            "alarms.toml",
-            "[defaults]\nrespond_within = \"5m\"\nstale_after = \"6h\"\n",
+            "dedup_memory = 32",
+            "dedup_memory = 32\nmax_skew = 3",
         );
         let err = RuleSet::load(&dir).unwrap_err();
-        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0.len(), 1, "{:?}", err.0);
         assert!(
-            err.0[0].contains("engine.toml:3:1") && err.0[0].contains("max_skew"),
+            err.0[0].contains("engine.toml:13:1") && err.0[0].contains("max_skew"),
             "{:?}",
             err.0
+        );
+    }
+
+    #[test]
+    fn cohort_and_household_overrides() {
+        let dir = temp_rules("override");
+        edit(
+            &dir,
+            "no_movement.toml",
+            "# [[household]]\n# id = \"hh-000042\"\n# params = { after = \"4h\" }",
+            "[[household]]\nid = \"hh-000042\"\nparams = { after = \"4h\" }",
+        );
+        let set = RuleSet::load(&dir).unwrap();
+        let rule = set.rule(RuleKind::NoMovement);
+        let mut p = crate::simulate::household(1, 1);
+        p.cohorts = vec![crate::model::Cohort::LIVING_ALONE];
+        p.age = 70;
+        assert_eq!(
+            rule.ms(p::AFTER, "hh-1", Some(&p)),
+            12 * 3_600_000,
+            "default"
+        );
+        p.age = 85;
+        assert_eq!(
+            rule.ms(p::AFTER, "hh-1", Some(&p)),
+            10 * 3_600_000,
+            "living alone, 80+"
+        );
+        p.cohorts.push(crate::model::Cohort::DISABLED);
+        assert_eq!(
+            rule.ms(p::AFTER, "hh-1", Some(&p)),
+            8 * 3_600_000,
+            "living alone and disabled: first match"
+        );
+        p.cohorts.push(crate::model::Cohort::SEVERE_DISABILITY);
+        assert_eq!(rule.ms(p::AFTER, "hh-1", Some(&p)), 6 * 3_600_000);
+        assert_eq!(
+            rule.ms(p::AFTER, "hh-000042", Some(&p)),
+            4 * 3_600_000,
+            "household override wins"
+        );
+        assert_eq!(
+            rule.param(p::POWER_KW, "hh-000042", Some(&p)),
+            0.3,
+            "unset in the override: the default"
+        );
+        assert_eq!(
+            set.rule(RuleKind::Vitals).param(p::HR_HIGH, "x", Some(&p)),
+            110.0
         );
     }
 

@@ -1,0 +1,158 @@
+//! Event time per partition: a watermark and a queue of what waits for it. A household's
+//! events and timers all live on its partition, so one partition's time never fires another's
+//! timers, and a quiet partition is moved on by the caller's clock (see `Engine::tick`).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use crate::model::Millis;
+use crate::rules::RuleKind;
+
+/// The compact form of an event that waits in the queue for the watermark.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Pending {
+    Motion,
+    Door,
+    Bed {
+        occupied: bool,
+    },
+    Vitals {
+        hr: Option<i16>,
+        rr: Option<i16>,
+        worn: bool,
+    },
+    Meter {
+        water: bool,
+        value: f64,
+    },
+    Pill,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Due {
+    Event(Pending),
+    Timer(RuleKind),
+}
+
+/// A queue entry. Ordered by time, then events before timers (an event at a deadline counts
+/// before it), then household and a content key, so the order never depends on arrival.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub time: Millis,
+    pub slot: u32,
+    pub generation: u32,
+    pub key: u64,
+    pub due: Due,
+}
+
+impl Entry {
+    fn rank(&self) -> (Millis, u8, u32, u64) {
+        let class = match self.due {
+            Due::Event(_) => 0,
+            Due::Timer(_) => 1,
+        };
+        (self.time, class, self.slot, self.key)
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank() == other.rank()
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    /// The newest event time seen (bounded by arrival time), `None` before the first.
+    newest: Option<Millis>,
+    /// Everything at or before this time has been released; `None` before the first event.
+    pub watermark: Option<Millis>,
+    queue: BinaryHeap<Reverse<Entry>>,
+}
+
+impl Clock {
+    /// Moves time on with an event seen at `time`; returns the new watermark.
+    pub fn observe(&mut self, time: Millis, out_of_orderness: Millis) -> Millis {
+        let newest = self.newest.map_or(time, |n| n.max(time));
+        self.newest = Some(newest);
+        self.advance_to(newest - out_of_orderness)
+    }
+
+    /// Moves the watermark to `to` if that is later. Never backwards.
+    pub fn advance_to(&mut self, to: Millis) -> Millis {
+        let wm = self.watermark.map_or(to, |w| w.max(to));
+        self.watermark = Some(wm);
+        wm
+    }
+
+    pub fn push(&mut self, e: Entry) {
+        self.queue.push(Reverse(e));
+    }
+
+    /// The next entry due at or before the watermark.
+    pub fn pop_due(&mut self) -> Option<Entry> {
+        let wm = self.watermark?;
+        match self.queue.peek() {
+            Some(Reverse(e)) if e.time <= wm => self.queue.pop().map(|r| r.0),
+            _ => None,
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether `time` is behind the watermark (the queue has moved past it).
+    pub fn is_late(&self, time: Millis) -> bool {
+        self.watermark.is_some_and(|w| time < w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(time: Millis, key: u64, due: Due) -> Entry {
+        Entry {
+            time,
+            slot: 0,
+            generation: 0,
+            key,
+            due,
+        }
+    }
+
+    #[test]
+    fn releases_in_time_order_up_to_the_watermark() {
+        let mut c = Clock::default();
+        assert_eq!(c.pop_due(), None, "no watermark yet");
+        c.push(entry(30, 1, Due::Event(Pending::Motion)));
+        c.push(entry(10, 2, Due::Timer(RuleKind::NoMovement)));
+        c.push(entry(10, 3, Due::Event(Pending::Door)));
+        assert_eq!(c.observe(25, 5), 20);
+        let first = c.pop_due().unwrap();
+        assert_eq!(
+            (first.time, first.due),
+            (10, Due::Event(Pending::Door)),
+            "events before timers"
+        );
+        assert_eq!(c.pop_due().unwrap().due, Due::Timer(RuleKind::NoMovement));
+        assert_eq!(c.pop_due(), None, "30 is past the watermark");
+        assert_eq!(c.observe(12, 5), 20, "an older event never moves time back");
+        assert!(c.is_late(19) && !c.is_late(20));
+        assert_eq!(c.advance_to(40), 40);
+        assert_eq!(c.pop_due().unwrap().time, 30);
+        assert_eq!(c.queued(), 0);
+    }
+}

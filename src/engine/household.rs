@@ -1,0 +1,166 @@
+//! Per-household state, kept compact (a few hundred bytes in steady state): times as plain
+//! integers, a short list of devices, and one scheduled deadline per timed rule.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use crate::model::{DeviceKind, HouseholdProfile, Millis};
+use crate::rules::RuleKind;
+
+/// "Never": older than any real time, so `max` with it is the identity.
+pub const NEVER: Millis = Millis::MIN;
+
+pub fn hash64(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceSeen {
+    pub id: u64,
+    pub kind: DeviceKind,
+    pub last: Millis,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Water {
+    pub base_time: Millis,
+    pub base_value: f64,
+    pub last_time: Millis,
+    pub last_value: f64,
+    pub flow_since: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RuleRef {
+    Alarm(usize),
+    Windowed(RuleKind),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OpenIncident {
+    pub rule: RuleRef,
+    pub incident_id: String,
+    pub task_id: String,
+    pub incident_time: Millis,
+}
+
+#[derive(Debug)]
+pub(crate) struct Household {
+    pub id: Arc<str>,
+    pub generation: u32,
+    pub profile: Option<Arc<HouseholdProfile>>,
+    /// UTC offset of the household's time zone.
+    pub offset: Millis,
+    pub partition: Option<i32>,
+    pub open: Vec<OpenIncident>,
+    recent: Box<[u64]>,
+    recent_next: u16,
+    /// Event time of the first and the newest event of any kind.
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+    pub last_activity: Millis,
+    pub last_motion: Millis,
+    pub last_checkin: Millis,
+    pub last_visit: Millis,
+    /// The last daily-round deadline judged.
+    pub round_judged: Millis,
+    pub vitals_out_since: Option<Millis>,
+    pub bed_out_since: Option<Millis>,
+    pub door_at_night: Option<Millis>,
+    pub water: Option<Water>,
+    pub power_last: Option<(Millis, f64)>,
+    pub devices: Vec<DeviceSeen>,
+    /// The deadline each timed rule is queued for (`NEVER`: none queued).
+    pub scheduled: [Millis; RuleKind::ALL.len()],
+}
+
+impl Household {
+    pub fn new(id: Arc<str>, generation: u32, dedup_memory: usize) -> Household {
+        Household {
+            id,
+            generation,
+            profile: None,
+            offset: super::localtime::offset_or_cst("Asia/Shanghai"),
+            partition: None,
+            open: Vec::new(),
+            recent: vec![0; dedup_memory].into_boxed_slice(),
+            recent_next: 0,
+            first_seen: NEVER,
+            last_seen: NEVER,
+            last_activity: NEVER,
+            last_motion: NEVER,
+            last_checkin: NEVER,
+            last_visit: NEVER,
+            round_judged: NEVER,
+            vitals_out_since: None,
+            bed_out_since: None,
+            door_at_night: None,
+            water: None,
+            power_last: None,
+            devices: Vec::new(),
+            scheduled: [NEVER; RuleKind::ALL.len()],
+        }
+    }
+
+    /// Records an event id; false when it was seen recently (a redelivery or device repeat).
+    /// Zero marks an empty slot, so a hash of zero is nudged to one.
+    pub fn first_sighting(&mut self, event_id: &str) -> bool {
+        if self.recent.is_empty() {
+            return true;
+        }
+        let h = hash64(event_id).max(1);
+        if self.recent.contains(&h) {
+            return false;
+        }
+        let i = self.recent_next as usize % self.recent.len();
+        self.recent[i] = h;
+        self.recent_next = ((i + 1) % self.recent.len()) as u16;
+        true
+    }
+
+    pub fn seen(&mut self, t: Millis) {
+        if self.first_seen == NEVER || t < self.first_seen {
+            self.first_seen = t;
+        }
+        self.last_seen = self.last_seen.max(t);
+    }
+
+    pub fn device(&mut self, device_id: &str, kind: DeviceKind, t: Millis) {
+        let id = hash64(device_id);
+        match self.devices.iter_mut().find(|d| d.id == id) {
+            Some(d) => d.last = d.last.max(t),
+            None => self.devices.push(DeviceSeen { id, kind, last: t }),
+        }
+    }
+
+    /// Whether the elder is away (in hospital, with family) at `t`.
+    pub fn away_at(&self, t: Millis) -> bool {
+        self.profile
+            .as_ref()
+            .and_then(|p| p.away_until)
+            .is_some_and(|until| t < until)
+    }
+
+    pub fn away_until(&self) -> Option<Millis> {
+        self.profile.as_ref().and_then(|p| p.away_until)
+    }
+
+    pub fn open_for(&self, rule: &RuleRef) -> Option<&OpenIncident> {
+        self.open.iter().find(|i| &i.rule == rule)
+    }
+
+    /// Heap bytes held beyond the struct itself (the profile is the registry's, shared).
+    pub fn heap_bytes(&self) -> usize {
+        self.recent.len() * 8
+            + self.devices.capacity() * std::mem::size_of::<DeviceSeen>()
+            + self.open.capacity() * std::mem::size_of::<OpenIncident>()
+            + self
+                .open
+                .iter()
+                .map(|i| i.incident_id.capacity() + i.task_id.capacity())
+                .sum::<usize>()
+            + self.id.len()
+    }
+}

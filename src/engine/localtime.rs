@@ -1,0 +1,83 @@
+//! Local time of day for the registry's IANA time zones. China keeps no daylight saving, so
+//! the zones a Chinese city platform sends are fixed offsets; a full tz database would add
+//! weight for nothing. An unknown zone falls back to China Standard Time and is counted.
+
+use crate::model::{Millis, QuietHours};
+
+const HOUR: Millis = 3_600_000;
+pub const DAY: Millis = 24 * HOUR;
+const CST: Millis = 8 * HOUR;
+
+/// UTC offset of `tz`, or `None` when it is not one we know to be fixed.
+pub fn offset(tz: &str) -> Option<Millis> {
+    Some(match tz {
+        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Chungking" | "Asia/Harbin" | "PRC"
+        | "Asia/Hong_Kong" | "Asia/Macau" | "Asia/Taipei" | "Etc/GMT-8" => CST,
+        "Asia/Urumqi" | "Asia/Kashgar" | "Etc/GMT-6" => 6 * HOUR,
+        "UTC" | "Etc/UTC" | "Etc/GMT" => 0,
+        _ => return None,
+    })
+}
+
+pub fn offset_or_cst(tz: &str) -> Millis {
+    offset(tz).unwrap_or(CST)
+}
+
+/// Minutes after local midnight.
+pub fn minute_of_day(t: Millis, offset: Millis) -> i32 {
+    ((t + offset).rem_euclid(DAY) / 60_000) as i32
+}
+
+/// The instant of the local midnight that starts the day containing `t`.
+pub fn local_midnight(t: Millis, offset: Millis) -> Millis {
+    t - (t + offset).rem_euclid(DAY)
+}
+
+/// Whether `t` falls in the quiet hours (which may wrap past midnight).
+pub fn in_quiet_hours(t: Millis, offset: Millis, q: QuietHours) -> bool {
+    let m = minute_of_day(t, offset);
+    if q.start_minute <= q.end_minute {
+        (q.start_minute..q.end_minute).contains(&m)
+    } else {
+        m >= q.start_minute || m < q.end_minute
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2026-11-20T00:00:00+08:00
+    const MIDNIGHT_CST: Millis = 1_795_104_000_000;
+
+    #[test]
+    fn china_standard_time() {
+        assert_eq!(offset("Asia/Shanghai"), Some(CST));
+        assert_eq!(offset("Europe/Berlin"), None);
+        assert_eq!(minute_of_day(MIDNIGHT_CST, CST), 0);
+        assert_eq!(
+            minute_of_day(MIDNIGHT_CST + 10 * HOUR + 5 * 60_000, CST),
+            605
+        );
+        assert_eq!(local_midnight(MIDNIGHT_CST + 23 * HOUR, CST), MIDNIGHT_CST);
+        assert_eq!(local_midnight(MIDNIGHT_CST - 1, CST), MIDNIGHT_CST - DAY);
+    }
+
+    #[test]
+    fn quiet_hours_wrap_midnight() {
+        let q = QuietHours {
+            start_minute: 22 * 60,
+            end_minute: 6 * 60,
+        };
+        assert!(in_quiet_hours(MIDNIGHT_CST + 2 * HOUR, CST, q));
+        assert!(in_quiet_hours(MIDNIGHT_CST - HOUR, CST, q));
+        assert!(!in_quiet_hours(MIDNIGHT_CST + 6 * HOUR, CST, q));
+        assert!(!in_quiet_hours(MIDNIGHT_CST + 12 * HOUR, CST, q));
+        let day = QuietHours {
+            start_minute: 13 * 60,
+            end_minute: 14 * 60,
+        };
+        assert!(in_quiet_hours(MIDNIGHT_CST + 13 * HOUR, CST, day));
+        assert!(!in_quiet_hours(MIDNIGHT_CST + 14 * HOUR, CST, day));
+    }
+}
