@@ -11,6 +11,15 @@ use crate::rules::RuleKind;
 /// The compact form of an event that waits in the queue for the watermark.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Pending {
+    /// A device heartbeat: registers the device for the silence rules.
+    Heartbeat {
+        kind: crate::model::DeviceKind,
+    },
+    CheckIn {
+        visit: bool,
+    },
+    /// A reading no rule reads (motion cleared, an alarm reset): the device is alive.
+    Alive,
     Motion,
     Door,
     Bed {
@@ -42,6 +51,8 @@ pub(crate) struct Entry {
     pub slot: u32,
     pub generation: u32,
     pub key: u64,
+    /// The reporting device (hashed id), 0 for deadlines.
+    pub device: u64,
     pub due: Due,
 }
 
@@ -129,6 +140,7 @@ mod tests {
             slot: 0,
             generation: 0,
             key,
+            device: 0,
             due,
         }
     }

@@ -127,11 +127,20 @@ impl Household {
         self.last_seen = self.last_seen.max(t);
     }
 
-    pub fn device(&mut self, device_id: &str, kind: DeviceKind, t: Millis) {
-        let id = hash64(device_id);
+    /// A heartbeat: registers the device for the silence rules. Only heartbeats register:
+    /// a door contact or a button reports only when used, so its events say nothing about
+    /// whether it is still alive when they stop.
+    pub fn heartbeat(&mut self, id: u64, kind: DeviceKind, t: Millis) {
         match self.devices.iter_mut().find(|d| d.id == id) {
             Some(d) => d.last = d.last.max(t),
             None => self.devices.push(DeviceSeen { id, kind, last: t }),
+        }
+    }
+
+    /// Any event from a device proves it alive, if it is one that sends heartbeats.
+    pub fn device_event(&mut self, id: u64, t: Millis) {
+        if let Some(d) = self.devices.iter_mut().find(|d| d.id == id) {
+            d.last = d.last.max(t);
         }
     }
 

@@ -229,8 +229,11 @@ impl Engine {
                     .ok_or(EngineError::UnknownHousehold)?;
                 let (t, _) = self.event_time(hb.event_time, meta.arrival);
                 self.touch(slot, meta.partition, t);
-                self.slot_mut(slot).device(&hb.device_id, hb.device_kind, t);
-                self.device_alive(slot, t, out);
+                let p = Pending::Heartbeat {
+                    kind: hb.device_kind,
+                };
+                let device = hash64(&hb.device_id);
+                self.enqueue(slot, t, p, device ^ t as u64, device, meta.partition, out);
                 self.advance(meta.partition, t.min(meta.arrival), out);
                 Ok(())
             }
@@ -240,15 +243,10 @@ impl Engine {
                     .ok_or(EngineError::UnknownHousehold)?;
                 let (t, _) = self.event_time(c.event_time, meta.arrival);
                 self.touch(slot, meta.partition, t);
-                if self
-                    .clock(meta.partition)
-                    .watermark
-                    .is_some_and(|w| t < w - self.rules.allowed_lateness)
-                {
-                    self.stats.late_dropped += 1;
-                } else {
-                    self.checked_in(slot, t, c.kind == CheckInKind::HOME_VISIT, out);
-                }
+                let p = Pending::CheckIn {
+                    visit: c.kind == CheckInKind::HOME_VISIT,
+                };
+                self.enqueue(slot, t, p, c.kind as u64, 0, meta.partition, out);
                 self.advance(meta.partition, t.min(meta.arrival), out);
                 Ok(())
             }
@@ -293,10 +291,13 @@ impl Engine {
 
     fn touch(&mut self, slot: u32, partition: i32, t: Millis) {
         let h = self.slot_mut(slot);
-        let first = h.first_seen == NEVER;
+        // The first event seen anchors the deadlines of a new household; an earlier one
+        // arriving second (reordered) moves them, so they are worked out again.
+        let earlier = h.first_seen == NEVER || t < h.first_seen;
         h.partition = Some(partition);
         h.seen(t);
-        if first {
+        if earlier {
+            h.scheduled = [NEVER; RuleKind::ALL.len()];
             self.schedule_all(slot);
         }
     }
@@ -368,26 +369,37 @@ impl Engine {
         }
         let (t, skewed) = self.event_time(e.event_time, meta.arrival);
         self.touch(slot, meta.partition, t);
-        self.slot_mut(slot).device(&e.device_id, e.device_kind, t);
+        let device = hash64(&e.device_id);
         if let Some(rule) = alarm {
             if self.slot(slot).profile.is_none() {
                 self.stats.unknown_household_alarms += 1;
             }
             self.raise_alarm(slot, rule, e, t, skewed, meta.arrival, out);
-        } else if let Some(p) = pending(&e.reading, e.device_kind) {
-            self.enqueue(slot, t, p, hash64(&e.event_id), meta.partition, out);
+            self.enqueue(
+                slot,
+                t,
+                Pending::Alive,
+                hash64(&e.event_id),
+                device,
+                meta.partition,
+                out,
+            );
+        } else {
+            let p = pending(&e.reading, e.device_kind);
+            self.enqueue(slot, t, p, hash64(&e.event_id), device, meta.partition, out);
         }
-        self.device_alive(slot, t, out);
         self.advance(meta.partition, t.min(meta.arrival), out);
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
         slot: u32,
         t: Millis,
         p: Pending,
         key: u64,
+        device: u64,
         partition: i32,
         out: &mut Vec<Output>,
     ) {
@@ -399,7 +411,7 @@ impl Engine {
                 self.stats.late_dropped += 1;
             } else {
                 self.stats.late_events += 1;
-                self.apply_pending(slot, t, p, true, out);
+                self.apply_pending(slot, t, p, device, true, out);
             }
             return;
         }
@@ -408,6 +420,7 @@ impl Engine {
             slot,
             generation,
             key,
+            device,
             due: Due::Event(p),
         });
     }
@@ -429,7 +442,7 @@ impl Engine {
                 continue;
             }
             match e.due {
-                Due::Event(p) => self.apply_pending(e.slot, e.time, p, false, out),
+                Due::Event(p) => self.apply_pending(e.slot, e.time, p, e.device, false, out),
                 Due::Timer(kind) if self.slot(e.slot).scheduled[kind as usize] == e.time => {
                     self.fire(e.slot, kind, e.time, out)
                 }
@@ -491,12 +504,11 @@ impl Engine {
     }
 }
 
-/// The queued form of a sensor reading, if any rule reads it.
-fn pending(reading: &Reading, kind: DeviceKind) -> Option<Pending> {
+/// The queued form of a sensor reading.
+fn pending(reading: &Reading, kind: DeviceKind) -> Pending {
     let small = |v: Option<i32>| v.map(|v| v.clamp(i16::MIN as i32, i16::MAX as i32) as i16);
-    Some(match *reading {
+    match *reading {
         Reading::Motion { detected: true } => Pending::Motion,
-        Reading::Motion { detected: false } => return None,
         Reading::Door { .. } => Pending::Door,
         Reading::Bed { occupied } => Pending::Bed { occupied },
         Reading::Vitals {
@@ -513,8 +525,10 @@ fn pending(reading: &Reading, kind: DeviceKind) -> Option<Pending> {
             value: cumulative,
         },
         Reading::PillBox { dose_taken: true } => Pending::Pill,
-        Reading::PillBox { dose_taken: false } | Reading::Alarm { .. } => return None,
-    })
+        Reading::Motion { detected: false }
+        | Reading::PillBox { dose_taken: false }
+        | Reading::Alarm { .. } => Pending::Alive,
+    }
 }
 
 #[cfg(test)]

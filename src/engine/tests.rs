@@ -507,3 +507,322 @@ fn same_input_gives_same_outputs() {
     assert_eq!(tasks(&a).len(), 3);
     assert_eq!(a, run_all());
 }
+
+// ---- event time ----
+
+const HOUR: Millis = 3_600_000;
+
+fn on(partition: i32, arrival: Millis) -> Meta {
+    Meta { partition, arrival }
+}
+
+fn heartbeat(hh: &str, t: Millis) -> Input {
+    Input::Heartbeat(DeviceHeartbeat {
+        household_id: hh.into(),
+        device_id: format!("{hh}-pir"),
+        device_kind: DeviceKind::MOTION_PIR,
+        event_time: t,
+        battery_pct: Some(90),
+        mains_power: None,
+    })
+}
+
+fn opened(out: &[Output]) -> Vec<(String, String, Millis)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::TaskEvent(e) if e.kind == TaskEventKind::OPENED => {
+                Some((e.household_id.clone(), e.rule_id.clone(), e.at))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_quiet_partition_neither_stalls_nor_fires_early() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    for hh in ["busy", "quiet"] {
+        e.process(&profile(hh, 1), on(0, T0), &mut out).unwrap();
+    }
+    let motion = |hh: &str, id: &str, t| {
+        sensor(
+            hh,
+            id,
+            DeviceKind::MOTION_PIR,
+            t,
+            Reading::Motion { detected: true },
+        )
+    };
+    // "quiet" moves once at T0 on partition 1, then its partition hears nothing.
+    e.process(&motion("quiet", "q0", T0), on(1, T0), &mut out)
+        .unwrap();
+    // Partition 0 runs a whole day ahead: its time must not fire partition 1's timers.
+    for i in 0..48 {
+        let t = T0 + i * HOUR / 2;
+        e.process(&motion("busy", &format!("b{i}"), t), on(0, t), &mut out)
+            .unwrap();
+    }
+    let quiet = |out: &[Output]| {
+        opened(out)
+            .into_iter()
+            .filter(|(h, _, _)| h == "quiet")
+            .collect::<Vec<_>>()
+    };
+    assert!(quiet(&out).is_empty(), "{out:#?}");
+    assert_eq!(e.watermark(1), Some(T0 - 30_000));
+    // The clock moves partition 1 on: just before the deadline nothing, at it the task
+    // (living alone, 84: the 10 h cohort threshold).
+    e.tick(1, T0 + 10 * HOUR - 1, &mut out);
+    assert!(quiet(&out).is_empty());
+    e.tick(1, T0 + 10 * HOUR, &mut out);
+    assert_eq!(
+        quiet(&out),
+        vec![(
+            "quiet".to_string(),
+            "no_movement".to_string(),
+            T0 + 10 * HOUR
+        )]
+    );
+    // Ticks never move time back.
+    e.tick(1, T0, &mut out);
+    assert_eq!(e.watermark(1), Some(T0 + 10 * HOUR));
+}
+
+#[test]
+fn a_fast_device_clock_does_not_drag_the_watermark() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    // Nine minutes ahead (inside max_clock_skew, so its time is kept as event time)...
+    e.process(
+        &sensor(
+            "hh-1",
+            "x",
+            DeviceKind::MOTION_PIR,
+            T0 + 9 * 60_000,
+            Reading::Motion { detected: true },
+        ),
+        on(0, T0),
+        &mut out,
+    )
+    .unwrap();
+    // ...but time only moves as far as the record's arrival allows.
+    assert_eq!(e.watermark(0), Some(T0 - 30_000));
+    // Far ahead: placed at arrival and counted.
+    e.process(
+        &sensor(
+            "hh-1",
+            "y",
+            DeviceKind::MOTION_PIR,
+            T0 + 5 * HOUR,
+            Reading::Motion { detected: true },
+        ),
+        on(0, T0 + 1_000),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(e.watermark(0), Some(T0 + 1_000 - 30_000));
+    assert_eq!(e.stats().clock_skew_clamped, 1);
+}
+
+#[test]
+fn late_events_are_counted_and_used_where_order_does_not_matter() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    e.process(&heartbeat("hh-1", T0 + HOUR), on(0, T0 + HOUR), &mut out)
+        .unwrap();
+    // Motion from 50 minutes ago: late, but activity is a maximum, so it still counts.
+    e.process(
+        &sensor(
+            "hh-1",
+            "m",
+            DeviceKind::MOTION_PIR,
+            T0 + 10 * 60_000,
+            Reading::Motion { detected: true },
+        ),
+        on(0, T0 + HOUR),
+        &mut out,
+    )
+    .unwrap();
+    // Vitals from then: late for a rule that needs order: dropped.
+    e.process(
+        &sensor(
+            "hh-1",
+            "v",
+            DeviceKind::WEARABLE,
+            T0 + 10 * 60_000,
+            Reading::Vitals {
+                heart_rate_bpm: Some(150),
+                respiration_rpm: None,
+                worn: true,
+            },
+        ),
+        on(0, T0 + HOUR),
+        &mut out,
+    )
+    .unwrap();
+    // Seven hours late: past allowed_lateness, dropped.
+    e.process(
+        &sensor(
+            "hh-1",
+            "old",
+            DeviceKind::MOTION_PIR,
+            T0 - 6 * HOUR,
+            Reading::Motion { detected: true },
+        ),
+        on(0, T0 + HOUR),
+        &mut out,
+    )
+    .unwrap();
+    let s = e.stats();
+    assert_eq!((s.late_events, s.late_dropped), (2, 2), "{s:?}");
+    // The late motion moved the no-movement deadline (10 h for this cohort) to 10 h after
+    // T0 + 10 min, not after T0.
+    let still = |out: &[Output]| {
+        opened(out)
+            .into_iter()
+            .filter(|(_, r, _)| r == "no_movement")
+            .collect::<Vec<_>>()
+    };
+    e.tick(0, T0 + 10 * HOUR + 5 * 60_000, &mut out);
+    assert!(still(&out).is_empty(), "{:?}", opened(&out));
+    e.tick(0, T0 + 10 * HOUR + 10 * 60_000, &mut out);
+    assert_eq!(
+        still(&out),
+        vec![(
+            "hh-1".to_string(),
+            "no_movement".to_string(),
+            T0 + 10 * HOUR + 10 * 60_000
+        )]
+    );
+}
+
+#[test]
+fn state_per_household_stays_under_1_kib() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let n = 20_000;
+    for i in 0..n {
+        let hh = format!("hh-{i:06}");
+        e.process(&profile(&hh, 2), on(0, T0), &mut out).unwrap();
+        // A busy steady state: heartbeats from two devices, motion, vitals, a meter, a bed.
+        for (j, input) in [
+            heartbeat(&hh, T0),
+            Input::Heartbeat(DeviceHeartbeat {
+                household_id: hh.clone(),
+                device_id: format!("{hh}-bed"),
+                device_kind: DeviceKind::BED_SENSOR,
+                event_time: T0,
+                battery_pct: None,
+                mains_power: Some(true),
+            }),
+            sensor(
+                &hh,
+                &format!("{hh}-m"),
+                DeviceKind::MOTION_PIR,
+                T0,
+                Reading::Motion { detected: true },
+            ),
+            sensor(
+                &hh,
+                &format!("{hh}-v"),
+                DeviceKind::WEARABLE,
+                T0,
+                Reading::Vitals {
+                    heart_rate_bpm: Some(70),
+                    respiration_rpm: Some(15),
+                    worn: true,
+                },
+            ),
+            sensor(
+                &hh,
+                &format!("{hh}-w"),
+                DeviceKind::WATER_METER,
+                T0,
+                Reading::Meter { cumulative: 3.0 },
+            ),
+            sensor(
+                &hh,
+                &format!("{hh}-b"),
+                DeviceKind::BED_SENSOR,
+                T0,
+                Reading::Bed { occupied: true },
+            ),
+        ]
+        .iter()
+        .enumerate()
+        {
+            e.process(input, on(0, T0 + j as i64), &mut out).unwrap();
+        }
+    }
+    e.tick(0, T0 + 60_000, &mut out);
+    let per = e.state_bytes() / n;
+    assert!(per < 1024, "{per} bytes per household");
+    assert!(per > 200, "{per}: the estimate counts the state");
+}
+
+#[test]
+fn households_that_left_are_forgotten_after_the_ttl() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    e.process(&heartbeat("hh-1", T0), on(0, T0), &mut out)
+        .unwrap();
+    // An alarm from a household the registry never had keeps a slot while its task is open.
+    e.process(&press("hh-x", "p", T0), on(0, T0), &mut out)
+        .unwrap();
+    e.process(
+        &Input::Household {
+            household_id: "hh-1".into(),
+            profile: None,
+        },
+        on(0, T0),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        e.household_count(),
+        1,
+        "hh-1 left the registry with nothing open"
+    );
+    e.sweep(T0 + 31 * 24 * HOUR);
+    assert_eq!(e.household_count(), 1, "hh-x has an open task");
+}
+
+#[test]
+fn reloaded_rules_take_effect_on_existing_households() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    e.process(
+        &sensor(
+            "hh-1",
+            "m",
+            DeviceKind::MOTION_PIR,
+            T0,
+            Reading::Motion { detected: true },
+        ),
+        on(0, T0),
+        &mut out,
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("carestream-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
+    for f in std::fs::read_dir(shipped).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    let text = std::fs::read_to_string(dir.join("no_movement.toml"))
+        .unwrap()
+        .replace("after = \"10h\"", "after = \"2h\"");
+    std::fs::write(dir.join("no_movement.toml"), text).unwrap();
+    e.set_rules(Arc::new(RuleSet::load(&dir).unwrap()));
+    e.tick(0, T0 + 2 * HOUR, &mut out);
+    assert_eq!(
+        opened(&out),
+        vec![("hh-1".to_string(), "no_movement".to_string(), T0 + 2 * HOUR)]
+    );
+}

@@ -63,10 +63,21 @@ impl Engine {
         slot: u32,
         t: Millis,
         ev: Pending,
+        device: u64,
         late: bool,
         out: &mut Vec<Output>,
     ) {
+        if device != 0 {
+            let h = self.slot_mut(slot);
+            match ev {
+                Pending::Heartbeat { kind } => h.heartbeat(device, kind, t),
+                _ => h.device_event(device, t),
+            }
+            self.device_alive(slot, t, out);
+        }
         match ev {
+            Pending::Heartbeat { .. } | Pending::Alive => {}
+            Pending::CheckIn { visit } => self.checked_in(slot, t, visit, out),
             Pending::Motion => {
                 self.activity(slot, t, out);
                 let h = self.slot_mut(slot);
@@ -348,6 +359,7 @@ impl Engine {
             slot,
             generation,
             key: kind as u64,
+            device: 0,
             due: Due::Timer(kind),
         });
     }

@@ -1,0 +1,212 @@
+//! Property: reordering the input within the out-of-orderness bound never changes what the
+//! engine emits. Random days of motion, doors, bed, vitals, water, pill box, heartbeats and
+//! check-ins for a few households are fed once in event-time order and once with every record
+//! delayed by a random amount under the bound; the outputs must be the same.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use carestream::engine::{Engine, Meta};
+use carestream::model::*;
+use carestream::rules::RuleSet;
+
+const DAY0: Millis = 1_795_104_000_000;
+const HOUSEHOLDS: usize = 3;
+
+#[derive(Debug, Clone)]
+struct Ev {
+    hh: usize,
+    time: Millis,
+    kind: u8,
+    value: i32,
+    delay: Millis,
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    // Two days, to the second; delays strictly under the 30 s bound.
+    (
+        0..HOUSEHOLDS,
+        0..(2 * 86_400i64),
+        0u8..10,
+        30i32..150,
+        0..29_999i64,
+    )
+        .prop_map(|(hh, s, kind, value, delay)| Ev {
+            hh,
+            time: DAY0 + s * 1000,
+            kind,
+            value,
+            delay,
+        })
+}
+
+fn profiles() -> Vec<Input> {
+    let cohorts = [
+        vec![Cohort::LIVING_ALONE],
+        vec![Cohort::SEVERE_DISABILITY],
+        vec![Cohort::EMPTY_NEST, Cohort::DISABLED],
+    ];
+    (0..HOUSEHOLDS)
+        .map(|i| Input::Household {
+            household_id: format!("hh-{i}"),
+            profile: Some(HouseholdProfile {
+                household_id: format!("hh-{i}"),
+                district: "420102".into(),
+                street: "420102001".into(),
+                community: "420102001001".into(),
+                cohorts: cohorts[i].clone(),
+                ability_level: i as i32 + 1,
+                age: 70 + 8 * i as i32,
+                emergency_contacts: vec![],
+                quiet_hours: None,
+                away_until: None,
+                timezone: "Asia/Shanghai".into(),
+            }),
+        })
+        .collect()
+}
+
+fn inputs(evs: &[Ev]) -> Vec<(Input, Millis, Millis)> {
+    // Water meters count up in event-time order, whatever order they arrive in.
+    let mut sorted: Vec<(usize, &Ev)> = evs.iter().enumerate().collect();
+    sorted.sort_by_key(|(i, e)| (e.time, *i));
+    let mut meter = [100.0f64; HOUSEHOLDS];
+    let mut out = Vec::new();
+    for (i, e) in sorted {
+        let hh = format!("hh-{}", e.hh);
+        let sensor = |kind: DeviceKind, reading: Reading| {
+            Input::Sensor(SensorEvent {
+                event_id: format!("e{i}"),
+                household_id: hh.clone(),
+                device_id: format!("{hh}-{kind}"),
+                device_kind: kind,
+                event_time: e.time,
+                reading,
+                gateway_id: None,
+            })
+        };
+        let input = match e.kind {
+            0 | 1 => sensor(DeviceKind::MOTION_PIR, Reading::Motion { detected: true }),
+            2 => sensor(DeviceKind::DOOR_CONTACT, Reading::Door { open: true }),
+            3 => sensor(
+                DeviceKind::BED_SENSOR,
+                Reading::Bed {
+                    occupied: e.value % 2 == 0,
+                },
+            ),
+            4 => sensor(
+                DeviceKind::WEARABLE,
+                Reading::Vitals {
+                    heart_rate_bpm: Some(e.value),
+                    respiration_rpm: Some(e.value / 5),
+                    worn: e.value % 7 != 0,
+                },
+            ),
+            5 => {
+                meter[e.hh] += if e.value % 3 == 0 {
+                    0.0
+                } else {
+                    e.value as f64 / 10_000.0
+                };
+                sensor(
+                    DeviceKind::WATER_METER,
+                    Reading::Meter {
+                        cumulative: meter[e.hh],
+                    },
+                )
+            }
+            6 => sensor(DeviceKind::PILL_BOX, Reading::PillBox { dose_taken: true }),
+            7 | 8 => Input::Heartbeat(DeviceHeartbeat {
+                household_id: hh.clone(),
+                device_id: format!("{hh}-dev{}", e.value % 2),
+                device_kind: DeviceKind::MOTION_PIR,
+                event_time: e.time,
+                battery_pct: None,
+                mains_power: None,
+            }),
+            _ => Input::CheckIn(CheckIn {
+                household_id: hh.clone(),
+                event_time: e.time,
+                kind: CheckInKind::ALL[e.value as usize % 4],
+                visitor_id: None,
+            }),
+        };
+        out.push((input, e.time, e.delay));
+    }
+    out
+}
+
+fn run(stream: &[(Input, Millis)]) -> Vec<String> {
+    let rules =
+        Arc::new(RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap());
+    let mut engine = Engine::new(rules);
+    let mut out = Vec::new();
+    for p in profiles() {
+        engine
+            .process(
+                &p,
+                Meta {
+                    partition: 0,
+                    arrival: DAY0,
+                },
+                &mut out,
+            )
+            .unwrap();
+    }
+    for (input, arrival) in stream {
+        engine
+            .process(
+                input,
+                Meta {
+                    partition: 0,
+                    arrival: *arrival,
+                },
+                &mut out,
+            )
+            .unwrap();
+    }
+    engine.tick(0, DAY0 + 4 * 86_400_000, &mut out);
+    // Outputs of different households at the same instant may interleave differently.
+    let mut lines: Vec<String> = out.iter().map(|o| format!("{o:?}")).collect();
+    lines.sort();
+    lines
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reordering_within_the_bound_never_changes_the_outputs(evs in prop::collection::vec(ev(), 20..400)) {
+        let all = inputs(&evs);
+        let in_order: Vec<(Input, Millis)> = all.iter().map(|(i, t, _)| (i.clone(), *t)).collect();
+        let mut delayed: Vec<(Input, Millis)> = all.iter().map(|(i, t, d)| (i.clone(), t + d)).collect();
+        delayed.sort_by_key(|(_, arrival)| *arrival);
+        let a = run(&in_order);
+        prop_assert_eq!(&a, &run(&delayed));
+        // And replaying the same input gives the same outputs.
+        prop_assert_eq!(&a, &run(&in_order));
+    }
+}
+
+#[test]
+fn the_property_has_something_to_compare() {
+    // A stream built to fire: it guards against a property that holds because nothing fires.
+    let evs: Vec<Ev> = (0..20)
+        .map(|i| Ev {
+            hh: 0,
+            time: DAY0 + 3_600_000 + i * 60_000,
+            kind: 4,
+            value: 141,
+            delay: (i * 7_919) % 29_000,
+        })
+        .collect();
+    let all = inputs(&evs);
+    let stream: Vec<(Input, Millis)> = all.iter().map(|(i, t, _)| (i.clone(), *t)).collect();
+    let out = run(&stream);
+    assert!(
+        out.iter().any(|l| l.contains("abnormal_vitals")),
+        "{out:#?}"
+    );
+}
