@@ -16,6 +16,7 @@ pub mod ids;
 mod incidents;
 pub mod localtime;
 mod timed;
+mod windowed;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,126 @@
+//! The windowed rules, one module each, and what they share: parameters per household,
+//! quiet hours, auto-resolution, and the dispatch of deadlines to the rule they belong to.
+
+mod night;
+mod no_movement;
+mod rounds;
+mod silence;
+mod vitals;
+mod water;
+
+use super::household::{Household, RuleRef, NEVER};
+use super::incidents::Finding;
+use super::localtime::in_quiet_hours;
+use super::Engine;
+use crate::model::*;
+use crate::rules::RuleKind;
+
+pub(super) fn evidence(what: &str, t: Millis, summary: String) -> Evidence {
+    Evidence {
+        event_id: format!("{what}@{t}"),
+        event_time: t,
+        summary,
+    }
+}
+
+impl Engine {
+    pub(super) fn ms(&self, kind: RuleKind, i: usize, h: &Household) -> Millis {
+        self.rules.rule(kind).ms(i, &h.id, h.profile.as_deref())
+    }
+
+    pub(super) fn num(&self, kind: RuleKind, i: usize, h: &Household) -> f64 {
+        self.rules.rule(kind).param(i, &h.id, h.profile.as_deref())
+    }
+
+    pub(super) fn enabled(&self, kind: RuleKind) -> bool {
+        self.rules.rule(kind).enabled
+    }
+
+    pub(super) fn quiet(&self, h: &Household, t: Millis) -> bool {
+        let q = h
+            .profile
+            .as_ref()
+            .and_then(|p| p.quiet_hours)
+            .unwrap_or(self.rules.default_quiet_hours);
+        in_quiet_hours(t, h.offset, q)
+    }
+
+    pub(super) fn resolve(
+        &mut self,
+        slot: u32,
+        kind: RuleKind,
+        t: Millis,
+        why: &str,
+        out: &mut Vec<Output>,
+    ) {
+        self.close_incident(
+            slot,
+            &RuleRef::Windowed(kind),
+            TaskEventKind::AUTO_RESOLVED,
+            t,
+            why,
+            out,
+        );
+    }
+
+    /// A finding of `kind` established at `d` (its deadline), judged at `t`.
+    pub(super) fn finding(
+        &self,
+        kind: RuleKind,
+        trigger: String,
+        d: Millis,
+        t: Millis,
+        summary: String,
+    ) -> Finding {
+        Finding {
+            rule: RuleRef::Windowed(kind),
+            trigger,
+            incident_time: d,
+            emitted_at: t,
+            evidence: vec![evidence(kind.rule_id(), d, summary.clone())],
+            detail: Some(summary),
+        }
+    }
+
+    /// When a timed rule should next look at this household, if at all.
+    pub(super) fn deadline(&self, h: &Household, kind: RuleKind) -> Option<Millis> {
+        if !self.enabled(kind)
+            || h.open_for(&RuleRef::Windowed(kind)).is_some()
+            || h.first_seen == NEVER
+        {
+            return None;
+        }
+        match kind {
+            RuleKind::NoMovement => self.no_movement_deadline(h),
+            RuleKind::DeviceSilence | RuleKind::HomeSilence => self.silence_deadline(h, kind),
+            RuleKind::DailyRound => self.daily_round_deadline(h),
+            RuleKind::VisitCadence => self.visit_deadline(h),
+            RuleKind::NightBedExit | RuleKind::NightDoor => self.night_deadline(h, kind),
+            // Judged as their readings arrive, not by a deadline.
+            RuleKind::Vitals | RuleKind::WaterSilence | RuleKind::WaterFlow => None,
+        }
+    }
+
+    /// A deadline `d` came due at `t`: the rule says what it found.
+    pub(super) fn judge(
+        &mut self,
+        slot: u32,
+        kind: RuleKind,
+        d: Millis,
+        t: Millis,
+        out: &mut Vec<Output>,
+    ) {
+        let h = self.slot(slot);
+        let f = match kind {
+            RuleKind::NoMovement => self.no_movement_finding(h, d, t),
+            RuleKind::DeviceSilence | RuleKind::HomeSilence => self.silence_finding(h, kind, d, t),
+            RuleKind::DailyRound => return self.daily_round_fire(slot, d, t, out),
+            RuleKind::VisitCadence => self.visit_finding(h, d, t),
+            RuleKind::NightBedExit | RuleKind::NightDoor => self.night_finding(h, kind, d, t),
+            RuleKind::Vitals | RuleKind::WaterSilence | RuleKind::WaterFlow => None,
+        };
+        if let Some(f) = f {
+            self.open_incident(slot, f, out);
+        }
+    }
+}

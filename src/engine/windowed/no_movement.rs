@@ -1,0 +1,59 @@
+//! No movement: no activity of any kind (motion, door, bed, water, power above an
+//! appliance's draw, pill box, check-ins) for `after` while home.
+
+use super::super::household::{Household, NEVER};
+use super::super::incidents::Finding;
+use super::super::Engine;
+use crate::model::*;
+use crate::rules::{p, RuleKind};
+
+const HOUR: f64 = 3_600_000.0;
+
+impl Engine {
+    /// Something the elder did at `t`: resets the no-movement clock.
+    pub(in crate::engine) fn activity(&mut self, slot: u32, t: Millis, out: &mut Vec<Output>) {
+        let h = self.slot_mut(slot);
+        let newer = t > h.last_activity;
+        h.last_activity = h.last_activity.max(t);
+        if newer {
+            self.resolve(slot, RuleKind::NoMovement, t, "activity at home again", out);
+        }
+        self.schedule(slot, RuleKind::NoMovement);
+    }
+
+    /// Power use counts as activity only above an appliance's draw: a fridge runs alone.
+    pub(in crate::engine) fn power(&mut self, slot: u32, t: Millis, v: f64, out: &mut Vec<Output>) {
+        let h = self.slot(slot);
+        let threshold = self.num(RuleKind::NoMovement, p::POWER_KW, h);
+        let last = h.power_last;
+        self.slot_mut(slot).power_last = Some((t, v));
+        if let Some((t0, v0)) = last {
+            if t > t0 && v >= v0 && (v - v0) / ((t - t0) as f64 / HOUR) >= threshold {
+                self.activity(slot, t, out);
+            }
+        }
+    }
+
+    pub(super) fn no_movement_deadline(&self, h: &Household) -> Option<Millis> {
+        let away = h.away_until().unwrap_or(NEVER);
+        let base = h.last_activity.max(h.first_seen).max(away);
+        Some(base + self.ms(RuleKind::NoMovement, p::AFTER, h))
+    }
+
+    pub(super) fn no_movement_finding(
+        &self,
+        h: &Household,
+        d: Millis,
+        t: Millis,
+    ) -> Option<Finding> {
+        let since = d - self.ms(RuleKind::NoMovement, p::AFTER, h);
+        let summary = format!("no activity for {} h", (t - since) / 3_600_000);
+        Some(self.finding(
+            RuleKind::NoMovement,
+            format!("since:{since}"),
+            d,
+            t,
+            summary,
+        ))
+    }
+}

@@ -1,0 +1,94 @@
+//! The policy's rounds: a check-in of any kind every day by `due_by` (MZ/T 234-2024's daily
+//! remote round), and a home visit every `every` (monthly; weekly for the most vulnerable).
+
+use super::super::household::{Household, NEVER};
+use super::super::incidents::Finding;
+use super::super::localtime::{local_midnight, DAY};
+use super::super::Engine;
+use crate::model::*;
+use crate::rules::{p, RuleKind};
+
+impl Engine {
+    /// A check-in: the elder was seen or heard from, which is activity too.
+    pub(in crate::engine) fn checked_in(
+        &mut self,
+        slot: u32,
+        t: Millis,
+        visit: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let h = self.slot_mut(slot);
+        h.last_checkin = h.last_checkin.max(t);
+        if visit {
+            h.last_visit = h.last_visit.max(t);
+            self.resolve(slot, RuleKind::VisitCadence, t, "home visit made", out);
+            self.schedule(slot, RuleKind::VisitCadence);
+        }
+        self.resolve(slot, RuleKind::DailyRound, t, "checked in", out);
+        self.schedule(slot, RuleKind::DailyRound);
+        self.activity(slot, t, out);
+    }
+    /// The first day after the last check-in (and after the last day judged) that was
+    /// watched from its start.
+    pub(super) fn daily_round_deadline(&self, h: &Household) -> Option<Millis> {
+        let o = h.offset;
+        let mut day = local_midnight(h.first_seen, o);
+        if day < h.first_seen {
+            day += DAY;
+        }
+        if h.last_checkin != NEVER {
+            day = day.max(local_midnight(h.last_checkin, o) + DAY);
+        }
+        if h.round_judged != NEVER {
+            day = day.max(local_midnight(h.round_judged, o) + DAY);
+        }
+        Some(day + self.ms(RuleKind::DailyRound, p::DUE_BY, h) * 60_000)
+    }
+
+    /// Judges the day due at `d`, then looks ahead to the next.
+    pub(super) fn daily_round_fire(
+        &mut self,
+        slot: u32,
+        d: Millis,
+        t: Millis,
+        out: &mut Vec<Output>,
+    ) {
+        let h = self.slot(slot);
+        let day = local_midnight(d, h.offset);
+        let away = h.away_at(t);
+        let f = self.finding(
+            RuleKind::DailyRound,
+            format!("round:{day}"),
+            d,
+            t,
+            "no check-in of any kind today".to_string(),
+        );
+        self.slot_mut(slot).round_judged = d;
+        if !away {
+            self.open_incident(slot, f, out);
+        }
+        self.schedule(slot, RuleKind::DailyRound);
+    }
+
+    pub(super) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
+        let base = h.last_visit.max(h.first_seen);
+        let due = base + self.ms(RuleKind::VisitCadence, p::EVERY, h);
+        Some(due.max(h.away_until().unwrap_or(NEVER)))
+    }
+
+    pub(super) fn visit_finding(&self, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let every = self.ms(RuleKind::VisitCadence, p::EVERY, h);
+        let last = if h.last_visit == NEVER {
+            "none recorded".to_string()
+        } else {
+            format!("{} days ago", (t - h.last_visit) / DAY)
+        };
+        Some(self.finding(
+            RuleKind::VisitCadence,
+            format!("visit_after:{}", d - every),
+            d,
+            t,
+            format!("last home visit: {last}"),
+        ))
+    }
+}

@@ -1,0 +1,103 @@
+//! Water: under `min_use_m3` over `window` while home (the smart water meter practice), and
+//! a meter that never stops (at least `min_flow_m3_per_h` between every pair of readings for
+//! `flowing_for`). Readings arrive in event-time order; a reset meter starts over.
+
+use super::super::household::RuleRef;
+use super::super::household::Water;
+use super::super::incidents::Finding;
+use super::super::Engine;
+use super::evidence;
+use crate::model::*;
+use crate::rules::{p, RuleKind};
+
+const HOUR: f64 = 3_600_000.0;
+
+impl Engine {
+    pub(in crate::engine) fn water(&mut self, slot: u32, t: Millis, v: f64, out: &mut Vec<Output>) {
+        let h = self.slot_mut(slot);
+        let fresh = Water {
+            base_time: t,
+            base_value: v,
+            last_time: t,
+            last_value: v,
+            flow_since: None,
+        };
+        let Some(mut w) = h.water else {
+            h.water = Some(fresh);
+            return;
+        };
+        if t <= w.last_time {
+            return; // a repeat of a reading already counted
+        }
+        if v + 1e-9 < w.last_value {
+            // The meter was reset or replaced: start over from this reading.
+            h.water = Some(fresh);
+            return;
+        }
+        let used = v - w.last_value;
+        let dt = t - w.last_time;
+        let away = h.away_at(t);
+        if used > 1e-9 {
+            self.activity(slot, t, out);
+        }
+        let h = self.slot(slot);
+        let (window, min_use) = (
+            self.ms(RuleKind::WaterSilence, p::WINDOW, h),
+            self.num(RuleKind::WaterSilence, p::MIN_USE, h),
+        );
+        let (flowing_for, min_flow) = (
+            self.ms(RuleKind::WaterFlow, p::FLOWING_FOR, h),
+            self.num(RuleKind::WaterFlow, p::MIN_FLOW, h),
+        );
+        if v - w.base_value >= min_use || away {
+            w.base_time = t;
+            w.base_value = v;
+            self.resolve(slot, RuleKind::WaterSilence, t, "water used again", out);
+        } else if t - w.base_time >= window && self.enabled(RuleKind::WaterSilence) {
+            let detail = format!(
+                "{:.3} m³ in {} h",
+                v - w.base_value,
+                (t - w.base_time) / 3_600_000
+            );
+            self.open_incident(
+                slot,
+                Finding {
+                    rule: RuleRef::Windowed(RuleKind::WaterSilence),
+                    trigger: format!("water_since:{}", w.base_time),
+                    incident_time: w.base_time + window,
+                    emitted_at: t,
+                    evidence: vec![evidence("water_meter", t, detail.clone())],
+                    detail: Some(detail),
+                },
+                out,
+            );
+        }
+        if used / (dt as f64 / HOUR) >= min_flow {
+            let since = *w.flow_since.get_or_insert(w.last_time);
+            if t - since >= flowing_for && self.enabled(RuleKind::WaterFlow) {
+                let detail = format!(
+                    "water running for {} h without a break",
+                    (t - since) / 3_600_000
+                );
+                self.open_incident(
+                    slot,
+                    Finding {
+                        rule: RuleRef::Windowed(RuleKind::WaterFlow),
+                        trigger: format!("flow_since:{since}"),
+                        incident_time: since + flowing_for,
+                        emitted_at: t,
+                        evidence: vec![evidence("water_meter", t, detail.clone())],
+                        detail: Some(detail),
+                    },
+                    out,
+                );
+            }
+        } else {
+            w.flow_since = None;
+            self.resolve(slot, RuleKind::WaterFlow, t, "water flow stopped", out);
+        }
+        w.last_time = t;
+        w.last_value = v;
+        self.slot_mut(slot).water = Some(w);
+    }
+}
