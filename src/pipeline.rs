@@ -421,6 +421,8 @@ impl Processor {
             self.engine.household_count(),
             self.engine.open_incidents(),
         );
+        self.metrics
+            .engine_sizes(self.engine.queued(), self.engine.state_bytes());
         if let Some(t) = batch.started {
             self.metrics
                 .batch_seconds
@@ -494,6 +496,7 @@ impl Processor {
         );
 
         let consumer = source::group_consumer(&self.config)?;
+        source::check_copartitioned(&consumer, &self.config);
         self.metrics.ready.set(1);
         let max = self.config.pipeline.batch_max_records;
         let wait = Duration::from_millis(self.config.pipeline.batch_max_wait_ms);

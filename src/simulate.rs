@@ -190,49 +190,47 @@ impl<'a> Simulator<'a> {
     fn ordinary(&mut self, rng: &mut Rng, households: usize, now: Millis) {
         let hh = rng.below(households as u64) as usize;
         let lag = rng.below(2_000) as Millis;
-        match rng.below(10) {
-            0..=3 => self.sensor(
+        match rng.below(100) {
+            0..=34 => self.sensor(
                 hh,
                 DeviceKind::MOTION_PIR,
                 Reading::Motion { detected: true },
                 now,
                 lag,
             ),
-            4 => self.sensor(
-                hh,
-                DeviceKind::DOOR_CONTACT,
-                Reading::Door {
-                    open: rng.below(2) == 0,
-                },
-                now,
-                lag,
-            ),
-            5 => self.sensor(
-                hh,
-                DeviceKind::BED_SENSOR,
-                Reading::Bed {
-                    occupied: rng.below(2) == 0,
-                },
-                now,
-                lag,
-            ),
-            6 | 7 => {
-                let worn = rng.below(10) != 0;
-                let hr = worn.then(|| 58 + rng.below(30) as i32);
-                let rr = worn.then(|| 12 + rng.below(8) as i32);
+            35..=42 => {
+                let open = rng.below(2) == 0;
                 self.sensor(
                     hh,
-                    DeviceKind::WEARABLE,
-                    Reading::Vitals {
-                        heart_rate_bpm: hr,
-                        respiration_rpm: rr,
-                        worn,
-                    },
+                    DeviceKind::DOOR_CONTACT,
+                    Reading::Door { open },
                     now,
                     lag,
                 )
             }
-            8 => {
+            43..=50 => {
+                let occupied = rng.below(2) == 0;
+                self.sensor(
+                    hh,
+                    DeviceKind::BED_SENSOR,
+                    Reading::Bed { occupied },
+                    now,
+                    lag,
+                )
+            }
+            51..=65 => {
+                let worn = rng.below(10) != 0;
+                let hr = worn.then(|| 58 + rng.below(30) as i32);
+                let rr = worn.then(|| 12 + rng.below(8) as i32);
+                let reading = Reading::Vitals {
+                    heart_rate_bpm: hr,
+                    respiration_rpm: rr,
+                    worn,
+                };
+                self.sensor(hh, DeviceKind::WEARABLE, reading, now, lag)
+            }
+            66..=72 => {
+                // About a litre every ten minutes: an ordinary household's use.
                 let m3 = (now / 60_000) as f64 * 0.0001 + hh as f64;
                 self.sensor(
                     hh,
@@ -242,18 +240,44 @@ impl<'a> Simulator<'a> {
                     lag,
                 )
             }
-            _ => {
+            73..=97 => {
+                // Every device sends heartbeats, so the silence rules know what to expect.
+                let kinds = [
+                    DeviceKind::MOTION_PIR,
+                    DeviceKind::BED_SENSOR,
+                    DeviceKind::WEARABLE,
+                    DeviceKind::WATER_METER,
+                ];
+                let kind = kinds[rng.below(kinds.len() as u64) as usize];
                 let id = household_id(hh);
                 let hb = Input::Heartbeat(DeviceHeartbeat {
                     household_id: id.clone(),
-                    device_id: format!("{id}-motion_pir"),
-                    device_kind: DeviceKind::MOTION_PIR,
+                    device_id: format!("{id}-{}", kind.as_str().to_ascii_lowercase()),
+                    device_kind: kind,
                     event_time: now - lag,
                     battery_pct: Some(20 + rng.below(80) as i32),
                     mains_power: None,
                 });
                 let topic = self.topics.heartbeats.clone();
                 self.send(&topic, &id, &hb);
+                self.report.events += 1;
+            }
+            _ => {
+                // The morning round: an I'm-OK press or a phone call from the centre.
+                let id = household_id(hh);
+                let kind = if rng.below(2) == 0 {
+                    CheckInKind::IM_OK_BUTTON
+                } else {
+                    CheckInKind::PHONE_ROUND
+                };
+                let c = Input::CheckIn(CheckIn {
+                    household_id: id.clone(),
+                    event_time: now - lag,
+                    kind,
+                    visitor_id: None,
+                });
+                let topic = self.topics.checkins.clone();
+                self.send(&topic, &id, &c);
                 self.report.events += 1;
             }
         }

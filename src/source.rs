@@ -54,6 +54,33 @@ pub fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error:
     Ok(consumer)
 }
 
+/// A household's events and its timers live on one partition, so every keyed input topic
+/// must have the same partition count (Kafka's default partitioner then puts a household on
+/// the same partition of each). Says so loudly when they differ; it does not stop the
+/// processor, which still works, with timers less tightly bound to event order.
+pub fn check_copartitioned(consumer: &StreamConsumer, config: &Config) {
+    let t = &config.topics;
+    let mut counts = Vec::new();
+    for topic in [
+        &t.sensor_events,
+        &t.heartbeats,
+        &t.checkins,
+        &t.task_updates,
+    ] {
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            if let Some(m) = md.topics().first().filter(|m| m.error().is_none()) {
+                counts.push((topic.clone(), m.partitions().len()));
+            }
+        }
+    }
+    if counts.windows(2).any(|w| w[0].1 != w[1].1) {
+        tracing::error!(
+            ?counts,
+            "input topics are not co-partitioned: give them the same partition count"
+        );
+    }
+}
+
 /// A registry record handed from the reader thread to the pipeline, which decodes it.
 #[derive(Debug)]
 pub enum RegistryMsg {

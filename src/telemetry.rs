@@ -238,19 +238,57 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        self.duplicate_events
-            .inc_by(now.duplicate_events - last.duplicate_events);
-        self.suppressed_repeats
-            .inc_by(now.suppressed_repeats - last.suppressed_repeats);
-        self.clock_skew_clamped
-            .inc_by(now.clock_skew_clamped - last.clock_skew_clamped);
-        self.unknown_household_alarms
-            .inc_by(now.unknown_household_alarms - last.unknown_household_alarms);
-        self.stale_incidents
-            .inc_by(now.stale_incidents - last.stale_incidents);
+        let pairs: [(&IntCounter, u64, u64); 10] = [
+            (
+                &self.duplicate_events,
+                now.duplicate_events,
+                last.duplicate_events,
+            ),
+            (
+                &self.suppressed_repeats,
+                now.suppressed_repeats,
+                last.suppressed_repeats,
+            ),
+            (
+                &self.clock_skew_clamped,
+                now.clock_skew_clamped,
+                last.clock_skew_clamped,
+            ),
+            (
+                &self.unknown_household_alarms,
+                now.unknown_household_alarms,
+                last.unknown_household_alarms,
+            ),
+            (
+                &self.stale_incidents,
+                now.stale_incidents,
+                last.stale_incidents,
+            ),
+            (&self.late_events, now.late_events, last.late_events),
+            (&self.late_dropped, now.late_dropped, last.late_dropped),
+            (
+                &self.incidents_opened,
+                now.incidents_opened,
+                last.incidents_opened,
+            ),
+            (&self.auto_resolved, now.auto_resolved, last.auto_resolved),
+            (
+                &self.timezone_fallbacks,
+                now.timezone_fallbacks,
+                last.timezone_fallbacks,
+            ),
+        ];
+        for (counter, now, before) in pairs {
+            counter.inc_by(now.saturating_sub(before));
+        }
         *last = now;
         self.households.set(households as i64);
         self.open_incidents.set(open as i64);
+    }
+
+    pub fn engine_sizes(&self, queued: usize, state_bytes: usize) {
+        self.queued.set(queued as i64);
+        self.state_bytes.set(state_bytes as i64);
     }
 
     pub fn render(&self) -> String {

@@ -670,3 +670,203 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         );
     }
 }
+
+fn copy_rules(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(common::unique(tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(std::path::Path::new(common::MANIFEST).join("rules"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+fn edit(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+async fn wait_metric(proc: &common::Processor, series: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, scrape) = proc.get("/metrics");
+        if common::metric(&scrape, series) == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {want}:\n{}",
+            proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
+    let broker = common::Broker::start();
+    let rules = copy_rules("rules");
+    // Event time here is synthetic; keep the wall clock from moving partitions on.
+    edit(
+        &rules.join("engine.toml"),
+        "idle_timeout = \"1m\"",
+        "idle_timeout = \"1h\"",
+    );
+    let (config, mut env) = common::test_config(&broker.bootstrap(), "reload");
+    env.retain(|(k, _)| k != "CARESTREAM_RULES__DIR");
+    env.push(("CARESTREAM_RULES__DIR".into(), rules.display().to_string()));
+    let t = config.topics.clone();
+    carestream::admin::create_topics(&config, 3, 1)
+        .await
+        .unwrap();
+    let codec = common::codec();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let base: Millis = 1_795_000_060_000;
+    let hour: Millis = 3_600_000;
+
+    let mut p = carestream::simulate::household(3, 7);
+    p.household_id = "hh-r-1".into();
+    p.cohorts = vec![Cohort::EMPTY_NEST];
+    p.age = 70;
+    let profile = Input::Household {
+        household_id: "hh-r-1".into(),
+        profile: Some(p),
+    };
+    send(
+        &producer,
+        &t.households,
+        "hh-r-1",
+        Some(&enc(&codec, &profile)),
+        base,
+    )
+    .await;
+    let mut proc = common::Processor::start(&env);
+    proc.wait_ready(Duration::from_secs(60));
+
+    let beat = |at: Millis| {
+        enc(
+            &codec,
+            &Input::Heartbeat(DeviceHeartbeat {
+                household_id: "hh-r-1".into(),
+                device_id: "hh-r-1-pir".into(),
+                device_kind: DeviceKind::MOTION_PIR,
+                event_time: at,
+                battery_pct: Some(70),
+                mains_power: None,
+            }),
+        )
+    };
+    let moved = sensor(
+        "hh-r-1",
+        "r-motion-1",
+        DeviceKind::MOTION_PIR,
+        base,
+        Reading::Motion { detected: true },
+    );
+    send(
+        &producer,
+        &t.sensor_events,
+        "hh-r-1",
+        Some(&enc(&codec, &moved)),
+        base,
+    )
+    .await;
+    // Two quiet hours on, under the 12 h default: nothing.
+    for i in 1..=8 {
+        send(
+            &producer,
+            &t.heartbeats,
+            "hh-r-1",
+            Some(&beat(base + i * 15 * 60_000)),
+            base + i * 15 * 60_000,
+        )
+        .await;
+    }
+    wait_metric(
+        &proc,
+        r#"carestream_input_records_total{stream="heartbeats"}"#,
+        8.0,
+    )
+    .await;
+    let (_, scrape) = proc.get("/metrics");
+    assert_eq!(
+        common::metric(&scrape, "carestream_incidents_opened_total"),
+        Some(0.0)
+    );
+
+    // The city lowers the threshold to 1 h while the processor runs.
+    edit(
+        &rules.join("no_movement.toml"),
+        "after = \"12h\"",
+        "after = \"1h\"",
+    );
+    wait_metric(&proc, r#"carestream_rule_reloads_total{result="ok"}"#, 1.0).await;
+    send(
+        &producer,
+        &t.heartbeats,
+        "hh-r-1",
+        Some(&beat(base + 2 * hour + 60_000)),
+        base + 2 * hour + 60_000,
+    )
+    .await;
+    let got = collect(
+        &config,
+        &[&t.dispatch_high, &t.contact_notifications],
+        &HashMap::from([
+            (t.dispatch_high.as_str(), 1),
+            (t.contact_notifications.as_str(), 1),
+        ]),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(got[&t.dispatch_high].len(), 1);
+    let Output::Task(task) = codec
+        .decode_output(got[&t.dispatch_high][0].payload().unwrap())
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (task.rule_id.as_str(), task.severity, task.action),
+        ("no_movement", Severity::HIGH, Action::CALL_ELDER)
+    );
+    assert_eq!(
+        (task.incident_time, task.emitted_at),
+        (base + hour, base + hour),
+        "deadline in event time"
+    );
+    let incident = ids::incident_id("hh-r-1", "no_movement", &format!("since:{base}"));
+    assert_eq!(task.task_id, ids::task_id(&incident, 0));
+    wait_metric(&proc, "carestream_incidents_opened_total", 1.0).await;
+    let (_, scrape) = proc.get("/metrics");
+    assert!(common::metric(&scrape, "carestream_state_bytes").unwrap() > 0.0);
+
+    // A broken edit is reported and the rules that worked stay in force.
+    edit(
+        &rules.join("vitals.toml"),
+        "heart_rate_high = 120",
+        "heart_rate_high = \"very\"",
+    );
+    wait_metric(
+        &proc,
+        r#"carestream_rule_reloads_total{result="error"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(proc.get("/health").0, 200);
+    assert!(
+        proc.logs().contains("heart_rate_high: expected a number"),
+        "the log names the problem"
+    );
+    let status = proc
+        .terminate(Duration::from_secs(20))
+        .expect("exits on SIGTERM");
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&rules);
+}

@@ -55,7 +55,8 @@ pub(crate) struct Household {
     pub offset: Millis,
     pub partition: Option<i32>,
     pub open: Vec<OpenIncident>,
-    recent: Box<[u64]>,
+    /// Truncated hashes: over 32 recent ids a 32-bit collision is a one-in-100-million event.
+    recent: Box<[u32]>,
     recent_next: u16,
     /// Event time of the first and the newest event of any kind.
     pub first_seen: Millis,
@@ -110,7 +111,7 @@ impl Household {
         if self.recent.is_empty() {
             return true;
         }
-        let h = hash64(event_id).max(1);
+        let h = (hash64(event_id) as u32).max(1);
         if self.recent.contains(&h) {
             return false;
         }
@@ -162,7 +163,7 @@ impl Household {
 
     /// Heap bytes held beyond the struct itself (the profile is the registry's, shared).
     pub fn heap_bytes(&self) -> usize {
-        self.recent.len() * 8
+        self.recent.len() * 4
             + self.devices.capacity() * std::mem::size_of::<DeviceSeen>()
             + self.open.capacity() * std::mem::size_of::<OpenIncident>()
             + self

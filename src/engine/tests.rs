@@ -759,6 +759,7 @@ fn state_per_household_stays_under_1_kib() {
     }
     e.tick(0, T0 + 60_000, &mut out);
     let per = e.state_bytes() / n;
+    eprintln!("state: {per} bytes per household over {n} households");
     assert!(per < 1024, "{per} bytes per household");
     assert!(per > 200, "{per}: the estimate counts the state");
 }
