@@ -276,12 +276,14 @@ pub struct ContactNotification {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskEvent {
     pub task_id: String,
+    pub incident_id: Option<String>,
     pub household_id: String,
     pub rule_id: String,
     pub kind: TaskEventKind,
     pub at: Millis,
     pub reason: String,
     pub by: Option<String>,
+    pub tier: Option<i32>,
 }
 
 /// The six input streams of the contract.

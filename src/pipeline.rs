@@ -236,7 +236,7 @@ impl Processor {
         if let Err(e) = self.engine.process(&input, meta, &mut outputs) {
             self.dead_letter(r, e.reason(), &e.to_string(), batch);
         }
-        if r.kind != InputKind::Households {
+        if !matches!(r.kind, InputKind::Households | InputKind::WeatherAlerts) {
             self.last_record.insert(r.partition, Instant::now());
         }
         if let Err(e) = self.emit(&mut outputs, batch) {
@@ -268,11 +268,26 @@ impl Processor {
 
     /// Periodic chores between batches: move quiet partitions on by the clock, reload
     /// changed rules, forget stale households.
-    fn housekeeping(&mut self, batch: &mut Batch) {
+    fn housekeeping(&mut self, batch: &mut Batch, consumer: &StreamConsumer) {
         let now = Instant::now();
         let idle = Duration::from_millis(self.engine.rules().idle_timeout.max(0) as u64);
         if now.duration_since(self.housekeeping.ticked) >= Duration::from_secs(1) {
             self.housekeeping.ticked = now;
+            // The partitions this instance owns decide whose weather calls it makes.
+            if let Ok(tpl) = consumer.assignment() {
+                let sensors = &self.config.topics.sensor_events;
+                let owned: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == sensors)
+                    .map(|e| e.partition())
+                    .collect();
+                self.engine.set_owned(Some(owned));
+            }
+            let (open, overdue) = self.engine.open_summary();
+            let acks = self.engine.take_ack_latencies();
+            self.metrics
+                .desk(&open, overdue, self.engine.household_count(), &acks);
             let mut outputs = std::mem::take(&mut self.outputs);
             for p in self.engine.partitions() {
                 let quiet = self
@@ -436,15 +451,16 @@ impl Processor {
         match msg {
             RegistryMsg::CaughtUp => Some(true),
             RegistryMsg::Record {
+                kind,
                 partition,
                 offset,
                 timestamp,
                 key,
                 payload,
             } => {
-                let topic = self.config.topics.households.clone();
+                let topic = self.config.topics.input(kind).to_string();
                 let r = RawRecord {
-                    kind: InputKind::Households,
+                    kind,
                     topic: &topic,
                     partition,
                     offset,
@@ -519,7 +535,7 @@ impl Processor {
                     Err(_) => break,
                 }
             }
-            self.housekeeping(&mut batch);
+            self.housekeeping(&mut batch, &consumer);
             self.complete(&mut batch, Some(&consumer), &mut hard_stop)
                 .await?;
         }

@@ -1,8 +1,10 @@
 //! Kafka sources. The event streams are read by one consumer group, household-keyed, with
 //! offsets stored only by the pipeline once outputs are acknowledged. The household registry
-//! is read as a global table: every instance reads all of `care.households` from the start
-//! (on its own thread, outside the group), so a partition that moves between instances never
-//! finds its new owner without the profiles it needs; processing starts once it caught up.
+//! and the weather warnings are read as global tables: every instance reads all of
+//! `care.households` and `care.weather-alerts` from the start (on its own thread, outside the
+//! group), so a partition that moves between instances never finds its new owner without the
+//! profiles it needs, and every instance knows every warning for the households it owns;
+//! processing starts once both have caught up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,7 +50,6 @@ pub fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error:
         &t.sensor_events,
         &t.heartbeats,
         &t.checkins,
-        &t.weather_alerts,
         &t.task_updates,
     ])?;
     Ok(consumer)
@@ -85,6 +86,7 @@ pub fn check_copartitioned(consumer: &StreamConsumer, config: &Config) {
 #[derive(Debug)]
 pub enum RegistryMsg {
     Record {
+        kind: crate::model::InputKind,
         partition: i32,
         offset: i64,
         timestamp: Option<i64>,
@@ -110,13 +112,22 @@ impl RegistryReader {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
         let consumer: BaseConsumer = c.create()?;
-        let topic = config.topics.households.clone();
+        let topics = vec![
+            (
+                config.topics.households.clone(),
+                crate::model::InputKind::Households,
+            ),
+            (
+                config.topics.weather_alerts.clone(),
+                crate::model::InputKind::WeatherAlerts,
+            ),
+        ];
         let (tx, rx) = mpsc::channel(10_000);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("registry-reader".into())
-            .spawn(move || read_registry(consumer, &topic, tx, &stop2))?;
+            .spawn(move || read_registry(consumer, &topics, tx, &stop2))?;
         Ok((
             RegistryReader {
                 stop,
@@ -138,56 +149,58 @@ impl Drop for RegistryReader {
 
 fn read_registry(
     consumer: BaseConsumer,
-    topic: &str,
+    topics: &[(String, crate::model::InputKind)],
     tx: mpsc::Sender<RegistryMsg>,
     stop: &AtomicBool,
 ) {
     let timeout = Duration::from_secs(5);
-    // The topic's partitions and where each ends now; retried until the broker answers.
-    let ends: Vec<(i32, i64)> = loop {
+    // Every partition of every table topic and where it ends now; retried until the
+    // broker answers for all of them.
+    let ends: Vec<(String, i32, i64)> = loop {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let parts = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .ok()
-            .and_then(|md| {
-                md.topics().first().map(|t| {
-                    (
-                        t.error(),
-                        t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>(),
-                    )
-                })
-            });
-        match parts {
-            Some((None, ids)) if !ids.is_empty() => {
-                let ends: Result<Vec<_>, _> = ids
-                    .iter()
-                    .map(|&p| {
-                        consumer
-                            .fetch_watermarks(topic, p, timeout)
-                            .map(|(_, high)| (p, high))
-                    })
-                    .collect();
-                match ends {
-                    Ok(e) => break e,
-                    Err(e) => tracing::warn!(topic, error = %e, "registry: reading watermarks"),
+        let mut all = Vec::new();
+        let mut missing = None;
+        for (topic, _) in topics {
+            let parts = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .ok()
+                .and_then(|md| {
+                    md.topics()
+                        .first()
+                        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                        .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                });
+            match parts {
+                Some(ids) => {
+                    for p in ids {
+                        match consumer.fetch_watermarks(topic, p, timeout) {
+                            Ok((_, high)) => all.push((topic.clone(), p, high)),
+                            Err(e) => missing = Some(format!("{topic}: {e}")),
+                        }
+                    }
                 }
+                None => missing = Some(format!("{topic}: not available yet")),
             }
-            _ => tracing::warn!(topic, "registry: topic not available yet, retrying"),
+        }
+        match missing {
+            None => break all,
+            Some(why) => tracing::warn!(why, "table topics: retrying"),
         }
         std::thread::sleep(Duration::from_secs(1));
     };
     let mut tpl = TopicPartitionList::new();
-    for (p, _) in &ends {
+    for (topic, p, _) in &ends {
         let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
     }
     if let Err(e) = consumer.assign(&tpl) {
-        tracing::error!(topic, error = %e, "registry: cannot assign partitions");
+        tracing::error!(error = %e, "table topics: cannot assign partitions");
         return;
     }
     // Next offset wanted per partition before the reader counts as caught up.
-    let mut behind: Vec<(i32, i64)> = ends.into_iter().filter(|(_, high)| *high > 0).collect();
+    let mut behind: Vec<(String, i32, i64)> =
+        ends.into_iter().filter(|(_, _, high)| *high > 0).collect();
     let mut caught_up = false;
     while !stop.load(Ordering::Relaxed) {
         if !caught_up && behind.is_empty() {
@@ -201,17 +214,22 @@ fn read_registry(
                 // Compaction can remove the last records of a partition: ask where we are.
                 if !behind.is_empty() {
                     if let Ok(pos) = consumer.position() {
-                        behind.retain(|(p, high)| {
-                            !matches!(pos.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *high)
+                        behind.retain(|(t, p, high)| {
+                            !matches!(pos.find_partition(t, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *high)
                         });
                     }
                 }
             }
-            Some(Err(e)) => tracing::warn!(topic, error = %e, "registry: consume error"),
+            Some(Err(e)) => tracing::warn!(error = %e, "table topics: consume error"),
             Some(Ok(m)) => {
                 let (p, o) = (m.partition(), m.offset());
-                behind.retain(|(bp, high)| !(*bp == p && o + 1 >= *high));
+                behind.retain(|(t, bp, high)| !(t == m.topic() && *bp == p && o + 1 >= *high));
+                let Some(kind) = topics.iter().find(|(t, _)| t == m.topic()).map(|(_, k)| *k)
+                else {
+                    continue;
+                };
                 let msg = RegistryMsg::Record {
+                    kind,
                     partition: p,
                     offset: o,
                     timestamp: m.timestamp().to_millis(),

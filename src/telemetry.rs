@@ -44,6 +44,15 @@ pub struct Metrics {
     pub timezone_fallbacks: IntCounter,
     pub queued: IntGauge,
     pub state_bytes: IntGauge,
+    pub open_by_district: prometheus::IntGaugeVec,
+    pub time_to_ack: HistogramVec,
+    pub escalations: IntCounterVec,
+    pub visit_overdue: IntGauge,
+    pub visit_met_ratio: prometheus::Gauge,
+    pub welfare_calls: IntCounter,
+    pub weather_updates: IntCounter,
+    pub flaps_absorbed: IntCounter,
+    pub suppressed_by_window: IntCounter,
     last_stats: Mutex<EngineStats>,
 }
 
@@ -225,6 +234,42 @@ impl Metrics {
             timezone_fallbacks: counter(&registry, "timezone_fallbacks_total", "Registry entries whose time zone is unknown here; China Standard Time was used."),
             queued: gauge(&registry, "event_time_queue_entries", "Events and deadlines waiting for the watermark."),
             state_bytes: gauge(&registry, "state_bytes", "Approximate bytes of per-household state."),
+            open_by_district: {
+                let g = prometheus::IntGaugeVec::new(Opts::new("open_incidents_by_district", "Open incidents by severity and district (region code).").namespace(NAMESPACE), &["severity", "district"]).expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            time_to_ack: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("time_to_acknowledge_seconds", "From a task's first call to the desk's first acknowledgement of its incident.")
+                        .namespace(NAMESPACE)
+                        .buckets(vec![30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 86400.0]),
+                    &["severity"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                for s in Severity::ALL {
+                    h.with_label_values(&[s.as_str()]);
+                }
+                h
+            },
+            escalations: {
+                let c = counter_vec(&registry, "escalations_total", "Rungs climbed on the escalation ladder, by tier reached (3 means 3 or more).", &["tier"]);
+                for t in ["1", "2", "3"] {
+                    c.with_label_values(&[t]);
+                }
+                c
+            },
+            visit_overdue: gauge(&registry, "households_visit_overdue", "Households whose home visit is overdue for their cadence."),
+            visit_met_ratio: {
+                let g = prometheus::Gauge::with_opts(Opts::new("visit_cadence_met_ratio", "Share of households visited within their cadence (the policy targets 1).").namespace(NAMESPACE)).expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            welfare_calls: counter(&registry, "weather_welfare_calls_total", "Welfare calls a weather warning fanned out."),
+            weather_updates: counter(&registry, "weather_alert_updates_total", "Updates and re-sends of a known warning (nobody called twice)."),
+            flaps_absorbed: counter(&registry, "flaps_absorbed_total", "Conditions that came back while their incident was clearing: no new task."),
+            suppressed_by_window: counter(&registry, "suppressed_by_window_total", "Findings not raised inside a maintenance window."),
             last_stats: Mutex::new(EngineStats::default()),
             registry,
         }
@@ -238,7 +283,23 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        let pairs: [(&IntCounter, u64, u64); 10] = [
+        let pairs: [(&IntCounter, u64, u64); 14] = [
+            (&self.welfare_calls, now.welfare_calls, last.welfare_calls),
+            (
+                &self.weather_updates,
+                now.weather_updates,
+                last.weather_updates,
+            ),
+            (
+                &self.flaps_absorbed,
+                now.flaps_absorbed,
+                last.flaps_absorbed,
+            ),
+            (
+                &self.suppressed_by_window,
+                now.suppressed_by_window,
+                last.suppressed_by_window,
+            ),
             (
                 &self.duplicate_events,
                 now.duplicate_events,
@@ -281,9 +342,45 @@ impl Metrics {
         for (counter, now, before) in pairs {
             counter.inc_by(now.saturating_sub(before));
         }
+        for (tier, (n, b)) in now
+            .escalations
+            .iter()
+            .zip(last.escalations.iter())
+            .enumerate()
+        {
+            self.escalations
+                .with_label_values(&[&(tier + 1).to_string()])
+                .inc_by(n.saturating_sub(*b));
+        }
         *last = now;
         self.households.set(households as i64);
         self.open_incidents.set(open as i64);
+    }
+
+    /// The desk's side: open incidents by severity and district, visits, acknowledgements.
+    pub fn desk(
+        &self,
+        open: &std::collections::HashMap<(Severity, String), usize>,
+        overdue: usize,
+        households: usize,
+        acks: &[(Severity, i64)],
+    ) {
+        self.open_by_district.reset();
+        for ((severity, district), n) in open {
+            self.open_by_district
+                .with_label_values(&[severity.as_str(), district])
+                .set(*n as i64);
+        }
+        self.visit_overdue.set(overdue as i64);
+        if households > 0 {
+            self.visit_met_ratio
+                .set(1.0 - overdue as f64 / households as f64);
+        }
+        for (severity, ms) in acks {
+            self.time_to_ack
+                .with_label_values(&[severity.as_str()])
+                .observe(*ms as f64 / 1000.0);
+        }
     }
 
     pub fn engine_sizes(&self, queued: usize, state_bytes: usize) {

@@ -326,11 +326,11 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         sensor_records += 1;
     }
 
-    // The desk sees the four tasks.
+    // The desk sees four incidents: each a call and (CRITICAL ladder) a NOTIFY_CONTACT.
     let tasks_seen = collect(
         &config,
         &[&t.dispatch_critical],
-        &HashMap::from([(t.dispatch_critical.as_str(), 4)]),
+        &HashMap::from([(t.dispatch_critical.as_str(), 8)]),
         Duration::from_millis(500),
     )
     .await;
@@ -384,11 +384,33 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
             180_000,
         ),
     ];
+    let (tasks, notify): (Vec<EscalationTask>, Vec<EscalationTask>) = tasks
+        .into_iter()
+        .partition(|x| x.action != Action::NOTIFY_CONTACT);
     assert_eq!(tasks.len(), 4, "{tasks:#?}");
+    for n in &notify {
+        let call = tasks
+            .iter()
+            .find(|c| c.incident_id == n.incident_id)
+            .expect("a NOTIFY_CONTACT beside each call");
+        assert_eq!(
+            (n.tier, n.task_id.clone()),
+            (
+                0,
+                ids::task_id(
+                    call.incident_id.as_ref().unwrap(),
+                    0,
+                    Action::NOTIFY_CONTACT
+                )
+            )
+        );
+    }
     let mut task_ids = HashMap::new();
+    let mut incidents = HashMap::new();
     for (hh, rule, event, incident_time, emitted, respond) in want {
         let incident = ids::incident_id(hh, rule, event);
-        let id = ids::task_id(&incident, 0);
+        let id = ids::task_id(&incident, 0, Action::CALL_ELDER);
+        incidents.insert(event, incident.clone());
         let task = tasks
             .iter()
             .find(|t| t.task_id == id)
@@ -477,9 +499,9 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
     );
 
     let want = HashMap::from([
-        (t.dispatch_critical.as_str(), 4),
+        (t.dispatch_critical.as_str(), 8),
         (t.contact_notifications.as_str(), 4),
-        (t.task_events.as_str(), 6),
+        (t.task_events.as_str(), 11),
         (t.dead_letter.as_str(), expected_dead.len()),
     ]);
     let all = [
@@ -522,7 +544,8 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
     all_ids.sort();
     assert_eq!(notified, all_ids);
 
-    // Lifecycle: four OPENED, one ACKNOWLEDGED (by the desk), one RESOLVED.
+    // Lifecycle: two OPENED per incident, one ACKNOWLEDGED (the acknowledged call, by the
+    // desk), and RESOLVED for both tasks of the resolved incident.
     let mut lifecycle: Vec<(String, TaskEventKind, Option<String>)> = got[&t.task_events]
         .iter()
         .map(
@@ -533,20 +556,24 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         )
         .collect();
     lifecycle.sort();
-    let mut want_lifecycle: Vec<(String, TaskEventKind, Option<String>)> = task_ids
-        .values()
-        .map(|id| (id.clone(), TaskEventKind::OPENED, None))
-        .collect();
+    let notify_id = |event: &str| ids::task_id(&incidents[event], 0, Action::NOTIFY_CONTACT);
+    let mut want_lifecycle: Vec<(String, TaskEventKind, Option<String>)> = Vec::new();
+    for (event, call) in &task_ids {
+        want_lifecycle.push((call.clone(), TaskEventKind::OPENED, None));
+        want_lifecycle.push((notify_id(event), TaskEventKind::OPENED, None));
+    }
+    let desk = Some("desk-3".to_string());
     want_lifecycle.push((
         task_ids["bb-press-1"].clone(),
         TaskEventKind::ACKNOWLEDGED,
-        Some("desk-3".into()),
+        desk.clone(),
     ));
     want_lifecycle.push((
         task_ids["fx-smoke-1"].clone(),
         TaskEventKind::RESOLVED,
-        Some("desk-3".into()),
+        desk.clone(),
     ));
+    want_lifecycle.push((notify_id("fx-smoke-1"), TaskEventKind::RESOLVED, desk));
     want_lifecycle.sort();
     assert_eq!(lifecycle, want_lifecycle);
 
@@ -593,15 +620,15 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
     );
     assert_eq!(
         m(r#"carestream_tasks_emitted_total{rule="alarm.emergency_button",severity="CRITICAL"}"#),
-        2.0
+        4.0
     );
     assert_eq!(
         m(r#"carestream_tasks_emitted_total{rule="alarm.gas",severity="CRITICAL"}"#),
-        1.0
+        2.0
     );
     assert_eq!(
         m(r#"carestream_incident_to_task_ack_seconds_count{severity="CRITICAL"}"#),
-        4.0
+        8.0
     );
     assert_eq!(m("carestream_contact_notifications_total"), 4.0);
     assert_eq!(m("carestream_duplicate_events_total"), 1.0);
@@ -819,19 +846,41 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
         &config,
         &[&t.dispatch_high, &t.contact_notifications],
         &HashMap::from([
-            (t.dispatch_high.as_str(), 1),
+            (t.dispatch_high.as_str(), 3),
             (t.contact_notifications.as_str(), 1),
         ]),
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(got[&t.dispatch_high].len(), 1);
-    let Output::Task(task) = codec
-        .decode_output(got[&t.dispatch_high][0].payload().unwrap())
-        .unwrap()
-    else {
-        panic!()
-    };
+    // The call and NOTIFY_CONTACT at +1 h, and (no acknowledgement by +1 h 30) ONSITE_VISIT.
+    assert_eq!(got[&t.dispatch_high].len(), 3);
+    let mut rungs: Vec<(i32, Action, Millis)> = got[&t.dispatch_high]
+        .iter()
+        .map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::Task(x) => (x.tier, x.action, x.emitted_at),
+                o => panic!("{o:?}"),
+            },
+        )
+        .collect();
+    rungs.sort_by_key(|r| (r.0, r.1));
+    assert_eq!(
+        rungs,
+        vec![
+            (0, Action::CALL_ELDER, base + hour),
+            (0, Action::NOTIFY_CONTACT, base + hour),
+            (1, Action::ONSITE_VISIT, base + hour + 30 * 60_000)
+        ]
+    );
+    let task = got[&t.dispatch_high]
+        .iter()
+        .find_map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::Task(x) if x.action != Action::NOTIFY_CONTACT => Some(x),
+                _ => None,
+            },
+        )
+        .expect("the call");
     assert_eq!(
         (task.rule_id.as_str(), task.severity, task.action),
         ("no_movement", Severity::HIGH, Action::CALL_ELDER)
@@ -842,7 +891,7 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
         "deadline in event time"
     );
     let incident = ids::incident_id("hh-r-1", "no_movement", &format!("since:{base}"));
-    assert_eq!(task.task_id, ids::task_id(&incident, 0));
+    assert_eq!(task.task_id, ids::task_id(&incident, 0, Action::CALL_ELDER));
     wait_metric(&proc, "carestream_incidents_opened_total", 1.0).await;
     let (_, scrape) = proc.get("/metrics");
     assert!(common::metric(&scrape, "carestream_state_bytes").unwrap() > 0.0);
@@ -864,6 +913,312 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
         proc.logs().contains("heart_rate_high: expected a number"),
         "the log names the problem"
     );
+    let status = proc
+        .terminate(Duration::from_secs(20))
+        .expect("exits on SIGTERM");
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&rules);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
+    let broker = common::Broker::start();
+    let rules = copy_rules("desk-rules");
+    edit(
+        &rules.join("engine.toml"),
+        "idle_timeout = \"1m\"",
+        "idle_timeout = \"1h\"",
+    );
+    let (config, mut env) = common::test_config(&broker.bootstrap(), "desk");
+    env.retain(|(k, _)| k != "CARESTREAM_RULES__DIR");
+    env.push(("CARESTREAM_RULES__DIR".into(), rules.display().to_string()));
+    let t = config.topics.clone();
+    carestream::admin::create_topics(&config, 3, 1)
+        .await
+        .unwrap();
+    let codec = common::codec();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let base: Millis = 1_795_000_060_000;
+    let min: Millis = 60_000;
+
+    for (i, (hh, district)) in [
+        ("hh-d-1", "420106"),
+        ("hh-d-2", "420106"),
+        ("hh-d-3", "420111"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut p = carestream::simulate::household(i, 3);
+        p.household_id = hh.to_string();
+        p.district = district.to_string();
+        let input = Input::Household {
+            household_id: hh.to_string(),
+            profile: Some(p),
+        };
+        send(
+            &producer,
+            &t.households,
+            hh,
+            Some(&enc(&codec, &input)),
+            base,
+        )
+        .await;
+    }
+    let mut proc = common::Processor::start(&env);
+    proc.wait_ready(Duration::from_secs(60));
+    let beat = |hh: &str, at: Millis| {
+        enc(
+            &codec,
+            &Input::Heartbeat(DeviceHeartbeat {
+                household_id: hh.into(),
+                device_id: format!("{hh}-pir"),
+                device_kind: DeviceKind::MOTION_PIR,
+                event_time: at,
+                battery_pct: None,
+                mains_power: None,
+            }),
+        )
+    };
+    for hh in ["hh-d-1", "hh-d-2", "hh-d-3"] {
+        send(&producer, &t.heartbeats, hh, Some(&beat(hh, base)), base).await;
+    }
+
+    // The button, and nobody answering for six minutes (event time).
+    let press = sensor(
+        "hh-d-1",
+        "d-press",
+        DeviceKind::EMERGENCY_BUTTON,
+        base,
+        Reading::Alarm { active: true },
+    );
+    send(
+        &producer,
+        &t.sensor_events,
+        "hh-d-1",
+        Some(&enc(&codec, &press)),
+        base,
+    )
+    .await;
+    // Every device reports every few minutes, as real ones do.
+    let beats = |at: Millis| {
+        let producer = &producer;
+        let beat = &beat;
+        let t = &t;
+        async move {
+            for hh in ["hh-d-1", "hh-d-2", "hh-d-3"] {
+                send(producer, &t.heartbeats, hh, Some(&beat(hh, at)), at).await;
+            }
+        }
+    };
+    beats(base + 6 * min).await;
+    let incident = ids::incident_id("hh-d-1", "alarm.emergency_button", "d-press");
+    let call = ids::task_id(&incident, 0, Action::CALL_ELDER);
+    let onsite = ids::task_id(&incident, 1, Action::ONSITE_VISIT);
+    let seen = collect(
+        &config,
+        &[&t.dispatch_critical],
+        &HashMap::from([(t.dispatch_critical.as_str(), 3)]),
+        Duration::from_millis(500),
+    )
+    .await;
+    let tasks: Vec<EscalationTask> = seen[&t.dispatch_critical]
+        .iter()
+        .map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::Task(x) => x,
+                o => panic!("{o:?}"),
+            },
+        )
+        .collect();
+    let mut got: Vec<(i32, Action)> = tasks.iter().map(|x| (x.tier, x.action)).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (0, Action::CALL_ELDER),
+            (0, Action::NOTIFY_CONTACT),
+            (1, Action::ONSITE_VISIT)
+        ]
+    );
+    let tier1 = tasks.iter().find(|x| x.tier == 1).unwrap();
+    assert_eq!(
+        (tier1.task_id.as_str(), tier1.emitted_at, tier1.respond_by),
+        (onsite.as_str(), base + 5 * min, base + 20 * min)
+    );
+
+    // The desk acknowledges the call at +7 min: the 20-minute rung never comes.
+    let update = |status, at| {
+        enc(
+            &codec,
+            &Input::TaskUpdate(TaskUpdate {
+                task_id: call.clone(),
+                household_id: "hh-d-1".into(),
+                status,
+                by: "desk-9".into(),
+                at,
+                note: None,
+            }),
+        )
+    };
+    send(
+        &producer,
+        &t.task_updates,
+        "hh-d-1",
+        Some(&update(TaskUpdateStatus::ACKNOWLEDGED, base + 7 * min)),
+        base + 7 * min,
+    )
+    .await;
+    // Kafka orders nothing across topics: on a live stream event time tracks arrival, but
+    // this test jumps 18 minutes at once, so it lets the acknowledgement land first.
+    wait_metric(
+        &proc,
+        r#"carestream_input_records_total{stream="task_updates"}"#,
+        1.0,
+    )
+    .await;
+    for m in [10, 15, 20, 25] {
+        beats(base + m * min).await;
+    }
+    send(
+        &producer,
+        &t.task_updates,
+        "hh-d-1",
+        Some(&update(TaskUpdateStatus::RESOLVED, base + 26 * min)),
+        base + 26 * min,
+    )
+    .await;
+
+    // A YELLOW heat warning for 420106: one welfare call for each of its two households.
+    let warning = Input::Weather(WeatherAlert {
+        alert_id: "wx-heat-1".into(),
+        region: "420106".into(),
+        kind: WeatherKind::HEAT,
+        level: WeatherLevel::YELLOW,
+        issued_at: base + 27 * min,
+        expires_at: base + 24 * 60 * min,
+        cancelled: false,
+    });
+    send(
+        &producer,
+        &t.weather_alerts,
+        "420106",
+        Some(&enc(&codec, &warning)),
+        base + 27 * min,
+    )
+    .await;
+    wait_metric(
+        &proc,
+        r#"carestream_input_records_total{stream="weather_alerts"}"#,
+        1.0,
+    )
+    .await;
+    for hh in ["hh-d-1", "hh-d-2", "hh-d-3"] {
+        send(
+            &producer,
+            &t.heartbeats,
+            hh,
+            Some(&beat(hh, base + 28 * min)),
+            base + 28 * min,
+        )
+        .await;
+    }
+
+    let want = HashMap::from([
+        (t.dispatch_critical.as_str(), 3),
+        (t.dispatch_routine.as_str(), 2),
+        (t.task_events.as_str(), 9),
+    ]);
+    let all = [
+        t.dispatch_critical.as_str(),
+        t.dispatch_high.as_str(),
+        t.dispatch_routine.as_str(),
+        t.task_events.as_str(),
+    ];
+    let got = collect(&config, &all, &want, Duration::from_secs(3)).await;
+    for topic in all {
+        assert_eq!(
+            got.get(topic).map_or(0, Vec::len),
+            want.get(topic).copied().unwrap_or(0),
+            "exactly this many on {topic}: {:?}",
+            got.get(topic).map(|v| v
+                .iter()
+                .map(
+                    |m| codec.decode_output(m.payload().unwrap()).map(|o| match o {
+                        Output::Task(x) => format!(
+                            "{} {} tier {} {}",
+                            x.household_id, x.rule_id, x.tier, x.action
+                        ),
+                        other => format!("{other:?}").chars().take(80).collect(),
+                    })
+                )
+                .collect::<Vec<_>>())
+        );
+    }
+    let mut welfare: Vec<String> = got[&t.dispatch_routine]
+        .iter()
+        .map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::Task(x) => {
+                    assert_eq!(
+                        (x.rule_id.as_str(), x.action, x.severity),
+                        ("weather_welfare", Action::WELFARE_CALL, Severity::ROUTINE)
+                    );
+                    x.household_id
+                }
+                o => panic!("{o:?}"),
+            },
+        )
+        .collect();
+    welfare.sort();
+    assert_eq!(welfare, vec!["hh-d-1", "hh-d-2"]);
+
+    // The after-action record: who handled the incident, when, and how it ended.
+    let mut history: Vec<(TaskEventKind, i32, Option<String>, Millis)> = got[&t.task_events]
+        .iter()
+        .filter_map(
+            |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
+                Output::TaskEvent(e) if e.incident_id.as_deref() == Some(incident.as_str()) => {
+                    Some((e.kind, e.tier.unwrap(), e.by, e.at))
+                }
+                _ => None,
+            },
+        )
+        .collect();
+    history.sort_by_key(|(k, tier, _, at)| (*at, *tier, *k));
+    let desk = Some("desk-9".to_string());
+    assert_eq!(
+        history,
+        vec![
+            (TaskEventKind::OPENED, 0, None, base),
+            (TaskEventKind::OPENED, 0, None, base),
+            (TaskEventKind::ESCALATED, 1, None, base + 5 * min),
+            (TaskEventKind::ACKNOWLEDGED, 0, desk.clone(), base + 7 * min),
+            (TaskEventKind::RESOLVED, 0, desk.clone(), base + 26 * min),
+            (TaskEventKind::RESOLVED, 0, desk.clone(), base + 26 * min),
+            (TaskEventKind::RESOLVED, 1, desk, base + 26 * min),
+        ]
+    );
+    let (_, scrape) = proc.get("/metrics");
+    let m = |s: &str| common::metric(&scrape, s).unwrap_or_else(|| panic!("no {s}"));
+    assert_eq!(m(r#"carestream_escalations_total{tier="1"}"#), 1.0);
+    assert_eq!(m(r#"carestream_escalations_total{tier="2"}"#), 0.0);
+    assert_eq!(m("carestream_weather_welfare_calls_total"), 2.0);
+    wait_metric(
+        &proc,
+        r#"carestream_time_to_acknowledge_seconds_count{severity="CRITICAL"}"#,
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &proc,
+        r#"carestream_open_incidents_by_district{district="420106",severity="ROUTINE"}"#,
+        2.0,
+    )
+    .await;
     let status = proc
         .terminate(Duration::from_secs(20))
         .expect("exits on SIGTERM");

@@ -68,6 +68,9 @@ struct EventSpec {
     worn: bool,
     value: Option<f64>,
     checkin: Option<String>,
+    /// For `desk`: the status the desk sends, and the rule whose open call it answers.
+    status: Option<String>,
+    rule: Option<String>,
     /// Repeat the event every `every` until `until`.
     every: Option<String>,
     until: Option<String>,
@@ -86,6 +89,9 @@ struct Expect {
     rule: String,
     household: String,
     incident_time: Option<String>,
+    /// For ESCALATED: the new tier and what it asks for.
+    tier: Option<i32>,
+    action: Option<String>,
 }
 
 fn time(s: &str) -> Millis {
@@ -162,6 +168,13 @@ fn profile(h: &HouseholdSpec) -> Input {
 enum Step {
     Input(Input),
     Tick,
+    /// The dispatch desk answers the call task of the household's open incident of `rule`.
+    Desk {
+        household: String,
+        rule: String,
+        status: TaskUpdateStatus,
+        at: Millis,
+    },
 }
 
 fn expand(events: &[EventSpec], default_household: &str) -> Vec<(Millis, Millis, Step)> {
@@ -244,6 +257,15 @@ fn expand(events: &[EventSpec], default_household: &str) -> Vec<(Millis, Millis,
                     visitor_id: None,
                 })),
                 "tick" => Step::Tick,
+                "desk" => Step::Desk {
+                    household: hh.clone(),
+                    rule: e.rule.clone().expect("desk needs rule"),
+                    status: TaskUpdateStatus::from_symbol(
+                        e.status.as_deref().expect("desk needs status"),
+                    )
+                    .expect("status"),
+                    at: *t,
+                },
                 other => panic!("unknown event type {other}"),
             };
             out.push((arrive, *t, step));
@@ -287,11 +309,53 @@ fn run(households: &[Input], timeline: &[(Millis, Millis, Step)]) -> Vec<Output>
                 )
                 .unwrap(),
             Step::Tick => engine.tick(0, *arrive, &mut out),
+            Step::Desk {
+                household,
+                rule,
+                status,
+                at,
+            } => {
+                let task_id = out
+                    .iter()
+                    .rev()
+                    .find_map(|o| match o {
+                        Output::Task(t)
+                            if &t.household_id == household
+                                && &t.rule_id == rule
+                                && t.tier == 0
+                                && t.action != Action::NOTIFY_CONTACT =>
+                        {
+                            Some(t.task_id.clone())
+                        }
+                        _ => None,
+                    })
+                    .expect("the desk answers a task it was given");
+                let u = Input::TaskUpdate(TaskUpdate {
+                    task_id,
+                    household_id: household.clone(),
+                    status: *status,
+                    by: "desk-1".into(),
+                    at: *at,
+                    note: None,
+                });
+                engine
+                    .process(
+                        &u,
+                        Meta {
+                            partition: 0,
+                            arrival: *arrive,
+                        },
+                        &mut out,
+                    )
+                    .unwrap();
+            }
         }
     }
     out
 }
 
+/// The incidents' lifecycle, one line per incident and transition (an incident's tasks
+/// move together; an escalation is its own line with the new tier and action).
 fn lifecycle(out: &[Output]) -> Vec<Expect> {
     let tasks: std::collections::HashMap<&str, &EscalationTask> = out
         .iter()
@@ -300,16 +364,32 @@ fn lifecycle(out: &[Output]) -> Vec<Expect> {
             _ => None,
         })
         .collect();
+    let mut seen = std::collections::HashSet::new();
     out.iter()
         .filter_map(|o| match o {
-            Output::TaskEvent(e) => Some(Expect {
-                at: label(e.at),
-                kind: e.kind.as_str().to_string(),
-                rule: e.rule_id.clone(),
-                household: e.household_id.clone(),
-                incident_time: (e.kind == TaskEventKind::OPENED)
-                    .then(|| label(tasks[e.task_id.as_str()].incident_time)),
-            }),
+            Output::TaskEvent(e)
+                if seen.insert((
+                    e.incident_id.clone(),
+                    e.kind,
+                    e.at,
+                    e.tier.filter(|_| e.kind == TaskEventKind::ESCALATED),
+                )) =>
+            {
+                let task = tasks.get(e.task_id.as_str());
+                let escalated = e.kind == TaskEventKind::ESCALATED;
+                Some(Expect {
+                    at: label(e.at),
+                    kind: e.kind.as_str().to_string(),
+                    rule: e.rule_id.clone(),
+                    household: e.household_id.clone(),
+                    incident_time: (e.kind == TaskEventKind::OPENED)
+                        .then(|| label(task.expect("opened task").incident_time)),
+                    tier: e.tier.filter(|_| escalated),
+                    action: task
+                        .filter(|_| escalated)
+                        .map(|t| t.action.as_str().to_string()),
+                })
+            }
             _ => None,
         })
         .collect()
@@ -335,19 +415,22 @@ fn golden_scenarios() {
         let timeline = expand(&sc.event, first);
         let out = run(&households, &timeline);
         let got = lifecycle(&out);
-        // Every OPENED has its task, and a notification exactly when urgent.
+        // Every incident notifies the contacts (once, with its first task) exactly when urgent.
         for o in &out {
             if let Output::Task(t) = o {
-                let notified = out
-                    .iter()
-                    .any(|n| matches!(n, Output::Notification(n) if n.task_id == t.task_id));
-                assert_eq!(
-                    notified,
-                    matches!(t.severity, Severity::CRITICAL | Severity::HIGH),
-                    "{}: {}",
-                    path.display(),
-                    t.rule_id
-                );
+                if t.tier == 0 && t.action != Action::NOTIFY_CONTACT {
+                    let notified = out
+                        .iter()
+                        .filter(|n| matches!(n, Output::Notification(n) if n.task_id == t.task_id))
+                        .count();
+                    assert_eq!(
+                        notified == 1,
+                        matches!(t.severity, Severity::CRITICAL | Severity::HIGH),
+                        "{}: {}",
+                        path.display(),
+                        t.rule_id
+                    );
+                }
                 assert!(!t.reason.contains("13900000000"));
             }
         }
@@ -362,12 +445,15 @@ fn golden_scenarios() {
                 v.iter()
                     .map(|e| {
                         format!(
-                            "    {} {} {} {} {}",
+                            "    {} {} {} {} {} {}",
                             e.at,
                             e.kind,
                             e.rule,
                             e.household,
-                            e.incident_time.as_deref().unwrap_or("")
+                            e.incident_time.as_deref().unwrap_or(""),
+                            e.tier
+                                .map(|t| format!("tier {t} {}", e.action.as_deref().unwrap_or("")))
+                                .unwrap_or_default()
                         )
                     })
                     .collect::<Vec<_>>()

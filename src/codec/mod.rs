@@ -327,12 +327,14 @@ impl Codec {
                 "TaskEvent",
                 record(vec![
                     ("task_id", e_str(&e.task_id)),
+                    ("incident_id", e_opt(e.incident_id.as_deref(), e_str)),
                     ("household_id", e_str(&e.household_id)),
                     ("rule_id", e_str(&e.rule_id)),
                     ("kind", e_sym(e.kind.index(), e.kind.as_str())),
                     ("at", e_ts(e.at)),
                     ("reason", e_str(&e.reason)),
                     ("by", e_opt(e.by.as_deref(), e_str)),
+                    ("tier", e_opt(e.tier, Value::Int)),
                 ]),
             ),
         }
@@ -397,12 +399,14 @@ impl Codec {
                 let mut r = Rec::from_value(self.decode_value("TaskEvent", payload)?, "event")?;
                 Ok(Output::TaskEvent(TaskEvent {
                     task_id: r.string("task_id")?,
+                    incident_id: r.opt_string("incident_id")?,
                     household_id: r.string("household_id")?,
                     rule_id: r.string("rule_id")?,
                     kind: r.symbol("kind", TaskEventKind::from_symbol)?,
                     at: r.millis("at")?,
                     reason: r.string("reason")?,
                     by: r.opt_string("by")?,
+                    tier: r.opt_int("tier")?,
                 }))
             }
             other => Err(DecodeError::Shape(format!(

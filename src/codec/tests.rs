@@ -151,6 +151,8 @@ fn every_output_round_trips() {
             at: 4,
             reason: "r".into(),
             by: None,
+            incident_id: Some("i".into()),
+            tier: Some(1),
         }),
     ];
     for o in outputs {
@@ -309,6 +311,7 @@ fn current_ids_are_the_catalogues() {
     let c = codec();
     assert_eq!(c.catalogue().current_id("SensorEvent"), 2);
     assert_eq!(c.catalogue().current_id("EscalationTask"), 8);
+    assert_eq!(c.catalogue().current_id("TaskEvent"), 11);
     let bytes = c.encode_input(&sample_inputs()[0].1).unwrap().unwrap();
     assert_eq!(&bytes[..5], &[0, 0, 0, 0, 2]);
 }

@@ -30,7 +30,15 @@ impl Engine {
             // track of it. Close it on the record and raise the new alarm afresh.
             self.stats.stale_incidents += 1;
             let why = "superseded by a new alarm: no update from the desk in time";
-            self.close_incident(slot, &rule, TaskEventKind::AUTO_RESOLVED, now, why, out);
+            self.close_incident(
+                slot,
+                &rule,
+                TaskEventKind::AUTO_RESOLVED,
+                now,
+                why,
+                None,
+                out,
+            );
         }
         let mut summary = format!("{} {} alarm active", e.device_kind, e.device_id);
         if skewed {

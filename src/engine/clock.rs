@@ -41,6 +41,10 @@ pub(crate) enum Pending {
 pub(crate) enum Due {
     Event(Pending),
     Timer(RuleKind),
+    /// The household's escalation ladder (rungs and auto-resolution).
+    Ladder,
+    /// The welfare call of weather warning `n`.
+    Welfare(u32),
 }
 
 /// A queue entry. Ordered by time, then events before timers (an event at a deadline counts
@@ -61,6 +65,8 @@ impl Entry {
         let class = match self.due {
             Due::Event(_) => 0,
             Due::Timer(_) => 1,
+            Due::Ladder => 2,
+            Due::Welfare(_) => 3,
         };
         (self.time, class, self.slot, self.key)
     }

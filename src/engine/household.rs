@@ -36,14 +36,44 @@ pub(crate) struct Water {
 pub(crate) enum RuleRef {
     Alarm(usize),
     Windowed(RuleKind),
+    /// The welfare call a weather warning fans out.
+    Weather,
+}
+
+impl RuleRef {
+    pub const WEATHER_ID: &'static str = "weather_welfare";
+}
+
+impl OpenIncident {
+    /// The tier of its `i`-th task (tier 0 holds the first few, then one per rung).
+    pub fn tier_of(&self, i: usize) -> i32 {
+        let first_rung = self.task_ids.len() - self.tier as usize;
+        if i < first_rung {
+            0
+        } else {
+            (i - first_rung + 1) as i32
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct OpenIncident {
     pub rule: RuleRef,
+    pub rule_id: String,
     pub incident_id: String,
-    pub task_id: String,
+    pub severity: crate::model::Severity,
     pub incident_time: Millis,
+    /// When tier 0 went out (event time): the ladder counts from here.
+    pub opened_at: Millis,
+    /// The highest rung emitted (0: only the first tasks).
+    pub tier: i32,
+    pub acked: bool,
+    /// The condition cleared at this time; auto-resolves after `clear_for` unless it returns.
+    pub clearing_since: Option<Millis>,
+    pub clearing_reason: &'static str,
+    /// Every task of the incident: tier 0's, then one per rung.
+    pub task_ids: Vec<String>,
+    pub reason: String,
 }
 
 #[derive(Debug)]
@@ -75,6 +105,10 @@ pub(crate) struct Household {
     pub devices: Vec<DeviceSeen>,
     /// The deadline each timed rule is queued for (`NEVER`: none queued).
     pub scheduled: [Millis; RuleKind::ALL.len()],
+    /// The ladder's next deadline queued (rungs and auto-resolution), `NEVER` if none.
+    pub ladder_scheduled: Millis,
+    /// Under a weather warning until then: absence thresholds tighten.
+    pub heightened_until: Millis,
 }
 
 impl Household {
@@ -102,6 +136,8 @@ impl Household {
             power_last: None,
             devices: Vec::new(),
             scheduled: [NEVER; RuleKind::ALL.len()],
+            ladder_scheduled: NEVER,
+            heightened_until: NEVER,
         }
     }
 
@@ -161,6 +197,12 @@ impl Household {
         self.open.iter().find(|i| &i.rule == rule)
     }
 
+    /// Open and not clearing: the rule need not look for its condition again.
+    pub fn active_for(&self, rule: &RuleRef) -> bool {
+        self.open_for(rule)
+            .is_some_and(|i| i.clearing_since.is_none())
+    }
+
     /// Heap bytes held beyond the struct itself (the profile is the registry's, shared).
     pub fn heap_bytes(&self) -> usize {
         self.recent.len() * 4
@@ -169,7 +211,10 @@ impl Household {
             + self
                 .open
                 .iter()
-                .map(|i| i.incident_id.capacity() + i.task_id.capacity())
+                .map(|i| {
+                    let tasks: usize = i.task_ids.iter().map(|t| t.capacity() + 24).sum();
+                    i.incident_id.capacity() + i.reason.capacity() + tasks
+                })
                 .sum::<usize>()
             + self.id.len()
     }

@@ -18,9 +18,9 @@ pub fn incident_id(household_id: &str, rule_id: &str, trigger: &str) -> String {
     v5(&["incident", household_id, rule_id, trigger])
 }
 
-/// One rung of an incident's escalation ladder.
-pub fn task_id(incident_id: &str, tier: i32) -> String {
-    v5(&["task", incident_id, &tier.to_string()])
+/// One task of an incident: a rung of its escalation ladder and what it asks for.
+pub fn task_id(incident_id: &str, tier: i32, action: crate::model::Action) -> String {
+    v5(&["task", incident_id, &tier.to_string(), action.as_str()])
 }
 
 pub fn notification_id(task_id: &str) -> String {
@@ -38,7 +38,15 @@ mod tests {
         assert_eq!(inc, incident_id("hh-1", "alarm.fall", "evt-9"));
         assert_eq!(inc, "c1da6a79-f44c-510a-9583-fea189340df3");
         assert_eq!(Uuid::parse_str(&inc).unwrap().get_version_num(), 5);
-        assert_ne!(task_id(&inc, 0), task_id(&inc, 1));
+        use crate::model::Action;
+        assert_ne!(
+            task_id(&inc, 0, Action::CALL_ELDER),
+            task_id(&inc, 1, Action::CALL_ELDER)
+        );
+        assert_ne!(
+            task_id(&inc, 0, Action::CALL_ELDER),
+            task_id(&inc, 0, Action::NOTIFY_CONTACT)
+        );
         assert_ne!(
             incident_id("hh-1", "alarm.fall", "evt-9"),
             incident_id("hh-1", "alarm.smoke", "evt-9")

@@ -1,10 +1,18 @@
-//! Incidents, shared by every rule: one open incident per household and rule; opening one
-//! emits the task, the contact notification (for CRITICAL and HIGH: "notify the emergency
-//! contact at the same time") and an OPENED event; closing one emits its lifecycle event.
+//! Incidents, shared by every rule: one open incident per household and rule. Opening one
+//! emits tier 0 (the rule's action and the ladder's `with_first`, all at once), the contact
+//! notification for CRITICAL and HIGH ("notify the emergency contact at the same time") and
+//! an OPENED event per task. The ladder (`ladder.rs`) adds the later tiers; the desk or the
+//! rule itself closes the incident, with a lifecycle event for every one of its tasks.
+
+use std::collections::VecDeque;
 
 use super::household::{OpenIncident, RuleRef};
 use super::{ids, Engine, TaskRef};
 use crate::model::*;
+
+/// How many closed tasks are remembered, so a desk update arriving after the incident closed
+/// is recorded in the history rather than dead-lettered.
+const CLOSED_MEMORY: usize = 100_000;
 
 /// What a rule found.
 pub(crate) struct Finding {
@@ -19,8 +27,31 @@ pub(crate) struct Finding {
     pub detail: Option<String>,
 }
 
+/// Recently closed tasks, oldest first.
+#[derive(Default)]
+pub(crate) struct Closed {
+    order: VecDeque<String>,
+    refs: std::collections::HashMap<String, TaskRef>,
+}
+
+impl Closed {
+    fn remember(&mut self, task_id: String, r: TaskRef) {
+        if self.order.len() >= CLOSED_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.refs.remove(&old);
+            }
+        }
+        self.order.push_back(task_id.clone());
+        self.refs.insert(task_id, r);
+    }
+
+    pub fn get(&self, task_id: &str) -> Option<&TaskRef> {
+        self.refs.get(task_id)
+    }
+}
+
 impl Engine {
-    fn describe(&self, rule: &RuleRef) -> (String, Severity, Action, Millis, String) {
+    pub(super) fn describe(&self, rule: &RuleRef) -> (String, Severity, Action, Millis, String) {
         match rule {
             RuleRef::Alarm(i) => {
                 let a = &self.rules.alarms[*i];
@@ -42,17 +73,86 @@ impl Engine {
                     r.reason.clone(),
                 )
             }
+            RuleRef::Weather => {
+                let w = &self.rules.weather;
+                (
+                    RuleRef::WEATHER_ID.to_string(),
+                    Severity::ROUTINE,
+                    Action::WELFARE_CALL,
+                    w.respond_within,
+                    w.reason.clone(),
+                )
+            }
         }
     }
 
-    /// Opens an incident unless one is open for the same rule; true when it opened.
+    /// A task of an incident: everything but tier, action, times and evidence comes from it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn task(
+        &self,
+        h: &super::household::Household,
+        inc: &OpenIncident,
+        tier: i32,
+        action: Action,
+        emitted_at: Millis,
+        respond_by: Millis,
+        evidence: Vec<Evidence>,
+    ) -> EscalationTask {
+        let (district, street, community) = h
+            .profile
+            .as_ref()
+            .map(|p| (p.district.clone(), p.street.clone(), p.community.clone()))
+            .unwrap_or_default();
+        EscalationTask {
+            task_id: ids::task_id(&inc.incident_id, tier, action),
+            incident_id: Some(inc.incident_id.clone()),
+            household_id: h.id.to_string(),
+            rule_id: inc.rule_id.clone(),
+            severity: inc.severity,
+            action,
+            tier,
+            district,
+            street,
+            community,
+            reason: inc.reason.clone(),
+            evidence,
+            incident_time: inc.incident_time,
+            emitted_at,
+            respond_by,
+        }
+    }
+
+    /// Opens an incident unless one is open for the same rule; true when it opened. A rule
+    /// that finds its condition again while its incident is clearing keeps that incident.
     pub(crate) fn open_incident(&mut self, slot: u32, f: Finding, out: &mut Vec<Output>) -> bool {
-        let h = self.slots[slot as usize].as_ref().expect("live slot");
-        if h.open_for(&f.rule).is_some() {
+        self.open_incident_as(slot, f, None, out)
+    }
+
+    /// As `open_incident`, with the severity given (weather tasks take it from the alert).
+    pub(crate) fn open_incident_as(
+        &mut self,
+        slot: u32,
+        f: Finding,
+        severity: Option<Severity>,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let h = self.slot_mut(slot);
+        if let Some(open) = h.open.iter_mut().find(|i| i.rule == f.rule) {
+            if open.clearing_since.take().is_some() {
+                self.stats.flaps_absorbed += 1;
+            }
             return false;
         }
-        let (rule_id, severity, action, respond_within, mut reason) = self.describe(&f.rule);
-        let household_id = h.id.to_string();
+        if let Some(end) = self.suppressed_until(slot, &f.rule, f.emitted_at) {
+            self.stats.suppressed_by_window += 1;
+            if let RuleRef::Windowed(kind) = f.rule {
+                self.recheck(slot, kind, end);
+            }
+            return false;
+        }
+        let (rule_id, rule_severity, action, respond_within, mut reason) = self.describe(&f.rule);
+        let severity = severity.unwrap_or(rule_severity);
+        let h = self.slot(slot);
         let profile = h.profile.clone();
         if let Some(d) = &f.detail {
             reason.push_str(" — ");
@@ -61,74 +161,80 @@ impl Engine {
         if profile.is_none() {
             reason.push_str(" [household not in the registry: address unknown]");
         }
+        let household_id = h.id.to_string();
         let incident_id = ids::incident_id(&household_id, &rule_id, &f.trigger);
-        let task_id = ids::task_id(&incident_id, 0);
-        let (district, street, community) = profile
-            .as_ref()
-            .map(|p| (p.district.clone(), p.street.clone(), p.community.clone()))
-            .unwrap_or_default();
-        out.push(Output::Task(EscalationTask {
-            task_id: task_id.clone(),
-            incident_id: Some(incident_id.clone()),
-            household_id: household_id.clone(),
+        let mut inc = OpenIncident {
+            rule: f.rule,
             rule_id: rule_id.clone(),
+            incident_id: incident_id.clone(),
             severity,
-            action,
-            tier: 0,
-            district,
-            street,
-            community,
-            reason: reason.clone(),
-            evidence: f.evidence,
             incident_time: f.incident_time,
-            emitted_at: f.emitted_at,
-            respond_by: f.emitted_at + respond_within,
-        }));
+            opened_at: f.emitted_at,
+            tier: 0,
+            acked: false,
+            clearing_since: None,
+            clearing_reason: "",
+            task_ids: Vec::new(),
+            reason: reason.clone(),
+        };
+        let mut actions = vec![action];
+        for a in &self.rules.ladder(severity).with_first {
+            if !actions.contains(a) {
+                actions.push(*a);
+            }
+        }
+        let respond_by = f.emitted_at + respond_within;
+        for a in &actions {
+            let task = self.task(h, &inc, 0, *a, f.emitted_at, respond_by, f.evidence.clone());
+            inc.task_ids.push(task.task_id.clone());
+            out.push(Output::Task(task));
+        }
+        let primary = inc.task_ids[0].clone();
         let urgent = matches!(severity, Severity::CRITICAL | Severity::HIGH);
         if let Some(p) = profile.filter(|p| urgent && !p.emergency_contacts.is_empty()) {
-            let (_, _, _, _, plain) = self.describe(&f.rule);
+            let (_, _, _, _, plain) = self.describe(&inc.rule);
             out.push(Output::Notification(ContactNotification {
-                notification_id: ids::notification_id(&task_id),
-                task_id: task_id.clone(),
+                notification_id: ids::notification_id(&primary),
+                task_id: primary.clone(),
                 household_id: household_id.clone(),
                 rule_id: rule_id.clone(),
                 contacts: p.emergency_contacts.clone(),
-                message: format!(
-                    "【居家养老安全提醒】{plain}。服务中心已收到并正在处理。/ The care centre has been alerted and is responding."
-                ),
+                message: format!("【居家养老安全提醒】{plain}。服务中心已收到并正在处理。/ The care centre has been alerted and is responding."),
                 incident_time: f.incident_time,
                 emitted_at: f.emitted_at,
             }));
         }
-        out.push(Output::TaskEvent(TaskEvent {
-            task_id: task_id.clone(),
-            household_id: household_id.clone(),
-            rule_id: rule_id.clone(),
-            kind: TaskEventKind::OPENED,
-            at: f.emitted_at,
-            reason,
-            by: None,
-        }));
-        self.tasks.insert(
-            task_id.clone(),
-            TaskRef {
-                household_id,
-                rule_id,
-                incident_id: incident_id.clone(),
-            },
-        );
-        let h = self.slots[slot as usize].as_mut().expect("live slot");
-        h.open.push(OpenIncident {
-            rule: f.rule,
-            incident_id,
-            task_id,
-            incident_time: f.incident_time,
-        });
+        for task_id in &inc.task_ids {
+            out.push(Output::TaskEvent(TaskEvent {
+                task_id: task_id.clone(),
+                incident_id: Some(incident_id.clone()),
+                household_id: household_id.clone(),
+                rule_id: rule_id.clone(),
+                kind: TaskEventKind::OPENED,
+                at: f.emitted_at,
+                reason: reason.clone(),
+                by: None,
+                tier: Some(0),
+            }));
+            self.tasks.insert(
+                task_id.clone(),
+                TaskRef {
+                    household_id: household_id.clone(),
+                    rule_id: rule_id.clone(),
+                    incident_id: incident_id.clone(),
+                },
+            );
+        }
+        self.slot_mut(slot).open.push(inc);
         self.stats.incidents_opened += 1;
+        self.open_count += 1;
+        self.schedule_ladder(slot);
         true
     }
 
-    /// Closes the open incident of `rule` (if any) with a lifecycle event of `kind`.
+    /// Closes the open incident of `rule` (if any): a lifecycle event of `kind` for each of
+    /// its tasks.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn close_incident(
         &mut self,
         slot: u32,
@@ -136,30 +242,69 @@ impl Engine {
         kind: TaskEventKind,
         at: Millis,
         reason: &str,
+        by: Option<&str>,
         out: &mut Vec<Output>,
     ) {
-        let h = self.slots[slot as usize].as_mut().expect("live slot");
+        let h = self.slot_mut(slot);
         let Some(pos) = h.open.iter().position(|i| &i.rule == rule) else {
             return;
         };
         let inc = h.open.remove(pos);
         let household_id = h.id.to_string();
-        let rule_id = self
-            .tasks
-            .remove(&inc.task_id)
-            .map(|t| t.rule_id)
-            .unwrap_or_default();
+        self.open_count -= 1;
         if kind == TaskEventKind::AUTO_RESOLVED {
             self.stats.auto_resolved += 1;
         }
-        out.push(Output::TaskEvent(TaskEvent {
-            task_id: inc.task_id,
-            household_id,
-            rule_id,
-            kind,
-            at,
-            reason: reason.to_string(),
-            by: None,
-        }));
+        for (tier, task_id) in inc.task_ids.iter().enumerate() {
+            if let Some(r) = self.tasks.remove(task_id) {
+                self.closed.remember(task_id.clone(), r);
+            }
+            out.push(Output::TaskEvent(TaskEvent {
+                task_id: task_id.clone(),
+                incident_id: Some(inc.incident_id.clone()),
+                household_id: household_id.clone(),
+                rule_id: inc.rule_id.clone(),
+                kind,
+                at,
+                reason: reason.to_string(),
+                by: by.map(str::to_string),
+                tier: Some(inc.tier_of(tier)),
+            }));
+        }
+    }
+
+    /// A rule's condition cleared at `t`: the incident auto-resolves if it stays clear for
+    /// `clear_for` (the ladder's timer checks), so a flapping condition makes no new tasks.
+    pub(crate) fn begin_clearing(
+        &mut self,
+        slot: u32,
+        rule: &RuleRef,
+        t: Millis,
+        why: &'static str,
+    ) {
+        let h = self.slot_mut(slot);
+        if let Some(inc) = h.open.iter_mut().find(|i| &i.rule == rule) {
+            if inc.clearing_since.is_none() {
+                inc.clearing_since = Some(t);
+                inc.clearing_reason = why;
+                self.schedule_ladder(slot);
+            }
+        }
+    }
+
+    /// The rule sees its condition again while its incident is clearing: it stays open, and
+    /// no new task is made.
+    pub(crate) fn recurs(&mut self, slot: u32, rule: &RuleRef) {
+        let h = self.slot_mut(slot);
+        if let Some(inc) = h.open.iter_mut().find(|i| &i.rule == rule) {
+            if inc.clearing_since.take().is_some() {
+                self.stats.flaps_absorbed += 1;
+            }
+        }
+    }
+
+    /// A desk update for a task that is no longer open: recorded, not dead-lettered.
+    pub(crate) fn closed_task(&self, task_id: &str) -> Option<&TaskRef> {
+        self.closed.get(task_id)
     }
 }

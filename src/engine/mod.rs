@@ -14,8 +14,10 @@ mod clock;
 mod household;
 pub mod ids;
 mod incidents;
+mod ladder;
 pub mod localtime;
 mod timed;
+mod weather;
 mod windowed;
 
 use std::collections::HashMap;
@@ -72,11 +74,18 @@ pub struct EngineStats {
     pub timers_fired: u64,
     pub timezone_fallbacks: u64,
     pub households_forgotten: u64,
+    /// A cleared condition came back before its incident resolved: no new task.
+    pub flaps_absorbed: u64,
+    pub suppressed_by_window: u64,
+    /// Rungs climbed, by tier 1, 2, 3+.
+    pub escalations: [u64; 3],
+    pub weather_updates: u64,
+    pub welfare_calls: u64,
 }
 
 /// Where an open task lives, for the desk's updates.
 #[derive(Debug, Clone)]
-struct TaskRef {
+pub(crate) struct TaskRef {
     household_id: String,
     rule_id: String,
     incident_id: String,
@@ -89,8 +98,17 @@ pub struct Engine {
     free: Vec<u32>,
     next_generation: u32,
     tasks: HashMap<String, TaskRef>,
+    closed: incidents::Closed,
     partitions: HashMap<i32, Clock>,
     stats: EngineStats,
+    alerts: Vec<weather::Alert>,
+    alert_index: HashMap<String, usize>,
+    /// The partitions this instance owns (None: all, as in tests and single instances).
+    owned: Option<std::collections::HashSet<i32>>,
+    /// Time from tier 0 to the desk's first acknowledgement, per severity, since last taken.
+    ack_latencies: Vec<(Severity, Millis)>,
+    /// Incidents open now (each may have several tasks).
+    open_count: usize,
 }
 
 impl Engine {
@@ -102,8 +120,14 @@ impl Engine {
             free: Vec::new(),
             next_generation: 0,
             tasks: HashMap::new(),
+            closed: incidents::Closed::default(),
             partitions: HashMap::new(),
             stats: EngineStats::default(),
+            alerts: Vec::new(),
+            alert_index: HashMap::new(),
+            owned: None,
+            ack_latencies: Vec::new(),
+            open_count: 0,
         }
     }
 
@@ -115,12 +139,81 @@ impl Engine {
         self.stats
     }
 
+    /// The partitions this instance owns; households elsewhere get no weather calls here.
+    pub fn set_owned(&mut self, partitions: Option<Vec<i32>>) {
+        self.owned = partitions.map(|p| p.into_iter().collect());
+    }
+
+    fn owns(&self, h: &Household) -> bool {
+        // A household never seen on any partition may be anyone's: calling it from more
+        // than one instance repeats the same task id, which the desk de-duplicates.
+        match (&self.owned, h.partition) {
+            (Some(set), Some(p)) => set.contains(&p),
+            _ => true,
+        }
+    }
+
+    /// Acknowledgement delays observed since the last call.
+    pub fn take_ack_latencies(&mut self) -> Vec<(Severity, Millis)> {
+        std::mem::take(&mut self.ack_latencies)
+    }
+
+    /// Open incidents by severity and district, and households with a visit overdue.
+    pub fn open_summary(&self) -> (HashMap<(Severity, String), usize>, usize) {
+        let mut by = HashMap::new();
+        let mut overdue = 0;
+        for h in self.slots.iter().flatten() {
+            let district = h
+                .profile
+                .as_ref()
+                .map_or_else(String::new, |p| p.district.clone());
+            for inc in &h.open {
+                *by.entry((inc.severity, district.clone())).or_insert(0) += 1;
+                if inc.rule == household::RuleRef::Windowed(RuleKind::VisitCadence) {
+                    overdue += 1;
+                }
+            }
+        }
+        (by, overdue)
+    }
+
+    /// The end of the maintenance window holding `rule` for this household at `t`, if any.
+    fn suppressed_until(&self, slot: u32, rule: &household::RuleRef, t: Millis) -> Option<Millis> {
+        let household::RuleRef::Windowed(kind) = rule else {
+            return None;
+        };
+        let h = self.slot(slot);
+        self.rules
+            .suppressions
+            .iter()
+            .filter(|w| w.covers(&h.id, h.profile.as_deref(), Some(*kind), t))
+            .map(|w| w.end)
+            .max()
+    }
+
+    /// Looks at a timed rule again at `at` (the end of a window that held it back), so a
+    /// condition that outlasts the window is still reported.
+    fn recheck(&mut self, slot: u32, kind: RuleKind, at: Millis) {
+        let h = self.slot(slot);
+        let Some(partition) = h.partition else { return };
+        let generation = h.generation;
+        self.slot_mut(slot).scheduled[kind as usize] = at;
+        self.clock(partition).push(Entry {
+            time: at,
+            slot,
+            generation,
+            key: kind as u64,
+            device: 0,
+            due: Due::Timer(kind),
+        });
+    }
+
     pub fn household_count(&self) -> usize {
         self.index.len()
     }
 
     pub fn open_incidents(&self) -> usize {
-        self.tasks.len()
+        self.open_count
     }
 
     /// Entries waiting in the partitions' queues (events and deadlines).
@@ -251,8 +344,10 @@ impl Engine {
                 self.advance(meta.partition, t.min(meta.arrival), out);
                 Ok(())
             }
-            // Weather fan-out arrives with the escalation work; an alert is valid input.
-            Input::Weather(_) => Ok(()),
+            Input::Weather(a) => {
+                self.weather(a, meta.arrival);
+                Ok(())
+            }
             Input::TaskUpdate(u) => self.task_update(u, out),
         }
     }
@@ -447,61 +542,79 @@ impl Engine {
                 Due::Timer(kind) if self.slot(e.slot).scheduled[kind as usize] == e.time => {
                     self.fire(e.slot, kind, e.time, out)
                 }
-                Due::Timer(_) => {} // superseded by an earlier deadline
+                Due::Ladder if self.slot(e.slot).ladder_scheduled == e.time => {
+                    self.fire_ladder(e.slot, e.time, out)
+                }
+                Due::Welfare(alert) => self.welfare(e.slot, alert, e.time, out),
+                Due::Timer(_) | Due::Ladder => {} // superseded by an earlier deadline
             }
         }
     }
 
     fn task_update(&mut self, u: &TaskUpdate, out: &mut Vec<Output>) -> Result<(), EngineError> {
-        let task = match self.tasks.get(&u.task_id) {
-            Some(t) if t.household_id == u.household_id => t.clone(),
-            _ => return Err(EngineError::UnknownTask),
-        };
         let kind = match u.status {
             TaskUpdateStatus::ACKNOWLEDGED => TaskEventKind::ACKNOWLEDGED,
             TaskUpdateStatus::RESOLVED => TaskEventKind::RESOLVED,
             TaskUpdateStatus::FALSE_ALARM => TaskEventKind::FALSE_ALARM,
         };
-        // The desk's free text can carry anything; only its presence is passed on.
-        let reason = match &u.note {
-            Some(_) => format!("{} by the dispatch desk (with a note)", kind.as_str()),
-            None => format!("{} by the dispatch desk", kind.as_str()),
+        let open = self
+            .tasks
+            .get(&u.task_id)
+            .filter(|t| t.household_id == u.household_id)
+            .cloned();
+        let found = open.and_then(|r| {
+            let slot = self.lookup(&u.household_id)?;
+            let i = self
+                .slot(slot)
+                .open
+                .iter()
+                .position(|inc| inc.incident_id == r.incident_id)?;
+            Some((slot, i))
+        });
+        let Some((slot, i)) = found else {
+            // A task closed already (auto-resolved, or by another update): kept in the record.
+            let Some(r) = self
+                .closed_task(&u.task_id)
+                .filter(|t| t.household_id == u.household_id)
+                .cloned()
+            else {
+                return Err(EngineError::UnknownTask);
+            };
+            out.push(Output::TaskEvent(TaskEvent {
+                task_id: u.task_id.clone(),
+                incident_id: Some(r.incident_id),
+                household_id: u.household_id.clone(),
+                rule_id: r.rule_id,
+                kind,
+                at: u.at,
+                reason: format!("{}, after the incident had closed", desk_reason(u)),
+                by: Some(u.by.clone()),
+                tier: None,
+            }));
+            return Ok(());
         };
-        let slot = self.lookup(&u.household_id);
-        if kind != TaskEventKind::ACKNOWLEDGED {
-            if let Some(slot) = slot {
-                let rule = self
-                    .slot(slot)
-                    .open
-                    .iter()
-                    .find(|i| i.incident_id == task.incident_id)
-                    .map(|i| i.rule.clone());
-                if let Some(rule) = rule {
-                    self.close_incident(slot, &rule, kind, u.at, &reason, out);
-                    if let Some(Output::TaskEvent(e)) = out.last_mut() {
-                        e.by = Some(u.by.clone());
-                    }
-                    let h = self.slot(slot);
-                    if h.profile.is_none() && h.open.is_empty() {
-                        self.forget(slot);
-                    } else {
-                        self.schedule_all(slot);
-                    }
-                    return Ok(());
-                }
-            }
-            self.tasks.remove(&u.task_id);
+        if kind == TaskEventKind::ACKNOWLEDGED {
+            self.acknowledge(slot, i, u, out);
+            return Ok(());
         }
-        out.push(Output::TaskEvent(TaskEvent {
-            task_id: u.task_id.clone(),
-            household_id: u.household_id.clone(),
-            rule_id: task.rule_id,
-            kind,
-            at: u.at,
-            reason,
-            by: Some(u.by.clone()),
-        }));
+        let rule = self.slot(slot).open[i].rule.clone();
+        self.close_incident(slot, &rule, kind, u.at, &desk_reason(u), Some(&u.by), out);
+        let h = self.slot(slot);
+        if h.profile.is_none() && h.open.is_empty() {
+            self.forget(slot);
+        } else {
+            self.schedule_all(slot);
+        }
         Ok(())
+    }
+}
+
+/// The lifecycle reason of a desk update. The desk's free text can carry anything (names,
+/// phone numbers): only its presence is passed on.
+fn desk_reason(u: &TaskUpdate) -> String {
+    match &u.note {
+        Some(_) => format!("{} by the dispatch desk (with a note)", u.status.as_str()),
+        None => format!("{} by the dispatch desk", u.status.as_str()),
     }
 }
 

@@ -70,10 +70,12 @@ fn run(e: &mut Engine, input: &Input, now: Millis) -> Vec<Output> {
     out
 }
 
+/// The tasks that call someone: each incident's own action (the ladder's extra
+/// NOTIFY_CONTACT task at tier 0 is counted separately where it matters).
 fn tasks(out: &[Output]) -> Vec<&EscalationTask> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Task(t) => Some(t),
+            Output::Task(t) if t.action != Action::NOTIFY_CONTACT => Some(t),
             _ => None,
         })
         .collect()
@@ -84,9 +86,29 @@ fn button_press_raises_critical_task_notification_and_opened_event() {
     let mut e = engine();
     run(&mut e, &profile("hh-1", 2), T0);
     let out = run(&mut e, &press("hh-1", "ev-1", T0 + 1_000), T0 + 1_200);
-    assert_eq!(out.len(), 3, "{out:#?}");
+    // Tier 0 of a CRITICAL incident: the call and the ladder's NOTIFY_CONTACT, the contacts'
+    // notification, and an OPENED event for each task.
+    assert_eq!(out.len(), 5, "{out:#?}");
     let incident = ids::incident_id("hh-1", "alarm.emergency_button", "ev-1");
-    let task_id = ids::task_id(&incident, 0);
+    let Output::Task(notify) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (notify.action, notify.tier, notify.task_id.clone()),
+        (
+            Action::NOTIFY_CONTACT,
+            0,
+            ids::task_id(&incident, 0, Action::NOTIFY_CONTACT)
+        )
+    );
+    assert!(matches!(
+        &out[4],
+        Output::TaskEvent(TaskEvent {
+            kind: TaskEventKind::OPENED,
+            ..
+        })
+    ));
+    let task_id = ids::task_id(&incident, 0, Action::CALL_ELDER);
     let Output::Task(t) = &out[0] else {
         panic!("{out:?}")
     };
@@ -114,7 +136,7 @@ fn button_press_raises_critical_task_notification_and_opened_event() {
             respond_by: T0 + 1_200 + 300_000,
         }
     );
-    let Output::Notification(n) = &out[1] else {
+    let Output::Notification(n) = &out[2] else {
         panic!("{out:?}")
     };
     assert_eq!(n.task_id, task_id);
@@ -125,7 +147,7 @@ fn button_press_raises_critical_task_notification_and_opened_event() {
         !n.message.contains("1380"),
         "no phone number in the message"
     );
-    let Output::TaskEvent(ev) = &out[2] else {
+    let Output::TaskEvent(ev) = &out[3] else {
         panic!("{out:?}")
     };
     assert_eq!(
@@ -428,10 +450,16 @@ fn task_updates_for_unknown_tasks_are_rejected() {
     assert!(e
         .process(&upd(&real, "hh-1"), m(T0), &mut Vec::new())
         .is_ok());
+    // Once closed, a further update is kept in the record, not dead-lettered.
+    let mut out = Vec::new();
+    assert_eq!(e.process(&upd(&real, "hh-1"), m(T0), &mut out), Ok(()));
+    assert!(
+        matches!(&out[..], [Output::TaskEvent(TaskEvent { kind: TaskEventKind::RESOLVED, reason, .. })] if reason.contains("after the incident had closed"))
+    );
     assert_eq!(
-        e.process(&upd(&real, "hh-1"), m(T0), &mut Vec::new()),
+        e.process(&upd(&real, "hh-2"), m(T0), &mut Vec::new()),
         Err(EngineError::UnknownTask),
-        "closed once"
+        "not that household's"
     );
 }
 
@@ -477,7 +505,8 @@ fn registry_removal_drops_state_but_open_tasks_stay_answerable() {
         at: T0,
         note: None,
     });
-    assert_eq!(run(&mut e, &resolve, T0).len(), 1);
+    // Resolving closes both of the incident's tasks (the call and NOTIFY_CONTACT).
+    assert_eq!(run(&mut e, &resolve, T0).len(), 2);
     assert_eq!(e.household_count(), 0);
 }
 
@@ -527,10 +556,14 @@ fn heartbeat(hh: &str, t: Millis) -> Input {
     })
 }
 
+/// Incidents opened: one entry per incident, however many tier-0 tasks it has.
 fn opened(out: &[Output]) -> Vec<(String, String, Millis)> {
+    let mut seen = std::collections::HashSet::new();
     out.iter()
         .filter_map(|o| match o {
-            Output::TaskEvent(e) if e.kind == TaskEventKind::OPENED => {
+            Output::TaskEvent(e)
+                if e.kind == TaskEventKind::OPENED && seen.insert(e.incident_id.clone()) =>
+            {
                 Some((e.household_id.clone(), e.rule_id.clone(), e.at))
             }
             _ => None,
@@ -825,5 +858,92 @@ fn reloaded_rules_take_effect_on_existing_households() {
     assert_eq!(
         opened(&out),
         vec![("hh-1".to_string(), "no_movement".to_string(), T0 + 2 * HOUR)]
+    );
+}
+
+fn rules_with(edit: impl Fn(&Path)) -> Arc<RuleSet> {
+    let dir = std::env::temp_dir().join(format!(
+        "carestream-rules-with-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    edit(&dir);
+    Arc::new(RuleSet::load(&dir).unwrap())
+}
+
+#[test]
+fn maintenance_windows_hold_the_windowed_rules_but_never_alarms() {
+    // hh-1 in a window from T0 to T0 + 20 h; district 420102 (hh-2's) for home silence only.
+    let window = |start: &str, end: &str| {
+        format!("start = \"{start}\"\nend = \"{end}\"\nreason = \"gateway replacement\"\n")
+    };
+    let rules = rules_with(|dir| {
+        let text = format!(
+            "[[window]]\nhousehold = \"hh-1\"\n{}\n[[window]]\nregion = \"420102\"\nrules = [\"home_silence\"]\n{}",
+            window("2026-11-18T19:06:40+08:00", "2026-11-19T15:06:40+08:00"),
+            window("2026-11-18T19:06:40+08:00", "2026-11-19T15:06:40+08:00"),
+        );
+        std::fs::write(dir.join("suppressions.toml"), text).unwrap();
+    });
+    assert_eq!(rules.suppressions[0].start, T0, "the window starts at T0");
+    let mut e = Engine::new(rules);
+    let mut out = Vec::new();
+    for hh in ["hh-1", "hh-2"] {
+        e.process(&profile(hh, 1), on(0, T0), &mut out).unwrap();
+        e.process(&heartbeat(hh, T0), on(0, T0), &mut out).unwrap();
+        e.process(
+            &sensor(
+                hh,
+                &format!("{hh}-m"),
+                DeviceKind::MOTION_PIR,
+                T0,
+                Reading::Motion { detected: true },
+            ),
+            on(0, T0),
+            &mut out,
+        )
+        .unwrap();
+    }
+    // An alarm inside the window still raises its task.
+    e.process(&press("hh-1", "p", T0 + HOUR), on(0, T0 + HOUR), &mut out)
+        .unwrap();
+    e.tick(0, T0 + 11 * HOUR, &mut out);
+    let rules_opened: Vec<(String, String)> =
+        opened(&out).into_iter().map(|(h, r, _)| (h, r)).collect();
+    assert!(rules_opened.contains(&("hh-1".into(), "alarm.emergency_button".into())));
+    assert!(
+        !rules_opened
+            .iter()
+            .any(|(h, r)| h == "hh-1" && !r.starts_with("alarm.")),
+        "{rules_opened:?}"
+    );
+    // hh-2's window covers home silence only: its no-movement (10 h, living alone 84) fires.
+    assert!(
+        !rules_opened.contains(&("hh-2".into(), "home_silence".into())),
+        "{rules_opened:?}"
+    );
+    assert!(
+        rules_opened.contains(&("hh-2".into(), "no_movement".into())),
+        "{rules_opened:?}"
+    );
+    assert!(e.stats().suppressed_by_window >= 2);
+    // The window ends at T0 + 20 h with hh-1 still not moving: reported then.
+    e.tick(0, T0 + 21 * HOUR, &mut out);
+    assert!(
+        opened(&out).contains(&(
+            "hh-1".to_string(),
+            "no_movement".to_string(),
+            T0 + 20 * HOUR
+        )),
+        "{:?}",
+        opened(&out)
     );
 }

@@ -26,15 +26,15 @@ impl Engine {
                 Pending::Heartbeat { kind } => h.heartbeat(device, kind, t),
                 _ => h.device_event(device, t),
             }
-            self.device_alive(slot, t, out);
+            self.device_alive(slot, t);
         }
         match ev {
             Pending::Heartbeat { .. } | Pending::Alive => {}
-            Pending::CheckIn { visit } => self.checked_in(slot, t, visit, out),
-            Pending::Motion => self.motion(slot, t, out),
-            Pending::Pill => self.activity(slot, t, out),
-            Pending::Door => self.door(slot, t, late, out),
-            Pending::Bed { occupied } => self.bed(slot, t, occupied, late, out),
+            Pending::CheckIn { visit } => self.checked_in(slot, t, visit),
+            Pending::Motion => self.motion(slot, t),
+            Pending::Pill => self.activity(slot, t),
+            Pending::Door => self.door(slot, t, late),
+            Pending::Bed { occupied } => self.bed(slot, t, occupied, late),
             Pending::Vitals { hr, rr, worn } => {
                 if late {
                     // A run of readings only means something in order.
@@ -47,7 +47,7 @@ impl Engine {
             Pending::Meter {
                 water: false,
                 value,
-            } => self.power(slot, t, value, out),
+            } => self.power(slot, t, value),
         }
     }
 

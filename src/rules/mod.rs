@@ -1,6 +1,7 @@
 //! Rule configuration from `rules/*.toml`: parsed as plain data, then validated into the
 //! runtime [`RuleSet`] with every problem reported by file, line and column.
 
+pub mod extra;
 pub mod windowed;
 
 use std::ops::Range;
@@ -9,13 +10,20 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{Action, DeviceKind, Millis, QuietHours};
+use crate::model::{Action, DeviceKind, Millis, QuietHours, Severity};
 
+pub use extra::{parse_rfc3339, Suppression, WeatherRules};
 pub use windowed::{p, RuleKind, WindowedRule};
 
 /// The files `rules/` holds besides one per windowed rule; anything else there is a mistake
 /// worth stopping for.
-pub const FILES: [&str; 2] = ["engine.toml", "alarms.toml"];
+pub const FILES: [&str; 5] = [
+    "engine.toml",
+    "alarms.toml",
+    "escalation.toml",
+    "weather.toml",
+    "suppressions.toml",
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error("rules have {} problem(s):\n  {}", .0.len(), .0.join("\n  "))]
@@ -60,6 +68,46 @@ struct AlarmEntry {
     stale_after: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationFile {
+    clear_for: Spanned<String>,
+    #[serde(rename = "CRITICAL")]
+    critical: RawLadder,
+    #[serde(rename = "HIGH")]
+    high: RawLadder,
+    #[serde(rename = "ROUTINE")]
+    routine: RawLadder,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLadder {
+    with_first: Vec<Spanned<String>>,
+    rungs: Vec<RawRung>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRung {
+    after: Spanned<String>,
+    action: Spanned<String>,
+}
+
+/// One rung: when (after tier 0) and what, if the desk has not acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rung {
+    pub after: Millis,
+    pub action: Action,
+}
+
+/// What a severity's incidents do: extra actions at once, then the rungs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ladder {
+    pub with_first: Vec<Action>,
+    pub rungs: Vec<Rung>,
+}
+
 /// One instant-alarm rule, ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlarmRule {
@@ -88,11 +136,21 @@ pub struct RuleSet {
     pub alarms: Vec<AlarmRule>,
     /// One per [`RuleKind`], in `RuleKind::ALL` order.
     pub windowed: Vec<WindowedRule>,
+    /// By `Severity::index()`.
+    pub ladders: [Ladder; 3],
+    /// How long a cleared condition must stay clear before its incident auto-resolves.
+    pub clear_for: Millis,
+    pub weather: WeatherRules,
+    pub suppressions: Vec<Suppression>,
     /// Index into `alarms` by `DeviceKind::index()`.
     alarm_by_kind: [Option<usize>; 12],
 }
 
 impl RuleSet {
+    pub fn ladder(&self, severity: Severity) -> &Ladder {
+        &self.ladders[severity.index()]
+    }
+
     pub fn rule(&self, kind: RuleKind) -> &WindowedRule {
         &self.windowed[kind as usize]
     }
@@ -104,8 +162,10 @@ impl RuleSet {
     /// Every rule id, for pre-registering the per-rule metric series.
     pub fn rule_ids(&self) -> Vec<String> {
         let alarms = self.alarms.iter().map(|r| r.rule_id.clone());
+        let windowed = RuleKind::ALL.iter().map(|k| k.rule_id().to_string());
         alarms
-            .chain(RuleKind::ALL.iter().map(|k| k.rule_id().to_string()))
+            .chain(windowed)
+            .chain(["weather_welfare".to_string()])
             .collect()
     }
 
@@ -141,6 +201,10 @@ impl RuleSet {
             },
             alarms: Vec::new(),
             windowed: Vec::new(),
+            ladders: Default::default(),
+            clear_for: 0,
+            weather: WeatherRules::default(),
+            suppressions: Vec::new(),
             alarm_by_kind: [None; 12],
         };
         if let Some((e, src)) = &engine {
@@ -222,6 +286,54 @@ impl RuleSet {
                         .map_or(stale, |d| src.duration(d, "stale_after", &mut problems)),
                 });
             }
+        }
+        let escalation: Option<(EscalationFile, Source)> =
+            parse(dir, "escalation.toml", &mut problems);
+        if let Some((e, src)) = &escalation {
+            set.clear_for = src.duration(&e.clear_for, "clear_for", &mut problems);
+            for (sev, raw) in [
+                (Severity::CRITICAL, &e.critical),
+                (Severity::HIGH, &e.high),
+                (Severity::ROUTINE, &e.routine),
+            ] {
+                let action = |a: &Spanned<String>, problems: &mut Vec<String>| {
+                    Action::from_symbol(a.get_ref()).or_else(|| {
+                        problems.push(src.at(
+                            a.span(),
+                            &format!("action must be one of {:?}", Action::ALL),
+                        ));
+                        None
+                    })
+                };
+                let mut ladder = Ladder {
+                    with_first: raw
+                        .with_first
+                        .iter()
+                        .filter_map(|a| action(a, &mut problems))
+                        .collect(),
+                    rungs: Vec::new(),
+                };
+                let mut last = 0;
+                for r in &raw.rungs {
+                    let after = src.duration(&r.after, "after", &mut problems);
+                    if after <= last {
+                        problems.push(src.at(r.after.span(), "rungs must come later and later"));
+                    }
+                    last = after;
+                    if let Some(action) = action(&r.action, &mut problems) {
+                        ladder.rungs.push(Rung { after, action });
+                    }
+                }
+                set.ladders[sev.index()] = ladder;
+            }
+        }
+        if let Some((f, src)) = parse::<extra::WeatherFile>(dir, "weather.toml", &mut problems) {
+            set.weather = WeatherRules::load(&f, &src, &mut problems);
+        }
+        if let Some((f, src)) =
+            parse::<extra::SuppressionFile>(dir, "suppressions.toml", &mut problems)
+        {
+            set.suppressions = Suppression::load_all(&f, &src, &mut problems);
         }
         for kind in RuleKind::ALL {
             let path = dir.join(kind.file());

@@ -13,7 +13,7 @@ use super::incidents::Finding;
 use super::localtime::in_quiet_hours;
 use super::Engine;
 use crate::model::*;
-use crate::rules::RuleKind;
+use crate::rules::{p, RuleKind};
 
 pub(super) fn evidence(what: &str, t: Millis, summary: String) -> Evidence {
     Evidence {
@@ -25,7 +25,20 @@ pub(super) fn evidence(what: &str, t: Millis, summary: String) -> Evidence {
 
 impl Engine {
     pub(super) fn ms(&self, kind: RuleKind, i: usize, h: &Household) -> Millis {
-        self.rules.rule(kind).ms(i, &h.id, h.profile.as_deref())
+        let base = self.rules.rule(kind).ms(i, &h.id, h.profile.as_deref());
+        // Under a weather warning the absence thresholds and the visit cadence tighten.
+        if h.heightened_until > h.last_seen {
+            let w = &self.rules.weather;
+            let factor = match (kind, i) {
+                (RuleKind::NoMovement, p::AFTER)
+                | (RuleKind::HomeSilence, p::AFTER)
+                | (RuleKind::WaterSilence, p::WINDOW) => w.absence_factor,
+                (RuleKind::VisitCadence, p::EVERY) => w.visit_factor,
+                _ => 1.0,
+            };
+            return (base as f64 * factor) as Millis;
+        }
+        base
     }
 
     pub(super) fn num(&self, kind: RuleKind, i: usize, h: &Household) -> f64 {
@@ -45,22 +58,9 @@ impl Engine {
         in_quiet_hours(t, h.offset, q)
     }
 
-    pub(super) fn resolve(
-        &mut self,
-        slot: u32,
-        kind: RuleKind,
-        t: Millis,
-        why: &str,
-        out: &mut Vec<Output>,
-    ) {
-        self.close_incident(
-            slot,
-            &RuleRef::Windowed(kind),
-            TaskEventKind::AUTO_RESOLVED,
-            t,
-            why,
-            out,
-        );
+    /// The condition of `kind` cleared at `t`: the incident resolves if it stays clear.
+    pub(super) fn resolve(&mut self, slot: u32, kind: RuleKind, t: Millis, why: &'static str) {
+        self.begin_clearing(slot, &RuleRef::Windowed(kind), t, why);
     }
 
     /// A finding of `kind` established at `d` (its deadline), judged at `t`.
@@ -84,10 +84,7 @@ impl Engine {
 
     /// When a timed rule should next look at this household, if at all.
     pub(super) fn deadline(&self, h: &Household, kind: RuleKind) -> Option<Millis> {
-        if !self.enabled(kind)
-            || h.open_for(&RuleRef::Windowed(kind)).is_some()
-            || h.first_seen == NEVER
-        {
+        if !self.enabled(kind) || h.active_for(&RuleRef::Windowed(kind)) || h.first_seen == NEVER {
             return None;
         }
         match kind {

@@ -8,14 +8,8 @@ use crate::model::*;
 use crate::rules::{p, RuleKind};
 
 impl Engine {
-    pub(in crate::engine) fn door(
-        &mut self,
-        slot: u32,
-        t: Millis,
-        late: bool,
-        out: &mut Vec<Output>,
-    ) {
-        self.activity(slot, t, out);
+    pub(in crate::engine) fn door(&mut self, slot: u32, t: Millis, late: bool) {
+        self.activity(slot, t);
         let h = self.slot(slot);
         if !late && self.enabled(RuleKind::NightDoor) && self.quiet(h, t) && !h.away_at(t) {
             let h = self.slot_mut(slot);
@@ -24,8 +18,8 @@ impl Engine {
         }
     }
 
-    pub(in crate::engine) fn motion(&mut self, slot: u32, t: Millis, out: &mut Vec<Output>) {
-        self.activity(slot, t, out);
+    pub(in crate::engine) fn motion(&mut self, slot: u32, t: Millis) {
+        self.activity(slot, t);
         let h = self.slot_mut(slot);
         h.last_motion = h.last_motion.max(t);
         if h.door_at_night.is_some_and(|d| t >= d) {
@@ -35,20 +29,12 @@ impl Engine {
                 RuleKind::NightDoor,
                 t,
                 "movement indoors after the door",
-                out,
             );
         }
     }
 
-    pub(in crate::engine) fn bed(
-        &mut self,
-        slot: u32,
-        t: Millis,
-        occupied: bool,
-        late: bool,
-        out: &mut Vec<Output>,
-    ) {
-        self.activity(slot, t, out);
+    pub(in crate::engine) fn bed(&mut self, slot: u32, t: Millis, occupied: bool, late: bool) {
+        self.activity(slot, t);
         if late {
             self.stats.late_dropped += 1;
             return;
@@ -56,7 +42,7 @@ impl Engine {
         let h = self.slot(slot);
         if occupied {
             self.slot_mut(slot).bed_out_since = None;
-            self.resolve(slot, RuleKind::NightBedExit, t, "back in bed", out);
+            self.resolve(slot, RuleKind::NightBedExit, t, "back in bed");
         } else if self.enabled(RuleKind::NightBedExit)
             && self.quiet(h, t)
             && h.bed_out_since.is_none()

@@ -11,25 +11,25 @@ const HOUR: f64 = 3_600_000.0;
 
 impl Engine {
     /// Something the elder did at `t`: resets the no-movement clock.
-    pub(in crate::engine) fn activity(&mut self, slot: u32, t: Millis, out: &mut Vec<Output>) {
+    pub(in crate::engine) fn activity(&mut self, slot: u32, t: Millis) {
         let h = self.slot_mut(slot);
         let newer = t > h.last_activity;
         h.last_activity = h.last_activity.max(t);
         if newer {
-            self.resolve(slot, RuleKind::NoMovement, t, "activity at home again", out);
+            self.resolve(slot, RuleKind::NoMovement, t, "activity at home again");
         }
         self.schedule(slot, RuleKind::NoMovement);
     }
 
     /// Power use counts as activity only above an appliance's draw: a fridge runs alone.
-    pub(in crate::engine) fn power(&mut self, slot: u32, t: Millis, v: f64, out: &mut Vec<Output>) {
+    pub(in crate::engine) fn power(&mut self, slot: u32, t: Millis, v: f64) {
         let h = self.slot(slot);
         let threshold = self.num(RuleKind::NoMovement, p::POWER_KW, h);
         let last = h.power_last;
         self.slot_mut(slot).power_last = Some((t, v));
         if let Some((t0, v0)) = last {
             if t > t0 && v >= v0 && (v - v0) / ((t - t0) as f64 / HOUR) >= threshold {
-                self.activity(slot, t, out);
+                self.activity(slot, t);
             }
         }
     }

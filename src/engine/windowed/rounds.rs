@@ -10,23 +10,17 @@ use crate::rules::{p, RuleKind};
 
 impl Engine {
     /// A check-in: the elder was seen or heard from, which is activity too.
-    pub(in crate::engine) fn checked_in(
-        &mut self,
-        slot: u32,
-        t: Millis,
-        visit: bool,
-        out: &mut Vec<Output>,
-    ) {
+    pub(in crate::engine) fn checked_in(&mut self, slot: u32, t: Millis, visit: bool) {
         let h = self.slot_mut(slot);
         h.last_checkin = h.last_checkin.max(t);
         if visit {
             h.last_visit = h.last_visit.max(t);
-            self.resolve(slot, RuleKind::VisitCadence, t, "home visit made", out);
+            self.resolve(slot, RuleKind::VisitCadence, t, "home visit made");
             self.schedule(slot, RuleKind::VisitCadence);
         }
-        self.resolve(slot, RuleKind::DailyRound, t, "checked in", out);
+        self.resolve(slot, RuleKind::DailyRound, t, "checked in");
         self.schedule(slot, RuleKind::DailyRound);
-        self.activity(slot, t, out);
+        self.activity(slot, t);
     }
     /// The first day after the last check-in (and after the last day judged) that was
     /// watched from its start.

@@ -10,18 +10,12 @@ use crate::rules::{p, RuleKind};
 
 impl Engine {
     /// A device reported (any event or heartbeat): the silence rules look again.
-    pub(in crate::engine) fn device_alive(&mut self, slot: u32, t: Millis, out: &mut Vec<Output>) {
+    pub(in crate::engine) fn device_alive(&mut self, slot: u32, t: Millis) {
         let h = self.slot(slot);
         if h.open_for(&RuleRef::Windowed(RuleKind::HomeSilence))
             .is_some()
         {
-            self.resolve(
-                slot,
-                RuleKind::HomeSilence,
-                t,
-                "a device reported again",
-                out,
-            );
+            self.resolve(slot, RuleKind::HomeSilence, t, "a device reported again");
         }
         let h = self.slot(slot);
         let after = self.ms(RuleKind::DeviceSilence, p::AFTER, h);
@@ -34,7 +28,6 @@ impl Engine {
                 RuleKind::DeviceSilence,
                 t,
                 "every device reporting again",
-                out,
             );
         }
         self.schedule(slot, RuleKind::DeviceSilence);

@@ -32,6 +32,8 @@ impl Engine {
         if hr_bad == Some(true) || rr_bad == Some(true) {
             let sustained = self.ms(k, p::SUSTAINED, h);
             let since = *self.slot_mut(slot).vitals_out_since.get_or_insert(t);
+            // Out of range again while the incident is clearing: it was not over.
+            self.recurs(slot, &RuleRef::Windowed(k));
             if self.enabled(k) && t - since >= sustained {
                 let fmt = |v: Option<i16>| v.map_or("-".to_string(), |v| v.to_string());
                 let detail = format!(
@@ -55,7 +57,7 @@ impl Engine {
             }
         } else {
             self.slot_mut(slot).vitals_out_since = None;
-            self.resolve(slot, k, t, "vitals back in range", out);
+            self.resolve(slot, k, t, "vitals back in range");
         }
     }
 }

@@ -38,7 +38,7 @@ impl Engine {
         let dt = t - w.last_time;
         let away = h.away_at(t);
         if used > 1e-9 {
-            self.activity(slot, t, out);
+            self.activity(slot, t);
         }
         let h = self.slot(slot);
         let (window, min_use) = (
@@ -52,7 +52,7 @@ impl Engine {
         if v - w.base_value >= min_use || away {
             w.base_time = t;
             w.base_value = v;
-            self.resolve(slot, RuleKind::WaterSilence, t, "water used again", out);
+            self.resolve(slot, RuleKind::WaterSilence, t, "water used again");
         } else if t - w.base_time >= window && self.enabled(RuleKind::WaterSilence) {
             let detail = format!(
                 "{:.3} m³ in {} h",
@@ -74,6 +74,7 @@ impl Engine {
         }
         if used / (dt as f64 / HOUR) >= min_flow {
             let since = *w.flow_since.get_or_insert(w.last_time);
+            self.recurs(slot, &RuleRef::Windowed(RuleKind::WaterFlow));
             if t - since >= flowing_for && self.enabled(RuleKind::WaterFlow) {
                 let detail = format!(
                     "water running for {} h without a break",
@@ -94,7 +95,7 @@ impl Engine {
             }
         } else {
             w.flow_since = None;
-            self.resolve(slot, RuleKind::WaterFlow, t, "water flow stopped", out);
+            self.resolve(slot, RuleKind::WaterFlow, t, "water flow stopped");
         }
         w.last_time = t;
         w.last_value = v;

@@ -1,0 +1,142 @@
+//! Weather warnings. A warning for a district, street or community fans out one welfare call
+//! per registered household in it that this instance owns, most at risk first, paced at
+//! `calls_per_minute` in event time, once per `alert_id`. While it holds, the households it
+//! covers are in heightened mode (absence thresholds and the visit cadence tighten);
+//! cancellation and expiry end it.
+
+use std::cmp::Ordering;
+
+use super::clock::{Due, Entry};
+use super::household::{Household, RuleRef};
+use super::incidents::Finding;
+use super::Engine;
+use crate::model::*;
+
+/// What the engine keeps of a warning.
+#[derive(Debug, Clone)]
+pub(crate) struct Alert {
+    pub alert: WeatherAlert,
+}
+
+impl Engine {
+    fn covers(region: &str, h: &Household) -> bool {
+        h.profile
+            .as_ref()
+            .is_some_and(|p| p.district == region || p.street == region || p.community == region)
+    }
+
+    fn calls(&self, a: &WeatherAlert) -> bool {
+        let w = &self.rules.weather;
+        w.enabled && !a.cancelled && a.level >= w.min_level
+    }
+
+    pub(super) fn weather(&mut self, a: &WeatherAlert, arrival: Millis) {
+        if let Some(&idx) = self.alert_index.get(&a.alert_id) {
+            // An update or a re-send: new level or end, nobody called twice.
+            self.alerts[idx].alert = a.clone();
+            self.stats.weather_updates += 1;
+            self.heighten(&a.region.clone());
+            return;
+        }
+        let idx = self.alerts.len() as u32;
+        self.alert_index.insert(a.alert_id.clone(), idx as usize);
+        self.alerts.push(Alert { alert: a.clone() });
+        self.heighten(&a.region);
+        if !self.calls(a) {
+            return;
+        }
+        let w = &self.rules.weather;
+        let mut who: Vec<(f64, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let h = h.as_ref()?;
+                (Self::covers(&a.region, h) && self.owns(h))
+                    .then(|| (w.risk(h.profile.as_ref().expect("covered")), i as u32))
+            })
+            .collect();
+        // Most at risk first; equal risk in household id order, so every run agrees.
+        who.sort_by(|x, y| {
+            y.0.partial_cmp(&x.0)
+                .unwrap_or(Ordering::Equal)
+                .then_with(|| self.slot(x.1).id.cmp(&self.slot(y.1).id))
+        });
+        let step = 60_000.0 / w.calls_per_minute;
+        for (k, (_, slot)) in who.into_iter().enumerate() {
+            let h = self.slot(slot);
+            let partition = h.partition.unwrap_or(0);
+            let time = arrival + (k as f64 * step) as Millis;
+            let generation = h.generation;
+            self.clock(partition).push(Entry {
+                time,
+                slot,
+                generation,
+                key: idx as u64,
+                device: 0,
+                due: Due::Welfare(idx),
+            });
+        }
+    }
+
+    /// The welfare call of warning `idx` is due for this household.
+    pub(super) fn welfare(&mut self, slot: u32, idx: u32, t: Millis, out: &mut Vec<Output>) {
+        let a = self.alerts[idx as usize].alert.clone();
+        // Called off, or over, by the time the household's turn comes: nobody to call.
+        if !self.calls(&a) || t >= a.expires_at || !Self::covers(&a.region, self.slot(slot)) {
+            return;
+        }
+        let w = &self.rules.weather;
+        let severity = w.severity[a.level.index()];
+        let summary = format!(
+            "{} {} warning for region {}, until {}",
+            a.level, a.kind, a.region, a.expires_at
+        );
+        let f = Finding {
+            rule: RuleRef::Weather,
+            trigger: a.alert_id.clone(),
+            incident_time: a.issued_at,
+            emitted_at: t,
+            evidence: vec![Evidence {
+                event_id: a.alert_id.clone(),
+                event_time: a.issued_at,
+                summary: summary.clone(),
+            }],
+            detail: Some(summary),
+        };
+        if self.open_incident_as(slot, f, Some(severity), out) {
+            self.stats.welfare_calls += 1;
+        }
+    }
+
+    /// Recomputes heightened mode for the households of `region` from the warnings in force.
+    fn heighten(&mut self, region: &str) {
+        let ends: Vec<(String, Millis)> = self
+            .alerts
+            .iter()
+            .filter(|x| self.calls(&x.alert))
+            .map(|x| (x.alert.region.clone(), x.alert.expires_at))
+            .collect();
+        for slot in 0..self.slots.len() as u32 {
+            let Some(h) = self.slots[slot as usize].as_ref() else {
+                continue;
+            };
+            if !Self::covers(region, h) {
+                continue;
+            }
+            let until = ends
+                .iter()
+                .filter(|(r, _)| Self::covers(r, h))
+                .map(|(_, e)| *e)
+                .max()
+                .unwrap_or(super::household::NEVER);
+            if until != h.heightened_until {
+                let h = self.slot_mut(slot);
+                h.heightened_until = until;
+                // Thresholds moved: work every deadline out again.
+                h.scheduled = [super::household::NEVER; crate::rules::RuleKind::ALL.len()];
+                self.schedule_all(slot);
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The weather and suppression files: what a warning does, and maintenance windows.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{windowed::RuleKind, Source};
+use crate::model::{Cohort, HouseholdProfile, Millis, Severity, WeatherLevel};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WeatherFile {
+    enabled: bool,
+    respond_within: Spanned<String>,
+    reason: String,
+    min_level: Spanned<String>,
+    severity: BTreeMap<String, Spanned<String>>,
+    calls_per_minute: Spanned<f64>,
+    absence_factor: Spanned<f64>,
+    visit_factor: Spanned<f64>,
+    risk: BTreeMap<String, Spanned<f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeatherRules {
+    pub enabled: bool,
+    pub respond_within: Millis,
+    pub reason: String,
+    pub min_level: WeatherLevel,
+    pub severity: [Severity; 4],
+    pub calls_per_minute: f64,
+    pub absence_factor: f64,
+    pub visit_factor: f64,
+    cohort_risk: [f64; 7],
+    per_ability_level: f64,
+    per_year_over_60: f64,
+}
+
+impl Default for WeatherRules {
+    fn default() -> Self {
+        WeatherRules {
+            enabled: false,
+            respond_within: 0,
+            reason: String::new(),
+            min_level: WeatherLevel::RED,
+            severity: [Severity::ROUTINE; 4],
+            calls_per_minute: 1.0,
+            absence_factor: 1.0,
+            visit_factor: 1.0,
+            cohort_risk: [0.0; 7],
+            per_ability_level: 0.0,
+            per_year_over_60: 0.0,
+        }
+    }
+}
+
+impl WeatherRules {
+    /// Higher is called first.
+    pub fn risk(&self, p: &HouseholdProfile) -> f64 {
+        let cohorts: f64 = p.cohorts.iter().map(|c| self.cohort_risk[c.index()]).sum();
+        cohorts
+            + self.per_ability_level * p.ability_level as f64
+            + self.per_year_over_60 * (p.age - 60).max(0) as f64
+    }
+
+    pub(super) fn load(f: &WeatherFile, src: &Source, problems: &mut Vec<String>) -> WeatherRules {
+        let mut w = WeatherRules {
+            enabled: f.enabled,
+            respond_within: src.duration(&f.respond_within, "respond_within", problems),
+            reason: f.reason.trim().to_string(),
+            ..WeatherRules::default()
+        };
+        match WeatherLevel::from_symbol(f.min_level.get_ref()) {
+            Some(l) => w.min_level = l,
+            None => problems.push(src.at(
+                f.min_level.span(),
+                &format!("min_level must be one of {:?}", WeatherLevel::ALL),
+            )),
+        }
+        for level in WeatherLevel::ALL {
+            match f.severity.get(level.as_str()) {
+                Some(s) => match Severity::from_symbol(s.get_ref()) {
+                    Some(sev) => w.severity[level.index()] = sev,
+                    None => problems.push(src.at(
+                        s.span(),
+                        &format!("severity must be one of {:?}", Severity::ALL),
+                    )),
+                },
+                None => problems.push(format!("{}: severity has no {level}", src.path.display())),
+            }
+        }
+        let positive = |v: &Spanned<f64>, name: &str, max: f64, problems: &mut Vec<String>| {
+            let x = *v.get_ref();
+            if !(x > 0.0 && x <= max) {
+                problems.push(src.at(v.span(), &format!("{name} must be in (0, {max}]")));
+            }
+            x
+        };
+        w.calls_per_minute = positive(&f.calls_per_minute, "calls_per_minute", 1e6, problems);
+        w.absence_factor = positive(&f.absence_factor, "absence_factor", 1.0, problems);
+        w.visit_factor = positive(&f.visit_factor, "visit_factor", 1.0, problems);
+        for (name, v) in &f.risk {
+            match (name.as_str(), Cohort::from_symbol(name)) {
+                (_, Some(c)) => w.cohort_risk[c.index()] = *v.get_ref(),
+                ("per_ability_level", _) => w.per_ability_level = *v.get_ref(),
+                ("per_year_over_60", _) => w.per_year_over_60 = *v.get_ref(),
+                _ => problems.push(src.at(v.span(), &format!("unknown risk weight {name}"))),
+            }
+        }
+        w
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SuppressionFile {
+    window: Vec<RawWindow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    household: Option<String>,
+    region: Option<String>,
+    start: Spanned<String>,
+    end: Spanned<String>,
+    #[serde(default)]
+    rules: Vec<Spanned<String>>,
+    reason: String,
+}
+
+/// A maintenance window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Suppression {
+    pub household: Option<String>,
+    pub region: Option<String>,
+    pub start: Millis,
+    pub end: Millis,
+    /// Empty: every windowed rule.
+    pub rules: Vec<RuleKind>,
+    pub reason: String,
+}
+
+impl Suppression {
+    pub fn covers(
+        &self,
+        household_id: &str,
+        profile: Option<&HouseholdProfile>,
+        rule: Option<RuleKind>,
+        t: Millis,
+    ) -> bool {
+        let who = match (&self.household, &self.region) {
+            (Some(h), _) => h == household_id,
+            (None, Some(r)) => {
+                profile.is_some_and(|p| &p.district == r || &p.street == r || &p.community == r)
+            }
+            (None, None) => false,
+        };
+        let what = self.rules.is_empty() || rule.is_some_and(|k| self.rules.contains(&k));
+        who && what && (self.start..self.end).contains(&t)
+    }
+
+    pub(super) fn load_all(
+        f: &SuppressionFile,
+        src: &Source,
+        problems: &mut Vec<String>,
+    ) -> Vec<Suppression> {
+        let mut out = Vec::new();
+        for w in &f.window {
+            let time = |s: &Spanned<String>, problems: &mut Vec<String>| {
+                parse_rfc3339(s.get_ref()).unwrap_or_else(|| {
+                    problems.push(src.at(
+                        s.span(),
+                        "expected a time like \"2026-11-25T08:00:00+08:00\"",
+                    ));
+                    0
+                })
+            };
+            let (start, end) = (time(&w.start, problems), time(&w.end, problems));
+            if end <= start {
+                problems.push(src.at(w.end.span(), "end must be after start"));
+            }
+            if w.household.is_some() == w.region.is_some() {
+                problems.push(src.at(
+                    w.start.span(),
+                    "a window names either a household or a region",
+                ));
+            }
+            let mut rules = Vec::new();
+            for r in &w.rules {
+                match RuleKind::ALL.iter().find(|k| k.rule_id() == r.get_ref()) {
+                    Some(k) => rules.push(*k),
+                    None => problems.push(src.at(
+                        r.span(),
+                        "not a windowed rule (alarms are never suppressed)",
+                    )),
+                }
+            }
+            out.push(Suppression {
+                household: w.household.clone(),
+                region: w.region.clone(),
+                start,
+                end,
+                rules,
+                reason: w.reason.clone(),
+            });
+        }
+        out
+    }
+}
+
+/// "2026-11-25T08:00:00+08:00" (or "Z") → milliseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    let s = s.trim();
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (clock, offset) = if let Some(c) = rest.strip_suffix('Z') {
+        (c, 0)
+    } else {
+        let i = rest.rfind(['+', '-'])?;
+        let (c, o) = rest.split_at(i);
+        let sign = if o.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = o[1..].split_once(':')?;
+        (
+            c,
+            sign * (oh.parse::<i64>().ok()? * 60 + om.parse::<i64>().ok()?) * 60_000,
+        )
+    };
+    let mut c = clock.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (c.next()??, c.next()??, c.next().flatten().unwrap_or(0));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) - offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(
+            parse_rfc3339("2026-11-20T00:00:00+08:00"),
+            Some(1_795_104_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-19T16:00:00Z"),
+            Some(1_795_104_000_000)
+        );
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:30:00-05:00"),
+            Some(1_709_227_800_000)
+        );
+        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}

@@ -1,0 +1,290 @@
+//! Weather warnings through the engine: a region of 10 000 registered households gets
+//! exactly one welfare call each, most at risk first, paced, once per alert; heightened mode
+//! tightens the absence thresholds until the warning is cancelled or expires.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use carestream::engine::{Engine, Meta};
+use carestream::model::*;
+use carestream::rules::RuleSet;
+
+const T0: Millis = 1_795_104_000_000;
+const MIN: Millis = 60_000;
+const HOUR: Millis = 3_600_000;
+
+fn rules() -> Arc<RuleSet> {
+    Arc::new(RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap())
+}
+
+fn at(t: Millis) -> Meta {
+    Meta {
+        partition: 0,
+        arrival: t,
+    }
+}
+
+fn register(e: &mut Engine, n: usize, district: &str, prefix: &str) -> Vec<HouseholdProfile> {
+    let mut out = Vec::new();
+    (0..n)
+        .map(|i| {
+            let mut p = carestream::simulate::household(i, 42);
+            p.household_id = format!("{prefix}-{i:05}");
+            p.district = district.into();
+            p.street = format!("{district}001");
+            p.community = format!("{district}001001");
+            e.process(
+                &Input::Household {
+                    household_id: p.household_id.clone(),
+                    profile: Some(p.clone()),
+                },
+                at(T0),
+                &mut out,
+            )
+            .unwrap();
+            p
+        })
+        .collect()
+}
+
+fn alert(id: &str, region: &str, level: WeatherLevel, expires: Millis, cancelled: bool) -> Input {
+    Input::Weather(WeatherAlert {
+        alert_id: id.into(),
+        region: region.into(),
+        kind: WeatherKind::TYPHOON,
+        level,
+        issued_at: T0,
+        expires_at: expires,
+        cancelled,
+    })
+}
+
+fn welfare(out: &[Output]) -> Vec<&EscalationTask> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Task(t)
+                if t.rule_id == "weather_welfare" && t.action == Action::WELFARE_CALL =>
+            {
+                Some(t)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ten_thousand_households_one_call_each_in_risk_order() {
+    let rules = rules();
+    let mut e = Engine::new(rules.clone());
+    let inside = register(&mut e, 10_000, "420106", "in");
+    register(&mut e, 2_000, "420111", "out");
+    let mut out = Vec::new();
+    e.process(
+        &alert(
+            "wx-1",
+            "420106",
+            WeatherLevel::ORANGE,
+            T0 + 24 * HOUR,
+            false,
+        ),
+        at(T0),
+        &mut out,
+    )
+    .unwrap();
+    // The same alert again, and an update to RED: nobody is called twice.
+    e.process(
+        &alert(
+            "wx-1",
+            "420106",
+            WeatherLevel::ORANGE,
+            T0 + 24 * HOUR,
+            false,
+        ),
+        at(T0 + MIN),
+        &mut out,
+    )
+    .unwrap();
+    e.process(
+        &alert("wx-1", "420106", WeatherLevel::RED, T0 + 24 * HOUR, false),
+        at(T0 + 2 * MIN),
+        &mut out,
+    )
+    .unwrap();
+    // 200 calls a minute: 10 000 take 50 minutes of event time.
+    e.tick(0, T0 + 25 * MIN, &mut out);
+    let half = welfare(&out).len();
+    assert!(
+        (4_900..=5_100).contains(&half),
+        "paced: {half} calls in the first 25 min"
+    );
+    e.tick(0, T0 + 60 * MIN, &mut out);
+
+    let calls = welfare(&out);
+    assert_eq!(calls.len(), 10_000);
+    let mut per: HashMap<&str, usize> = HashMap::new();
+    for t in &calls {
+        *per.entry(t.household_id.as_str()).or_default() += 1;
+        assert_eq!(t.district, "420106");
+        assert_eq!(t.severity, Severity::HIGH, "ORANGE calls are HIGH");
+    }
+    assert_eq!(per.len(), 10_000);
+    assert!(per.values().all(|n| *n == 1));
+    // Most at risk first.
+    let risk: HashMap<&str, f64> = inside
+        .iter()
+        .map(|p| (p.household_id.as_str(), rules.weather.risk(p)))
+        .collect();
+    let order: Vec<f64> = calls
+        .iter()
+        .map(|t| risk[t.household_id.as_str()])
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] >= w[1]), "risk order");
+    assert!(order[0] > order[9_999], "the risks differ");
+    // One contact notification per call (HIGH), and the emission times are paced.
+    let notified = out
+        .iter()
+        .filter(|o| matches!(o, Output::Notification(n) if n.rule_id == "weather_welfare"))
+        .count();
+    assert_eq!(
+        notified, 10_000,
+        "every household has contacts, and ORANGE is urgent"
+    );
+    assert_eq!(calls[0].emitted_at, T0);
+    assert_eq!(calls[9_999].emitted_at, T0 + 9_999 * 300);
+    assert_eq!(e.stats().welfare_calls, 10_000);
+    assert_eq!(e.stats().weather_updates, 2);
+}
+
+#[test]
+fn heightened_mode_tightens_absence_until_cancelled() {
+    let mut e = Engine::new(rules());
+    let mut out = Vec::new();
+    let mut p = carestream::simulate::household(1, 1);
+    for (id, district) in [("in-1", "420106"), ("in-2", "420106"), ("out-1", "420111")] {
+        p.household_id = id.into();
+        p.district = district.into();
+        p.cohorts = vec![Cohort::EMPTY_NEST];
+        p.age = 70;
+        e.process(
+            &Input::Household {
+                household_id: id.into(),
+                profile: Some(p.clone()),
+            },
+            at(T0),
+            &mut out,
+        )
+        .unwrap();
+    }
+    let motion = |hh: &str, t: Millis| {
+        Input::Sensor(SensorEvent {
+            event_id: format!("{hh}-{t}"),
+            household_id: hh.into(),
+            device_id: format!("{hh}-pir"),
+            device_kind: DeviceKind::MOTION_PIR,
+            event_time: t,
+            reading: Reading::Motion { detected: true },
+            gateway_id: None,
+        })
+    };
+    for hh in ["in-1", "out-1"] {
+        e.process(&motion(hh, T0), at(T0), &mut out).unwrap();
+    }
+    // A YELLOW heat warning for the district from T0 for a day: 12 h becomes 6 h.
+    e.process(
+        &alert(
+            "wx-2",
+            "420106",
+            WeatherLevel::YELLOW,
+            T0 + 24 * HOUR,
+            false,
+        ),
+        at(T0),
+        &mut out,
+    )
+    .unwrap();
+    out.clear();
+    e.tick(0, T0 + 6 * HOUR, &mut out);
+    let opened: Vec<(&str, &str)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Task(t) if t.tier == 0 && t.action != Action::NOTIFY_CONTACT => {
+                Some((t.household_id.as_str(), t.rule_id.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(opened.contains(&("in-1", "no_movement")), "{opened:?}");
+    assert!(
+        !opened
+            .iter()
+            .any(|(h, r)| *h == "out-1" && *r == "no_movement"),
+        "outside the region: 12 h still"
+    );
+
+    // Cancelled: in-2 moves at T0 + 7 h; its no-movement clock is 12 h again.
+    e.process(&motion("in-2", T0 + 7 * HOUR), at(T0 + 7 * HOUR), &mut out)
+        .unwrap();
+    e.process(
+        &alert("wx-2", "420106", WeatherLevel::YELLOW, T0 + 24 * HOUR, true),
+        at(T0 + 7 * HOUR),
+        &mut out,
+    )
+    .unwrap();
+    out.clear();
+    e.tick(0, T0 + 14 * HOUR, &mut out);
+    assert!(!out.iter().any(|o| matches!(o, Output::Task(t) if t.household_id == "in-2" && t.rule_id == "no_movement")), "6 h after, no task once the warning is off");
+    e.tick(0, T0 + 19 * HOUR, &mut out);
+    assert!(out.iter().any(|o| matches!(o, Output::Task(t) if t.household_id == "in-2" && t.rule_id == "no_movement" && t.incident_time == T0 + 19 * HOUR)));
+}
+
+#[test]
+fn a_cancelled_warning_stops_calling_and_below_min_level_calls_no_one() {
+    let mut e = Engine::new(rules());
+    register(&mut e, 1_000, "420102", "hh");
+    let mut out = Vec::new();
+    e.process(
+        &alert("wx-blue", "420102", WeatherLevel::BLUE, T0 + HOUR, false),
+        at(T0),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 30 * MIN, &mut out);
+    assert!(welfare(&out).is_empty(), "BLUE is below min_level");
+    e.process(
+        &alert(
+            "wx-3",
+            "420102",
+            WeatherLevel::YELLOW,
+            T0 + 24 * HOUR,
+            false,
+        ),
+        at(T0 + 30 * MIN),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 32 * MIN, &mut out);
+    let before = welfare(&out).len();
+    assert!(
+        (300..=500).contains(&before),
+        "{before} calls in the first 2 minutes"
+    );
+    assert!(
+        welfare(&out)
+            .iter()
+            .all(|t| t.severity == Severity::ROUTINE),
+        "YELLOW calls are ROUTINE"
+    );
+    e.process(
+        &alert("wx-3", "420102", WeatherLevel::YELLOW, T0 + 24 * HOUR, true),
+        at(T0 + 32 * MIN),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 3 * HOUR, &mut out);
+    assert_eq!(
+        welfare(&out).len(),
+        before,
+        "no calls after the cancellation"
+    );
+}
