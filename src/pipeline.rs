@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -268,7 +268,7 @@ impl Processor {
 
     /// Periodic chores between batches: move quiet partitions on by the clock, reload
     /// changed rules, forget stale households.
-    fn housekeeping(&mut self, batch: &mut Batch, consumer: &StreamConsumer) {
+    fn housekeeping(&mut self, batch: &mut Batch, consumer: &source::GroupConsumer) {
         let now = Instant::now();
         let idle = Duration::from_millis(self.engine.rules().idle_timeout.max(0) as u64);
         if now.duration_since(self.housekeeping.ticked) >= Duration::from_secs(1) {
@@ -284,6 +284,17 @@ impl Processor {
                     .collect();
                 self.engine.set_owned(Some(owned));
             }
+            let wall = wall_millis();
+            for p in self.engine.partitions() {
+                if let Some(wm) = self.engine.watermark(p) {
+                    let delay = (wall - wm) as f64 / 1000.0;
+                    self.metrics
+                        .watermark_delay
+                        .with_label_values(&[&p.to_string()])
+                        .set(delay);
+                }
+            }
+            self.metrics.districts(self.engine.district_counts());
             let (open, overdue) = self.engine.open_summary();
             let acks = self.engine.take_ack_latencies();
             self.metrics
@@ -397,7 +408,7 @@ impl Processor {
     async fn complete(
         &mut self,
         batch: &mut Batch,
-        consumer: Option<&StreamConsumer>,
+        consumer: Option<&source::GroupConsumer>,
         hard_stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         if batch.count == 0 && batch.records.is_empty() {
@@ -510,8 +521,11 @@ impl Processor {
             seconds = started.elapsed().as_secs_f64(),
             "registry loaded"
         );
+        self.metrics
+            .table_restore_seconds
+            .set(started.elapsed().as_secs_f64());
 
-        let consumer = source::group_consumer(&self.config)?;
+        let consumer = source::group_consumer(&self.config, self.metrics.clone())?;
         source::check_copartitioned(&consumer, &self.config);
         self.metrics.ready.set(1);
         let max = self.config.pipeline.batch_max_records;

@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -28,8 +30,54 @@ pub fn base_client_config(config: &Config) -> ClientConfig {
     c
 }
 
-/// The group consumer over the event streams (everything but the registry).
-pub fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+/// The group consumer's context: librdkafka's statistics (every 5 s) give the consumer lag
+/// per partition; rebalances are counted.
+pub struct GroupContext {
+    metrics: Arc<crate::telemetry::Metrics>,
+    labels: Vec<(String, &'static str)>,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            let Some((_, label)) = self.labels.iter().find(|(name, _)| name == topic) else {
+                continue;
+            };
+            for (partition, p) in &t.partitions {
+                // Partition -1 is librdkafka's internal "unassigned"; lag is -1 when unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[*label, partition.to_string().as_str()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let kind = match rebalance {
+            Rebalance::Assign(_) => "assign",
+            Rebalance::Revoke(_) => {
+                // Lag of partitions this instance no longer reads would go stale.
+                self.metrics.consumer_lag.reset();
+                "revoke"
+            }
+            Rebalance::Error(_) => "error",
+        };
+        self.metrics.rebalances.with_label_values(&[kind]).inc();
+    }
+}
+
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// The group consumer over the event streams (everything but the tables).
+pub fn group_consumer(
+    config: &Config,
+    metrics: Arc<crate::telemetry::Metrics>,
+) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
     let mut c = base_client_config(config);
     let session = config.kafka.session_timeout_ms;
     c.set("group.id", &config.kafka.group_id)
@@ -43,9 +91,19 @@ pub fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error:
             "heartbeat.interval.ms",
             (session / 6).clamp(500, 3000).to_string(),
         )
-        .set("enable.partition.eof", "false");
-    let consumer: StreamConsumer = c.create()?;
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000");
     let t = &config.topics;
+    let labels = [
+        crate::model::InputKind::SensorEvents,
+        crate::model::InputKind::Heartbeats,
+        crate::model::InputKind::CheckIns,
+        crate::model::InputKind::TaskUpdates,
+    ]
+    .iter()
+    .map(|k| (t.input(*k).to_string(), k.label()))
+    .collect();
+    let consumer: GroupConsumer = c.create_with_context(GroupContext { metrics, labels })?;
     consumer.subscribe(&[
         &t.sensor_events,
         &t.heartbeats,
@@ -59,7 +117,7 @@ pub fn group_consumer(config: &Config) -> Result<StreamConsumer, rdkafka::error:
 /// must have the same partition count (Kafka's default partitioner then puts a household on
 /// the same partition of each). Says so loudly when they differ; it does not stop the
 /// processor, which still works, with timers less tightly bound to event order.
-pub fn check_copartitioned(consumer: &StreamConsumer, config: &Config) {
+pub fn check_copartitioned(consumer: &GroupConsumer, config: &Config) {
     let t = &config.topics;
     let mut counts = Vec::new();
     for topic in [

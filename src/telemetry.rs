@@ -1,6 +1,7 @@
 //! Metrics and log set-up. Every metric name lives here; labels are small bounded sets
 //! (stream, reason, severity, rule, kind) and never a household id or anything personal.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -53,40 +54,68 @@ pub struct Metrics {
     pub weather_updates: IntCounter,
     pub flaps_absorbed: IntCounter,
     pub suppressed_by_window: IntCounter,
+    pub consumer_lag: prometheus::IntGaugeVec,
+    pub rebalances: IntCounterVec,
+    pub table_restore_seconds: prometheus::Gauge,
+    pub watermark_delay: prometheus::GaugeVec,
+    pub events_by_district: IntCounterVec,
+    last_districts: Mutex<Vec<u64>>,
+    /// Every metric name registered, series or not.
+    names: Vec<String>,
     last_stats: Mutex<EngineStats>,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+/// Registers a collector, noting its names (vectors with no series yet are not in a scrape,
+/// but they are promised all the same).
+fn reg<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    names: &RefCell<Vec<String>>,
+    c: C,
+) -> C {
+    for d in c.desc() {
+        names.borrow_mut().push(d.fq_name.clone());
+    }
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter(
+    registry: &Registry,
+    names: &RefCell<Vec<String>>,
+    name: &str,
+    help: &str,
+) -> IntCounter {
     let c =
         IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+    reg(registry, names, c)
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter_vec(
+    registry: &Registry,
+    names: &RefCell<Vec<String>>,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
         .expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+    reg(registry, names, c)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(registry: &Registry, names: &RefCell<Vec<String>>, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
+    reg(registry, names, g)
 }
 
 impl Metrics {
     pub fn new(rule_ids: &[String]) -> Metrics {
         let registry = Registry::new();
+        let names = RefCell::new(Vec::new());
         let input = counter_vec(
             &registry,
+            &names,
             "input_records_total",
             "Records read from the input topics, by stream.",
             &["stream"],
@@ -97,24 +126,28 @@ impl Metrics {
             .collect();
         let dead_letters = counter_vec(
             &registry,
+            &names,
             "dead_letters_total",
             "Input records written to the dead-letter topic, by stream and reason.",
             &["stream", "reason"],
         );
         let decode_errors = counter_vec(
             &registry,
+            &names,
             "decode_errors_total",
             "Input records that could not be decoded, by stream and reason.",
             &["stream", "reason"],
         );
         let tasks = counter_vec(
             &registry,
+            &names,
             "tasks_emitted_total",
             "Escalation tasks acknowledged by the broker, by severity and rule.",
             &["severity", "rule"],
         );
         let task_events = counter_vec(
             &registry,
+            &names,
             "task_events_total",
             "Task lifecycle events acknowledged by the broker, by kind.",
             &["kind"],
@@ -131,9 +164,7 @@ impl Metrics {
             &["severity"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(incident_to_ack.clone()))
-            .expect("unique metric");
+        reg(&registry, &names, incident_to_ack.clone());
         let batch_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "batch_duration_seconds",
@@ -143,9 +174,7 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(batch_seconds.clone()))
-            .expect("unique metric");
+        reg(&registry, &names, batch_seconds.clone());
 
         // Every series a dashboard or alert relies on exists from the start, at zero.
         for k in InputKind::ALL {
@@ -175,68 +204,59 @@ impl Metrics {
             task_events,
             incident_to_ack,
             batch_seconds,
-            notifications: counter(
-                &registry,
+            notifications: counter(&registry, &names,
                 "contact_notifications_total",
                 "Contact notifications acknowledged by the broker.",
             ),
-            produce_retries: counter(
-                &registry,
+            produce_retries: counter(&registry, &names,
                 "produce_retries_total",
                 "Output records sent again after a failed delivery.",
             ),
-            duplicate_events: counter(
-                &registry,
+            duplicate_events: counter(&registry, &names,
                 "duplicate_events_total",
                 "Device events dropped because their event_id was seen recently.",
             ),
-            suppressed_repeats: counter(
-                &registry,
+            suppressed_repeats: counter(&registry, &names,
                 "suppressed_repeats_total",
                 "Alarm repeats dropped because the incident is still open.",
             ),
-            clock_skew_clamped: counter(
-                &registry,
+            clock_skew_clamped: counter(&registry, &names,
                 "clock_skew_clamped_total",
                 "Events whose device clock was too far off and were placed at arrival time.",
             ),
-            unknown_household_alarms: counter(
-                &registry,
+            unknown_household_alarms: counter(&registry, &names,
                 "unknown_household_alarms_total",
                 "Alarms raised for households not in the registry.",
             ),
-            stale_incidents: counter(
-                &registry,
+            stale_incidents: counter(&registry, &names,
                 "stale_incidents_total",
                 "Open incidents closed because a new alarm came long after them.",
             ),
-            households: gauge(&registry, "households", "Households held in state."),
-            open_incidents: gauge(
-                &registry,
+            households: gauge(&registry, &names, "households", "Households held in state."),
+            open_incidents: gauge(&registry, &names,
                 "open_incidents",
                 "Incidents whose task is not closed.",
             ),
-            ready: gauge(
-                &registry,
+            ready: gauge(&registry, &names,
                 "ready",
                 "1 once the processor has loaded the registry and is consuming.",
             ),
             rule_reloads: {
-                let c = counter_vec(&registry, "rule_reloads_total", "Reloads of rules/ after a change, by result (ok, error).", &["result"]);
+                let c = counter_vec(&registry, &names, "rule_reloads_total", "Reloads of rules/ after a change, by result (ok, error).", &["result"]);
                 c.with_label_values(&["ok"]);
                 c.with_label_values(&["error"]);
                 c
             },
-            late_events: counter(&registry, "late_events_total", "Events behind the watermark, still used where order does not matter."),
-            late_dropped: counter(&registry, "late_events_dropped_total", "Events too late to use (past the allowed lateness, or for a rule that needs order)."),
-            incidents_opened: counter(&registry, "incidents_opened_total", "Incidents opened by any rule."),
-            auto_resolved: counter(&registry, "incidents_auto_resolved_total", "Incidents closed because their condition cleared."),
-            timezone_fallbacks: counter(&registry, "timezone_fallbacks_total", "Registry entries whose time zone is unknown here; China Standard Time was used."),
-            queued: gauge(&registry, "event_time_queue_entries", "Events and deadlines waiting for the watermark."),
-            state_bytes: gauge(&registry, "state_bytes", "Approximate bytes of per-household state."),
+            late_events: counter(&registry, &names, "late_events_total", "Events behind the watermark, still used where order does not matter."),
+            late_dropped: counter(&registry, &names, "late_events_dropped_total", "Events too late to use (past the allowed lateness, or for a rule that needs order)."),
+            incidents_opened: counter(&registry, &names, "incidents_opened_total", "Incidents opened by any rule."),
+            auto_resolved: counter(&registry, &names, "incidents_auto_resolved_total", "Incidents closed because their condition cleared."),
+            timezone_fallbacks: counter(&registry, &names, "timezone_fallbacks_total", "Registry entries whose time zone is unknown here; China Standard Time was used."),
+            queued: gauge(&registry, &names, "event_time_queue_entries", "Events and deadlines waiting for the watermark."),
+            state_bytes: gauge(&registry, &names, "state_bytes", "Approximate bytes of per-household state."),
             open_by_district: {
                 let g = prometheus::IntGaugeVec::new(Opts::new("open_incidents_by_district", "Open incidents by severity and district (region code).").namespace(NAMESPACE), &["severity", "district"]).expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
+                reg(&registry, &names, g.clone());
                 g
             },
             time_to_ack: {
@@ -247,32 +267,62 @@ impl Metrics {
                     &["severity"],
                 )
                 .expect("valid metric");
-                registry.register(Box::new(h.clone())).expect("unique metric");
+                reg(&registry, &names, h.clone());
                 for s in Severity::ALL {
                     h.with_label_values(&[s.as_str()]);
                 }
                 h
             },
             escalations: {
-                let c = counter_vec(&registry, "escalations_total", "Rungs climbed on the escalation ladder, by tier reached (3 means 3 or more).", &["tier"]);
+                let c = counter_vec(&registry, &names, "escalations_total", "Rungs climbed on the escalation ladder, by tier reached (3 means 3 or more).", &["tier"]);
                 for t in ["1", "2", "3"] {
                     c.with_label_values(&[t]);
                 }
                 c
             },
-            visit_overdue: gauge(&registry, "households_visit_overdue", "Households whose home visit is overdue for their cadence."),
+            visit_overdue: gauge(&registry, &names, "households_visit_overdue", "Households whose home visit is overdue for their cadence."),
             visit_met_ratio: {
                 let g = prometheus::Gauge::with_opts(Opts::new("visit_cadence_met_ratio", "Share of households visited within their cadence (the policy targets 1).").namespace(NAMESPACE)).expect("valid metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
+                reg(&registry, &names, g.clone());
                 g
             },
-            welfare_calls: counter(&registry, "weather_welfare_calls_total", "Welfare calls a weather warning fanned out."),
-            weather_updates: counter(&registry, "weather_alert_updates_total", "Updates and re-sends of a known warning (nobody called twice)."),
-            flaps_absorbed: counter(&registry, "flaps_absorbed_total", "Conditions that came back while their incident was clearing: no new task."),
-            suppressed_by_window: counter(&registry, "suppressed_by_window_total", "Findings not raised inside a maintenance window."),
+            welfare_calls: counter(&registry, &names, "weather_welfare_calls_total", "Welfare calls a weather warning fanned out."),
+            weather_updates: counter(&registry, &names, "weather_alert_updates_total", "Updates and re-sends of a known warning (nobody called twice)."),
+            flaps_absorbed: counter(&registry, &names, "flaps_absorbed_total", "Conditions that came back while their incident was clearing: no new task."),
+            suppressed_by_window: counter(&registry, &names, "suppressed_by_window_total", "Findings not raised inside a maintenance window."),
+            consumer_lag: {
+                let g = prometheus::IntGaugeVec::new(Opts::new("consumer_lag_records", "Records behind the end of each assigned input partition (librdkafka statistics, every 5 s).").namespace(NAMESPACE), &["stream", "partition"]).expect("valid metric");
+                reg(&registry, &names, g.clone());
+                g
+            },
+            rebalances: {
+                let c = counter_vec(&registry, &names, "rebalances_total", "Consumer group rebalances seen, by kind (assign, revoke, error).", &["kind"]);
+                for k in ["assign", "revoke", "error"] {
+                    c.with_label_values(&[k]);
+                }
+                c
+            },
+            table_restore_seconds: {
+                let g = prometheus::Gauge::with_opts(Opts::new("table_restore_seconds", "How long loading the registry and the weather warnings took at start.").namespace(NAMESPACE)).expect("valid metric");
+                reg(&registry, &names, g.clone());
+                g
+            },
+            watermark_delay: {
+                let g = prometheus::GaugeVec::new(Opts::new("watermark_delay_seconds", "How far each partition's event-time watermark is behind the wall clock.").namespace(NAMESPACE), &["partition"]).expect("valid metric");
+                reg(&registry, &names, g.clone());
+                g
+            },
+            events_by_district: counter_vec(&registry, &names, "events_by_district_total", "Events from registered households, by district (region code).", &["district"]),
+            last_districts: Mutex::new(Vec::new()),
             last_stats: Mutex::new(EngineStats::default()),
+            names: names.take(),
             registry,
         }
+    }
+
+    /// Every metric family this processor exports (vectors included before their first series).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     #[inline]
@@ -380,6 +430,18 @@ impl Metrics {
             self.time_to_ack
                 .with_label_values(&[severity.as_str()])
                 .observe(*ms as f64 / 1000.0);
+        }
+    }
+
+    /// Folds the engine's per-district event counts into the metric.
+    pub fn districts(&self, counts: &[(String, u64)]) {
+        let mut last = self.last_districts.lock().expect("not poisoned");
+        last.resize(counts.len(), 0);
+        for (i, (name, n)) in counts.iter().enumerate() {
+            self.events_by_district
+                .with_label_values(&[name])
+                .inc_by(n.saturating_sub(last[i]));
+            last[i] = *n;
         }
     }
 

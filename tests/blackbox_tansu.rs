@@ -456,7 +456,8 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
                 status,
                 by: "desk-3".into(),
                 at: base,
-                note: None,
+                // The desk's free text carries personal data; it must go nowhere.
+                note: Some("家属李秀英已到场，电话 13912345678".into()),
             }),
         )
     };
@@ -653,6 +654,27 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         1.0
     );
     assert_eq!(m("carestream_ready"), 1.0);
+    // The scrape follows Prometheus conventions (promtool's linter finds nothing).
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed: run scripts/install-tools.sh");
+    use std::io::Write as _;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     // Graceful shutdown: SIGTERM drains, commits and exits 0.
     let status = proc

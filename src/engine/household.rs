@@ -109,6 +109,8 @@ pub(crate) struct Household {
     pub ladder_scheduled: Millis,
     /// Under a weather warning until then: absence thresholds tighten.
     pub heightened_until: Millis,
+    /// Index of the household's district in the engine's table (`u16::MAX`: none).
+    pub district: u16,
 }
 
 impl Household {
@@ -138,6 +140,7 @@ impl Household {
             scheduled: [NEVER; RuleKind::ALL.len()],
             ladder_scheduled: NEVER,
             heightened_until: NEVER,
+            district: u16::MAX,
         }
     }
 

@@ -109,6 +109,9 @@ pub struct Engine {
     ack_latencies: Vec<(Severity, Millis)>,
     /// Incidents open now (each may have several tasks).
     open_count: usize,
+    /// Events per district, by the index households hold.
+    districts: Vec<(String, u64)>,
+    district_index: HashMap<String, u16>,
 }
 
 impl Engine {
@@ -128,6 +131,8 @@ impl Engine {
             owned: None,
             ack_latencies: Vec::new(),
             open_count: 0,
+            districts: Vec::new(),
+            district_index: HashMap::new(),
         }
     }
 
@@ -150,6 +155,18 @@ impl Engine {
         match (&self.owned, h.partition) {
             (Some(set), Some(p)) => set.contains(&p),
             _ => true,
+        }
+    }
+
+    /// Events so far from each district's registered households.
+    pub fn district_counts(&self) -> &[(String, u64)] {
+        &self.districts
+    }
+
+    fn count_district(&mut self, slot: u32) {
+        let d = self.slot(slot).district;
+        if let Some(entry) = self.districts.get_mut(d as usize) {
+            entry.1 += 1;
         }
     }
 
@@ -386,6 +403,7 @@ impl Engine {
     }
 
     fn touch(&mut self, slot: u32, partition: i32, t: Millis) {
+        self.count_district(slot);
         let h = self.slot_mut(slot);
         // The first event seen anchors the deadlines of a new household; an earlier one
         // arriving second (reordered) moves them, so they are worked out again.
@@ -409,9 +427,20 @@ impl Engine {
                         localtime::offset_or_cst(&p.timezone)
                     }
                 };
+                let district = match self.district_index.get(&p.district) {
+                    Some(i) => *i,
+                    None if self.districts.len() < u16::MAX as usize => {
+                        let i = self.districts.len() as u16;
+                        self.districts.push((p.district.clone(), 0));
+                        self.district_index.insert(p.district.clone(), i);
+                        i
+                    }
+                    None => u16::MAX,
+                };
                 let h = self.slot_mut(slot);
                 h.profile = Some(Arc::new(p.clone()));
                 h.offset = offset;
+                h.district = district;
                 // Cohorts, overrides and away_until may have moved a deadline.
                 h.scheduled = [NEVER; RuleKind::ALL.len()];
                 self.schedule_all(slot);
