@@ -61,18 +61,22 @@ enum Command {
 struct SimArgs {
     #[arg(long, default_value_t = 200)]
     households: usize,
-    /// Events per second across the city.
-    #[arg(long, default_value_t = 200.0)]
-    rate: f64,
-    /// Stop after this many seconds (default: run until interrupted).
+    /// Simulated seconds per wall-clock second.
+    #[arg(long, default_value_t = 60.0)]
+    speed: f64,
+    /// Stop after this many wall-clock seconds (default: run until interrupted).
     #[arg(long)]
     duration_secs: Option<f64>,
-    /// Inject an alarm: KIND@HOUSEHOLD+SECONDS, e.g. EMERGENCY_BUTTON@42+30 (repeatable).
+    /// Inject an incident: KIND@HOUSEHOLD+SECONDS (simulated), where KIND is an alarm device
+    /// (EMERGENCY_BUTTON, FALL_DETECTOR, SMOKE_ALARM, ...), COLLAPSE or TACHYCARDIA (repeatable).
     #[arg(long = "inject")]
     injections: Vec<Injection>,
-    /// Also inject a random alarm every this many seconds.
+    /// Also inject a random incident every this many simulated seconds.
     #[arg(long)]
     incident_every_secs: Option<f64>,
+    /// A weather warning for a random district every this many simulated seconds.
+    #[arg(long)]
+    weather_every_secs: Option<f64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -81,10 +85,11 @@ impl SimArgs {
     fn config(&self) -> SimConfig {
         SimConfig {
             households: self.households,
-            rate: self.rate,
+            speed: self.speed,
             duration: self.duration_secs.map(Duration::from_secs_f64),
             injections: self.injections.clone(),
             incident_every: self.incident_every_secs.map(Duration::from_secs_f64),
+            weather_every: self.weather_every_secs.map(Duration::from_secs_f64),
             seed: self.seed,
         }
     }
@@ -181,7 +186,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let (shutdown, hard_stop) = signals(grace);
             let mut cfg = sim.config();
             if cfg.incident_every.is_none() && cfg.injections.is_empty() {
-                cfg.incident_every = Some(Duration::from_secs(5));
+                // A simulated incident every 5 minutes: about every 5 s at the default speed.
+                cfg.incident_every = Some(Duration::from_secs(300));
             }
             demo::run(
                 config,
@@ -205,8 +211,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .run(&sim.config(), shutdown)
                 .await;
             eprintln!(
-                "simulator: {} households, {} events, {} incidents, {} send errors",
-                report.households, report.events, report.incidents, report.send_errors
+                "simulator: {} households, {} events, {} incidents, {} weather warnings, {} late from gateway outages, {} send errors, {:.1} h simulated",
+                report.households, report.events, report.incidents, report.weather_alerts, report.backlog_flushed, report.send_errors, report.simulated as f64 / 3_600_000.0
             );
             Ok(())
         }

@@ -1,7 +1,15 @@
-//! A simulated city: registers households, then streams motion, door, bed, vitals, meter and
-//! heartbeat traffic at a set rate, with alarms injected by script or at random. Every injected
-//! incident is printed as a JSON line (`"injected"`) so a run can be scored against the tasks.
+//! A simulated city. Households with cohorts and daily rhythms (waking, sleeping, meals,
+//! going out, a trip to the bathroom at night), devices that send heartbeats while their
+//! batteries run down, gateways that drop out and flush their backlog late, device clocks
+//! that drift (a few reset to 1970), weather warnings for districts, and incidents injected by
+//! rate or by script. Time runs `speed` times faster than the wall clock.
+//!
+//! Every injected incident is printed as a JSON line (`{"injected": ...}`) with the rule that
+//! should catch it and a deadline, so `carestream score` can tell what was detected in time
+//! and how many tasks were false.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -15,25 +23,93 @@ use crate::sink::wait_true;
 
 /// Wuhan's central districts (administrative division codes).
 const DISTRICTS: [&str; 6] = ["420102", "420103", "420104", "420105", "420106", "420111"];
+const MIN: Millis = 60_000;
+const HOUR: Millis = 60 * MIN;
+const DAY: Millis = 24 * HOUR;
+/// China Standard Time.
+const CST: Millis = 8 * HOUR;
 
-/// An alarm to inject: which household (by index), which device, when (from the start).
+/// What can be injected: an alarm device, or a condition for a windowed rule to find.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum IncidentKind {
+    Alarm(DeviceKind),
+    /// The elder stops moving (a fall, a stroke): only heartbeats go on.
+    Collapse,
+    /// Heart rate 135 for 20 minutes.
+    Tachycardia,
+}
+
+impl IncidentKind {
+    fn parse(s: &str) -> Option<IncidentKind> {
+        match s {
+            "COLLAPSE" => Some(IncidentKind::Collapse),
+            "TACHYCARDIA" => Some(IncidentKind::Tachycardia),
+            other => DeviceKind::from_symbol(other).map(IncidentKind::Alarm),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            IncidentKind::Alarm(k) => k.as_str(),
+            IncidentKind::Collapse => "COLLAPSE",
+            IncidentKind::Tachycardia => "TACHYCARDIA",
+        }
+    }
+
+    /// The rule expected to catch it, and how long after it that may take.
+    fn expectation(self, p: &HouseholdProfile) -> (&'static str, Millis) {
+        match self {
+            IncidentKind::Alarm(DeviceKind::EMERGENCY_BUTTON) => ("alarm.emergency_button", MIN),
+            IncidentKind::Alarm(DeviceKind::WEARABLE) => ("alarm.wearable_sos", MIN),
+            IncidentKind::Alarm(DeviceKind::FALL_DETECTOR) => ("alarm.fall", MIN),
+            IncidentKind::Alarm(DeviceKind::SMOKE_ALARM) => ("alarm.smoke", MIN),
+            IncidentKind::Alarm(DeviceKind::GAS_ALARM) => ("alarm.gas", MIN),
+            IncidentKind::Alarm(_) => ("alarm.water_leak", MIN),
+            // The longest no-movement threshold of the shipped rules, and some slack.
+            IncidentKind::Collapse => (
+                "no_movement",
+                if p.cohorts.contains(&Cohort::SEVERE_DISABILITY) {
+                    7 * HOUR
+                } else {
+                    13 * HOUR
+                },
+            ),
+            IncidentKind::Tachycardia => ("abnormal_vitals", 15 * MIN),
+        }
+    }
+
+    const RANDOM: [IncidentKind; 8] = [
+        IncidentKind::Alarm(DeviceKind::EMERGENCY_BUTTON),
+        IncidentKind::Alarm(DeviceKind::FALL_DETECTOR),
+        IncidentKind::Alarm(DeviceKind::SMOKE_ALARM),
+        IncidentKind::Alarm(DeviceKind::GAS_ALARM),
+        IncidentKind::Alarm(DeviceKind::WATER_LEAK),
+        IncidentKind::Alarm(DeviceKind::WEARABLE),
+        IncidentKind::Collapse,
+        IncidentKind::Tachycardia,
+    ];
+}
+
+/// An incident to inject: which household (by index), what, when (simulated time from the
+/// start).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Injection {
     pub after: Duration,
     pub household: usize,
-    pub kind: DeviceKind,
+    pub kind: IncidentKind,
 }
 
 impl std::str::FromStr for Injection {
     type Err = String;
 
-    /// `KIND@HOUSEHOLD+SECONDS`, e.g. `EMERGENCY_BUTTON@42+30`.
+    /// `KIND@HOUSEHOLD+SECONDS`, e.g. `EMERGENCY_BUTTON@42+30`, `COLLAPSE@7+3600`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || format!("{s:?}: expected KIND@HOUSEHOLD+SECONDS, e.g. EMERGENCY_BUTTON@42+30");
         let (kind, rest) = s.split_once('@').ok_or_else(err)?;
         let (hh, secs) = rest.split_once('+').ok_or_else(err)?;
-        let kind = DeviceKind::from_symbol(kind)
-            .ok_or_else(|| format!("{kind:?} is not a device kind"))?;
+        let kind = IncidentKind::parse(kind).ok_or_else(|| {
+            format!("{kind:?} is not an alarm device kind, COLLAPSE or TACHYCARDIA")
+        })?;
         Ok(Injection {
             after: Duration::from_secs_f64(secs.parse().map_err(|_| err())?),
             household: hh.parse().map_err(|_| err())?,
@@ -45,12 +121,15 @@ impl std::str::FromStr for Injection {
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub households: usize,
-    /// Events per second across the city.
-    pub rate: f64,
+    /// Simulated seconds per wall-clock second.
+    pub speed: f64,
+    /// Wall-clock run time (default: until stopped).
     pub duration: Option<Duration>,
     pub injections: Vec<Injection>,
-    /// A random alarm this often, on top of the script.
+    /// A random incident this often (simulated time), on top of the script.
     pub incident_every: Option<Duration>,
+    /// A weather warning for a random district this often (simulated time).
+    pub weather_every: Option<Duration>,
     pub seed: u64,
 }
 
@@ -72,6 +151,15 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    fn between(&mut self, lo: Millis, hi: Millis) -> Millis {
+        lo + self.below((hi - lo).max(1) as u64) as Millis
     }
 }
 
@@ -127,12 +215,76 @@ pub fn household(i: usize, seed: u64) -> HouseholdProfile {
     }
 }
 
+/// The devices every simulated home has.
+const DEVICES: [DeviceKind; 8] = [
+    DeviceKind::MOTION_PIR,
+    DeviceKind::DOOR_CONTACT,
+    DeviceKind::BED_SENSOR,
+    DeviceKind::WEARABLE,
+    DeviceKind::WATER_METER,
+    DeviceKind::POWER_METER,
+    DeviceKind::EMERGENCY_BUTTON,
+    DeviceKind::SMOKE_ALARM,
+];
+
+/// One household's day and devices.
+struct Home {
+    profile: HouseholdProfile,
+    /// Device clock error (ms); a few are absurd.
+    skew: Millis,
+    battery: [f64; DEVICES.len()],
+    water: f64,
+    power: f64,
+    /// Today's plan (simulated local day), rebuilt at midnight.
+    day: Millis,
+    wake: Millis,
+    sleep: Millis,
+    out: Option<(Millis, Millis)>,
+    night_trip: Option<Millis>,
+    /// Until then the elder does not move (an injected collapse).
+    collapsed_until: Millis,
+    tachycardia_until: Millis,
+    /// The gateway is down until then; events pile up in `backlog`.
+    gateway_down_until: Millis,
+    backlog: Vec<(String, String, Input, Millis)>,
+}
+
+impl Home {
+    fn plan(&mut self, day: Millis, rng: &mut Rng) {
+        self.day = day;
+        self.wake = day + rng.between(6 * HOUR, 7 * HOUR + 30 * MIN);
+        self.sleep = day + rng.between(21 * HOUR + 30 * MIN, 23 * HOUR);
+        self.out = rng.chance(0.5).then(|| {
+            let start = day + rng.between(9 * HOUR, 15 * HOUR);
+            (start, start + rng.between(HOUR, 3 * HOUR))
+        });
+        self.night_trip = rng.chance(0.5).then(|| day + rng.between(HOUR, 4 * HOUR));
+    }
+
+    fn asleep(&self, t: Millis) -> bool {
+        t < self.wake || t >= self.sleep
+    }
+
+    fn away(&self, t: Millis) -> bool {
+        self.out.is_some_and(|(a, b)| (a..b).contains(&t))
+    }
+
+    fn still(&self, t: Millis) -> bool {
+        t < self.collapsed_until
+    }
+}
+
+/// What the simulator has sent.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SimReport {
     pub households: usize,
     pub events: u64,
     pub incidents: u64,
+    pub weather_alerts: u64,
+    pub backlog_flushed: u64,
     pub send_errors: u64,
+    /// Simulated time covered, ms.
+    pub simulated: Millis,
 }
 
 pub struct Simulator<'a> {
@@ -154,12 +306,13 @@ impl<'a> Simulator<'a> {
         }
     }
 
-    fn send(&mut self, topic: &str, key: &str, input: &Input) {
+    fn send(&mut self, topic: &str, key: &str, input: &Input, timestamp: Millis) {
         let payload = self
             .codec
             .encode_input(input)
             .expect("simulated records are valid");
-        let mut rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+        let mut rec: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).key(key).timestamp(timestamp);
         if let Some(p) = payload.as_deref() {
             rec = rec.payload(p);
         }
@@ -169,132 +322,37 @@ impl<'a> Simulator<'a> {
         }
     }
 
-    fn sensor(&mut self, hh: usize, kind: DeviceKind, reading: Reading, now: Millis, lag: Millis) {
+    /// Sends, or holds back while the home's gateway is down (sent late, in a burst, later).
+    fn emit(&mut self, home: &mut Home, topic: String, input: Input, now: Millis) {
+        self.report.events += 1;
+        let key = home.profile.household_id.clone();
+        if now < home.gateway_down_until {
+            home.backlog.push((topic, key, input, now));
+        } else {
+            self.send(&topic, &key, &input, now);
+        }
+    }
+
+    fn sensor(&mut self, home: &mut Home, kind: DeviceKind, reading: Reading, now: Millis) {
         self.seq += 1;
-        let id = household_id(hh);
+        let id = home.profile.household_id.clone();
         let e = SensorEvent {
             event_id: format!("{id}-{}-{}", kind.as_str().to_ascii_lowercase(), self.seq),
             household_id: id.clone(),
             device_id: format!("{id}-{}", kind.as_str().to_ascii_lowercase()),
             device_kind: kind,
-            event_time: now - lag,
+            event_time: now + home.skew,
             reading,
             gateway_id: Some(format!("gw-{id}")),
         };
         let topic = self.topics.sensor_events.clone();
-        self.send(&topic, &id, &Input::Sensor(e));
-        self.report.events += 1;
-    }
-
-    /// One piece of everyday traffic for a random household.
-    fn ordinary(&mut self, rng: &mut Rng, households: usize, now: Millis) {
-        let hh = rng.below(households as u64) as usize;
-        let lag = rng.below(2_000) as Millis;
-        match rng.below(100) {
-            0..=34 => self.sensor(
-                hh,
-                DeviceKind::MOTION_PIR,
-                Reading::Motion { detected: true },
-                now,
-                lag,
-            ),
-            35..=42 => {
-                let open = rng.below(2) == 0;
-                self.sensor(
-                    hh,
-                    DeviceKind::DOOR_CONTACT,
-                    Reading::Door { open },
-                    now,
-                    lag,
-                )
-            }
-            43..=50 => {
-                let occupied = rng.below(2) == 0;
-                self.sensor(
-                    hh,
-                    DeviceKind::BED_SENSOR,
-                    Reading::Bed { occupied },
-                    now,
-                    lag,
-                )
-            }
-            51..=65 => {
-                let worn = rng.below(10) != 0;
-                let hr = worn.then(|| 58 + rng.below(30) as i32);
-                let rr = worn.then(|| 12 + rng.below(8) as i32);
-                let reading = Reading::Vitals {
-                    heart_rate_bpm: hr,
-                    respiration_rpm: rr,
-                    worn,
-                };
-                self.sensor(hh, DeviceKind::WEARABLE, reading, now, lag)
-            }
-            66..=72 => {
-                // About a litre every ten minutes: an ordinary household's use.
-                let m3 = (now / 60_000) as f64 * 0.0001 + hh as f64;
-                self.sensor(
-                    hh,
-                    DeviceKind::WATER_METER,
-                    Reading::Meter { cumulative: m3 },
-                    now,
-                    lag,
-                )
-            }
-            73..=97 => {
-                // Every device sends heartbeats, so the silence rules know what to expect.
-                let kinds = [
-                    DeviceKind::MOTION_PIR,
-                    DeviceKind::BED_SENSOR,
-                    DeviceKind::WEARABLE,
-                    DeviceKind::WATER_METER,
-                ];
-                let kind = kinds[rng.below(kinds.len() as u64) as usize];
-                let id = household_id(hh);
-                let hb = Input::Heartbeat(DeviceHeartbeat {
-                    household_id: id.clone(),
-                    device_id: format!("{id}-{}", kind.as_str().to_ascii_lowercase()),
-                    device_kind: kind,
-                    event_time: now - lag,
-                    battery_pct: Some(20 + rng.below(80) as i32),
-                    mains_power: None,
-                });
-                let topic = self.topics.heartbeats.clone();
-                self.send(&topic, &id, &hb);
-                self.report.events += 1;
-            }
-            _ => {
-                // The morning round: an I'm-OK press or a phone call from the centre.
-                let id = household_id(hh);
-                let kind = if rng.below(2) == 0 {
-                    CheckInKind::IM_OK_BUTTON
-                } else {
-                    CheckInKind::PHONE_ROUND
-                };
-                let c = Input::CheckIn(CheckIn {
-                    household_id: id.clone(),
-                    event_time: now - lag,
-                    kind,
-                    visitor_id: None,
-                });
-                let topic = self.topics.checkins.clone();
-                self.send(&topic, &id, &c);
-                self.report.events += 1;
-            }
-        }
-    }
-
-    fn inject(&mut self, hh: usize, kind: DeviceKind, now: Millis) {
-        self.sensor(hh, kind, Reading::Alarm { active: true }, now, 0);
-        self.report.incidents += 1;
-        println!(
-            "{}",
-            serde_json::json!({"injected": {"household_id": household_id(hh), "device_kind": kind.as_str(), "event_time": now}})
-        );
+        self.emit(home, topic, Input::Sensor(e), now);
     }
 
     /// Registers the households and waits until the broker has them.
     pub fn register(&mut self, cfg: &SimConfig) {
         let topic = self.topics.households.clone();
+        let now = wall_millis();
         for i in 0..cfg.households {
             let p = household(i, cfg.seed);
             let id = p.household_id.clone();
@@ -305,6 +363,7 @@ impl<'a> Simulator<'a> {
                     household_id: id.clone(),
                     profile: Some(p),
                 },
+                now,
             );
             if i % 5_000 == 4_999 {
                 let _ = self.producer.flush(Duration::from_secs(30));
@@ -320,56 +379,311 @@ impl<'a> Simulator<'a> {
         self.stream(cfg, stop).await
     }
 
-    /// Streams everyday traffic and incidents until the duration ends or `stop` turns true.
+    /// Runs the city until the duration ends or `stop` turns true.
     pub async fn stream(mut self, cfg: &SimConfig, mut stop: watch::Receiver<bool>) -> SimReport {
         self.report.households = cfg.households;
-
         let mut rng = Rng::new(cfg.seed);
-        let start = tokio::time::Instant::now();
-        let tick = Duration::from_millis(10);
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = wall_millis();
+        let local_day = |t: Millis| t - (t + CST).rem_euclid(DAY);
+        let mut homes: Vec<Home> = (0..cfg.households)
+            .map(|i| {
+                let skew = match rng.below(1000) {
+                    0..=4 => -start,                          // reset to 1970
+                    5..=59 => rng.between(-2 * MIN, 2 * MIN), // drifted
+                    _ => 0,
+                };
+                let mut h = Home {
+                    profile: household(i, cfg.seed),
+                    skew,
+                    battery: std::array::from_fn(|_| rng.between(15, 100) as f64),
+                    water: (i % 97) as f64,
+                    power: (i % 89) as f64 * 10.0,
+                    day: 0,
+                    wake: 0,
+                    sleep: 0,
+                    out: None,
+                    night_trip: None,
+                    collapsed_until: 0,
+                    tachycardia_until: 0,
+                    gateway_down_until: 0,
+                    backlog: Vec::new(),
+                };
+                h.plan(local_day(start), &mut rng);
+                h
+            })
+            .collect();
+        // Every home ticks once a simulated minute (staggered).
+        let mut ticks: BinaryHeap<Reverse<(Millis, usize)>> = (0..cfg.households)
+            .map(|i| Reverse((start + rng.below(MIN as u64) as Millis, i)))
+            .collect();
         let mut script = cfg.injections.clone();
         script.sort_by_key(|i| i.after);
         let mut script = script.into_iter().peekable();
-        let mut next_random = cfg.incident_every;
-        let mut owed = 0.0;
+        let mut next_random = cfg.incident_every.map(|d| start + d.as_millis() as Millis);
+        let mut next_weather = cfg.weather_every.map(|d| start + d.as_millis() as Millis);
+        let wall_start = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = wait_true(&mut stop) => break,
                 _ = ticker.tick() => {}
             }
-            let elapsed = start.elapsed();
+            let elapsed = wall_start.elapsed();
             if cfg.duration.is_some_and(|d| elapsed >= d) {
                 break;
             }
-            let now = wall_millis();
-            while let Some(inj) = script.next_if(|i| i.after <= elapsed) {
-                self.inject(inj.household % cfg.households.max(1), inj.kind, now);
+            let now = start + (elapsed.as_secs_f64() * cfg.speed * 1000.0) as Millis;
+            while let Some(inj) = script.next_if(|i| start + i.after.as_millis() as Millis <= now) {
+                let at = start + inj.after.as_millis() as Millis;
+                let hh = inj.household % cfg.households.max(1);
+                self.inject(&mut homes[hh], inj.kind, at);
             }
             if let (Some(at), Some(every)) = (next_random, cfg.incident_every) {
-                if elapsed >= at {
-                    let kinds = [
-                        DeviceKind::EMERGENCY_BUTTON,
-                        DeviceKind::FALL_DETECTOR,
-                        DeviceKind::SMOKE_ALARM,
-                        DeviceKind::GAS_ALARM,
-                        DeviceKind::WATER_LEAK,
-                        DeviceKind::WEARABLE,
-                    ];
-                    let kind = kinds[rng.below(kinds.len() as u64) as usize];
-                    self.inject(rng.below(cfg.households as u64) as usize, kind, now);
-                    next_random = Some(at + every);
+                if at <= now && cfg.households > 0 {
+                    let kind =
+                        IncidentKind::RANDOM[rng.below(IncidentKind::RANDOM.len() as u64) as usize];
+                    let hh = rng.below(cfg.households as u64) as usize;
+                    self.inject(&mut homes[hh], kind, at);
+                    next_random = Some(at + every.as_millis() as Millis);
                 }
             }
-            owed += cfg.rate * tick.as_secs_f64();
-            while owed >= 1.0 && cfg.households > 0 {
-                self.ordinary(&mut rng, cfg.households, now);
-                owed -= 1.0;
+            if let (Some(at), Some(every)) = (next_weather, cfg.weather_every) {
+                if at <= now {
+                    self.weather(&mut rng, at);
+                    next_weather = Some(at + every.as_millis() as Millis);
+                }
             }
+            while let Some(Reverse((t, i))) = ticks.peek().copied() {
+                if t > now {
+                    break;
+                }
+                ticks.pop();
+                self.tick(&mut homes[i], &mut rng, t, local_day(t));
+                ticks.push(Reverse((t + MIN, i)));
+            }
+            self.report.simulated = now - start;
+        }
+        // Flush what the gateways still hold, as they would on reconnecting.
+        for h in &mut homes {
+            self.flush_backlog(h);
         }
         let _ = self.producer.flush(Duration::from_secs(30));
+        println!(
+            "{}",
+            serde_json::json!({"simulated": {"households": cfg.households, "ms": self.report.simulated}})
+        );
         self.report
+    }
+
+    fn flush_backlog(&mut self, h: &mut Home) {
+        for (topic, key, input, t) in std::mem::take(&mut h.backlog) {
+            self.send(&topic, &key, &input, t);
+            self.report.backlog_flushed += 1;
+        }
+    }
+
+    /// One simulated minute of one home.
+    fn tick(&mut self, h: &mut Home, rng: &mut Rng, t: Millis, day: Millis) {
+        if day != h.day {
+            h.plan(day, rng);
+            // Batteries run down a little every day; a dead device goes silent.
+            for b in h.battery.iter_mut() {
+                *b -= 0.5 + rng.below(10) as f64 / 10.0;
+            }
+            // Now and then the gateway drops out for up to an hour.
+            if rng.chance(0.02) {
+                h.gateway_down_until = t + rng.between(10 * MIN, HOUR);
+            }
+        }
+        if !h.backlog.is_empty() && t >= h.gateway_down_until {
+            // Reconnected: hours of events arrive at once, late.
+            self.flush_backlog(h);
+        }
+        let id = h.profile.household_id.clone();
+        let alive = |h: &Home, k: DeviceKind| {
+            h.battery[DEVICES.iter().position(|d| *d == k).unwrap()] > 0.0
+        };
+        // Heartbeats every five minutes from every live device.
+        if (t / MIN) % 5 == (id.len() as Millis) % 5 {
+            for (k, kind) in DEVICES.iter().enumerate() {
+                if h.battery[k] > 0.0 {
+                    let hb = Input::Heartbeat(DeviceHeartbeat {
+                        household_id: id.clone(),
+                        device_id: format!("{id}-{}", kind.as_str().to_ascii_lowercase()),
+                        device_kind: *kind,
+                        event_time: t + h.skew,
+                        battery_pct: Some(h.battery[k].clamp(0.0, 100.0) as i32),
+                        mains_power: None,
+                    });
+                    let topic = self.topics.heartbeats.clone();
+                    self.emit(h, topic, hb, t);
+                }
+            }
+        }
+        let (asleep, away, still) = (h.asleep(t), h.away(t), h.still(t));
+        // Waking and going to bed.
+        if alive(h, DeviceKind::BED_SENSOR) && t >= h.wake && t - h.wake < MIN && !still {
+            self.sensor(
+                h,
+                DeviceKind::BED_SENSOR,
+                Reading::Bed { occupied: false },
+                t,
+            );
+        }
+        if alive(h, DeviceKind::BED_SENSOR) && t >= h.sleep && t - h.sleep < MIN && !still {
+            self.sensor(
+                h,
+                DeviceKind::BED_SENSOR,
+                Reading::Bed { occupied: true },
+                t,
+            );
+        }
+        // A trip to the bathroom at night: out of bed, moving, back within ten minutes.
+        if let Some(trip) = h.night_trip.filter(|n| t >= *n && t - *n < MIN && !still) {
+            self.sensor(
+                h,
+                DeviceKind::BED_SENSOR,
+                Reading::Bed { occupied: false },
+                trip,
+            );
+            self.sensor(
+                h,
+                DeviceKind::MOTION_PIR,
+                Reading::Motion { detected: true },
+                trip + 2 * MIN,
+            );
+            self.sensor(
+                h,
+                DeviceKind::BED_SENSOR,
+                Reading::Bed { occupied: true },
+                trip + 8 * MIN,
+            );
+        }
+        // Going out and coming back.
+        if let Some((a, b)) = h.out {
+            if !still
+                && ((t >= a && t - a < MIN) || (t >= b && t - b < MIN))
+                && alive(h, DeviceKind::DOOR_CONTACT)
+            {
+                self.sensor(h, DeviceKind::DOOR_CONTACT, Reading::Door { open: true }, t);
+            }
+        }
+        // Moving about at home while awake.
+        if !asleep && !away && !still && alive(h, DeviceKind::MOTION_PIR) && rng.chance(0.3) {
+            self.sensor(
+                h,
+                DeviceKind::MOTION_PIR,
+                Reading::Motion { detected: true },
+                t,
+            );
+        }
+        // The watch: vitals every five minutes while worn (off at night, charging).
+        if !asleep && !away && alive(h, DeviceKind::WEARABLE) && (t / MIN) % 5 == 0 {
+            let hr = if t < h.tachycardia_until {
+                135
+            } else {
+                62 + rng.below(25) as i32
+            };
+            let reading = Reading::Vitals {
+                heart_rate_bpm: Some(hr),
+                respiration_rpm: Some(13 + rng.below(6) as i32),
+                worn: true,
+            };
+            self.sensor(h, DeviceKind::WEARABLE, reading, t);
+        }
+        // Meters every fifteen minutes: meals and washing use water; appliances use power.
+        if (t / MIN) % 15 == 0 {
+            let minute = (t - h.day) / MIN;
+            let meal = [7 * 60 + 30, 12 * 60, 18 * 60]
+                .iter()
+                .any(|m| (minute - m).abs() < 30);
+            if !still && !away {
+                h.water += if meal {
+                    0.02
+                } else if asleep {
+                    0.0
+                } else {
+                    0.004
+                };
+            }
+            h.power += 0.02 + if !asleep && !away && !still { 0.1 } else { 0.0 };
+            let (w, p) = (h.water, h.power);
+            if alive(h, DeviceKind::WATER_METER) {
+                self.sensor(
+                    h,
+                    DeviceKind::WATER_METER,
+                    Reading::Meter { cumulative: w },
+                    t,
+                );
+            }
+            if alive(h, DeviceKind::POWER_METER) {
+                self.sensor(
+                    h,
+                    DeviceKind::POWER_METER,
+                    Reading::Meter { cumulative: p },
+                    t,
+                );
+            }
+        }
+        // The morning round: the elder presses I'm OK, or the centre calls.
+        if t >= h.wake + HOUR && t - h.wake - HOUR < MIN {
+            let kind = if rng.chance(0.6) && !still {
+                CheckInKind::IM_OK_BUTTON
+            } else {
+                CheckInKind::PHONE_ROUND
+            };
+            let c = Input::CheckIn(CheckIn {
+                household_id: id.clone(),
+                event_time: t + h.skew,
+                kind,
+                visitor_id: None,
+            });
+            let topic = self.topics.checkins.clone();
+            self.emit(h, topic, c, t);
+        }
+    }
+
+    fn inject(&mut self, h: &mut Home, kind: IncidentKind, at: Millis) {
+        match kind {
+            IncidentKind::Alarm(device) => {
+                self.sensor(h, device, Reading::Alarm { active: true }, at)
+            }
+            IncidentKind::Collapse => h.collapsed_until = at + 20 * HOUR,
+            IncidentKind::Tachycardia => h.tachycardia_until = at + 20 * MIN,
+        }
+        self.report.incidents += 1;
+        let (rule, within) = kind.expectation(&h.profile);
+        println!(
+            "{}",
+            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": at + within}})
+        );
+    }
+
+    fn weather(&mut self, rng: &mut Rng, at: Millis) {
+        let district = DISTRICTS[rng.below(DISTRICTS.len() as u64) as usize];
+        let kinds = [
+            WeatherKind::HEAT,
+            WeatherKind::COLD,
+            WeatherKind::TYPHOON,
+            WeatherKind::RAINSTORM,
+        ];
+        let alert = WeatherAlert {
+            alert_id: format!("wx-{district}-{at}"),
+            region: district.into(),
+            kind: kinds[rng.below(kinds.len() as u64) as usize],
+            level: [WeatherLevel::YELLOW, WeatherLevel::ORANGE][rng.below(2) as usize],
+            issued_at: at,
+            expires_at: at + 12 * HOUR,
+            cancelled: false,
+        };
+        let topic = self.topics.weather_alerts.clone();
+        self.send(&topic, district, &Input::Weather(alert.clone()), at);
+        self.report.weather_alerts += 1;
+        println!(
+            "{}",
+            serde_json::json!({"weather": {"alert_id": alert.alert_id, "region": district, "at": at}})
+        );
     }
 }
 
@@ -385,8 +699,12 @@ mod tests {
             Injection {
                 after: Duration::from_millis(2500),
                 household: 7,
-                kind: DeviceKind::SMOKE_ALARM
+                kind: IncidentKind::Alarm(DeviceKind::SMOKE_ALARM)
             }
+        );
+        assert_eq!(
+            "COLLAPSE@3+60".parse::<Injection>().unwrap().kind,
+            IncidentKind::Collapse
         );
         assert!("SMOKE@7+2".parse::<Injection>().is_err());
         assert!("SMOKE_ALARM@x+2".parse::<Injection>().is_err());
@@ -406,5 +724,34 @@ mod tests {
             assert!(p.street.starts_with(&p.district) && p.community.starts_with(&p.street));
         }
         assert_ne!(household(3, 1), household(3, 2));
+    }
+
+    #[test]
+    fn a_day_has_a_rhythm() {
+        let mut rng = Rng::new(5);
+        let mut h = Home {
+            profile: household(1, 1),
+            skew: 0,
+            battery: [50.0; DEVICES.len()],
+            water: 0.0,
+            power: 0.0,
+            day: 0,
+            wake: 0,
+            sleep: 0,
+            out: None,
+            night_trip: None,
+            collapsed_until: 0,
+            tachycardia_until: 0,
+            gateway_down_until: 0,
+            backlog: Vec::new(),
+        };
+        let day = 1_795_104_000_000;
+        h.plan(day, &mut rng);
+        assert!(
+            h.asleep(day + 3 * HOUR)
+                && !h.asleep(day + 10 * HOUR)
+                && h.asleep(day + 23 * HOUR + 30 * MIN)
+        );
+        assert!((6 * HOUR..=7 * HOUR + 30 * MIN).contains(&(h.wake - day)));
     }
 }

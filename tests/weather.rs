@@ -166,6 +166,11 @@ fn heightened_mode_tightens_absence_until_cancelled() {
         p.district = district.into();
         p.cohorts = vec![Cohort::EMPTY_NEST];
         p.age = 70;
+        // No quiet hours: the test is about the warning, not about sleep.
+        p.quiet_hours = Some(QuietHours {
+            start_minute: 0,
+            end_minute: 0,
+        });
         e.process(
             &Input::Household {
                 household_id: id.into(),

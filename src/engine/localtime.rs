@@ -43,6 +43,38 @@ pub fn in_quiet_hours(t: Millis, offset: Millis, q: QuietHours) -> bool {
     }
 }
 
+/// `start` plus `amount` of waking time: time inside the quiet hours (the night's sleep) does
+/// not count, so a threshold shorter than a night's sleep does not fire every night.
+pub fn add_awake_time(start: Millis, amount: Millis, offset: Millis, q: QuietHours) -> Millis {
+    if q.start_minute == q.end_minute {
+        return start + amount;
+    }
+    let until = |t: Millis, minute: i32| {
+        let m = minute_of_day(t, offset);
+        let delta = (minute - m).rem_euclid(1440) as Millis * 60_000;
+        // From inside a minute, to the start of the target minute.
+        t - (t + offset).rem_euclid(60_000) + delta
+    };
+    let (mut t, mut left) = (start, amount);
+    // A day at a time at most; 400 turns cover a year of thresholds.
+    for _ in 0..400 {
+        if in_quiet_hours(t, offset, q) {
+            t = until(t, q.end_minute).max(t);
+            continue;
+        }
+        let mut next_quiet = until(t, q.start_minute);
+        if next_quiet <= t {
+            next_quiet += DAY;
+        }
+        if left <= next_quiet - t {
+            return t + left;
+        }
+        left -= next_quiet - t;
+        t = next_quiet;
+    }
+    t + left
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +93,33 @@ mod tests {
         );
         assert_eq!(local_midnight(MIDNIGHT_CST + 23 * HOUR, CST), MIDNIGHT_CST);
         assert_eq!(local_midnight(MIDNIGHT_CST - 1, CST), MIDNIGHT_CST - DAY);
+    }
+
+    #[test]
+    fn awake_time_skips_the_night() {
+        let q = QuietHours {
+            start_minute: 22 * 60,
+            end_minute: 6 * 60 + 30,
+        };
+        let at = |h: i64, m: i64| MIDNIGHT_CST + h * HOUR + m * 60_000;
+        // 21:00 + 6 h awake: 1 h before the night, then 5 h from 06:30: 11:30 next day.
+        assert_eq!(add_awake_time(at(21, 0), 6 * HOUR, CST, q), at(24 + 11, 30));
+        // Entirely in the day.
+        assert_eq!(add_awake_time(at(8, 0), 12 * HOUR, CST, q), at(20, 0));
+        // Starting at night: the clock starts at 06:30.
+        assert_eq!(add_awake_time(at(2, 0), HOUR, CST, q), at(7, 30));
+        // Two nights skipped.
+        assert_eq!(
+            add_awake_time(at(8, 0), 30 * HOUR, CST, q),
+            at(48 + 7, 0),
+            "14 h + 15.5 h + 0.5 h"
+        );
+        // No quiet hours: plain addition.
+        let none = QuietHours {
+            start_minute: 0,
+            end_minute: 0,
+        };
+        assert_eq!(add_awake_time(at(8, 0), 30 * HOUR, CST, none), at(38, 0));
     }
 
     #[test]

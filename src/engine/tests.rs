@@ -28,7 +28,11 @@ fn profile(id: &str, contacts: usize) -> Input {
                     phone: format!("1380000000{i}"),
                 })
                 .collect(),
-            quiet_hours: None,
+            // No quiet hours: these tests are about time, not sleep (see the test below).
+            quiet_hours: Some(QuietHours {
+                start_minute: 0,
+                end_minute: 0,
+            }),
             away_until: None,
             timezone: "Asia/Shanghai".into(),
         }),
@@ -942,6 +946,65 @@ fn maintenance_windows_hold_the_windowed_rules_but_never_alarms() {
             "hh-1".to_string(),
             "no_movement".to_string(),
             T0 + 20 * HOUR
+        )),
+        "{:?}",
+        opened(&out)
+    );
+}
+
+#[test]
+fn a_nights_sleep_is_not_no_movement() {
+    // Severely disabled: 6 h. Asleep from 21:00 (2026-11-19, CST) with quiet hours 22:00-06:30.
+    let evening = 1_795_104_000_000 - 3 * HOUR;
+    let mut e = engine();
+    let mut out = Vec::new();
+    let Input::Household {
+        profile: Some(mut p),
+        ..
+    } = profile("hh-1", 1)
+    else {
+        unreachable!()
+    };
+    p.cohorts = vec![Cohort::SEVERE_DISABILITY];
+    p.quiet_hours = Some(QuietHours {
+        start_minute: 22 * 60,
+        end_minute: 6 * 60 + 30,
+    });
+    e.process(
+        &Input::Household {
+            household_id: "hh-1".into(),
+            profile: Some(p),
+        },
+        on(0, evening),
+        &mut out,
+    )
+    .unwrap();
+    e.process(
+        &sensor(
+            "hh-1",
+            "m",
+            DeviceKind::MOTION_PIR,
+            evening,
+            Reading::Motion { detected: true },
+        ),
+        on(0, evening),
+        &mut out,
+    )
+    .unwrap();
+    // Through the night and the early morning: nothing (1 h before the night, 5 h after).
+    e.tick(0, evening + 14 * HOUR + 29 * 60_000, &mut out);
+    assert!(
+        opened(&out).iter().all(|(_, r, _)| r != "no_movement"),
+        "{:?}",
+        opened(&out)
+    );
+    // 11:30 the next day: six waking hours without a movement.
+    e.tick(0, evening + 14 * HOUR + 30 * 60_000, &mut out);
+    assert!(
+        opened(&out).contains(&(
+            "hh-1".to_string(),
+            "no_movement".to_string(),
+            evening + 14 * HOUR + 30 * 60_000
         )),
         "{:?}",
         opened(&out)

@@ -49,13 +49,15 @@ impl Engine {
         self.rules.rule(kind).enabled
     }
 
-    pub(super) fn quiet(&self, h: &Household, t: Millis) -> bool {
-        let q = h
-            .profile
+    pub(super) fn quiet_hours(&self, h: &Household) -> QuietHours {
+        h.profile
             .as_ref()
             .and_then(|p| p.quiet_hours)
-            .unwrap_or(self.rules.default_quiet_hours);
-        in_quiet_hours(t, h.offset, q)
+            .unwrap_or(self.rules.default_quiet_hours)
+    }
+
+    pub(super) fn quiet(&self, h: &Household, t: Millis) -> bool {
+        in_quiet_hours(t, h.offset, self.quiet_hours(h))
     }
 
     /// The condition of `kind` cleared at `t`: the incident resolves if it stays clear.

@@ -3,6 +3,7 @@
 
 use super::super::household::{Household, NEVER};
 use super::super::incidents::Finding;
+use super::super::localtime::add_awake_time;
 use super::super::Engine;
 use crate::model::*;
 use crate::rules::{p, RuleKind};
@@ -34,10 +35,12 @@ impl Engine {
         }
     }
 
+    /// The threshold counts waking time only: the quiet hours (the night's sleep) pause it.
     pub(super) fn no_movement_deadline(&self, h: &Household) -> Option<Millis> {
         let away = h.away_until().unwrap_or(NEVER);
         let base = h.last_activity.max(h.first_seen).max(away);
-        Some(base + self.ms(RuleKind::NoMovement, p::AFTER, h))
+        let after = self.ms(RuleKind::NoMovement, p::AFTER, h);
+        Some(add_awake_time(base, after, h.offset, self.quiet_hours(h)))
     }
 
     pub(super) fn no_movement_finding(
@@ -46,7 +49,8 @@ impl Engine {
         d: Millis,
         t: Millis,
     ) -> Option<Finding> {
-        let since = d - self.ms(RuleKind::NoMovement, p::AFTER, h);
+        let away = h.away_until().unwrap_or(NEVER);
+        let since = h.last_activity.max(h.first_seen).max(away);
         let summary = format!("no activity for {} h", (t - since) / 3_600_000);
         Some(self.finding(
             RuleKind::NoMovement,
