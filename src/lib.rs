@@ -14,6 +14,7 @@ pub mod http;
 pub mod model;
 pub mod pipeline;
 pub mod rules;
+pub mod score;
 pub mod simulate;
 pub mod sink;
 pub mod source;

@@ -48,6 +48,15 @@ enum Command {
     },
     /// Validate config, schemas and rules without starting.
     Check,
+    /// Score a simulated run: the simulator's output against the tasks on the dispatch topics.
+    Score {
+        /// The simulator's standard output (its `injected` and `simulated` lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// Stop reading the dispatch topics after this many seconds with nothing new.
+        #[arg(long, default_value_t = 5.0)]
+        idle_secs: f64,
+    },
     /// Create the contract's topics (idempotent).
     CreateTopics {
         #[arg(long, default_value_t = 6)]
@@ -136,6 +145,43 @@ fn signals(grace: Duration) -> (watch::Receiver<bool>, watch::Receiver<bool>) {
     (shutdown_rx, hard_rx)
 }
 
+/// Every task on the dispatch topics, read from the start by a fresh consumer group, until
+/// nothing new comes for `idle` (the first record may wait for the group to form).
+async fn read_tasks(
+    config: &Config,
+    idle: Duration,
+) -> anyhow::Result<Vec<carestream::model::EscalationTask>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let codec = pipeline::load(config)?.codec;
+    let consumer: StreamConsumer = carestream::source::base_client_config(config)
+        .set(
+            "group.id",
+            format!(
+                "carestream-score-{}-{}",
+                std::process::id(),
+                pipeline::wall_millis()
+            ),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "10000")
+        .create()?;
+    let t = &config.topics;
+    consumer.subscribe(&[&t.dispatch_critical, &t.dispatch_high, &t.dispatch_routine])?;
+    let mut tasks = Vec::new();
+    let mut wait = idle.max(Duration::from_secs(30));
+    while let Ok(m) = tokio::time::timeout(wait, consumer.recv()).await {
+        wait = idle;
+        if let Some(carestream::model::Output::Task(task)) =
+            m?.payload().and_then(|p| codec.decode_output(p).ok())
+        {
+            tasks.push(task);
+        }
+    }
+    Ok(tasks)
+}
+
 async fn next_signal(term: &mut tokio::signal::unix::Signal) {
     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
 }
@@ -157,6 +203,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            Ok(())
+        }
+        Command::Score { log, idle_secs } => {
+            let text = std::fs::read_to_string(&log)?;
+            let (injected, size) = carestream::score::read_log(&text);
+            let (households, simulated) = size.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no \"simulated\" line: did the simulator finish?",
+                    log.display()
+                )
+            })?;
+            let tasks = read_tasks(&config, Duration::from_secs_f64(idle_secs)).await?;
+            let card = carestream::score::score(&injected, &tasks, households, simulated);
+            println!("{}", serde_json::to_string_pretty(&card)?);
             Ok(())
         }
         Command::CreateTopics {

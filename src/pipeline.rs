@@ -349,6 +349,7 @@ impl Processor {
                 Ack::Task {
                     severity: task.severity,
                     rule_id: task.rule_id.clone(),
+                    district: task.district.clone(),
                     incident_time: task.incident_time,
                 },
             ),
@@ -609,8 +610,12 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
         Ack::Task {
             severity,
             rule_id,
+            district,
             incident_time,
         } => {
+            m.tasks_by_district
+                .with_label_values(&[severity.as_str(), district])
+                .inc();
             m.tasks
                 .with_label_values(&[severity.as_str(), rule_id])
                 .inc();

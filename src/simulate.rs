@@ -316,9 +316,25 @@ impl<'a> Simulator<'a> {
         if let Some(p) = payload.as_deref() {
             rec = rec.payload(p);
         }
-        // Fire and forget: the producer's queue batches; errors surface in the final flush.
-        if self.producer.send_result(rec).is_err() {
-            self.report.send_errors += 1;
+        // The producer batches; when its queue is full the city waits for it to drain, so
+        // nothing is dropped (the simulated clock is behind for a moment, never ahead).
+        loop {
+            match self.producer.send_result(rec) {
+                Ok(_) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(_) => {
+                    self.report.send_errors += 1;
+                    break;
+                }
+            }
         }
     }
 

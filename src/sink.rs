@@ -18,6 +18,7 @@ pub enum Ack {
     Task {
         severity: Severity,
         rule_id: String,
+        district: String,
         incident_time: Millis,
     },
     Notification,

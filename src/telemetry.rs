@@ -59,6 +59,7 @@ pub struct Metrics {
     pub table_restore_seconds: prometheus::Gauge,
     pub watermark_delay: prometheus::GaugeVec,
     pub events_by_district: IntCounterVec,
+    pub tasks_by_district: IntCounterVec,
     last_districts: Mutex<Vec<u64>>,
     /// Every metric name registered, series or not.
     names: Vec<String>,
@@ -313,6 +314,7 @@ impl Metrics {
                 g
             },
             events_by_district: counter_vec(&registry, &names, "events_by_district_total", "Events from registered households, by district (region code).", &["district"]),
+            tasks_by_district: counter_vec(&registry, &names, "tasks_by_district_total", "Escalation tasks acknowledged by the broker, by severity and district (region code).", &["severity", "district"]),
             last_districts: Mutex::new(Vec::new()),
             last_stats: Mutex::new(EngineStats::default()),
             names: names.take(),

@@ -1,0 +1,184 @@
+//! Scoring a simulated run: every incident the simulator injected (its JSON lines on stdout)
+//! against the tasks on the dispatch topics. An incident is caught in time when a task for
+//! the same household and the rule expected to catch it went out by its deadline. Tasks of
+//! the rules about the elder that match no injected incident are false alarms, counted per
+//! household-day; the operational ones (devices, rounds, visits, weather) are listed apart,
+//! as the simulated city causes them on purpose (flat batteries, gateway outages, warnings).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::*;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injected {
+    pub household_id: String,
+    pub kind: String,
+    pub rule: String,
+    pub at: Millis,
+    pub deadline: Millis,
+}
+
+/// The simulator's output: injected incidents, and the city's size and simulated time.
+pub fn read_log(text: &str) -> (Vec<Injected>, Option<(usize, Millis)>) {
+    let mut injected = Vec::new();
+    let mut size = None;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(i) = v.get("injected") {
+            injected.push(Injected {
+                household_id: i["household_id"].as_str().unwrap_or_default().to_string(),
+                kind: i["kind"].as_str().unwrap_or_default().to_string(),
+                rule: i["rule"].as_str().unwrap_or_default().to_string(),
+                at: i["at"].as_i64().unwrap_or_default(),
+                deadline: i["deadline"].as_i64().unwrap_or_default(),
+            });
+        } else if let Some(s) = v.get("simulated") {
+            size = Some((
+                s["households"].as_u64().unwrap_or(0) as usize,
+                s["ms"].as_i64().unwrap_or(0),
+            ));
+        }
+    }
+    (injected, size)
+}
+
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Scorecard {
+    pub incidents: usize,
+    pub caught_in_time: usize,
+    pub caught_late: usize,
+    pub missed: Vec<String>,
+    pub incident_tasks: usize,
+    pub false_tasks: usize,
+    pub household_days: f64,
+    pub false_tasks_per_household_day: f64,
+    pub operational_tasks: BTreeMap<String, usize>,
+}
+
+/// Rules about the elder: a task from one of these with no incident behind it is a false alarm.
+fn about_the_elder(rule: &str) -> bool {
+    rule.starts_with("alarm.")
+        || [
+            "no_movement",
+            "abnormal_vitals",
+            "night_bed_exit",
+            "night_door",
+            "water_silence",
+            "water_flow",
+        ]
+        .contains(&rule)
+}
+
+pub fn score(
+    injected: &[Injected],
+    tasks: &[EscalationTask],
+    households: usize,
+    simulated: Millis,
+) -> Scorecard {
+    // Each incident's first call (tier 0, not the NOTIFY_CONTACT beside it).
+    let calls: Vec<&EscalationTask> = tasks
+        .iter()
+        .filter(|t| t.tier == 0 && t.action != Action::NOTIFY_CONTACT)
+        .collect();
+    let mut card = Scorecard {
+        incidents: injected.len(),
+        ..Scorecard::default()
+    };
+    let mut used = vec![false; calls.len()];
+    for inc in injected {
+        // A condition can only be found once it has begun; a no-movement incident is dated by
+        // its deadline, which lies after the elder's last movement before the collapse.
+        let found = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                t.household_id == inc.household_id
+                    && t.rule_id == inc.rule
+                    && t.emitted_at >= inc.at - 60_000
+            })
+            .min_by_key(|(_, t)| t.emitted_at);
+        match found {
+            Some((i, t)) => {
+                used[i] = true;
+                if t.emitted_at <= inc.deadline {
+                    card.caught_in_time += 1;
+                } else {
+                    card.caught_late += 1;
+                }
+            }
+            None => card
+                .missed
+                .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
+        }
+    }
+    for (i, t) in calls.iter().enumerate() {
+        if about_the_elder(&t.rule_id) {
+            card.incident_tasks += 1;
+            if !used[i] {
+                card.false_tasks += 1;
+            }
+        } else {
+            *card.operational_tasks.entry(t.rule_id.clone()).or_default() += 1;
+        }
+    }
+    card.household_days = households as f64 * simulated as f64 / 86_400_000.0;
+    if card.household_days > 0.0 {
+        card.false_tasks_per_household_day = card.false_tasks as f64 / card.household_days;
+    }
+    card
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(hh: &str, rule: &str, action: Action, tier: i32, emitted: Millis) -> EscalationTask {
+        EscalationTask {
+            task_id: format!("{hh}-{rule}-{tier}-{action}"),
+            incident_id: None,
+            household_id: hh.into(),
+            rule_id: rule.into(),
+            severity: Severity::HIGH,
+            action,
+            tier,
+            district: String::new(),
+            street: String::new(),
+            community: String::new(),
+            reason: String::new(),
+            evidence: vec![],
+            incident_time: emitted,
+            emitted_at: emitted,
+            respond_by: emitted,
+        }
+    }
+
+    #[test]
+    fn caught_late_missed_and_false() {
+        let log = r#"{"injected":{"household_id":"a","kind":"FALL_DETECTOR","rule":"alarm.fall","at":1000,"deadline":61000}}
+{"injected":{"household_id":"b","kind":"COLLAPSE","rule":"no_movement","at":1000,"deadline":5000}}
+{"injected":{"household_id":"c","kind":"TACHYCARDIA","rule":"abnormal_vitals","at":1000,"deadline":5000}}
+not json
+{"simulated":{"households":10,"ms":172800000}}"#;
+        let (injected, size) = read_log(log);
+        assert_eq!((injected.len(), size), (3, Some((10, 172_800_000))));
+        let tasks = vec![
+            task("a", "alarm.fall", Action::CALL_ELDER, 0, 1500),
+            task("a", "alarm.fall", Action::NOTIFY_CONTACT, 0, 1500),
+            task("a", "alarm.fall", Action::ONSITE_VISIT, 1, 301_500),
+            task("b", "no_movement", Action::CALL_ELDER, 0, 9000),
+            task("d", "night_door", Action::CALL_ELDER, 0, 2000),
+            task("d", "device_silence", Action::DEVICE_MAINTENANCE, 0, 2000),
+        ];
+        let card = score(&injected, &tasks, 10, 172_800_000);
+        assert_eq!((card.caught_in_time, card.caught_late), (1, 1));
+        assert_eq!(card.missed, vec!["c TACHYCARDIA at 1000".to_string()]);
+        assert_eq!((card.incident_tasks, card.false_tasks), (3, 1));
+        assert_eq!(card.household_days, 20.0);
+        assert_eq!(card.false_tasks_per_household_day, 0.05);
+        assert_eq!(card.operational_tasks["device_silence"], 1);
+    }
+}
