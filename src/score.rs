@@ -54,6 +54,7 @@ pub struct Scorecard {
     pub missed: Vec<String>,
     pub incident_tasks: usize,
     pub false_tasks: usize,
+    pub false_by_rule: BTreeMap<String, usize>,
     pub household_days: f64,
     pub false_tasks_per_household_day: f64,
     pub operational_tasks: BTreeMap<String, usize>,
@@ -120,6 +121,7 @@ pub fn score(
             card.incident_tasks += 1;
             if !used[i] {
                 card.false_tasks += 1;
+                *card.false_by_rule.entry(t.rule_id.clone()).or_default() += 1;
             }
         } else {
             *card.operational_tasks.entry(t.rule_id.clone()).or_default() += 1;

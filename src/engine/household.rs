@@ -177,10 +177,15 @@ impl Household {
         }
     }
 
-    /// Any event from a device proves it alive, if it is one that sends heartbeats.
-    pub fn device_event(&mut self, id: u64, t: Millis) {
-        if let Some(d) = self.devices.iter_mut().find(|d| d.id == id) {
-            d.last = d.last.max(t);
+    /// Any event from a device proves it alive, if it is one that sends heartbeats; true
+    /// when it is.
+    pub fn device_event(&mut self, id: u64, t: Millis) -> bool {
+        match self.devices.iter_mut().find(|d| d.id == id) {
+            Some(d) => {
+                d.last = d.last.max(t);
+                true
+            }
+            None => false,
         }
     }
 

@@ -163,6 +163,16 @@ impl Engine {
         }
         let household_id = h.id.to_string();
         let incident_id = ids::incident_id(&household_id, &rule_id, &f.trigger);
+        // An incident that closed never opens again under the same id: that would hand the
+        // desk tasks it has already seen closed.
+        if self
+            .closed
+            .get(&ids::task_id(&incident_id, 0, action))
+            .is_some()
+        {
+            self.stats.reopen_refused += 1;
+            return false;
+        }
         let mut inc = OpenIncident {
             rule: f.rule,
             rule_id: rule_id.clone(),

@@ -81,6 +81,8 @@ pub struct EngineStats {
     pub escalations: [u64; 3],
     pub weather_updates: u64,
     pub welfare_calls: u64,
+    /// A closed incident found again under the same id (the same trigger): not reopened.
+    pub reopen_refused: u64,
 }
 
 /// Where an open task lives, for the desk's updates.

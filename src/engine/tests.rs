@@ -1010,3 +1010,56 @@ fn a_nights_sleep_is_not_no_movement() {
         opened(&out)
     );
 }
+
+#[test]
+fn only_a_registered_device_reporting_after_the_silence_ends_it() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    e.process(&heartbeat("hh-1", T0), on(0, T0), &mut out)
+        .unwrap();
+    e.tick(0, T0 + 31 * 60_000, &mut out);
+    assert_eq!(
+        opened(&out),
+        vec![(
+            "hh-1".to_string(),
+            "home_silence".to_string(),
+            T0 + 30 * 60_000
+        )]
+    );
+    // A motion sensor that never sent a heartbeat, and an old heartbeat: the silence stands.
+    let motion = sensor(
+        "hh-1",
+        "m",
+        DeviceKind::MOTION_PIR,
+        T0 + 35 * 60_000,
+        Reading::Motion { detected: true },
+    );
+    e.process(&motion, on(0, T0 + 35 * 60_000), &mut out)
+        .unwrap();
+    e.process(
+        &heartbeat("hh-1", T0 - 60_000),
+        on(0, T0 + 36 * 60_000),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 60 * 60_000, &mut out);
+    let closed = |out: &[Output]| {
+        out.iter().filter(|o| matches!(o, Output::TaskEvent(ev) if ev.kind == TaskEventKind::AUTO_RESOLVED && ev.rule_id == "home_silence")).count()
+    };
+    assert_eq!(closed(&out), 0, "{out:#?}");
+    // The registered device reports: clear, then resolved 10 min later, and not reopened.
+    e.process(
+        &heartbeat("hh-1", T0 + 61 * 60_000),
+        on(0, T0 + 61 * 60_000),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 75 * 60_000, &mut out);
+    assert_eq!(
+        closed(&out),
+        3,
+        "the call, NOTIFY_CONTACT and the 30-minute rung"
+    );
+    assert_eq!(opened(&out).len(), 1, "{:?}", opened(&out));
+}

@@ -22,11 +22,14 @@ impl Engine {
     ) {
         if device != 0 {
             let h = self.slot_mut(slot);
-            match ev {
-                Pending::Heartbeat { kind } => h.heartbeat(device, kind, t),
+            let registered = match ev {
+                Pending::Heartbeat { kind } => {
+                    h.heartbeat(device, kind, t);
+                    true
+                }
                 _ => h.device_event(device, t),
-            }
-            self.device_alive(slot, t);
+            };
+            self.device_alive(slot, t, registered);
         }
         match ev {
             Pending::Heartbeat { .. } | Pending::Alive => {}

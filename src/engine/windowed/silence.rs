@@ -10,17 +10,23 @@ use crate::rules::{p, RuleKind};
 
 impl Engine {
     /// A device reported (any event or heartbeat): the silence rules look again.
-    pub(in crate::engine) fn device_alive(&mut self, slot: u32, t: Millis) {
+    /// A device reported at `t`. Only a heartbeat-registered device, reporting after the
+    /// silence began, ends a home silence: an older or unregistered report proves nothing
+    /// about whether the home came back.
+    pub(in crate::engine) fn device_alive(&mut self, slot: u32, t: Millis, registered: bool) {
         let h = self.slot(slot);
-        if h.open_for(&RuleRef::Windowed(RuleKind::HomeSilence))
-            .is_some()
-        {
+        let after = self.ms(RuleKind::HomeSilence, p::AFTER, h);
+        let silent_since = h
+            .open_for(&RuleRef::Windowed(RuleKind::HomeSilence))
+            .map(|i| i.incident_time - after);
+        if registered && silent_since.is_some_and(|since| t > since) {
             self.resolve(slot, RuleKind::HomeSilence, t, "a device reported again");
         }
         let h = self.slot(slot);
         let after = self.ms(RuleKind::DeviceSilence, p::AFTER, h);
-        if h.open_for(&RuleRef::Windowed(RuleKind::DeviceSilence))
-            .is_some()
+        if registered
+            && h.open_for(&RuleRef::Windowed(RuleKind::DeviceSilence))
+                .is_some()
             && h.devices.iter().all(|d| d.last + after > t)
         {
             self.resolve(
