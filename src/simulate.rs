@@ -614,14 +614,10 @@ impl<'a> Simulator<'a> {
             let meal = [7 * 60 + 30, 12 * 60, 18 * 60]
                 .iter()
                 .any(|m| (minute - m).abs() < 30);
-            if !still && !away {
-                h.water += if meal {
-                    0.02
-                } else if asleep {
-                    0.0
-                } else {
-                    0.004
-                };
+            // Water comes in bursts (meals, a tap, a flush), with quiet quarters between:
+            // a steady trickle is what the water_flow rule is there to find.
+            if !still && !away && (meal || (!asleep && rng.chance(0.25))) {
+                h.water += if meal { 0.02 } else { 0.006 };
             }
             h.power += 0.02 + if !asleep && !away && !still { 0.1 } else { 0.0 };
             let (w, p) = (h.water, h.power);

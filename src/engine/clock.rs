@@ -89,21 +89,44 @@ impl Ord for Entry {
     }
 }
 
+/// The input topics that feed a partition's event time.
+pub(crate) const SOURCES: usize = 4;
+
 #[derive(Debug, Default)]
 pub(crate) struct Clock {
-    /// The newest event time seen (bounded by arrival time), `None` before the first.
-    newest: Option<Millis>,
+    /// The newest event time seen per input topic (bounded by arrival time).
+    newest: [Option<Millis>; SOURCES],
     /// Everything at or before this time has been released; `None` before the first event.
     pub watermark: Option<Millis>,
     queue: BinaryHeap<Reverse<Entry>>,
 }
 
 impl Clock {
-    /// Moves time on with an event seen at `time`; returns the new watermark.
-    pub fn observe(&mut self, time: Millis, out_of_orderness: Millis) -> Millis {
-        let newest = self.newest.map_or(time, |n| n.max(time));
-        self.newest = Some(newest);
-        self.advance_to(newest - out_of_orderness)
+    /// Moves time on with an event from input topic `source` seen at `time`; returns the new
+    /// watermark. Kafka fetches each topic's partition on its own, so under a backlog one
+    /// topic can run minutes ahead of another: time goes only as far as the slowest topic
+    /// that is still flowing. A topic more than `idle_behind` behind the newest is treated as
+    /// idle (check-ins come an hour apart) and does not hold time back; its events that arrive
+    /// behind the watermark are late.
+    pub fn observe(
+        &mut self,
+        source: usize,
+        time: Millis,
+        out_of_orderness: Millis,
+        idle_behind: Millis,
+    ) -> Millis {
+        let slot = &mut self.newest[source];
+        *slot = Some(slot.map_or(time, |n| n.max(time)));
+        let newest = self.newest.iter().flatten().copied().max().unwrap_or(time);
+        let slowest = self
+            .newest
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|n| *n >= newest - idle_behind)
+            .min()
+            .unwrap_or(newest);
+        self.advance_to(slowest - out_of_orderness)
     }
 
     /// Moves the watermark to `to` if that is later. Never backwards.
@@ -158,7 +181,7 @@ mod tests {
         c.push(entry(30, 1, Due::Event(Pending::Motion)));
         c.push(entry(10, 2, Due::Timer(RuleKind::NoMovement)));
         c.push(entry(10, 3, Due::Event(Pending::Door)));
-        assert_eq!(c.observe(25, 5), 20);
+        assert_eq!(c.observe(0, 25, 5, 100), 20);
         let first = c.pop_due().unwrap();
         assert_eq!(
             (first.time, first.due),
@@ -167,10 +190,36 @@ mod tests {
         );
         assert_eq!(c.pop_due().unwrap().due, Due::Timer(RuleKind::NoMovement));
         assert_eq!(c.pop_due(), None, "30 is past the watermark");
-        assert_eq!(c.observe(12, 5), 20, "an older event never moves time back");
+        assert_eq!(
+            c.observe(0, 12, 5, 100),
+            20,
+            "an older event never moves time back"
+        );
         assert!(c.is_late(19) && !c.is_late(20));
         assert_eq!(c.advance_to(40), 40);
         assert_eq!(c.pop_due().unwrap().time, 30);
         assert_eq!(c.queued(), 0);
+    }
+
+    #[test]
+    fn time_follows_the_slowest_flowing_topic() {
+        let mut c = Clock::default();
+        assert_eq!(c.observe(0, 1_000, 10, 300), 990);
+        // Heartbeats are behind sensor events: time waits for them.
+        assert_eq!(c.observe(1, 900, 10, 300), 990, "never back");
+        assert_eq!(
+            c.observe(0, 1_100, 10, 300),
+            990,
+            "held by the heartbeats at 900"
+        );
+        assert_eq!(c.observe(1, 1_050, 10, 300), 1_040);
+        // Check-ins far behind (beyond 300): idle, they do not hold time back.
+        assert_eq!(c.observe(2, 500, 10, 300), 1_040);
+        assert_eq!(
+            c.observe(0, 1_200, 10, 300),
+            1_040,
+            "still held by heartbeats at 1050"
+        );
+        assert_eq!(c.observe(1, 1_200, 10, 300), 1_190);
     }
 }

@@ -29,6 +29,11 @@ use household::{hash64, Household, NEVER};
 use crate::model::*;
 use crate::rules::{RuleKind, RuleSet};
 
+/// Which input topic an event came from, for the per-topic event time of a partition.
+const SOURCE_SENSORS: usize = 0;
+const SOURCE_HEARTBEATS: usize = 1;
+const SOURCE_CHECKINS: usize = 2;
+
 /// Where and when a record arrived: its partition and its Kafka timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
@@ -347,7 +352,7 @@ impl Engine {
                 };
                 let device = hash64(&hb.device_id);
                 self.enqueue(slot, t, p, device ^ t as u64, device, meta.partition, out);
-                self.advance(meta.partition, t.min(meta.arrival), out);
+                self.advance(meta.partition, SOURCE_HEARTBEATS, t.min(meta.arrival), out);
                 Ok(())
             }
             Input::CheckIn(c) => {
@@ -360,7 +365,7 @@ impl Engine {
                     visit: c.kind == CheckInKind::HOME_VISIT,
                 };
                 self.enqueue(slot, t, p, c.kind as u64, 0, meta.partition, out);
-                self.advance(meta.partition, t.min(meta.arrival), out);
+                self.advance(meta.partition, SOURCE_CHECKINS, t.min(meta.arrival), out);
                 Ok(())
             }
             Input::Weather(a) => {
@@ -515,7 +520,7 @@ impl Engine {
             let p = pending(&e.reading, e.device_kind);
             self.enqueue(slot, t, p, hash64(&e.event_id), device, meta.partition, out);
         }
-        self.advance(meta.partition, t.min(meta.arrival), out);
+        self.advance(meta.partition, SOURCE_SENSORS, t.min(meta.arrival), out);
         Ok(())
     }
 
@@ -552,9 +557,9 @@ impl Engine {
         });
     }
 
-    fn advance(&mut self, partition: i32, seen: Millis, out: &mut Vec<Output>) {
-        let ooo = self.rules.out_of_orderness;
-        self.clock(partition).observe(seen, ooo);
+    fn advance(&mut self, partition: i32, source: usize, seen: Millis, out: &mut Vec<Output>) {
+        let (ooo, idle) = (self.rules.out_of_orderness, self.rules.source_idle_behind);
+        self.clock(partition).observe(source, seen, ooo, idle);
         self.drain(partition, out);
     }
 

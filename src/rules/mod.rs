@@ -38,6 +38,7 @@ struct EngineFile {
     out_of_orderness: Spanned<String>,
     allowed_lateness: Spanned<String>,
     idle_timeout: Spanned<String>,
+    source_idle_behind: Spanned<String>,
     state_ttl: Spanned<String>,
     default_quiet_hours: Spanned<String>,
 }
@@ -130,6 +131,8 @@ pub struct RuleSet {
     /// A partition with no records for this long (processing time) has its watermark moved
     /// on by the clock, so its timers still fire.
     pub idle_timeout: Millis,
+    /// An input topic this far behind the newest on a partition stops holding event time.
+    pub source_idle_behind: Millis,
     /// A household with no event and no registry entry for this long is forgotten.
     pub state_ttl: Millis,
     pub default_quiet_hours: QuietHours,
@@ -194,6 +197,7 @@ impl RuleSet {
             out_of_orderness: 0,
             allowed_lateness: 0,
             idle_timeout: 0,
+            source_idle_behind: 0,
             state_ttl: 0,
             default_quiet_hours: QuietHours {
                 start_minute: 22 * 60,
@@ -215,6 +219,8 @@ impl RuleSet {
             set.allowed_lateness =
                 src.duration(&e.allowed_lateness, "allowed_lateness", &mut problems);
             set.idle_timeout = src.duration(&e.idle_timeout, "idle_timeout", &mut problems);
+            set.source_idle_behind =
+                src.duration(&e.source_idle_behind, "source_idle_behind", &mut problems);
             set.state_ttl = src.duration(&e.state_ttl, "state_ttl", &mut problems);
             let q = e.default_quiet_hours.get_ref();
             match q.split_once('-').and_then(|(a, b)| {
