@@ -208,14 +208,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Score { log, idle_secs } => {
             let text = std::fs::read_to_string(&log)?;
             let (injected, size) = carestream::score::read_log(&text);
-            let (households, simulated) = size.ok_or_else(|| {
+            let (households, start, simulated) = size.ok_or_else(|| {
                 anyhow::anyhow!(
                     "{}: no \"simulated\" line: did the simulator finish?",
                     log.display()
                 )
             })?;
             let tasks = read_tasks(&config, Duration::from_secs_f64(idle_secs)).await?;
-            let card = carestream::score::score(&injected, &tasks, households, simulated);
+            let card = carestream::score::score(&injected, &tasks, households, start, simulated);
             println!("{}", serde_json::to_string_pretty(&card)?);
             Ok(())
         }

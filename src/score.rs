@@ -20,8 +20,8 @@ pub struct Injected {
     pub deadline: Millis,
 }
 
-/// The simulator's output: injected incidents, and the city's size and simulated time.
-pub fn read_log(text: &str) -> (Vec<Injected>, Option<(usize, Millis)>) {
+/// The simulator's output: injected incidents, and the city's size, start and simulated time.
+pub fn read_log(text: &str) -> (Vec<Injected>, Option<(usize, Millis, Millis)>) {
     let mut injected = Vec::new();
     let mut size = None;
     for line in text.lines() {
@@ -39,6 +39,7 @@ pub fn read_log(text: &str) -> (Vec<Injected>, Option<(usize, Millis)>) {
         } else if let Some(s) = v.get("simulated") {
             size = Some((
                 s["households"].as_u64().unwrap_or(0) as usize,
+                s["start"].as_i64().unwrap_or(0),
                 s["ms"].as_i64().unwrap_or(0),
             ));
         }
@@ -52,6 +53,8 @@ pub struct Scorecard {
     pub caught_in_time: usize,
     pub caught_late: usize,
     pub missed: Vec<String>,
+    /// Incidents whose deadline lies after the end of the run: not judged.
+    pub pending: usize,
     pub incident_tasks: usize,
     pub false_tasks: usize,
     pub false_by_rule: BTreeMap<String, usize>,
@@ -78,6 +81,7 @@ pub fn score(
     injected: &[Injected],
     tasks: &[EscalationTask],
     households: usize,
+    start: Millis,
     simulated: Millis,
 ) -> Scorecard {
     // Each incident's first call (tier 0, not the NOTIFY_CONTACT beside it).
@@ -111,6 +115,7 @@ pub fn score(
                     card.caught_late += 1;
                 }
             }
+            None if inc.deadline > start + simulated => card.pending += 1,
             None => card
                 .missed
                 .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
@@ -164,9 +169,10 @@ mod tests {
 {"injected":{"household_id":"b","kind":"COLLAPSE","rule":"no_movement","at":1000,"deadline":5000}}
 {"injected":{"household_id":"c","kind":"TACHYCARDIA","rule":"abnormal_vitals","at":1000,"deadline":5000}}
 not json
-{"simulated":{"households":10,"ms":172800000}}"#;
+{"injected":{"household_id":"e","kind":"COLLAPSE","rule":"no_movement","at":1000,"deadline":999999999}}
+{"simulated":{"households":10,"start":0,"ms":172800000}}"#;
         let (injected, size) = read_log(log);
-        assert_eq!((injected.len(), size), (3, Some((10, 172_800_000))));
+        assert_eq!((injected.len(), size), (4, Some((10, 0, 172_800_000))));
         let tasks = vec![
             task("a", "alarm.fall", Action::CALL_ELDER, 0, 1500),
             task("a", "alarm.fall", Action::NOTIFY_CONTACT, 0, 1500),
@@ -175,8 +181,12 @@ not json
             task("d", "night_door", Action::CALL_ELDER, 0, 2000),
             task("d", "device_silence", Action::DEVICE_MAINTENANCE, 0, 2000),
         ];
-        let card = score(&injected, &tasks, 10, 172_800_000);
-        assert_eq!((card.caught_in_time, card.caught_late), (1, 1));
+        let card = score(&injected, &tasks, 10, 0, 172_800_000);
+        assert_eq!(card.pending, 1, "the collapse due after the run ended");
+        assert_eq!(
+            (card.incidents, card.caught_in_time, card.caught_late),
+            (4, 1, 1)
+        );
         assert_eq!(card.missed, vec!["c TACHYCARDIA at 1000".to_string()]);
         assert_eq!((card.incident_tasks, card.false_tasks), (3, 1));
         assert_eq!(card.household_days, 20.0);

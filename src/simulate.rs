@@ -487,7 +487,7 @@ impl<'a> Simulator<'a> {
         let _ = self.producer.flush(Duration::from_secs(30));
         println!(
             "{}",
-            serde_json::json!({"simulated": {"households": cfg.households, "ms": self.report.simulated}})
+            serde_json::json!({"simulated": {"households": cfg.households, "start": start, "ms": self.report.simulated}})
         );
         self.report
     }
