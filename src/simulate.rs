@@ -250,6 +250,31 @@ struct Home {
 }
 
 impl Home {
+    fn new(
+        profile: HouseholdProfile,
+        skew: Millis,
+        battery: [f64; DEVICES.len()],
+        water: f64,
+        power: f64,
+    ) -> Home {
+        Home {
+            profile,
+            skew,
+            battery,
+            water,
+            power,
+            day: 0,
+            wake: 0,
+            sleep: 0,
+            out: None,
+            night_trip: None,
+            collapsed_until: 0,
+            tachycardia_until: 0,
+            gateway_down_until: 0,
+            backlog: Vec::new(),
+        }
+    }
+
     fn plan(&mut self, day: Millis, rng: &mut Rng) {
         self.day = day;
         self.wake = day + rng.between(6 * HOUR, 7 * HOUR + 30 * MIN);
@@ -408,22 +433,14 @@ impl<'a> Simulator<'a> {
                     5..=59 => rng.between(-2 * MIN, 2 * MIN), // drifted
                     _ => 0,
                 };
-                let mut h = Home {
-                    profile: household(i, cfg.seed),
+                let battery = std::array::from_fn(|_| rng.between(15, 100) as f64);
+                let mut h = Home::new(
+                    household(i, cfg.seed),
                     skew,
-                    battery: std::array::from_fn(|_| rng.between(15, 100) as f64),
-                    water: (i % 97) as f64,
-                    power: (i % 89) as f64 * 10.0,
-                    day: 0,
-                    wake: 0,
-                    sleep: 0,
-                    out: None,
-                    night_trip: None,
-                    collapsed_until: 0,
-                    tachycardia_until: 0,
-                    gateway_down_until: 0,
-                    backlog: Vec::new(),
-                };
+                    battery,
+                    (i % 97) as f64,
+                    (i % 89) as f64 * 10.0,
+                );
                 h.plan(local_day(start), &mut rng);
                 h
             })
@@ -741,22 +758,7 @@ mod tests {
     #[test]
     fn a_day_has_a_rhythm() {
         let mut rng = Rng::new(5);
-        let mut h = Home {
-            profile: household(1, 1),
-            skew: 0,
-            battery: [50.0; DEVICES.len()],
-            water: 0.0,
-            power: 0.0,
-            day: 0,
-            wake: 0,
-            sleep: 0,
-            out: None,
-            night_trip: None,
-            collapsed_until: 0,
-            tachycardia_until: 0,
-            gateway_down_until: 0,
-            backlog: Vec::new(),
-        };
+        let mut h = Home::new(household(1, 1), 0, [50.0; DEVICES.len()], 0.0, 0.0);
         let day = 1_795_104_000_000;
         h.plan(day, &mut rng);
         assert!(

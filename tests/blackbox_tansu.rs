@@ -738,6 +738,45 @@ fn edit(path: &std::path::Path, from: &str, to: &str) {
     std::fs::write(path, text.replacen(from, to, 1)).unwrap();
 }
 
+/// A broker, a copy of the rules whose event time stays synthetic (the wall clock does not
+/// move partitions on), the topics, a codec and a producer.
+struct Synthetic {
+    broker: common::Broker,
+    rules: std::path::PathBuf,
+    config: Config,
+    env: Vec<(String, String)>,
+    codec: Codec,
+    producer: FutureProducer,
+}
+
+async fn synthetic(tag: &str) -> Synthetic {
+    let broker = common::Broker::start();
+    let rules = copy_rules(&format!("{tag}-rules"));
+    edit(
+        &rules.join("engine.toml"),
+        "idle_timeout = \"1m\"",
+        "idle_timeout = \"1h\"",
+    );
+    let (config, mut env) = common::test_config(&broker.bootstrap(), tag);
+    env.retain(|(k, _)| k != "CARESTREAM_RULES__DIR");
+    env.push(("CARESTREAM_RULES__DIR".into(), rules.display().to_string()));
+    carestream::admin::create_topics(&config, 3, 1)
+        .await
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    Synthetic {
+        broker,
+        rules,
+        config,
+        env,
+        codec: common::codec(),
+        producer,
+    }
+}
+
 async fn wait_metric(proc: &common::Processor, series: &str, want: f64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -756,26 +795,15 @@ async fn wait_metric(proc: &common::Processor, series: &str, want: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
-    let broker = common::Broker::start();
-    let rules = copy_rules("rules");
-    // Event time here is synthetic; keep the wall clock from moving partitions on.
-    edit(
-        &rules.join("engine.toml"),
-        "idle_timeout = \"1m\"",
-        "idle_timeout = \"1h\"",
-    );
-    let (config, mut env) = common::test_config(&broker.bootstrap(), "reload");
-    env.retain(|(k, _)| k != "CARESTREAM_RULES__DIR");
-    env.push(("CARESTREAM_RULES__DIR".into(), rules.display().to_string()));
+    let Synthetic {
+        broker: _broker,
+        rules,
+        config,
+        env,
+        codec,
+        producer,
+    } = synthetic("reload").await;
     let t = config.topics.clone();
-    carestream::admin::create_topics(&config, 3, 1)
-        .await
-        .unwrap();
-    let codec = common::codec();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .unwrap();
     let base: Millis = 1_795_000_060_000;
     let hour: Millis = 3_600_000;
 
@@ -944,25 +972,15 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
-    let broker = common::Broker::start();
-    let rules = copy_rules("desk-rules");
-    edit(
-        &rules.join("engine.toml"),
-        "idle_timeout = \"1m\"",
-        "idle_timeout = \"1h\"",
-    );
-    let (config, mut env) = common::test_config(&broker.bootstrap(), "desk");
-    env.retain(|(k, _)| k != "CARESTREAM_RULES__DIR");
-    env.push(("CARESTREAM_RULES__DIR".into(), rules.display().to_string()));
+    let Synthetic {
+        broker: _broker,
+        rules,
+        config,
+        env,
+        codec,
+        producer,
+    } = synthetic("desk").await;
     let t = config.topics.clone();
-    carestream::admin::create_topics(&config, 3, 1)
-        .await
-        .unwrap();
-    let codec = common::codec();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .unwrap();
     let base: Millis = 1_795_000_060_000;
     let min: Millis = 60_000;
 

@@ -218,6 +218,11 @@ impl Engine {
     /// Looks at a timed rule again at `at` (the end of a window that held it back), so a
     /// condition that outlasts the window is still reported.
     fn recheck(&mut self, slot: u32, kind: RuleKind, at: Millis) {
+        self.queue_timer(slot, kind, at);
+    }
+
+    /// Queues `kind`'s deadline for the household at `at` on its partition.
+    fn queue_timer(&mut self, slot: u32, kind: RuleKind, at: Millis) {
         let h = self.slot(slot);
         let Some(partition) = h.partition else { return };
         let generation = h.generation;

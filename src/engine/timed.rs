@@ -3,7 +3,7 @@
 //! partition's queue and is judged again when it comes due, so a deadline that activity moved
 //! later is simply queued again.
 
-use super::clock::{Due, Entry, Pending};
+use super::clock::Pending;
 use super::household::NEVER;
 use super::Engine;
 use crate::model::*;
@@ -61,21 +61,14 @@ impl Engine {
         let Some(d) = self.deadline(h, kind) else {
             return;
         };
-        let Some(partition) = h.partition else { return };
+        if h.partition.is_none() {
+            return;
+        }
         let queued = h.scheduled[kind as usize];
         if queued != NEVER && queued <= d {
             return;
         }
-        let generation = h.generation;
-        self.slot_mut(slot).scheduled[kind as usize] = d;
-        self.clock(partition).push(Entry {
-            time: d,
-            slot,
-            generation,
-            key: kind as u64,
-            device: 0,
-            due: Due::Timer(kind),
-        });
+        self.queue_timer(slot, kind, d);
     }
 
     /// A deadline came due at `t` (event time).
