@@ -1,7 +1,7 @@
 //! The project's own types for every record of the wire contract: what decode produces,
 //! what the engine reads and writes, what encode serialises. No Avro or Kafka types here.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch (Avro `timestamp-millis`).
 pub type Millis = i64;
@@ -11,7 +11,7 @@ pub type Millis = i64;
 macro_rules! symbols {
     ($(#[$m:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
         pub enum $name { $($variant),+ }
 

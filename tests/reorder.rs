@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use carestream::engine::{Engine, Meta};
+use carestream::engine::{Engine, Meta, PartitionSnapshot};
 use carestream::model::*;
 use carestream::rules::RuleSet;
 
@@ -139,10 +139,14 @@ fn inputs(evs: &[Ev]) -> Vec<(Input, Millis, Millis)> {
 }
 
 fn run(stream: &[(Input, Millis)]) -> Vec<String> {
+    run_restored(stream, None)
+}
+
+/// A fresh engine with the registry loaded.
+fn engine(out: &mut Vec<Output>) -> Engine {
     let rules =
         Arc::new(RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap());
     let mut engine = Engine::new(rules);
-    let mut out = Vec::new();
     for p in profiles() {
         engine
             .process(
@@ -151,11 +155,27 @@ fn run(stream: &[(Input, Millis)]) -> Vec<String> {
                     partition: 0,
                     arrival: DAY0,
                 },
-                &mut out,
+                out,
             )
             .unwrap();
     }
-    for (input, arrival) in stream {
+    engine
+}
+
+/// Runs the stream; with `cut`, the first engine stops after `cut` records, its partition is
+/// checkpointed (through JSON, as it travels to Kafka), and a fresh engine restored from it
+/// goes on with the rest.
+fn run_restored(stream: &[(Input, Millis)], cut: Option<usize>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut engine = engine(&mut out);
+    for (i, (input, arrival)) in stream.iter().enumerate() {
+        if cut == Some(i) {
+            let json = serde_json::to_vec(&engine.snapshot(0)).unwrap();
+            let snap: PartitionSnapshot = serde_json::from_slice(&json).unwrap();
+            assert_eq!(snap, engine.snapshot(0), "the checkpoint survives JSON");
+            engine = self::engine(&mut Vec::new());
+            engine.restore(snap);
+        }
         engine
             .process(
                 input,
@@ -187,6 +207,18 @@ proptest! {
         prop_assert_eq!(&a, &run(&delayed));
         // And replaying the same input gives the same outputs.
         prop_assert_eq!(&a, &run(&in_order));
+    }
+
+    #[test]
+    fn a_checkpoint_taken_anywhere_restores_exactly(
+        evs in prop::collection::vec(ev(), 20..400),
+        at in 0.0f64..1.0,
+    ) {
+        let all = inputs(&evs);
+        let mut delayed: Vec<(Input, Millis)> = all.iter().map(|(i, t, d)| (i.clone(), t + d)).collect();
+        delayed.sort_by_key(|(_, arrival)| *arrival);
+        let cut = (at * delayed.len() as f64) as usize;
+        prop_assert_eq!(run(&delayed), run_restored(&delayed, Some(cut)));
     }
 }
 

@@ -9,7 +9,7 @@ use crate::model::Millis;
 use crate::rules::RuleKind;
 
 /// The compact form of an event that waits in the queue for the watermark.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Pending {
     /// A device heartbeat: registers the device for the silence rules.
     Heartbeat {
@@ -151,6 +151,25 @@ impl Clock {
 
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Everything queued, in no particular order (for a checkpoint).
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.queue.iter().map(|r| &r.0)
+    }
+
+    /// The newest event time seen per input topic.
+    pub fn newest(&self) -> [Option<Millis>; SOURCES] {
+        self.newest
+    }
+
+    /// A clock taken back from a checkpoint, its queue empty.
+    pub fn restored(newest: [Option<Millis>; SOURCES], watermark: Option<Millis>) -> Clock {
+        Clock {
+            newest,
+            watermark,
+            queue: BinaryHeap::new(),
+        }
     }
 
     /// Whether `time` is behind the watermark (the queue has moved past it).

@@ -1,8 +1,11 @@
 //! Per-household state, kept compact (a few hundred bytes in steady state): times as plain
 //! integers, a short list of devices, and one scheduled deadline per timed rule.
 
+use std::borrow::Cow;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::model::{DeviceKind, HouseholdProfile, Millis};
 use crate::rules::RuleKind;
@@ -16,14 +19,14 @@ pub fn hash64(s: &str) -> u64 {
     h.finish()
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DeviceSeen {
     pub id: u64,
     pub kind: DeviceKind,
     pub last: Millis,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Water {
     pub base_time: Millis,
     pub base_value: f64,
@@ -32,7 +35,7 @@ pub(crate) struct Water {
     pub flow_since: Option<Millis>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum RuleRef {
     Alarm(usize),
     Windowed(RuleKind),
@@ -56,7 +59,7 @@ impl OpenIncident {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct OpenIncident {
     pub rule: RuleRef,
     pub rule_id: String,
@@ -70,7 +73,7 @@ pub(crate) struct OpenIncident {
     pub acked: bool,
     /// The condition cleared at this time; auto-resolves after `clear_for` unless it returns.
     pub clearing_since: Option<Millis>,
-    pub clearing_reason: &'static str,
+    pub clearing_reason: Cow<'static, str>,
     /// Every task of the incident: tier 0's, then one per rung.
     pub task_ids: Vec<String>,
     pub reason: String,
@@ -225,5 +228,89 @@ impl Household {
                 })
                 .sum::<usize>()
             + self.id.len()
+    }
+}
+
+/// What a checkpoint keeps of a household: everything the rules learned, nothing the registry
+/// holds (the profile, its time zone and district come back from the registry table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct HouseholdState {
+    pub id: String,
+    pub open: Vec<OpenIncident>,
+    recent: Vec<u32>,
+    recent_next: u16,
+    first_seen: Millis,
+    last_seen: Millis,
+    last_activity: Millis,
+    last_motion: Millis,
+    last_checkin: Millis,
+    last_visit: Millis,
+    round_judged: Millis,
+    vitals_out_since: Option<Millis>,
+    bed_out_since: Option<Millis>,
+    door_at_night: Option<Millis>,
+    water: Option<Water>,
+    power_last: Option<(Millis, f64)>,
+    devices: Vec<DeviceSeen>,
+    pub scheduled: Vec<Millis>,
+    pub ladder_scheduled: Millis,
+    heightened_until: Millis,
+}
+
+impl Household {
+    pub fn state(&self) -> HouseholdState {
+        HouseholdState {
+            id: self.id.to_string(),
+            open: self.open.clone(),
+            recent: self.recent.to_vec(),
+            recent_next: self.recent_next,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            last_activity: self.last_activity,
+            last_motion: self.last_motion,
+            last_checkin: self.last_checkin,
+            last_visit: self.last_visit,
+            round_judged: self.round_judged,
+            vitals_out_since: self.vitals_out_since,
+            bed_out_since: self.bed_out_since,
+            door_at_night: self.door_at_night,
+            water: self.water,
+            power_last: self.power_last,
+            devices: self.devices.clone(),
+            scheduled: self.scheduled.to_vec(),
+            ladder_scheduled: self.ladder_scheduled,
+            heightened_until: self.heightened_until,
+        }
+    }
+
+    /// Takes back what a checkpoint kept; identity, profile and partition stay as they are.
+    pub fn restore_state(&mut self, s: HouseholdState) {
+        self.open = s.open;
+        if !self.recent.is_empty() {
+            // The dedup memory may have been resized by a rule change: keep what fits.
+            for (slot, h) in self.recent.iter_mut().zip(s.recent) {
+                *slot = h;
+            }
+            self.recent_next = s.recent_next % self.recent.len() as u16;
+        }
+        self.first_seen = s.first_seen;
+        self.last_seen = s.last_seen;
+        self.last_activity = s.last_activity;
+        self.last_motion = s.last_motion;
+        self.last_checkin = s.last_checkin;
+        self.last_visit = s.last_visit;
+        self.round_judged = s.round_judged;
+        self.vitals_out_since = s.vitals_out_since;
+        self.bed_out_since = s.bed_out_since;
+        self.door_at_night = s.door_at_night;
+        self.water = s.water;
+        self.power_last = s.power_last;
+        self.devices = s.devices;
+        self.scheduled = [NEVER; RuleKind::ALL.len()];
+        for (slot, t) in self.scheduled.iter_mut().zip(s.scheduled) {
+            *slot = t;
+        }
+        self.ladder_scheduled = s.ladder_scheduled;
+        self.heightened_until = s.heightened_until;
     }
 }

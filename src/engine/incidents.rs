@@ -35,7 +35,7 @@ pub(crate) struct Closed {
 }
 
 impl Closed {
-    fn remember(&mut self, task_id: String, r: TaskRef) {
+    pub(super) fn remember(&mut self, task_id: String, r: TaskRef) {
         if self.order.len() >= CLOSED_MEMORY {
             if let Some(old) = self.order.pop_front() {
                 self.refs.remove(&old);
@@ -43,6 +43,13 @@ impl Closed {
         }
         self.order.push_back(task_id.clone());
         self.refs.insert(task_id, r);
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &TaskRef)> {
+        self.order
+            .iter()
+            .filter_map(|t| self.refs.get(t).map(|r| (t, r)))
     }
 
     pub fn get(&self, task_id: &str) -> Option<&TaskRef> {
@@ -183,7 +190,7 @@ impl Engine {
             tier: 0,
             acked: false,
             clearing_since: None,
-            clearing_reason: "",
+            clearing_reason: "".into(),
             task_ids: Vec::new(),
             reason: reason.clone(),
         };
@@ -296,7 +303,7 @@ impl Engine {
         if let Some(inc) = h.open.iter_mut().find(|i| &i.rule == rule) {
             if inc.clearing_since.is_none() {
                 inc.clearing_since = Some(t);
-                inc.clearing_reason = why;
+                inc.clearing_reason = why.into();
                 self.schedule_ladder(slot);
             }
         }

@@ -58,7 +58,7 @@ impl Engine {
             .filter_map(|i| {
                 i.clearing_since
                     .filter(|c| c + clear_for <= t)
-                    .map(|c| (i.rule.clone(), c, i.clearing_reason))
+                    .map(|c| (i.rule.clone(), c, i.clearing_reason.clone()))
             })
             .collect();
         for (rule, at, why) in cleared {
@@ -67,7 +67,7 @@ impl Engine {
                 &rule,
                 TaskEventKind::AUTO_RESOLVED,
                 at,
-                why,
+                &why,
                 None,
                 out,
             );

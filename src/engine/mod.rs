@@ -16,12 +16,15 @@ pub mod ids;
 mod incidents;
 mod ladder;
 pub mod localtime;
+mod snapshot;
 mod timed;
 mod weather;
 mod windowed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+pub use snapshot::PartitionSnapshot;
 
 use clock::{Clock, Due, Entry, Pending};
 use household::{hash64, Household, NEVER};
@@ -110,6 +113,8 @@ pub struct Engine {
     stats: EngineStats,
     alerts: Vec<weather::Alert>,
     alert_index: HashMap<String, usize>,
+    /// The warnings whose calls each partition has queued (by index in `alerts`).
+    fanned: HashMap<i32, std::collections::BTreeSet<u32>>,
     /// The partitions this instance owns (None: all, as in tests and single instances).
     owned: Option<std::collections::HashSet<i32>>,
     /// Time from tier 0 to the desk's first acknowledgement, per severity, since last taken.
@@ -135,6 +140,7 @@ impl Engine {
             stats: EngineStats::default(),
             alerts: Vec::new(),
             alert_index: HashMap::new(),
+            fanned: HashMap::new(),
             owned: None,
             ack_latencies: Vec::new(),
             open_count: 0,
@@ -157,11 +163,11 @@ impl Engine {
     }
 
     fn owns(&self, h: &Household) -> bool {
-        // A household never seen on any partition may be anyone's: calling it from more
-        // than one instance repeats the same task id, which the desk de-duplicates.
+        // Under a group, a household not yet seen on any partition is called by the owner of
+        // partition 0 (where its queue entries live), so by exactly one instance.
         match (&self.owned, h.partition) {
-            (Some(set), Some(p)) => set.contains(&p),
-            _ => true,
+            (Some(set), p) => set.contains(&p.unwrap_or(0)),
+            (None, _) => true,
         }
     }
 

@@ -16,6 +16,8 @@ use crate::model::*;
 #[derive(Debug, Clone)]
 pub(crate) struct Alert {
     pub alert: WeatherAlert,
+    /// When it arrived (Kafka time): the first call goes out then.
+    pub arrival: Millis,
 }
 
 impl Engine {
@@ -40,9 +42,28 @@ impl Engine {
         }
         let idx = self.alerts.len() as u32;
         self.alert_index.insert(a.alert_id.clone(), idx as usize);
-        self.alerts.push(Alert { alert: a.clone() });
+        self.alerts.push(Alert {
+            alert: a.clone(),
+            arrival,
+        });
         self.heighten(&a.region);
-        if !self.calls(a) {
+        // Every partition this instance owns now calls its households; a partition that
+        // comes later (assigned, restored) calls its own when it does (see `adopt`).
+        let partitions: Vec<i32> = match &self.owned {
+            Some(set) => set.iter().copied().collect(),
+            None => self.partitions.keys().copied().collect(),
+        };
+        for p in partitions {
+            self.fanned.entry(p).or_default().insert(idx);
+        }
+        self.fan_out(idx, None);
+    }
+
+    /// Queues warning `idx`'s welfare calls for the households it covers that this instance
+    /// owns (only those of `partition`, if given), most at risk first.
+    pub(super) fn fan_out(&mut self, idx: u32, partition: Option<i32>) {
+        let Alert { alert: a, arrival } = self.alerts[idx as usize].clone();
+        if !self.calls(&a) {
             return;
         }
         let w = &self.rules.weather;
@@ -52,7 +73,8 @@ impl Engine {
             .enumerate()
             .filter_map(|(i, h)| {
                 let h = h.as_ref()?;
-                (Self::covers(&a.region, h) && self.owns(h))
+                let here = partition.is_none_or(|p| h.partition.unwrap_or(0) == p);
+                (here && Self::covers(&a.region, h) && self.owns(h))
                     .then(|| (w.risk(h.profile.as_ref().expect("covered")), i as u32))
             })
             .collect();

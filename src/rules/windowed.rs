@@ -14,7 +14,9 @@ use super::{parse_duration, Source};
 use crate::model::{Action, Cohort, HouseholdProfile, Millis, Severity};
 
 /// The windowed rules, one file each in `rules/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum RuleKind {
     NoMovement,
     Vitals,
