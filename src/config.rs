@@ -48,6 +48,9 @@ pub struct Topics {
     pub contact_notifications: String,
     pub task_events: String,
     pub dead_letter: String,
+    /// The processor's own compacted topic of partition checkpoints (not in the contract:
+    /// nobody else reads it).
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +83,14 @@ pub struct PipelineConfig {
     pub batch_max_wait_ms: u64,
     /// How long shutdown may take to flush and commit before it gives up.
     pub shutdown_timeout_ms: u64,
+    /// How often each owned partition's state is checkpointed to the state topic (also on
+    /// revocation and shutdown). Bounds what a crash makes the next owner replay.
+    pub checkpoint_interval_ms: u64,
+    /// How long an assignment keeps trying to read its checkpoints before it starts from the
+    /// committed offsets with no state (counted, logged as an error).
+    pub restore_timeout_ms: u64,
+    /// Records fetched but not yet processed, at most (then fetching waits: backpressure).
+    pub fetch_queue_records: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -118,6 +129,7 @@ impl Default for Topics {
             contact_notifications: "care.contact-notifications".into(),
             task_events: "care.task-events".into(),
             dead_letter: "care.dead-letter".into(),
+            state: "carestream.state".into(),
         }
     }
 }
@@ -153,6 +165,9 @@ impl Default for PipelineConfig {
             batch_max_records: 2_000,
             batch_max_wait_ms: 20,
             shutdown_timeout_ms: 10_000,
+            checkpoint_interval_ms: 30_000,
+            restore_timeout_ms: 60_000,
+            fetch_queue_records: 20_000,
         }
     }
 }
@@ -203,6 +218,7 @@ impl Topics {
             (&self.contact_notifications, false),
             (&self.task_events, false),
             (&self.dead_letter, false),
+            (&self.state, true),
         ]
     }
 }
@@ -399,7 +415,8 @@ mod tests {
                 .iter()
                 .filter(|(_, compact)| *compact)
                 .count(),
-            1
+            2,
+            "the registry and the processor's state"
         );
     }
 

@@ -68,6 +68,11 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
             "application/json",
             "{\"status\":\"ready\"}\n".to_string(),
         ),
+        ("GET", "/health") if metrics.restoring.get() == 1 => (
+            "503 Service Unavailable",
+            "application/json",
+            "{\"status\":\"restoring\"}\n".to_string(),
+        ),
         ("GET", "/health") => (
             "503 Service Unavailable",
             "application/json",

@@ -3,9 +3,11 @@
 //! in from Kafka; escalation tasks, contact notifications and task lifecycle events go out.
 //!
 //! Stages: [`source`] (Kafka in) → [`codec`] (Avro decode) → [`engine`] (state and rules,
-//! pure) → [`codec`] (encode) → [`sink`] (Kafka out), wired by [`pipeline`].
+//! pure) → [`codec`] (encode) → [`sink`] (Kafka out), wired by [`pipeline`]; each partition's
+//! state is checkpointed to Kafka by [`checkpoint`] and moves with the partition.
 
 pub mod admin;
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod demo;

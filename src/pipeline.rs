@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
@@ -19,7 +19,8 @@ use crate::engine::{Engine, Meta};
 use crate::model::*;
 use crate::rules::RuleSet;
 use crate::sink::{wait_true, Ack, OutRecord, Sink};
-use crate::source::{self, RegistryMsg, RegistryReader};
+use crate::checkpoint;
+use crate::source::{self, Fetched, RegistryMsg, RegistryReader};
 use crate::telemetry::{Metrics, RateLimit};
 
 /// Everything `check` validates and `run` needs before touching Kafka.
@@ -99,12 +100,22 @@ pub struct Processor {
     sink: Sink,
     registry: Option<RegistryClient>,
     missing_schema_ids: HashSet<u32>,
-    topic_kinds: HashMap<String, InputKind>,
     outputs: Vec<Output>,
     warn: RateLimit,
     /// When each partition last delivered a record (processing time), for idle ticks.
     last_record: HashMap<i32, Instant>,
     housekeeping: Housekeeping,
+    /// The partitions this instance owns and, per input topic, the next offset to read:
+    /// what a checkpoint of the partition covers.
+    owned: BTreeMap<i32, Position>,
+    writer: Option<checkpoint::Writer>,
+}
+
+#[derive(Debug, Default)]
+struct Position {
+    next: BTreeMap<String, i64>,
+    /// Records processed since the last checkpoint.
+    dirty: bool,
 }
 
 /// When the periodic chores last ran, and what the rules directory looked like.
@@ -112,6 +123,7 @@ struct Housekeeping {
     ticked: Instant,
     reload_checked: Instant,
     swept: Instant,
+    checkpointed: Instant,
     rules_stamp: Option<std::time::SystemTime>,
 }
 
@@ -133,10 +145,6 @@ impl Processor {
     pub fn new(config: Config, loaded: Loaded, metrics: Arc<Metrics>) -> anyhow::Result<Processor> {
         let sink = Sink::new(&source::base_client_config(&config))?;
         let stamp = rules_stamp(&config.rules.dir);
-        let topic_kinds = InputKind::ALL
-            .iter()
-            .map(|k| (config.topics.input(*k).to_string(), *k))
-            .collect();
         Ok(Processor {
             registry: config
                 .schemas
@@ -149,7 +157,6 @@ impl Processor {
             metrics,
             sink,
             missing_schema_ids: HashSet::new(),
-            topic_kinds,
             outputs: Vec::new(),
             warn: RateLimit::new(Duration::from_secs(10)),
             last_record: HashMap::new(),
@@ -157,8 +164,11 @@ impl Processor {
                 ticked: Instant::now(),
                 reload_checked: Instant::now(),
                 swept: Instant::now(),
+                checkpointed: Instant::now(),
                 rules_stamp: stamp,
             },
+            owned: BTreeMap::new(),
+            writer: None,
         })
     }
 
@@ -268,22 +278,11 @@ impl Processor {
 
     /// Periodic chores between batches: move quiet partitions on by the clock, reload
     /// changed rules, forget stale households.
-    fn housekeeping(&mut self, batch: &mut Batch, consumer: &source::GroupConsumer) {
+    fn housekeeping(&mut self, batch: &mut Batch) {
         let now = Instant::now();
         let idle = Duration::from_millis(self.engine.rules().idle_timeout.max(0) as u64);
         if now.duration_since(self.housekeeping.ticked) >= Duration::from_secs(1) {
             self.housekeeping.ticked = now;
-            // The partitions this instance owns decide whose weather calls it makes.
-            if let Ok(tpl) = consumer.assignment() {
-                let sensors = &self.config.topics.sensor_events;
-                let owned: Vec<i32> = tpl
-                    .elements()
-                    .iter()
-                    .filter(|e| e.topic() == sensors)
-                    .map(|e| e.partition())
-                    .collect();
-                self.engine.set_owned(Some(owned));
-            }
             let wall = wall_millis();
             for p in self.engine.partitions() {
                 if let Some(wm) = self.engine.watermark(p) {
@@ -493,12 +492,15 @@ impl Processor {
         }
     }
 
-    /// Runs until `shutdown` turns true; then drains, commits and returns.
+    /// Runs until `shutdown` turns true; then stops fetching, drains, checkpoints every
+    /// owned partition, commits and returns.
     pub async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
         mut hard_stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        // Weather calls go out only for partitions this instance has taken on.
+        self.engine.set_owned(Some(Vec::new()));
         let (reader, mut registry_rx): (RegistryReader, mpsc::Receiver<RegistryMsg>) =
             RegistryReader::start(&self.config)?;
         let mut batch = Batch::default();
@@ -526,12 +528,18 @@ impl Processor {
             .table_restore_seconds
             .set(started.elapsed().as_secs_f64());
 
-        let consumer = source::group_consumer(&self.config, self.metrics.clone())?;
+        let (fetcher, mut fetched) = source::Fetcher::start(&self.config, self.metrics.clone())?;
+        let consumer = fetcher.consumer.clone();
+        let topics = fetcher.topics.clone();
         source::check_copartitioned(&consumer, &self.config);
+        let state_partitions = tokio::task::block_in_place(|| {
+            checkpoint::state_partitions(&*consumer, &self.config.topics.state, Duration::from_secs(30))
+        })
+        .with_context(|| format!("state topic {}", self.config.topics.state))?;
+        self.writer = Some(checkpoint::Writer::new(&self.config.topics.state, state_partitions));
         self.metrics.ready.set(1);
-        let max = self.config.pipeline.batch_max_records;
-        let wait = Duration::from_millis(self.config.pipeline.batch_max_wait_ms);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let mut stopped = false;
         loop {
             tokio::select! {
                 biased;
@@ -540,22 +548,33 @@ impl Processor {
                     let Some(msg) = msg else { anyhow::bail!("registry reader stopped") };
                     self.apply_registry(msg, &mut batch);
                 }
-                m = consumer.recv() => self.on_message(m, &mut batch).await,
+                f = fetched.recv() => match f {
+                    Some(Fetched::Stopped) | None => { stopped = true; break }
+                    Some(f) => self.on_fetched(f, &topics, &consumer, &mut batch, &mut hard_stop).await?,
+                },
                 _ = ticker.tick() => {}
             }
-            let deadline = tokio::time::Instant::now() + wait;
-            while batch.count < max {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(m) => self.on_message(m, &mut batch).await,
-                    Err(_) => break,
-                }
-            }
-            self.housekeeping(&mut batch, &consumer);
+            self.housekeeping(&mut batch);
             self.complete(&mut batch, Some(&consumer), &mut hard_stop)
                 .await?;
+            self.checkpoint_due(false, &mut hard_stop).await;
         }
         self.metrics.ready.set(0);
-        tracing::info!("shutting down: committing stored offsets");
+        tracing::info!("shutting down: draining what was fetched");
+        fetcher.stop();
+        while !stopped {
+            match fetched.recv().await {
+                Some(Fetched::Stopped) | None => stopped = true,
+                Some(f) => {
+                    self.on_fetched(f, &topics, &consumer, &mut batch, &mut hard_stop)
+                        .await?
+                }
+            }
+        }
+        self.complete(&mut batch, Some(&consumer), &mut hard_stop)
+            .await?;
+        tracing::info!(partitions = self.owned.len(), "checkpointing and committing");
+        self.checkpoint_due(true, &mut hard_stop).await;
         match consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last automatic commit: nothing to do.
             Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -564,7 +583,9 @@ impl Processor {
             | Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "final commit"),
         }
-        consumer.unsubscribe();
+        drop(fetched);
+        drop(consumer);
+        tokio::task::spawn_blocking(move || fetcher.close()).await?;
         self.sink.flush(Duration::from_millis(
             self.config.pipeline.shutdown_timeout_ms,
         ));
@@ -572,34 +593,158 @@ impl Processor {
         Ok(())
     }
 
-    async fn on_message(
+    async fn on_fetched(
         &mut self,
-        m: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+        f: Fetched,
+        topics: &[(String, InputKind)],
+        consumer: &source::GroupConsumer,
         batch: &mut Batch,
-    ) {
-        match m {
+        hard_stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        match f {
+            Fetched::Records(chunk) => {
+                for r in &chunk.records {
+                    let Some(position) = self.owned.get_mut(&r.partition) else {
+                        // Fetched before its partition was revoked: its new owner reads it.
+                        continue;
+                    };
+                    let (topic, kind) = &topics[r.topic as usize];
+                    position.next.insert(topic.clone(), r.offset + 1);
+                    position.dirty = true;
+                    batch
+                        .offsets
+                        .insert((topic.clone(), r.partition), r.offset);
+                    let raw = RawRecord {
+                        kind: *kind,
+                        topic,
+                        partition: r.partition,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: chunk.key(r),
+                        payload: chunk.payload(r),
+                    };
+                    self.handle(raw, batch).await;
+                }
+                self.complete(batch, Some(consumer), hard_stop).await?;
+            }
+            Fetched::Assigned(assignments) => {
+                for a in assignments {
+                    let p = a.partition;
+                    match a.restored {
+                        Some(r) => {
+                            self.metrics
+                                .restored_households
+                                .inc_by(r.manifest.households as u64);
+                            self.engine.restore(r.snapshot);
+                            if let Some(w) = self.writer.as_mut() {
+                                w.adopt(r.manifest);
+                            }
+                        }
+                        None => self.engine.adopt(p),
+                    }
+                    self.owned.insert(
+                        p,
+                        Position {
+                            next: a.start,
+                            dirty: true,
+                        },
+                    );
+                    // Do not tick a partition that has only just arrived.
+                    self.last_record.insert(p, Instant::now());
+                }
+                self.metrics.restoring.set(0);
+                self.metrics.ready.set(1);
+            }
+            Fetched::Revoking { partitions, done } => {
+                self.complete(batch, Some(consumer), hard_stop).await?;
+                for p in partitions {
+                    if self.owned.contains_key(&p) {
+                        self.checkpoint(p, hard_stop).await;
+                    }
+                    self.release(p);
+                }
+                let _ = done.send(());
+            }
+            Fetched::Stopped => {}
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, p: i32) {
+        self.engine.release(p);
+        self.owned.remove(&p);
+        self.last_record.remove(&p);
+        if let Some(w) = self.writer.as_mut() {
+            w.forget(p);
+        }
+        let label = p.to_string();
+        let _ = self.metrics.checkpoint_age.remove_label_values(&[&label]);
+        let _ = self.metrics.checkpoint_bytes.remove_label_values(&[&label]);
+        let _ = self.metrics.watermark_delay.remove_label_values(&[&label]);
+    }
+
+    /// Checkpoints the owned partitions that changed, when the interval has passed (or all
+    /// of them, when `all`); keeps the checkpoint-age gauges current.
+    async fn checkpoint_due(&mut self, all: bool, hard_stop: &mut watch::Receiver<bool>) {
+        let interval = Duration::from_millis(self.config.pipeline.checkpoint_interval_ms);
+        if all || self.housekeeping.checkpointed.elapsed() >= interval {
+            self.housekeeping.checkpointed = Instant::now();
+            let due: Vec<i32> = self
+                .owned
+                .iter()
+                .filter(|(_, pos)| all || pos.dirty)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in due {
+                self.checkpoint(p, hard_stop).await;
+            }
+        }
+        let wall = wall_millis();
+        if let Some(w) = &self.writer {
+            for p in self.owned.keys() {
+                if let Some(at) = w.last_written(*p) {
+                    self.metrics
+                        .checkpoint_age
+                        .with_label_values(&[&p.to_string()])
+                        .set((wall - at).max(0) as f64 / 1000.0);
+                }
+            }
+        }
+    }
+
+    /// Writes partition `p`'s checkpoint. Called only between batches, when every output of
+    /// the records it covers has been acknowledged.
+    async fn checkpoint(&mut self, p: i32, hard_stop: &mut watch::Receiver<bool>) {
+        let Some(position) = self.owned.get(&p) else {
+            return;
+        };
+        let offsets = position.next.clone();
+        let started = Instant::now();
+        let snapshot = self.engine.snapshot(p);
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        let written = tokio::select! {
+            w = writer.write(self.sink.producer(), &snapshot, offsets, wall_millis()) => w,
+            _ = wait_true(hard_stop) => return,
+        };
+        match written {
             Ok(m) => {
-                let Some(kind) = self.topic_kinds.get(m.topic()).copied() else {
-                    return;
-                };
-                batch
-                    .offsets
-                    .insert((m.topic().to_string(), m.partition()), m.offset());
-                let r = RawRecord {
-                    kind,
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis(),
-                    key: m.key(),
-                    payload: m.payload(),
-                };
-                self.handle(r, batch).await;
+                self.metrics.checkpoints.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .checkpoint_bytes
+                    .with_label_values(&[&p.to_string()])
+                    .set(m.bytes as i64);
+                if let Some(pos) = self.owned.get_mut(&p) {
+                    pos.dirty = false;
+                }
             }
             Err(e) => {
-                if let Some(held) = self.warn.check("consume") {
-                    tracing::warn!(error = %e, held_back = held, "consume error");
-                }
+                self.metrics.checkpoints.with_label_values(&["error"]).inc();
+                tracing::warn!(partition = p, error = %e, "checkpoint not written; will try again");
             }
         }
     }

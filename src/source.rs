@@ -7,12 +7,14 @@
 //! processing starts once both have caught up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
@@ -30,17 +32,103 @@ pub fn base_client_config(config: &Config) -> ClientConfig {
     c
 }
 
-/// The group consumer's context: librdkafka's statistics (every 5 s) give the consumer lag
-/// per partition; rebalances are counted.
+/// A record fetched by the group consumer; its key and value are in its chunk's buffer.
+#[derive(Debug, Clone)]
+pub struct FetchedRecord {
+    /// Index into [`Fetcher::topics`].
+    pub topic: u8,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    key: Option<(u32, u32)>,
+    payload: Option<(u32, u32)>,
+}
+
+/// Records fetched together: one buffer for all their bytes, so fetching costs two
+/// allocations per chunk, not per record.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    buf: Vec<u8>,
+    pub records: Vec<FetchedRecord>,
+}
+
+impl Chunk {
+    fn push(&mut self, topic: u8, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let mut span = |bytes: Option<&[u8]>| {
+            bytes.map(|b| {
+                let start = self.buf.len() as u32;
+                self.buf.extend_from_slice(b);
+                (start, b.len() as u32)
+            })
+        };
+        let key = span(m.key());
+        let payload = span(m.payload());
+        self.records.push(FetchedRecord {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            key,
+            payload,
+        });
+    }
+
+    fn bytes(&self, span: Option<(u32, u32)>) -> Option<&[u8]> {
+        span.map(|(start, len)| &self.buf[start as usize..(start + len) as usize])
+    }
+
+    pub fn key(&self, r: &FetchedRecord) -> Option<&[u8]> {
+        self.bytes(r.key)
+    }
+
+    pub fn payload(&self, r: &FetchedRecord) -> Option<&[u8]> {
+        self.bytes(r.payload)
+    }
+}
+
+/// A partition taken on: its state from the checkpoint (if any) and where reading starts
+/// on each input topic.
+pub struct Assignment {
+    pub partition: i32,
+    pub restored: Option<crate::checkpoint::Restored>,
+    /// Next offset per input topic: the checkpoint's, else the committed one.
+    pub start: BTreeMap<String, i64>,
+    /// The state topic could not be read: started from committed offsets with no state.
+    pub failed: bool,
+}
+
+/// What the fetch thread hands the pipeline, in order.
+pub enum Fetched {
+    Records(Chunk),
+    /// Partitions assigned; restored before any of their records follow.
+    Assigned(Vec<Assignment>),
+    /// Partitions about to be taken away: the pipeline finishes their outputs, checkpoints
+    /// them, lets their state go and then answers on `done`; only then are they unassigned.
+    Revoking {
+        partitions: Vec<i32>,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
+    /// Fetching has stopped (shutdown); nothing follows.
+    Stopped,
+}
+
+/// The group consumer's context. Rebalances are handled here, on the fetch thread: an
+/// assignment reads the partitions' checkpoints and assigns at their offsets; a revocation
+/// waits for the pipeline to checkpoint first. librdkafka's statistics (every 5 s) give the
+/// consumer lag per partition.
 pub struct GroupContext {
     metrics: Arc<crate::telemetry::Metrics>,
-    labels: Vec<(String, &'static str)>,
+    config: Config,
+    topics: Arc<Vec<(String, crate::model::InputKind)>>,
+    tx: mpsc::Sender<Fetched>,
+    pending: Mutex<Chunk>,
+    warn: crate::telemetry::RateLimit,
 }
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
-            let Some((_, label)) = self.labels.iter().find(|(name, _)| name == topic) else {
+            let Some((_, kind)) = self.topics.iter().find(|(name, _)| name == topic) else {
                 continue;
             };
             for (partition, p) in &t.partitions {
@@ -48,7 +136,7 @@ impl ClientContext for GroupContext {
                 if *partition >= 0 && p.consumer_lag >= 0 {
                     self.metrics
                         .consumer_lag
-                        .with_label_values(&[*label, partition.to_string().as_str()])
+                        .with_label_values(&[kind.label(), partition.to_string().as_str()])
                         .set(p.consumer_lag);
                 }
             }
@@ -57,60 +145,322 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let kind = match rebalance {
-            Rebalance::Assign(_) => "assign",
-            Rebalance::Revoke(_) => {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                self.assign(base, tpl);
+                let assigned = if cooperative {
+                    base.incremental_assign(tpl).err()
+                } else {
+                    base.assign(tpl).err()
+                };
+                if let Some(e) = assigned {
+                    tracing::error!(error = %e, "assigning partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                self.revoke(tpl);
                 // Lag of partitions this instance no longer reads would go stale.
                 self.metrics.consumer_lag.reset();
-                "revoke"
+                let _ = if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                };
             }
-            Rebalance::Error(_) => "error",
-        };
-        self.metrics.rebalances.with_label_values(&[kind]).inc();
+            e => {
+                tracing::error!(error = ?e, "rebalance error");
+                self.metrics.rebalances.with_label_values(&["error"]).inc();
+                let _ = base.unassign();
+            }
+        }
     }
 }
 
-pub type GroupConsumer = StreamConsumer<GroupContext>;
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    let mut p: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    p.sort_unstable();
+    p.dedup();
+    p
+}
 
-/// The group consumer over the event streams (everything but the tables).
-pub fn group_consumer(
-    config: &Config,
-    metrics: Arc<crate::telemetry::Metrics>,
-) -> Result<GroupConsumer, rdkafka::error::KafkaError> {
-    let mut c = base_client_config(config);
-    let session = config.kafka.session_timeout_ms;
-    c.set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        // The pipeline stores an offset only when the outputs it caused are acknowledged.
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &config.kafka.auto_offset_reset)
-        .set("session.timeout.ms", session.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            (session / 6).clamp(500, 3000).to_string(),
-        )
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000");
-    let t = &config.topics;
-    let labels = [
-        crate::model::InputKind::SensorEvents,
-        crate::model::InputKind::Heartbeats,
-        crate::model::InputKind::CheckIns,
-        crate::model::InputKind::TaskUpdates,
-    ]
-    .iter()
-    .map(|k| (t.input(*k).to_string(), k.label()))
-    .collect();
-    let consumer: GroupConsumer = c.create_with_context(GroupContext { metrics, labels })?;
-    consumer.subscribe(&[
-        &t.sensor_events,
-        &t.heartbeats,
-        &t.checkins,
-        &t.task_updates,
-    ])?;
-    Ok(consumer)
+impl GroupContext {
+    /// Hands what has been fetched so far to the pipeline (waiting while it is behind).
+    fn flush(&self) -> bool {
+        let chunk = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
+        if chunk.records.is_empty() {
+            return true;
+        }
+        self.send(Fetched::Records(chunk))
+    }
+
+    fn send(&self, f: Fetched) -> bool {
+        // Closed: the pipeline is done (shutdown); a blocking send would never return.
+        !self.tx.is_closed() && self.tx.blocking_send(f).is_ok()
+    }
+
+    /// Reads the checkpoints of the partitions being assigned and sets the offsets to start
+    /// from: the checkpoint's where there is one, else the committed offset (or the reset
+    /// policy's), made explicit so the next checkpoint records where this owner began.
+    fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let started = Instant::now();
+        self.metrics.ready.set(0);
+        self.metrics.restoring.set(1);
+        let partitions = partitions_of(tpl);
+        let limit = Duration::from_millis(self.config.pipeline.restore_timeout_ms);
+        let deadline = started + limit;
+        let loaded = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match crate::checkpoint::load(&self.config, &partitions, left.max(Duration::from_secs(1))) {
+                Ok(l) => break Some(l),
+                Err(e) if Instant::now() < deadline && !self.tx.is_closed() => {
+                    tracing::warn!(error = %e, "reading checkpoints; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, ?partitions, "checkpoints unreadable: starting these partitions from their committed offsets with no state");
+                    break None;
+                }
+            }
+        };
+        let failed = loaded.is_none();
+        let mut loaded = loaded.unwrap_or_default();
+        let damaged: Vec<i32> = loaded.damaged.iter().map(|(p, _)| *p).collect();
+        for (p, e) in &loaded.damaged {
+            tracing::error!(partition = p, error = %e, "checkpoint damaged: starting from the committed offsets with no state");
+        }
+        let timeout = Duration::from_secs(10);
+        let committed = base.committed_offsets(tpl.clone(), timeout).ok();
+        let mut assignments: Vec<Assignment> = partitions
+            .iter()
+            .map(|p| Assignment {
+                partition: *p,
+                restored: loaded.restored.remove(p),
+                start: BTreeMap::new(),
+                failed: failed || damaged.contains(p),
+            })
+            .collect();
+        let earliest = self.config.kafka.auto_offset_reset != "latest";
+        for e in tpl.elements() {
+            let (topic, p) = (e.topic().to_string(), e.partition());
+            let a = assignments
+                .iter_mut()
+                .find(|a| a.partition == p)
+                .expect("every partition listed");
+            let from_checkpoint = a
+                .restored
+                .as_ref()
+                .and_then(|r| r.manifest.offsets.get(&topic).copied());
+            let from_commit = committed
+                .as_ref()
+                .and_then(|c| c.find_partition(&topic, p))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let start = from_checkpoint.or(from_commit).or_else(|| {
+                base.fetch_watermarks(&topic, p, timeout)
+                    .ok()
+                    .map(|(low, high)| if earliest { low } else { high })
+            });
+            if let Some(o) = start {
+                a.start.insert(topic, o);
+            }
+        }
+        for a in &assignments {
+            for (topic, o) in &a.start {
+                let _ = tpl.set_partition_offset(topic, a.partition, Offset::Offset(*o));
+            }
+            let source = match (&a.restored, a.failed) {
+                (Some(_), _) => "checkpoint",
+                (None, true) => "failed",
+                (None, false) => "none",
+            };
+            self.metrics.restores.with_label_values(&[source]).inc();
+        }
+        let households: usize = assignments
+            .iter()
+            .filter_map(|a| a.restored.as_ref())
+            .map(|r| r.manifest.households)
+            .sum();
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.restore_seconds.observe(seconds);
+        tracing::info!(
+            ?partitions,
+            restored = assignments.iter().filter(|a| a.restored.is_some()).count(),
+            households,
+            seconds,
+            "partitions assigned"
+        );
+        self.send(Fetched::Assigned(assignments));
+    }
+
+    /// Lets the pipeline finish and checkpoint the partitions before they go.
+    fn revoke(&self, tpl: &TopicPartitionList) {
+        if !self.flush() {
+            return;
+        }
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        let partitions = partitions_of(tpl);
+        if !self.send(Fetched::Revoking { partitions, done }) {
+            return;
+        }
+        let limit = Duration::from_millis(self.config.pipeline.restore_timeout_ms);
+        if wait.recv_timeout(limit).is_err() {
+            // Not fatal: the next owner restores an older checkpoint and replays more.
+            tracing::warn!("revoked partitions were not checkpointed in time");
+        }
+    }
+}
+
+/// The group consumer over the event streams, polled on its own thread.
+pub type GroupConsumer = BaseConsumer<GroupContext>;
+
+/// Reads the event streams for the pipeline: a thread polling the group consumer, handing
+/// records over in chunks through a bounded channel (a slow pipeline slows fetching; memory
+/// stays bounded), with rebalances in order among them.
+pub struct Fetcher {
+    pub consumer: Arc<GroupConsumer>,
+    pub topics: Arc<Vec<(String, crate::model::InputKind)>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fetcher {
+    pub fn start(
+        config: &Config,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> anyhow::Result<(Fetcher, mpsc::Receiver<Fetched>)> {
+        let mut c = base_client_config(config);
+        let session = config.kafka.session_timeout_ms;
+        c.set("group.id", &config.kafka.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // The pipeline stores an offset only when the outputs it caused are acknowledged.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &config.kafka.auto_offset_reset)
+            .set("session.timeout.ms", session.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (session / 6).clamp(500, 3000).to_string(),
+            )
+            // Range assignment gives one member the same partition of every input topic:
+            // a household's events, check-ins and desk updates stay together.
+            .set("partition.assignment.strategy", "range")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "5000");
+        let t = &config.topics;
+        let topics: Arc<Vec<(String, crate::model::InputKind)>> = Arc::new(
+            [
+                crate::model::InputKind::SensorEvents,
+                crate::model::InputKind::Heartbeats,
+                crate::model::InputKind::CheckIns,
+                crate::model::InputKind::TaskUpdates,
+            ]
+            .iter()
+            .map(|k| (t.input(*k).to_string(), *k))
+            .collect(),
+        );
+        let max = config.pipeline.batch_max_records.max(1);
+        let (tx, rx) = mpsc::channel((config.pipeline.fetch_queue_records / max).max(2));
+        let context = GroupContext {
+            metrics,
+            config: config.clone(),
+            topics: topics.clone(),
+            tx,
+            pending: Mutex::new(Chunk::default()),
+            warn: crate::telemetry::RateLimit::new(Duration::from_secs(10)),
+        };
+        let consumer: Arc<GroupConsumer> = Arc::new(c.create_with_context(context)?);
+        let names: Vec<&str> = topics.iter().map(|(n, _)| n.as_str()).collect();
+        consumer.subscribe(&names)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let wait = Duration::from_millis(config.pipeline.batch_max_wait_ms.max(1));
+        let thread = {
+            let (consumer, stop) = (consumer.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("kafka-fetch".into())
+                .spawn(move || fetch(consumer, &stop, max, wait))?
+        };
+        Ok((
+            Fetcher {
+                consumer,
+                topics,
+                stop,
+                thread: Some(thread),
+            },
+            rx,
+        ))
+    }
+
+    /// Stops fetching; a `Stopped` follows the last records.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Closes the consumer (leaving the group) once the pipeline has let go of it and of
+    /// the channel.
+    pub fn close(mut self) {
+        self.stop();
+        let thread = self.thread.take();
+        drop(self);
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Duration) {
+    let ctx = consumer.context();
+    let mut since: Option<Instant> = None;
+    let index: Vec<String> = ctx.topics.iter().map(|(n, _)| n.clone()).collect();
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => {
+                let Some(i) = index.iter().position(|n| n == m.topic()) else {
+                    continue;
+                };
+                let full = {
+                    let mut chunk = ctx.pending.lock().expect("not poisoned");
+                    chunk.push(i as u8, &m);
+                    chunk.records.len() >= max
+                };
+                let started = *since.get_or_insert_with(Instant::now);
+                if (full || started.elapsed() >= wait) && !ctx.flush() {
+                    return;
+                }
+                if full || started.elapsed() >= wait {
+                    since = None;
+                }
+            }
+            Some(Err(e)) => {
+                if let Some(held) = ctx.warn.check("consume") {
+                    tracing::warn!(error = %e, held_back = held, "consume error");
+                }
+            }
+            None => {
+                since = None;
+                if !ctx.flush() {
+                    return;
+                }
+            }
+        }
+    }
+    ctx.flush();
+    ctx.send(Fetched::Stopped);
+    // The pipeline commits through the consumer after this; it is closed (and the group
+    // left) when the last handle goes, here or in `Fetcher::close`.
+    while !ctx.tx.is_closed() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A household's events and its timers live on one partition, so every keyed input topic

@@ -57,6 +57,15 @@ pub struct Metrics {
     pub consumer_lag: prometheus::IntGaugeVec,
     pub rebalances: IntCounterVec,
     pub table_restore_seconds: prometheus::Gauge,
+    /// 1 while partitions are being restored from their checkpoints.
+    pub restoring: IntGauge,
+    pub restore_seconds: prometheus::Histogram,
+    pub restores: IntCounterVec,
+    pub restored_households: IntCounter,
+    pub checkpoints: IntCounterVec,
+    pub checkpoint_seconds: prometheus::Histogram,
+    pub checkpoint_bytes: prometheus::IntGaugeVec,
+    pub checkpoint_age: prometheus::GaugeVec,
     pub watermark_delay: prometheus::GaugeVec,
     pub events_by_district: IntCounterVec,
     pub tasks_by_district: IntCounterVec,
@@ -302,6 +311,38 @@ impl Metrics {
                     c.with_label_values(&[k]);
                 }
                 c
+            },
+            restoring: gauge(&registry, &names, "restoring", "1 while assigned partitions are restored from their checkpoints (/health is not ready then)."),
+            restore_seconds: {
+                let h = prometheus::Histogram::with_opts(HistogramOpts::new("restore_seconds", "Time from a partition assignment to its state restored from the state topic.").namespace(NAMESPACE).buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])).expect("valid metric");
+                reg(&registry, &names, h)
+            },
+            restores: {
+                let c = counter_vec(&registry, &names, "partition_restores_total", "Partitions taken on, by how (checkpoint: state restored; none: no checkpoint yet; failed: state topic unreadable, started from committed offsets).", &["source"]);
+                for k in ["checkpoint", "none", "failed"] {
+                    c.with_label_values(&[k]);
+                }
+                c
+            },
+            restored_households: counter(&registry, &names, "restored_households_total", "Households whose rule state came back from a checkpoint."),
+            checkpoints: {
+                let c = counter_vec(&registry, &names, "checkpoints_total", "Partition checkpoints written to the state topic, by outcome.", &["outcome"]);
+                for k in ["ok", "error"] {
+                    c.with_label_values(&[k]);
+                }
+                c
+            },
+            checkpoint_seconds: {
+                let h = prometheus::Histogram::with_opts(HistogramOpts::new("checkpoint_seconds", "Time to write one partition checkpoint and have it acknowledged.").namespace(NAMESPACE).buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])).expect("valid metric");
+                reg(&registry, &names, h)
+            },
+            checkpoint_bytes: {
+                let g = prometheus::IntGaugeVec::new(Opts::new("checkpoint_bytes", "Size of the last checkpoint written per owned partition.").namespace(NAMESPACE), &["partition"]).expect("valid metric");
+                reg(&registry, &names, g)
+            },
+            checkpoint_age: {
+                let g = prometheus::GaugeVec::new(Opts::new("checkpoint_age_seconds", "Seconds since the last checkpoint of each owned partition was acknowledged.").namespace(NAMESPACE), &["partition"]).expect("valid metric");
+                reg(&registry, &names, g)
             },
             table_restore_seconds: {
                 let g = prometheus::Gauge::with_opts(Opts::new("table_restore_seconds", "How long loading the registry and the weather warnings took at start.").namespace(NAMESPACE)).expect("valid metric");

@@ -192,6 +192,7 @@ pub fn test_config(bootstrap: &str, tag: &str) -> (Config, Vec<(String, String)>
         "contact_notifications",
         "task_events",
         "dead_letter",
+        "state",
     ] {
         env.push((
             format!("CARESTREAM_TOPICS__{}", key.to_uppercase()),

@@ -1,0 +1,418 @@
+//! Partition checkpoints in Kafka. A checkpoint is a partition's engine state
+//! ([`PartitionSnapshot`], as JSON) together with the input offsets it covers: the state
+//! after processing everything before them, every output of which was acknowledged.
+//!
+//! It lives in a compacted state topic as records on the state partition `p % n`:
+//!
+//! - `chunk/<p>/<writer>/<seq>/<i>`: the snapshot in pieces (≤ 256 KiB each, so no record
+//!   comes near a broker's size limit at 100 000 households);
+//! - `manifest/<p>`: written only once every chunk is acknowledged; names its chunks and
+//!   holds the offsets. The last manifest of a partition is its checkpoint;
+//! - once a newer manifest is acknowledged, tombstones for the chunks of the one before, so
+//!   compaction leaves one checkpoint per partition.
+//!
+//! Chunk keys are unique per writer and sequence, so a crash half-way through writing one
+//! never damages the checkpoint before it, and two instances racing during a rebalance never
+//! mix their chunks. Any manifest is a consistent restore point: restoring an older one only
+//! means replaying more input, whose outputs carry the same ids.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::engine::PartitionSnapshot;
+use crate::model::Millis;
+
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// What a checkpoint covers and where its pieces are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub partition: i32,
+    pub writer: String,
+    pub seq: u64,
+    pub chunks: u32,
+    pub bytes: u64,
+    pub households: usize,
+    /// The next input offset to read, per input topic, for this partition.
+    pub offsets: BTreeMap<String, i64>,
+    /// Wall-clock time it was written (for its age; never for decisions).
+    pub written_at: Millis,
+}
+
+impl Manifest {
+    pub fn chunk_keys(&self) -> Vec<String> {
+        (0..self.chunks)
+            .map(|i| chunk_key(self.partition, &self.writer, self.seq, i))
+            .collect()
+    }
+}
+
+pub fn chunk_key(partition: i32, writer: &str, seq: u64, i: u32) -> String {
+    format!("chunk/{partition}/{writer}/{seq}/{i}")
+}
+
+pub fn manifest_key(partition: i32) -> String {
+    format!("manifest/{partition}")
+}
+
+/// The chunk key's partition, writer and sequence.
+fn parse_chunk_key(key: &str) -> Option<(i32, &str, u64, u32)> {
+    let mut parts = key.strip_prefix("chunk/")?.split('/');
+    let p = parts.next()?.parse().ok()?;
+    let writer = parts.next()?;
+    let seq = parts.next()?.parse().ok()?;
+    let i = parts.next()?.parse().ok()?;
+    Some((p, writer, seq, i))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("state topic {0}: {1}")]
+    Kafka(String, rdkafka::error::KafkaError),
+    #[error("state topic {0} is not available")]
+    NoTopic(String),
+    #[error("reading the state topic timed out")]
+    Timeout,
+    #[error("checkpoint of partition {0} is damaged: {1}")]
+    Damaged(i32, String),
+    #[error("encoding a checkpoint: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// How many partitions the state topic has.
+pub fn state_partitions(
+    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, CheckpointError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| CheckpointError::Kafka(topic.into(), e))?;
+    md.topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32)
+        .ok_or_else(|| CheckpointError::NoTopic(topic.into()))
+}
+
+/// Writes checkpoints for one instance; remembers each partition's last one, to retire its
+/// chunks when the next is in.
+pub struct Writer {
+    topic: String,
+    writer: String,
+    seq: u64,
+    state_partitions: i32,
+    previous: HashMap<i32, Manifest>,
+}
+
+impl Writer {
+    pub fn new(topic: &str, state_partitions: i32) -> Writer {
+        // Unique per process start: pid and start time.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Writer {
+            topic: topic.to_string(),
+            writer: format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff),
+            seq: 0,
+            state_partitions: state_partitions.max(1),
+            previous: HashMap::new(),
+        }
+    }
+
+    /// The checkpoint `partition` was restored from: its chunks go once a newer one is in.
+    pub fn adopt(&mut self, manifest: Manifest) {
+        self.previous.insert(manifest.partition, manifest);
+    }
+
+    pub fn forget(&mut self, partition: i32) {
+        self.previous.remove(&partition);
+    }
+
+    /// When the partition's last checkpoint from here was written (wall clock).
+    pub fn last_written(&self, partition: i32) -> Option<Millis> {
+        self.previous.get(&partition).map(|m| m.written_at)
+    }
+
+    /// Writes `snapshot` with the offsets it covers and waits for every piece to be
+    /// acknowledged. Returns the manifest written.
+    pub async fn write(
+        &mut self,
+        producer: &FutureProducer,
+        snapshot: &PartitionSnapshot,
+        offsets: BTreeMap<String, i64>,
+        now: Millis,
+    ) -> Result<Manifest, CheckpointError> {
+        let p = snapshot.partition;
+        let bytes = serde_json::to_vec(snapshot).map_err(CheckpointError::Encode)?;
+        self.seq += 1;
+        let pieces: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
+        let manifest = Manifest {
+            partition: p,
+            writer: self.writer.clone(),
+            seq: self.seq,
+            chunks: pieces.len() as u32,
+            bytes: bytes.len() as u64,
+            households: snapshot.households(),
+            offsets,
+            written_at: now,
+        };
+        let sp = p.rem_euclid(self.state_partitions);
+        let keys = manifest.chunk_keys();
+        let mut acks = Vec::new();
+        for (key, piece) in keys.iter().zip(&pieces) {
+            acks.push(self.send(producer, sp, key, Some(piece))?);
+        }
+        for a in acks {
+            wait(a, &self.topic).await?;
+        }
+        let body = serde_json::to_vec(&manifest).map_err(CheckpointError::Encode)?;
+        let a = self.send(producer, sp, &manifest_key(p), Some(&body))?;
+        wait(a, &self.topic).await?;
+        // The manifest is in: the chunks of the checkpoint before it can go.
+        if let Some(old) = self.previous.insert(p, manifest.clone()) {
+            let mut acks = Vec::new();
+            for key in old.chunk_keys() {
+                acks.push(self.send(producer, sp, &key, None)?);
+            }
+            for a in acks {
+                // A lost tombstone only leaves garbage for compaction; not an error.
+                let _ = wait(a, &self.topic).await;
+            }
+        }
+        Ok(manifest)
+    }
+
+    fn send(
+        &self,
+        producer: &FutureProducer,
+        partition: i32,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<rdkafka::producer::DeliveryFuture, CheckpointError> {
+        let mut rec: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(&self.topic).partition(partition).key(key);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => return Ok(f),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(CheckpointError::Kafka(self.topic.clone(), e)),
+            }
+        }
+    }
+}
+
+async fn wait(
+    f: rdkafka::producer::DeliveryFuture,
+    topic: &str,
+) -> Result<(), CheckpointError> {
+    match f.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(CheckpointError::Kafka(topic.into(), e)),
+        Err(_) => Err(CheckpointError::Timeout),
+    }
+}
+
+/// A checkpoint read back: its manifest and the state.
+pub struct Restored {
+    pub manifest: Manifest,
+    pub snapshot: PartitionSnapshot,
+}
+
+/// Reads the last checkpoint of each of `partitions` (blocking; call off the async runtime).
+/// A partition with no checkpoint is absent from the answer; one whose last checkpoint is
+/// damaged is listed as such.
+pub fn load(
+    config: &Config,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Loaded, CheckpointError> {
+    let topic = &config.topics.state;
+    let mut c = crate::source::base_client_config(config);
+    c.set("group.id", format!("{}-state-reader", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.max.bytes", "52428800");
+    let consumer: BaseConsumer = c
+        .create()
+        .map_err(|e| CheckpointError::Kafka(topic.clone(), e))?;
+    let deadline = Instant::now() + timeout;
+    let n = state_partitions(&consumer, topic, timeout)?;
+    let mut wanted: Vec<i32> = partitions.iter().map(|p| p.rem_euclid(n)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    // Where each state partition ends now; read up to there.
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for sp in &wanted {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *sp, timeout)
+            .map_err(|e| CheckpointError::Kafka(topic.clone(), e))?;
+        if high > low {
+            ends.insert(*sp, high);
+            tpl.add_partition_offset(topic, *sp, Offset::Beginning)
+                .map_err(|e| CheckpointError::Kafka(topic.clone(), e))?;
+        }
+    }
+    let mut manifests: HashMap<i32, Manifest> = HashMap::new();
+    // Chunks by partition, then (writer, seq), then index.
+    type Pieces = HashMap<(String, u64), BTreeMap<u32, Vec<u8>>>;
+    let mut chunks: HashMap<i32, Pieces> = HashMap::new();
+    if !ends.is_empty() {
+        consumer
+            .assign(&tpl)
+            .map_err(|e| CheckpointError::Kafka(topic.clone(), e))?;
+    }
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(CheckpointError::Timeout);
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            // Compaction may have removed a partition's last records: ask where we are.
+            if let Ok(pos) = consumer.position() {
+                ends.retain(|sp, high| {
+                    !matches!(pos.find_partition(topic, *sp).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *high)
+                });
+            }
+            continue;
+        };
+        let m = m.map_err(|e| CheckpointError::Kafka(topic.clone(), e))?;
+        let (sp, offset) = (m.partition(), m.offset());
+        if ends.get(&sp).is_some_and(|high| offset + 1 >= *high) {
+            ends.remove(&sp);
+        }
+        let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            continue;
+        };
+        if let Some(p) = key.strip_prefix("manifest/") {
+            let Ok(p) = p.parse::<i32>() else { continue };
+            if !partitions.contains(&p) {
+                continue;
+            }
+            match m.payload() {
+                Some(body) => {
+                    let manifest: Manifest = serde_json::from_slice(body)
+                        .map_err(|e| CheckpointError::Damaged(p, e.to_string()))?;
+                    // The pieces of the checkpoint this one replaces are history. (Pieces of
+                    // a checkpoint still being written by another instance are kept.)
+                    if let Some(old) = manifests.get(&p) {
+                        let retired = (old.writer.clone(), old.seq);
+                        if retired != (manifest.writer.clone(), manifest.seq) {
+                            if let Some(by) = chunks.get_mut(&p) {
+                                by.remove(&retired);
+                            }
+                        }
+                    }
+                    manifests.insert(p, manifest);
+                }
+                None => {
+                    manifests.remove(&p);
+                }
+            }
+        } else if let Some((p, writer, seq, i)) = parse_chunk_key(key) {
+            if !partitions.contains(&p) {
+                continue;
+            }
+            let set = chunks.entry(p).or_default();
+            match m.payload() {
+                Some(body) => {
+                    set.entry((writer.to_string(), seq))
+                        .or_default()
+                        .insert(i, body.to_vec());
+                }
+                None => {
+                    if let Some(pieces) = set.get_mut(&(writer.to_string(), seq)) {
+                        pieces.remove(&i);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Loaded::default();
+    for (p, manifest) in manifests {
+        let pieces = chunks
+            .get_mut(&p)
+            .and_then(|by| by.remove(&(manifest.writer.clone(), manifest.seq)))
+            .unwrap_or_default();
+        match assemble(p, &manifest, pieces) {
+            Ok(snapshot) => {
+                out.restored.insert(p, Restored { manifest, snapshot });
+            }
+            Err(e) => out.damaged.push((p, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// What `load` found: the checkpoints, and the partitions whose last one cannot be used.
+#[derive(Default)]
+pub struct Loaded {
+    pub restored: HashMap<i32, Restored>,
+    pub damaged: Vec<(i32, CheckpointError)>,
+}
+
+fn assemble(
+    p: i32,
+    manifest: &Manifest,
+    pieces: BTreeMap<u32, Vec<u8>>,
+) -> Result<PartitionSnapshot, CheckpointError> {
+    if pieces.keys().copied().ne(0..manifest.chunks) {
+        return Err(CheckpointError::Damaged(
+            p,
+            format!("{} of {} pieces present", pieces.len(), manifest.chunks),
+        ));
+    }
+    let bytes: Vec<u8> = pieces.into_values().flatten().collect();
+    let snapshot: PartitionSnapshot =
+        serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Damaged(p, e.to_string()))?;
+    if snapshot.partition != p {
+        return Err(CheckpointError::Damaged(
+            p,
+            format!("holds partition {}", snapshot.partition),
+        ));
+    }
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_keys_round_trip() {
+        let m = Manifest {
+            partition: 3,
+            writer: "1a-2b".into(),
+            seq: 7,
+            chunks: 2,
+            bytes: 10,
+            households: 1,
+            offsets: BTreeMap::new(),
+            written_at: 0,
+        };
+        let keys = m.chunk_keys();
+        assert_eq!(keys, ["chunk/3/1a-2b/7/0", "chunk/3/1a-2b/7/1"]);
+        assert_eq!(parse_chunk_key(&keys[1]), Some((3, "1a-2b", 7, 1)));
+        assert_eq!(parse_chunk_key("manifest/3"), None);
+        assert_eq!(parse_chunk_key("chunk/x/w/1/0"), None);
+    }
+}
