@@ -2,11 +2,12 @@
 //! ([`PartitionSnapshot`], as JSON) together with the input offsets it covers: the state
 //! after processing everything before them, every output of which was acknowledged.
 //!
-//! It lives in a compacted state topic as records on the state partition `p % n`:
+//! It lives in a compacted state topic as records on the state partition `p % n`, keyed
+//! under the consumer group (two groups may share the topic without meeting):
 //!
-//! - `chunk/<p>/<writer>/<seq>/<i>`: the snapshot in pieces (≤ 256 KiB each, so no record
+//! - `<group>/chunk/<p>/<writer>/<seq>/<i>`: the snapshot in pieces (≤ 256 KiB each, so no record
 //!   comes near a broker's size limit at 100 000 households);
-//! - `manifest/<p>`: written only once every chunk is acknowledged; names its chunks and
+//! - `<group>/manifest/<p>`: written only once every chunk is acknowledged; names its chunks and
 //!   holds the offsets. The last manifest of a partition is its checkpoint;
 //! - once a newer manifest is acknowledged, tombstones for the chunks of the one before, so
 //!   compaction leaves one checkpoint per partition.
@@ -47,19 +48,20 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn chunk_keys(&self) -> Vec<String> {
+    pub fn chunk_keys(&self, group: &str) -> Vec<String> {
         (0..self.chunks)
-            .map(|i| chunk_key(self.partition, &self.writer, self.seq, i))
+            .map(|i| {
+                format!(
+                    "{group}/chunk/{}/{}/{}/{i}",
+                    self.partition, self.writer, self.seq
+                )
+            })
             .collect()
     }
 }
 
-pub fn chunk_key(partition: i32, writer: &str, seq: u64, i: u32) -> String {
-    format!("chunk/{partition}/{writer}/{seq}/{i}")
-}
-
-pub fn manifest_key(partition: i32) -> String {
-    format!("manifest/{partition}")
+pub fn manifest_key(group: &str, partition: i32) -> String {
+    format!("{group}/manifest/{partition}")
 }
 
 /// The chunk key's partition, writer and sequence.
@@ -106,6 +108,7 @@ pub fn state_partitions(
 /// chunks when the next is in.
 pub struct Writer {
     topic: String,
+    group: String,
     writer: String,
     seq: u64,
     state_partitions: i32,
@@ -113,7 +116,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(topic: &str, state_partitions: i32) -> Writer {
+    pub fn new(topic: &str, group: &str, state_partitions: i32) -> Writer {
         // Unique per process start: pid and start time.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -121,6 +124,7 @@ impl Writer {
             .unwrap_or(0);
         Writer {
             topic: topic.to_string(),
+            group: group.to_string(),
             writer: format!("{:x}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff),
             seq: 0,
             state_partitions: state_partitions.max(1),
@@ -166,7 +170,7 @@ impl Writer {
             written_at: now,
         };
         let sp = p.rem_euclid(self.state_partitions);
-        let keys = manifest.chunk_keys();
+        let keys = manifest.chunk_keys(&self.group);
         let mut acks = Vec::new();
         for (key, piece) in keys.iter().zip(&pieces) {
             acks.push(self.send(producer, sp, key, Some(piece))?);
@@ -175,12 +179,12 @@ impl Writer {
             wait(a, &self.topic).await?;
         }
         let body = serde_json::to_vec(&manifest).map_err(CheckpointError::Encode)?;
-        let a = self.send(producer, sp, &manifest_key(p), Some(&body))?;
+        let a = self.send(producer, sp, &manifest_key(&self.group, p), Some(&body))?;
         wait(a, &self.topic).await?;
         // The manifest is in: the chunks of the checkpoint before it can go.
         if let Some(old) = self.previous.insert(p, manifest.clone()) {
             let mut acks = Vec::new();
-            for key in old.chunk_keys() {
+            for key in old.chunk_keys(&self.group) {
                 acks.push(self.send(producer, sp, &key, None)?);
             }
             for a in acks {
@@ -221,10 +225,7 @@ impl Writer {
     }
 }
 
-async fn wait(
-    f: rdkafka::producer::DeliveryFuture,
-    topic: &str,
-) -> Result<(), CheckpointError> {
+async fn wait(f: rdkafka::producer::DeliveryFuture, topic: &str) -> Result<(), CheckpointError> {
     match f.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(CheckpointError::Kafka(topic.into(), e)),
@@ -247,11 +248,15 @@ pub fn load(
     timeout: Duration,
 ) -> Result<Loaded, CheckpointError> {
     let topic = &config.topics.state;
+    let group = &config.kafka.group_id;
     let mut c = crate::source::base_client_config(config);
-    c.set("group.id", format!("{}-state-reader", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.max.bytes", "52428800");
+    c.set(
+        "group.id",
+        format!("{}-state-reader", config.kafka.group_id),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.partition.eof", "false")
+    .set("fetch.max.bytes", "52428800");
     let consumer: BaseConsumer = c
         .create()
         .map_err(|e| CheckpointError::Kafka(topic.clone(), e))?;
@@ -300,7 +305,12 @@ pub fn load(
         if ends.get(&sp).is_some_and(|high| offset + 1 >= *high) {
             ends.remove(&sp);
         }
-        let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+        let Some(key) = m
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.strip_prefix(group.as_str()))
+            .and_then(|k| k.strip_prefix('/'))
+        else {
             continue;
         };
         if let Some(p) = key.strip_prefix("manifest/") {
@@ -409,9 +419,10 @@ mod tests {
             offsets: BTreeMap::new(),
             written_at: 0,
         };
-        let keys = m.chunk_keys();
-        assert_eq!(keys, ["chunk/3/1a-2b/7/0", "chunk/3/1a-2b/7/1"]);
-        assert_eq!(parse_chunk_key(&keys[1]), Some((3, "1a-2b", 7, 1)));
+        let keys = m.chunk_keys("g");
+        assert_eq!(keys, ["g/chunk/3/1a-2b/7/0", "g/chunk/3/1a-2b/7/1"]);
+        assert_eq!(parse_chunk_key(&keys[1][2..]), Some((3, "1a-2b", 7, 1)));
+        assert_eq!(manifest_key("g", 3), "g/manifest/3");
         assert_eq!(parse_chunk_key("manifest/3"), None);
         assert_eq!(parse_chunk_key("chunk/x/w/1/0"), None);
     }

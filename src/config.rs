@@ -31,6 +31,13 @@ pub struct KafkaConfig {
     /// `earliest` or `latest`: where a new consumer group starts.
     pub auto_offset_reset: String,
     pub session_timeout_ms: u32,
+    /// Static assignment: a comma-separated list of the partitions this instance reads (of
+    /// every input topic), e.g. `"0,3"`, with no group rebalancing; empty (the default): the
+    /// consumer group shares the partitions out. Offsets are still committed under
+    /// `group_id`, and state still restores from checkpoints at start. For StatefulSet-style
+    /// deployments, and brokers whose group coordinator does not evict a crashed member
+    /// (tansu 0.6.0: see README, "Crash safety").
+    pub partitions: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,6 +98,10 @@ pub struct PipelineConfig {
     pub restore_timeout_ms: u64,
     /// Records fetched but not yet processed, at most (then fetching waits: backpressure).
     pub fetch_queue_records: usize,
+    /// While reading a backlog, how far (record time) one input topic of a partition may run
+    /// ahead of another that is still delivering before its records wait for it. Keep it
+    /// below the rules' `source_idle_behind`.
+    pub align_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,6 +113,29 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+impl KafkaConfig {
+    /// The partitions of a static assignment (`None`: the group assigns).
+    pub fn static_partitions(&self) -> Result<Option<Vec<i32>>, String> {
+        if self.partitions.trim().is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for part in self.partitions.split(',') {
+            match part.trim().parse::<i32>() {
+                Ok(p) if p >= 0 => out.push(p),
+                _ => {
+                    return Err(format!(
+                        "kafka.partitions: {part:?} is not a partition number (want e.g. \"0,3\")"
+                    ))
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(Some(out))
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -110,6 +144,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             auto_offset_reset: "earliest".into(),
             session_timeout_ms: 10_000,
+            partitions: String::new(),
         }
     }
 }
@@ -168,6 +203,7 @@ impl Default for PipelineConfig {
             checkpoint_interval_ms: 30_000,
             restore_timeout_ms: 60_000,
             fetch_queue_records: 20_000,
+            align_ms: 60_000,
         }
     }
 }
@@ -287,6 +323,9 @@ impl Config {
         }
         if self.kafka.group_id.trim().is_empty() {
             problems.push("kafka.group_id is empty".to_string());
+        }
+        if let Err(e) = self.kafka.static_partitions() {
+            problems.push(e);
         }
         if !["earliest", "latest"].contains(&self.kafka.auto_offset_reset.as_str()) {
             problems.push("kafka.auto_offset_reset must be earliest or latest".to_string());

@@ -13,13 +13,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::checkpoint;
 use crate::codec::{Catalogue, Codec, DecodeError, RegistryClient, RegistryError};
 use crate::config::Config;
 use crate::engine::{Engine, Meta};
 use crate::model::*;
 use crate::rules::RuleSet;
 use crate::sink::{wait_true, Ack, OutRecord, Sink};
-use crate::checkpoint;
 use crate::source::{self, Fetched, RegistryMsg, RegistryReader};
 use crate::telemetry::{Metrics, RateLimit};
 
@@ -533,10 +533,18 @@ impl Processor {
         let topics = fetcher.topics.clone();
         source::check_copartitioned(&consumer, &self.config);
         let state_partitions = tokio::task::block_in_place(|| {
-            checkpoint::state_partitions(&*consumer, &self.config.topics.state, Duration::from_secs(30))
+            checkpoint::state_partitions(
+                &*consumer,
+                &self.config.topics.state,
+                Duration::from_secs(30),
+            )
         })
         .with_context(|| format!("state topic {}", self.config.topics.state))?;
-        self.writer = Some(checkpoint::Writer::new(&self.config.topics.state, state_partitions));
+        self.writer = Some(checkpoint::Writer::new(
+            &self.config.topics.state,
+            &self.config.kafka.group_id,
+            state_partitions,
+        ));
         self.metrics.ready.set(1);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let mut stopped = false;
@@ -573,7 +581,10 @@ impl Processor {
         }
         self.complete(&mut batch, Some(&consumer), &mut hard_stop)
             .await?;
-        tracing::info!(partitions = self.owned.len(), "checkpointing and committing");
+        tracing::info!(
+            partitions = self.owned.len(),
+            "checkpointing and committing"
+        );
         self.checkpoint_due(true, &mut hard_stop).await;
         match consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last automatic commit: nothing to do.
@@ -611,9 +622,7 @@ impl Processor {
                     let (topic, kind) = &topics[r.topic as usize];
                     position.next.insert(topic.clone(), r.offset + 1);
                     position.dirty = true;
-                    batch
-                        .offsets
-                        .insert((topic.clone(), r.partition), r.offset);
+                    batch.offsets.insert((topic.clone(), r.partition), r.offset);
                     let raw = RawRecord {
                         kind: *kind,
                         topic,

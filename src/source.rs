@@ -6,17 +6,17 @@
 //! profiles it needs, and every instance knows every warning for the households it owns;
 //! processing starts once both have caught up.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -123,6 +123,7 @@ pub struct GroupContext {
     tx: mpsc::Sender<Fetched>,
     pending: Mutex<Chunk>,
     warn: crate::telemetry::RateLimit,
+    rebalanced: AtomicBool,
 }
 
 impl ClientContext for GroupContext {
@@ -152,6 +153,7 @@ impl ConsumerContext for GroupContext {
         tpl: &mut TopicPartitionList,
     ) {
         let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        self.rebalanced.store(true, Ordering::Relaxed);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
@@ -219,7 +221,11 @@ impl GroupContext {
         let deadline = started + limit;
         let loaded = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match crate::checkpoint::load(&self.config, &partitions, left.max(Duration::from_secs(1))) {
+            match crate::checkpoint::load(
+                &self.config,
+                &partitions,
+                left.max(Duration::from_secs(1)),
+            ) {
                 Ok(l) => break Some(l),
                 Err(e) if Instant::now() < deadline && !self.tx.is_closed() => {
                     tracing::warn!(error = %e, "reading checkpoints; retrying");
@@ -377,18 +383,30 @@ impl Fetcher {
             topics: topics.clone(),
             tx,
             pending: Mutex::new(Chunk::default()),
+            rebalanced: AtomicBool::new(false),
             warn: crate::telemetry::RateLimit::new(Duration::from_secs(10)),
         };
         let consumer: Arc<GroupConsumer> = Arc::new(c.create_with_context(context)?);
-        let names: Vec<&str> = topics.iter().map(|(n, _)| n.as_str()).collect();
-        consumer.subscribe(&names)?;
+        let fixed = config
+            .kafka
+            .static_partitions()
+            .map_err(anyhow::Error::msg)?;
+        if fixed.is_none() {
+            let names: Vec<&str> = topics.iter().map(|(n, _)| n.as_str()).collect();
+            consumer.subscribe(&names)?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let wait = Duration::from_millis(config.pipeline.batch_max_wait_ms.max(1));
         let thread = {
             let (consumer, stop) = (consumer.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("kafka-fetch".into())
-                .spawn(move || fetch(consumer, &stop, max, wait))?
+                .spawn(move || {
+                    if let Some(partitions) = fixed {
+                        assign_static(&consumer, &partitions);
+                    }
+                    fetch(consumer, &stop, max, wait)
+                })?
         };
         Ok((
             Fetcher {
@@ -418,27 +436,187 @@ impl Fetcher {
     }
 }
 
+/// A static assignment: the same restore as a group assignment, once, at start.
+fn assign_static(consumer: &GroupConsumer, partitions: &[i32]) {
+    let ctx = consumer.context();
+    let mut tpl = TopicPartitionList::new();
+    for (topic, _) in ctx.topics.iter() {
+        for p in partitions {
+            tpl.add_partition(topic, *p);
+        }
+    }
+    ctx.assign(consumer, &mut tpl);
+    if let Err(e) = consumer.assign(&tpl) {
+        tracing::error!(error = %e, "assigning the configured partitions");
+    }
+}
+
+/// Hands records over in record-time order across the input topics of each partition.
+/// Kafka fetches every topic's partition on its own, so while reading a backlog (after a
+/// restart, a rebalance, a gateway flush) one topic can arrive minutes of record time ahead
+/// of another, and librdkafka has usually fetched all of it before anyone could pause it. The
+/// engine's watermark would then take the topic behind for idle and its events for late (a
+/// flood of "home silent" findings when heartbeats trail). So, like Kafka Streams, records
+/// wait here per topic-partition ("lane") and the oldest head goes first; a record is held
+/// while another lane of its partition that is still delivering has nothing buffered and
+/// last delivered more than `limit` earlier. A lane that has delivered nothing for `idle`
+/// (caught up, or quiet) holds nobody back. A lane with too much buffered is paused.
+struct Merger<'a> {
+    limit: i64,
+    idle: Duration,
+    lanes: HashMap<(i32, usize), Lane<'a>>,
+    buffered: usize,
+}
+
+struct Lane<'a> {
+    queue: std::collections::VecDeque<rdkafka::message::BorrowedMessage<'a>>,
+    last: Option<i64>,
+    seen: Instant,
+    paused: bool,
+}
+
+const LANE_PAUSE: usize = 5_000;
+/// How long a lane that has delivered nothing yet holds the others.
+const FIRST_FETCH: Duration = Duration::from_secs(2);
+
+fn stamp(m: &rdkafka::message::BorrowedMessage<'_>) -> i64 {
+    m.timestamp().to_millis().unwrap_or(i64::MIN)
+}
+
+impl<'a> Merger<'a> {
+    fn new(limit: i64) -> Merger<'a> {
+        Merger {
+            limit,
+            idle: Duration::from_millis(500),
+            lanes: HashMap::new(),
+            buffered: 0,
+        }
+    }
+
+    fn push(&mut self, topic: usize, m: rdkafka::message::BorrowedMessage<'a>) {
+        let lane = self
+            .lanes
+            .entry((m.partition(), topic))
+            .or_insert_with(|| Lane {
+                queue: Default::default(),
+                last: None,
+                seen: Instant::now(),
+                paused: false,
+            });
+        lane.last = m.timestamp().to_millis().or(lane.last);
+        lane.seen = Instant::now();
+        lane.queue.push_back(m);
+        self.buffered += 1;
+    }
+
+    /// The next record that may go, if any.
+    fn pop(&mut self) -> Option<(usize, rdkafka::message::BorrowedMessage<'a>)> {
+        if self.buffered == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        // The oldest head of each partition, then whether anything holds it back.
+        let mut best: Option<((i32, usize), i64)> = None;
+        let mut heads: HashMap<i32, ((i32, usize), i64)> = HashMap::new();
+        for (key, lane) in &self.lanes {
+            if let Some(m) = lane.queue.front() {
+                let t = stamp(m);
+                let e = heads.entry(key.0).or_insert((*key, t));
+                if t < e.1 {
+                    *e = (*key, t);
+                }
+            }
+        }
+        for (p, (key, t)) in heads {
+            let held = self.lanes.iter().any(|(k, l)| {
+                k.0 == p
+                    && l.queue.is_empty()
+                    && match l.last {
+                        Some(last) => {
+                            last < t - self.limit && now.duration_since(l.seen) < self.idle
+                        }
+                        None => now.duration_since(l.seen) < FIRST_FETCH,
+                    }
+            });
+            if !held && best.is_none_or(|(_, bt)| t < bt) {
+                best = Some((key, t));
+            }
+        }
+        let (key, _) = best?;
+        let m = self.lanes.get_mut(&key)?.queue.pop_front()?;
+        self.buffered -= 1;
+        Some((key.1, m))
+    }
+
+    /// Pauses lanes with too much waiting, resumes them when it has gone.
+    fn regulate(&mut self, consumer: &GroupConsumer, names: &[String]) {
+        for ((p, t), lane) in self.lanes.iter_mut() {
+            let full = lane.queue.len() >= LANE_PAUSE;
+            if full != lane.paused && (full || lane.queue.len() < LANE_PAUSE / 2) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&names[*t], *p);
+                let done = if full {
+                    consumer.pause(&tpl)
+                } else {
+                    consumer.resume(&tpl)
+                };
+                if done.is_ok() {
+                    lane.paused = full;
+                }
+            }
+        }
+    }
+
+    /// Lanes of a fresh assignment: each holds the others back for a moment even before its
+    /// first record, so a topic whose first fetch answers a little later is not overtaken by
+    /// the whole backlog of another.
+    fn expect(&mut self, assignment: &TopicPartitionList, names: &[String]) {
+        for e in assignment.elements() {
+            if let Some(t) = names.iter().position(|n| n == e.topic()) {
+                self.lanes
+                    .entry((e.partition(), t))
+                    .or_insert_with(|| Lane {
+                        queue: Default::default(),
+                        last: None,
+                        seen: Instant::now(),
+                        paused: false,
+                    });
+            }
+        }
+    }
+
+    /// A rebalance: what was waiting is dropped (never processed, so never committed: its
+    /// partition's owner reads it again).
+    fn clear(&mut self) {
+        self.lanes.clear();
+        self.buffered = 0;
+    }
+}
+
 fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Duration) {
     let ctx = consumer.context();
-    let mut since: Option<Instant> = None;
     let index: Vec<String> = ctx.topics.iter().map(|(n, _)| n.clone()).collect();
+    let mut merger = Merger::new(ctx.config.pipeline.align_ms as i64);
+    let mut since: Option<Instant> = None;
+    if let Ok(a) = consumer.assignment() {
+        merger.expect(&a, &index);
+    }
     while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(20)) {
+        let polled = consumer.poll(Duration::from_millis(if merger.buffered > 0 {
+            5
+        } else {
+            20
+        }));
+        if ctx.rebalanced.swap(false, Ordering::Relaxed) {
+            merger.clear();
+            if let Ok(a) = consumer.assignment() {
+                merger.expect(&a, &index);
+            }
+        }
+        match polled {
             Some(Ok(m)) => {
-                let Some(i) = index.iter().position(|n| n == m.topic()) else {
-                    continue;
-                };
-                let full = {
-                    let mut chunk = ctx.pending.lock().expect("not poisoned");
-                    chunk.push(i as u8, &m);
-                    chunk.records.len() >= max
-                };
-                let started = *since.get_or_insert_with(Instant::now);
-                if (full || started.elapsed() >= wait) && !ctx.flush() {
-                    return;
-                }
-                if full || started.elapsed() >= wait {
-                    since = None;
+                if let Some(i) = index.iter().position(|n| n == m.topic()) {
+                    merger.push(i, m);
                 }
             }
             Some(Err(e)) => {
@@ -446,11 +624,24 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
                     tracing::warn!(error = %e, held_back = held, "consume error");
                 }
             }
-            None => {
-                since = None;
-                if !ctx.flush() {
-                    return;
-                }
+            None => {}
+        }
+        let mut full = false;
+        while let Some((i, m)) = merger.pop() {
+            let mut chunk = ctx.pending.lock().expect("not poisoned");
+            chunk.push(i as u8, &m);
+            since.get_or_insert_with(Instant::now);
+            if chunk.records.len() >= max {
+                full = true;
+                break;
+            }
+        }
+        merger.regulate(&consumer, &index);
+        let due = full || since.is_some_and(|s| s.elapsed() >= wait) || merger.buffered == 0;
+        if due {
+            since = None;
+            if !ctx.flush() {
+                return;
             }
         }
     }
