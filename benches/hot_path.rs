@@ -1,160 +1,154 @@
-//! Criterion benches of the pure stages: decode, engine, encode, and decode + engine, over a
-//! realistic mix of sensor traffic with alarms. Inputs are built in setup.
+//! Criterion benches of the hot path over 100 000 households with every rule of `rules/`
+//! enabled and a realistic mix of inputs (`benches/workload`): decode, engine, encode, and
+//! the whole in-process path (decode + state and rules + encode of what comes out). The
+//! engine keeps its state from one batch to the next (steady state); when the prepared
+//! stream runs out a fresh engine is warmed up outside the timing. Throughput is reported as
+//! elements (events) per second on one core.
 //!
 //!     cargo bench --bench hot_path
 
-use std::path::Path;
-use std::sync::Arc;
+mod workload;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::time::{Duration, Instant};
 
-use carestream::codec::{Catalogue, Codec};
-use carestream::engine::{Engine, Meta};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use carestream::engine::Engine;
 use carestream::model::*;
-use carestream::rules::RuleSet;
-use carestream::simulate::{household, household_id, Rng};
 
-const HOUSEHOLDS: usize = 10_000;
-const EVENTS: usize = 20_000;
-const T0: Millis = 1_795_000_000_000;
+const HOUSEHOLDS: usize = 100_000;
+/// Events per timed batch.
+const BATCH: usize = 1_000;
+const WARM: usize = 200_000;
+const STREAM: usize = 1_000_000;
+/// The city at peak: 50 000 events a second of event time.
+const RATE: usize = 50_000;
 
-fn setup() -> (Codec, Arc<RuleSet>, Vec<Input>, Vec<Vec<u8>>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let codec = Codec::new(Catalogue::load(&root.join("schemas")).unwrap());
-    let rules = Arc::new(RuleSet::load(&root.join("rules")).unwrap());
-    let mut rng = Rng::new(7);
-    let events: Vec<Input> = (0..EVENTS)
-        .map(|i| {
-            let hh = rng.below(HOUSEHOLDS as u64) as usize;
-            let (kind, reading) = match rng.below(100) {
-                0 => (
-                    DeviceKind::EMERGENCY_BUTTON,
-                    Reading::Alarm { active: true },
-                ),
-                1..=40 => (DeviceKind::MOTION_PIR, Reading::Motion { detected: true }),
-                41..=60 => (
-                    DeviceKind::WEARABLE,
-                    Reading::Vitals {
-                        heart_rate_bpm: Some(72),
-                        respiration_rpm: Some(16),
-                        worn: true,
-                    },
-                ),
-                61..=75 => (DeviceKind::DOOR_CONTACT, Reading::Door { open: true }),
-                76..=90 => (DeviceKind::BED_SENSOR, Reading::Bed { occupied: false }),
-                _ => (DeviceKind::WATER_METER, Reading::Meter { cumulative: 12.5 }),
-            };
-            Input::Sensor(SensorEvent {
-                event_id: format!("e-{i}"),
-                household_id: household_id(hh),
-                device_id: format!("{}-{kind}", household_id(hh)),
-                device_kind: kind,
-                event_time: T0 + i as i64,
-                reading,
-                gateway_id: Some("gw".into()),
-            })
-        })
-        .collect();
-    let bytes = events
-        .iter()
-        .map(|e| codec.encode_input(e).unwrap().unwrap())
-        .collect();
-    (codec, rules, events, bytes)
+struct Steady {
+    rules: std::sync::Arc<carestream::rules::RuleSet>,
+    engine: Engine,
+    at: usize,
 }
 
-fn warm_engine(rules: &Arc<RuleSet>) -> Engine {
-    let mut engine = Engine::new(rules.clone());
-    for i in 0..HOUSEHOLDS {
-        let p = household(i, 1);
-        engine
-            .process(
-                &Input::Household {
-                    household_id: p.household_id.clone(),
-                    profile: Some(p),
-                },
-                Meta {
-                    partition: 0,
-                    arrival: T0,
-                },
-                &mut Vec::new(),
-            )
-            .unwrap();
+impl Steady {
+    fn new() -> Steady {
+        let rules = workload::rules();
+        let engine = Self::warm(&rules);
+        Steady {
+            rules,
+            engine,
+            at: 0,
+        }
     }
-    engine
+
+    fn warm(rules: &std::sync::Arc<carestream::rules::RuleSet>) -> Engine {
+        let mut engine = workload::engine(rules, HOUSEHOLDS);
+        let warm = workload::stream(HOUSEHOLDS, WARM, workload::T0 - 60_000, RATE, 1);
+        workload::run(&mut engine, &warm, &mut Vec::new());
+        engine
+    }
+
+    /// The next batch's range of the stream; a fresh engine when the stream is used up.
+    fn next(&mut self) -> std::ops::Range<usize> {
+        if self.at + BATCH > STREAM {
+            self.engine = Self::warm(&self.rules);
+            self.at = 0;
+        }
+        self.at += BATCH;
+        self.at - BATCH..self.at
+    }
 }
 
 fn benches(c: &mut Criterion) {
-    let (codec, rules, events, bytes) = setup();
+    let codec = workload::codec();
+    let inputs = workload::stream(HOUSEHOLDS, STREAM, workload::T0, RATE, 2);
+    let wire = workload::encode(&codec, &inputs);
     let mut g = c.benchmark_group("hot_path");
-    g.throughput(Throughput::Elements(EVENTS as u64));
+    g.throughput(Throughput::Elements(BATCH as u64));
+
     g.bench_function("decode", |b| {
+        let mut at = 0;
         b.iter(|| {
-            for p in &bytes {
-                std::hint::black_box(
-                    codec
-                        .decode_input(InputKind::SensorEvents, None, Some(p))
-                        .unwrap(),
-                );
+            if at + BATCH > STREAM {
+                at = 0;
+            }
+            for (kind, bytes) in &wire[at..at + BATCH] {
+                std::hint::black_box(codec.decode_input(*kind, None, Some(bytes)).unwrap());
+            }
+            at += BATCH;
+        })
+    });
+
+    let mut steady = Steady::new();
+    g.bench_function("engine", |b| {
+        b.iter_custom(|iters| {
+            let mut out = Vec::new();
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let range = steady.next();
+                let start = Instant::now();
+                workload::run(&mut steady.engine, &inputs[range], &mut out);
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+
+    // Encode: the tasks, notifications and lifecycle events the engine emits, in proportion.
+    let outputs: Vec<Output> = {
+        let mut e = Steady::new();
+        let mut all = Vec::new();
+        let mut out = Vec::new();
+        for i in &inputs[..200_000] {
+            let meta = carestream::engine::Meta {
+                partition: workload::partition_of(i),
+                arrival: workload::time_of(i),
+            };
+            let _ = e.engine.process(i, meta, &mut out);
+            all.append(&mut out);
+        }
+        assert!(!all.is_empty(), "the stream makes outputs");
+        all
+    };
+    g.throughput(Throughput::Elements(outputs.len() as u64));
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            for o in &outputs {
+                std::hint::black_box(codec.encode_output(o).unwrap());
             }
         })
     });
-    g.bench_function("engine", |b| {
-        b.iter_batched(
-            || warm_engine(&rules),
-            |mut engine| {
-                let mut out = Vec::new();
-                for (i, e) in events.iter().enumerate() {
-                    engine
-                        .process(
-                            e,
-                            Meta {
-                                partition: 0,
-                                arrival: T0 + i as i64,
-                            },
-                            &mut out,
-                        )
-                        .unwrap();
-                    out.clear();
-                }
-                engine
-            },
-            BatchSize::LargeInput,
-        )
-    });
+
+    g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("decode_engine_encode", |b| {
-        b.iter_batched(
-            || warm_engine(&rules),
-            |mut engine| {
-                let mut out = Vec::new();
-                for (i, p) in bytes.iter().enumerate() {
-                    let input = codec
-                        .decode_input(InputKind::SensorEvents, None, Some(p))
-                        .unwrap();
-                    engine
-                        .process(
-                            &input,
-                            Meta {
-                                partition: 0,
-                                arrival: T0 + i as i64,
-                            },
-                            &mut out,
-                        )
-                        .unwrap();
+        b.iter_custom(|iters| {
+            let mut out = Vec::new();
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let range = steady.next();
+                let start = Instant::now();
+                for (i, (kind, bytes)) in wire[range.clone()].iter().enumerate() {
+                    let input = codec.decode_input(*kind, None, Some(bytes)).unwrap();
+                    let meta = carestream::engine::Meta {
+                        partition: workload::partition_of(&input),
+                        arrival: workload::time_of(&inputs[range.start + i]),
+                    };
+                    let _ = steady.engine.process(&input, meta, &mut out);
                     for o in out.drain(..) {
                         std::hint::black_box(codec.encode_output(&o).unwrap());
                     }
                 }
-                engine
-            },
-            BatchSize::LargeInput,
-        )
+                total += start.elapsed();
+            }
+            total
+        })
     });
     g.finish();
 }
 
 criterion_group! {
     name = hot_path;
-    config = Criterion::default().sample_size(10);
+    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(5));
     targets = benches
 }
 criterion_main!(hot_path);

@@ -86,7 +86,7 @@ fn prometheus_config_and_alerting_rules_pass_promtool() {
     let deploy = format!("{ROOT}/deploy");
     run("promtool", &["check", "config", "prometheus.yml"], &deploy);
     let rules = run("promtool", &["check", "rules", "alerts.yml"], &deploy);
-    assert!(rules.contains("SUCCESS: 8 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 10 rules found"), "{rules}");
     run("promtool", &["test", "rules", "alerts_test.yml"], &deploy);
 }
 
@@ -173,4 +173,34 @@ fn dashboard_and_alerts_use_only_metrics_the_processor_exports() {
             "no panel for {want}: {titles:?}"
         );
     }
+}
+
+/// Every command docker-compose gives the processor image must parse: each is run with
+/// `--help` appended, which clap answers only once everything before it is valid.
+#[test]
+fn compose_commands_parse() {
+    let compose = std::fs::read_to_string(format!("{ROOT}/docker-compose.yml")).unwrap();
+    let mut checked = 0;
+    for line in compose.lines() {
+        let Some(list) = line.trim().strip_prefix("command: [") else {
+            continue;
+        };
+        let args: Vec<String> = list
+            .trim_end_matches(']')
+            .split(',')
+            .map(|a| a.trim().trim_matches('"').to_string())
+            .collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_carestream"))
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker-compose command {args:?} does not parse: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "found {checked} commands");
 }

@@ -1,0 +1,184 @@
+//! The workload every performance figure uses: a city of households (registry loaded, every
+//! rule of `rules/` enabled) and a realistic stream for them: each minute of event time,
+//! motion, doors, bed, vitals, water and power readings, pill boxes, heartbeats, check-ins
+//! and the rare alarm, spread over the households, with time moving on so the windowed
+//! rules' deadlines come due. Shared by `benches/hot_path.rs`, `benches/guard.rs` and
+//! `tests/allocations.rs`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use carestream::codec::{Catalogue, Codec};
+use carestream::engine::{Engine, Meta};
+use carestream::model::*;
+use carestream::rules::RuleSet;
+use carestream::simulate::{household, household_id, Rng};
+
+pub const T0: Millis = 1_795_000_000_000;
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn codec() -> Codec {
+    Codec::new(Catalogue::load(&root().join("schemas")).unwrap())
+}
+
+pub fn rules() -> Arc<RuleSet> {
+    Arc::new(RuleSet::load(&root().join("rules")).unwrap())
+}
+
+/// An engine with `households` registered and nothing else.
+pub fn engine(rules: &Arc<RuleSet>, households: usize) -> Engine {
+    let mut engine = Engine::new(rules.clone());
+    for i in 0..households {
+        let p = household(i, 1);
+        engine
+            .process(
+                &Input::Household {
+                    household_id: p.household_id.clone(),
+                    profile: Some(p),
+                },
+                Meta {
+                    partition: 0,
+                    arrival: T0,
+                },
+                &mut Vec::new(),
+            )
+            .unwrap();
+    }
+    engine
+}
+
+/// `events` inputs for `households` households, starting at `start` (event time), about
+/// `per_second` events a second of event time. Event ids carry `tag` so that two streams
+/// never repeat an id.
+pub fn stream(
+    households: usize,
+    events: usize,
+    start: Millis,
+    per_second: usize,
+    tag: u64,
+) -> Vec<Input> {
+    let mut rng = Rng::new(tag.wrapping_mul(0x9e37_79b9) ^ 7);
+    (0..events)
+        .map(|i| {
+            let hh = rng.below(households as u64) as usize;
+            let id = household_id(hh);
+            let t = start + (i as i64 * 1000) / per_second.max(1) as i64;
+            let sensor = |kind: DeviceKind, reading: Reading| {
+                Input::Sensor(SensorEvent {
+                    event_id: format!("e-{tag}-{i}"),
+                    household_id: id.clone(),
+                    device_id: format!("{id}-{kind}"),
+                    device_kind: kind,
+                    event_time: t,
+                    reading,
+                    gateway_id: Some("gw-1".into()),
+                })
+            };
+            match rng.below(1000) {
+                0 => sensor(
+                    DeviceKind::EMERGENCY_BUTTON,
+                    Reading::Alarm { active: true },
+                ),
+                1..=299 => Input::Heartbeat(DeviceHeartbeat {
+                    household_id: id.clone(),
+                    device_id: format!("{id}-hub"),
+                    device_kind: DeviceKind::MOTION_PIR,
+                    event_time: t,
+                    battery_pct: Some(80),
+                    mains_power: Some(true),
+                }),
+                300..=599 => sensor(DeviceKind::MOTION_PIR, Reading::Motion { detected: true }),
+                600..=749 => sensor(
+                    DeviceKind::WEARABLE,
+                    Reading::Vitals {
+                        heart_rate_bpm: Some(60 + rng.below(30) as i32),
+                        respiration_rpm: Some(14 + rng.below(6) as i32),
+                        worn: true,
+                    },
+                ),
+                750..=809 => sensor(DeviceKind::DOOR_CONTACT, Reading::Door { open: true }),
+                810..=869 => sensor(
+                    DeviceKind::BED_SENSOR,
+                    Reading::Bed {
+                        occupied: rng.below(2) == 0,
+                    },
+                ),
+                870..=929 => sensor(
+                    DeviceKind::WATER_METER,
+                    Reading::Meter {
+                        cumulative: 100.0 + i as f64 / 1000.0,
+                    },
+                ),
+                930..=969 => sensor(
+                    DeviceKind::POWER_METER,
+                    Reading::Meter {
+                        cumulative: 500.0 + i as f64 / 100.0,
+                    },
+                ),
+                970..=989 => sensor(DeviceKind::PILL_BOX, Reading::PillBox { dose_taken: true }),
+                _ => Input::CheckIn(CheckIn {
+                    household_id: id.clone(),
+                    event_time: t,
+                    kind: CheckInKind::IM_OK_BUTTON,
+                    visitor_id: None,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The stream's input kind and wire bytes, as the pipeline would read them.
+pub fn encode(codec: &Codec, inputs: &[Input]) -> Vec<(InputKind, Vec<u8>)> {
+    inputs
+        .iter()
+        .map(|i| {
+            let kind = match i {
+                Input::Heartbeat(_) => InputKind::Heartbeats,
+                Input::CheckIn(_) => InputKind::CheckIns,
+                _ => InputKind::SensorEvents,
+            };
+            (kind, codec.encode_input(i).unwrap().unwrap())
+        })
+        .collect()
+}
+
+/// The record's time, as its Kafka timestamp.
+pub fn time_of(i: &Input) -> Millis {
+    match i {
+        Input::Sensor(e) => e.event_time,
+        Input::Heartbeat(h) => h.event_time,
+        Input::CheckIn(c) => c.event_time,
+        _ => T0,
+    }
+}
+
+/// Runs `inputs` through `engine`, households spread over 8 partitions; returns the outputs.
+pub fn run(engine: &mut Engine, inputs: &[Input], out: &mut Vec<Output>) -> usize {
+    let mut emitted = 0;
+    for i in inputs {
+        let meta = Meta {
+            partition: partition_of(i),
+            arrival: time_of(i),
+        };
+        let _ = engine.process(i, meta, out);
+        emitted += out.len();
+        out.clear();
+    }
+    emitted
+}
+
+pub fn partition_of(i: &Input) -> i32 {
+    let id = match i {
+        Input::Sensor(e) => &e.household_id,
+        Input::Heartbeat(h) => &h.household_id,
+        Input::CheckIn(c) => &c.household_id,
+        _ => return 0,
+    };
+    (id.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+        % 8) as i32
+}
