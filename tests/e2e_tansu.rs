@@ -1,0 +1,259 @@
+//! End-to-end measurement on the real broker (tansu, sqlite, loopback): the workload of
+//! `benches/workload` produced to the input topics, then
+//!
+//! 1. the broker's ceiling: a consume-only client (rdkafka, the same library, no decoding)
+//!    reading the backlog from the start;
+//! 2. the processor (`carestream run`, the binary of this build) reading the same backlog in
+//!    its own group: sustained events/s from its input counter, and the ratio to the ceiling;
+//! 3. latency at half of that throughput: the city produced live at 50 % of the processor's
+//!    rate with emergency buttons among it; for each alarm, the time from its record's
+//!    timestamp (set when produced) to the task's on `care.dispatch.critical` (set when our
+//!    sink produced it): p50, p99, max.
+//!
+//! A measurement, ignored by default; it asserts only that every alarm got its task. Run:
+//!
+//!     cargo test --release --test e2e_tansu -- --ignored --nocapture
+
+mod common;
+#[path = "../benches/workload/mod.rs"]
+mod workload;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use carestream::model::*;
+
+const HOUSEHOLDS: usize = 20_000;
+const BACKLOG: usize = 300_000;
+const PARTITIONS: i32 = 6;
+
+fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap()
+}
+
+fn key_of(i: &Input) -> String {
+    match i {
+        Input::Sensor(e) => e.household_id.clone(),
+        Input::Heartbeat(h) => h.household_id.clone(),
+        Input::CheckIn(c) => c.household_id.clone(),
+        Input::Household { household_id, .. } => household_id.clone(),
+        _ => String::new(),
+    }
+}
+
+fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    timestamp: i64,
+) {
+    let mut rec = BaseRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .timestamp(timestamp);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn wall() -> i64 {
+    carestream::pipeline::wall_millis()
+}
+
+fn percentile(sorted: &[i64], q: f64) -> i64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+#[ignore = "a measurement: run with --release --ignored --nocapture"]
+fn throughput_against_the_broker_ceiling_and_alarm_latency() {
+    let broker = common::Broker::start();
+    let (config, env) = common::test_config(&broker.bootstrap(), "e2e");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(carestream::admin::create_topics(&config, PARTITIONS, 1))
+        .unwrap();
+    let codec = workload::codec();
+    let t = &config.topics;
+    let topic_of = |i: &Input| match i {
+        Input::Heartbeat(_) => t.heartbeats.clone(),
+        Input::CheckIn(_) => t.checkins.clone(),
+        _ => t.sensor_events.clone(),
+    };
+    let prod = producer(&broker.bootstrap());
+    for i in 0..HOUSEHOLDS {
+        let p = carestream::simulate::household(i, 1);
+        let input = Input::Household {
+            household_id: p.household_id.clone(),
+            profile: Some(p),
+        };
+        let bytes = codec.encode_input(&input).unwrap().unwrap();
+        send(&prod, &t.households, &key_of(&input), &bytes, wall());
+    }
+    // The backlog: event time starting now, at the city's peak rate.
+    let now = wall();
+    let backlog = workload::stream(HOUSEHOLDS, BACKLOG, now, 50_000, 1);
+    let started = Instant::now();
+    for i in &backlog {
+        let bytes = codec.encode_input(i).unwrap().unwrap();
+        send(
+            &prod,
+            &topic_of(i),
+            &key_of(i),
+            &bytes,
+            workload::time_of(i),
+        );
+    }
+    prod.flush(Duration::from_secs(120)).unwrap();
+    println!(
+        "produced {BACKLOG} records in {:.1} s ({:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        BACKLOG as f64 / started.elapsed().as_secs_f64()
+    );
+
+    // 1. The ceiling: consume only.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", common::unique("ceiling"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    reader
+        .subscribe(&[&t.sensor_events, &t.heartbeats, &t.checkins])
+        .unwrap();
+    let mut n = 0;
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while n < BACKLOG {
+        // `None` also comes back for group events (the join): only the deadline stalls.
+        if let Some(m) = reader.poll(Duration::from_millis(100)) {
+            m.unwrap();
+            first.get_or_insert_with(Instant::now);
+            n += 1;
+        }
+        assert!(Instant::now() < deadline, "ceiling reader stalled at {n}");
+    }
+    let ceiling = BACKLOG as f64 / first.unwrap().elapsed().as_secs_f64();
+    drop(reader);
+
+    // 2. The processor over the same backlog.
+    let mut proc = common::Processor::start(&env);
+    proc.wait_ready(Duration::from_secs(120));
+    let series = |s: &str| {
+        ["sensor_events", "heartbeats", "checkins"]
+            .iter()
+            .map(|k| {
+                common::metric(
+                    s,
+                    &format!("carestream_input_records_total{{stream=\"{k}\"}}"),
+                )
+                .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    };
+    let mut began: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let ours = loop {
+        let done = series(&proc.get("/metrics").1);
+        if began.is_none() && done > 0.0 {
+            began = Some((Instant::now(), done));
+        }
+        if done >= BACKLOG as f64 {
+            let (t0, n0) = began.unwrap();
+            break (done - n0) / t0.elapsed().as_secs_f64();
+        }
+        assert!(Instant::now() < deadline, "processor stalled at {done}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "ceiling (consume only): {ceiling:.0} records/s; carestream: {ours:.0} events/s; ratio {:.2}",
+        ours / ceiling
+    );
+
+    // 3. Live at half that rate for 20 s, alarms among it; latency alarm → task.
+    let rate = (ours / 2.0).max(100.0);
+    let live_events = (rate * 20.0) as usize;
+    let live = workload::stream(HOUSEHOLDS, live_events, wall(), rate as usize, 2);
+    let mut alarms = 0;
+    let live_start = wall();
+    let start = Instant::now();
+    for (k, i) in live.iter().enumerate() {
+        let due = Duration::from_secs_f64(k as f64 / rate);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        // Re-time each record to the moment it is produced, as a live device would.
+        let mut i = i.clone();
+        let ts = wall();
+        match &mut i {
+            Input::Sensor(e) => {
+                e.event_time = ts;
+                if matches!(e.reading, Reading::Alarm { .. }) {
+                    alarms += 1;
+                }
+            }
+            Input::Heartbeat(h) => h.event_time = ts,
+            Input::CheckIn(c) => c.event_time = ts,
+            _ => {}
+        }
+        let bytes = codec.encode_input(&i).unwrap().unwrap();
+        send(&prod, &topic_of(&i), &key_of(&i), &bytes, ts);
+    }
+    prod.flush(Duration::from_secs(60)).unwrap();
+    let tasks: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", common::unique("desk"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    tasks.subscribe(&[&t.dispatch_critical]).unwrap();
+    let mut latency: HashMap<String, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(m) = tasks.poll(Duration::from_secs(5)) else {
+            if latency.len() >= alarms {
+                break;
+            }
+            continue;
+        };
+        let m = m.unwrap();
+        if let Ok(Output::Task(task)) = codec.decode_output(m.payload().unwrap()) {
+            // Tier 0 of alarms raised in the live phase only.
+            if task.tier == 0 && task.incident_time >= live_start {
+                let at = m.timestamp().to_millis().unwrap();
+                latency
+                    .entry(task.incident_id.clone().unwrap_or_default())
+                    .or_insert(at - task.incident_time);
+            }
+        }
+    }
+    let mut l: Vec<i64> = latency.values().copied().collect();
+    l.sort_unstable();
+    assert!(!l.is_empty(), "no alarm task seen");
+    println!(
+        "live at {rate:.0} events/s (50 %): {} alarms, {} tasks; alarm → task latency p50 {} ms, p99 {} ms, max {} ms",
+        alarms,
+        l.len(),
+        percentile(&l, 0.5),
+        percentile(&l, 0.99),
+        l[l.len() - 1]
+    );
+    assert!(proc.terminate(Duration::from_secs(30)).is_some());
+}
