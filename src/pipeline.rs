@@ -87,7 +87,8 @@ struct RawRecord<'a> {
 struct Batch {
     records: Vec<OutRecord>,
     /// Highest offset processed per group partition.
-    offsets: HashMap<(String, i32), i64>,
+    /// By (input topic index, partition).
+    offsets: HashMap<(u8, i32), i64>,
     count: usize,
     started: Option<Instant>,
 }
@@ -109,6 +110,22 @@ pub struct Processor {
     /// what a checkpoint of the partition covers.
     owned: BTreeMap<i32, Position>,
     writer: Option<checkpoint::Writer>,
+    /// Batches whose outputs are sent and not yet all acknowledged, oldest first.
+    in_flight: std::collections::VecDeque<InFlight>,
+    consumer: Option<Arc<source::GroupConsumer>>,
+    /// The group's input topics, by the index fetched records carry.
+    topic_names: Arc<Vec<(String, InputKind)>>,
+    produce_warn: Arc<RateLimit>,
+}
+
+/// Batches whose outputs may be awaiting acknowledgement at once.
+const MAX_IN_FLIGHT: usize = 8;
+
+struct InFlight {
+    delivery: Option<tokio::task::JoinHandle<Result<(), crate::sink::SinkError>>>,
+    /// By (input topic index, partition).
+    offsets: HashMap<(u8, i32), i64>,
+    started: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +186,10 @@ impl Processor {
             },
             owned: BTreeMap::new(),
             writer: None,
+            in_flight: Default::default(),
+            consumer: None,
+            topic_names: Arc::new(Vec::new()),
+            produce_warn: Arc::new(RateLimit::new(Duration::from_secs(10))),
         })
     }
 
@@ -294,6 +315,13 @@ impl Processor {
                 }
             }
             self.metrics.districts(self.engine.district_counts());
+            self.metrics.engine_stats(
+                self.engine.stats(),
+                self.engine.household_count(),
+                self.engine.open_incidents(),
+            );
+            self.metrics
+                .engine_sizes(self.engine.queued(), self.engine.state_bytes());
             let (open, overdue) = self.engine.open_summary();
             let acks = self.engine.take_ack_latencies();
             self.metrics
@@ -404,57 +432,76 @@ impl Processor {
         }
     }
 
-    /// Delivers the batch's outputs and then stores its offsets.
+    /// Sends the batch's outputs and queues the batch; its offsets are stored once its
+    /// outputs, and those of every batch before it, are acknowledged. Batches overlap: the
+    /// next is processed while the broker acknowledges this one, up to `MAX_IN_FLIGHT`
+    /// batches, after which processing waits (a slow dispatch topic slows consumption).
     async fn complete(
         &mut self,
         batch: &mut Batch,
-        consumer: Option<&source::GroupConsumer>,
         hard_stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         if batch.count == 0 && batch.records.is_empty() {
             return Ok(());
         }
-        let m = self.metrics.clone();
-        let warn = &self.warn;
         let records = std::mem::take(&mut batch.records);
-        self.sink
-            .deliver(
-                records,
-                hard_stop,
-                |r| on_ack(&m, r),
-                |e| {
-                    m.produce_retries.inc();
-                    if let Some(held) = warn.check("produce") {
-                        tracing::warn!(error = %e, held_back = held, "output delivery failed; sending again");
-                    }
-                },
-            )
-            .await?;
-        if let Some(consumer) = consumer {
-            if !batch.offsets.is_empty() {
+        let delivery = (!records.is_empty()).then(|| {
+            let (sink, m, warn) = (self.sink.clone(), self.metrics.clone(), self.produce_warn.clone());
+            let mut stop = hard_stop.clone();
+            tokio::spawn(async move {
+                sink.deliver(
+                    records,
+                    &mut stop,
+                    |r| on_ack(&m, r),
+                    |e| {
+                        m.produce_retries.inc();
+                        if let Some(held) = warn.check("produce") {
+                            tracing::warn!(error = %e, held_back = held, "output delivery failed; sending again");
+                        }
+                    },
+                )
+                .await
+            })
+        });
+        self.in_flight.push_back(InFlight {
+            delivery,
+            offsets: std::mem::take(&mut batch.offsets),
+            started: batch.started,
+        });
+        *batch = Batch::default();
+        self.settle(MAX_IN_FLIGHT).await
+    }
+
+    /// Stores the offsets of the batches whose outputs are all acknowledged, in order; waits
+    /// for the oldest while more than `keep` are in flight (`0`: until all are done, as
+    /// before a checkpoint, which must cover only acknowledged outputs).
+    async fn settle(&mut self, keep: usize) -> anyhow::Result<()> {
+        while let Some(front) = self.in_flight.front() {
+            let done = front.delivery.as_ref().is_none_or(|d| d.is_finished());
+            if !done && self.in_flight.len() <= keep {
+                break;
+            }
+            let f = self.in_flight.pop_front().expect("a front");
+            if let Some(d) = f.delivery {
+                d.await??;
+            }
+            if let (Some(consumer), false) = (&self.consumer, f.offsets.is_empty()) {
                 let mut tpl = TopicPartitionList::new();
-                for ((topic, partition), offset) in &batch.offsets {
-                    tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))?;
+                for ((topic, partition), offset) in &f.offsets {
+                    let name = &self.topic_names[*topic as usize].0;
+                    tpl.add_partition_offset(name, *partition, Offset::Offset(offset + 1))?;
                 }
                 if let Err(e) = consumer.store_offsets(&tpl) {
                     // A revoked partition cannot be stored: its new owner re-reads, same ids.
                     tracing::warn!(error = %e, "storing offsets");
                 }
             }
+            if let Some(t) = f.started {
+                self.metrics
+                    .batch_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
         }
-        self.metrics.engine_stats(
-            self.engine.stats(),
-            self.engine.household_count(),
-            self.engine.open_incidents(),
-        );
-        self.metrics
-            .engine_sizes(self.engine.queued(), self.engine.state_bytes());
-        if let Some(t) = batch.started {
-            self.metrics
-                .batch_seconds
-                .observe(t.elapsed().as_secs_f64());
-        }
-        *batch = Batch::default();
         Ok(())
     }
 
@@ -513,12 +560,12 @@ impl Processor {
                     let Some(msg) = msg else { anyhow::bail!("registry reader stopped") };
                     if self.apply_registry(msg, &mut batch) == Some(true) { break; }
                     if batch.records.len() >= self.config.pipeline.batch_max_records {
-                        self.complete(&mut batch, None, &mut hard_stop).await?;
+                        self.complete(&mut batch, &mut hard_stop).await?;
                     }
                 }
             }
         }
-        self.complete(&mut batch, None, &mut hard_stop).await?;
+        self.complete(&mut batch, &mut hard_stop).await?;
         tracing::info!(
             households = self.engine.household_count(),
             seconds = started.elapsed().as_secs_f64(),
@@ -530,7 +577,9 @@ impl Processor {
 
         let (fetcher, mut fetched) = source::Fetcher::start(&self.config, self.metrics.clone())?;
         let consumer = fetcher.consumer.clone();
+        self.consumer = Some(consumer.clone());
         let topics = fetcher.topics.clone();
+        self.topic_names = topics.clone();
         source::check_copartitioned(&consumer, &self.config);
         let state_partitions = tokio::task::block_in_place(|| {
             checkpoint::state_partitions(
@@ -558,13 +607,12 @@ impl Processor {
                 }
                 f = fetched.recv() => match f {
                     Some(Fetched::Stopped) | None => { stopped = true; break }
-                    Some(f) => self.on_fetched(f, &topics, &consumer, &mut batch, &mut hard_stop).await?,
+                    Some(f) => self.on_fetched(f, &topics, &mut batch, &mut hard_stop).await?,
                 },
                 _ = ticker.tick() => {}
             }
             self.housekeeping(&mut batch);
-            self.complete(&mut batch, Some(&consumer), &mut hard_stop)
-                .await?;
+            self.complete(&mut batch, &mut hard_stop).await?;
             self.checkpoint_due(false, &mut hard_stop).await;
         }
         self.metrics.ready.set(0);
@@ -574,17 +622,17 @@ impl Processor {
             match fetched.recv().await {
                 Some(Fetched::Stopped) | None => stopped = true,
                 Some(f) => {
-                    self.on_fetched(f, &topics, &consumer, &mut batch, &mut hard_stop)
+                    self.on_fetched(f, &topics, &mut batch, &mut hard_stop)
                         .await?
                 }
             }
         }
-        self.complete(&mut batch, Some(&consumer), &mut hard_stop)
-            .await?;
+        self.complete(&mut batch, &mut hard_stop).await?;
         tracing::info!(
             partitions = self.owned.len(),
             "checkpointing and committing"
         );
+        self.settle(0).await?;
         self.checkpoint_due(true, &mut hard_stop).await;
         match consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing stored since the last automatic commit: nothing to do.
@@ -595,6 +643,7 @@ impl Processor {
             Err(e) => tracing::warn!(error = %e, "final commit"),
         }
         drop(fetched);
+        self.consumer = None;
         drop(consumer);
         tokio::task::spawn_blocking(move || fetcher.close()).await?;
         self.sink.flush(Duration::from_millis(
@@ -608,7 +657,6 @@ impl Processor {
         &mut self,
         f: Fetched,
         topics: &[(String, InputKind)],
-        consumer: &source::GroupConsumer,
         batch: &mut Batch,
         hard_stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
@@ -620,9 +668,14 @@ impl Processor {
                         continue;
                     };
                     let (topic, kind) = &topics[r.topic as usize];
-                    position.next.insert(topic.clone(), r.offset + 1);
+                    match position.next.get_mut(topic.as_str()) {
+                        Some(next) => *next = r.offset + 1,
+                        None => {
+                            position.next.insert(topic.clone(), r.offset + 1);
+                        }
+                    }
                     position.dirty = true;
-                    batch.offsets.insert((topic.clone(), r.partition), r.offset);
+                    batch.offsets.insert((r.topic, r.partition), r.offset);
                     let raw = RawRecord {
                         kind: *kind,
                         topic,
@@ -634,7 +687,7 @@ impl Processor {
                     };
                     self.handle(raw, batch).await;
                 }
-                self.complete(batch, Some(consumer), hard_stop).await?;
+                self.complete(batch, hard_stop).await?;
             }
             Fetched::Assigned(assignments) => {
                 for a in assignments {
@@ -665,7 +718,8 @@ impl Processor {
                 self.metrics.ready.set(1);
             }
             Fetched::Revoking { partitions, done } => {
-                self.complete(batch, Some(consumer), hard_stop).await?;
+                self.complete(batch, hard_stop).await?;
+                self.settle(0).await?;
                 for p in partitions {
                     if self.owned.contains_key(&p) {
                         self.checkpoint(p, hard_stop).await;
@@ -729,6 +783,11 @@ impl Processor {
         };
         let offsets = position.next.clone();
         let started = Instant::now();
+        // A checkpoint covers only outputs the broker has acknowledged.
+        if let Err(e) = self.settle(0).await {
+            tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
+            return;
+        }
         let snapshot = self.engine.snapshot(p);
         let Some(writer) = self.writer.as_mut() else {
             return;

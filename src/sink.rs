@@ -35,6 +35,7 @@ pub struct OutRecord {
     pub ack: Ack,
 }
 
+#[derive(Clone)]
 pub struct Sink {
     producer: FutureProducer,
 }
