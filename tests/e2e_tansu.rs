@@ -243,7 +243,7 @@ fn live_phase(
             _ => {}
         }
         let bytes = codec.encode_input(&i).unwrap().unwrap();
-        send(&prod, &topic_of(&i), &key_of(&i), &bytes, ts);
+        send(prod, &topic_of(&i), &key_of(&i), &bytes, ts);
     }
     prod.flush(Duration::from_secs(60)).unwrap();
     let tasks: BaseConsumer = ClientConfig::new()
