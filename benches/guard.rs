@@ -33,17 +33,13 @@ fn hot_path() -> f64 {
     for run in 0..RUNS {
         let range = run * EVENTS..(run + 1) * EVENTS;
         let start = Instant::now();
-        for (i, (kind, bytes)) in wire[range.clone()].iter().enumerate() {
-            let input = codec.decode_input(*kind, None, Some(bytes)).unwrap();
-            let meta = carestream::engine::Meta {
-                partition: workload::partition_of(&input),
-                arrival: workload::time_of(&stream[range.start + i]),
-            };
-            let _ = engine.process(&input, meta, &mut out);
-            for o in out.drain(..) {
-                std::hint::black_box(codec.encode_output(&o).unwrap());
-            }
-        }
+        workload::hot_path(
+            &codec,
+            &mut engine,
+            &wire[range.clone()],
+            &stream[range],
+            &mut out,
+        );
         best = best.min(start.elapsed().as_nanos() as f64 / EVENTS as f64);
     }
     best

@@ -48,6 +48,23 @@ impl Steady {
         engine
     }
 
+    /// Runs `iters` batches through `f`, timing only `f`.
+    fn timed(
+        &mut self,
+        iters: u64,
+        mut f: impl FnMut(&mut Engine, std::ops::Range<usize>, &mut Vec<Output>),
+    ) -> Duration {
+        let mut out = Vec::new();
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let range = self.next();
+            let start = Instant::now();
+            f(&mut self.engine, range, &mut out);
+            total += start.elapsed();
+        }
+        total
+    }
+
     /// The next batch's range of the stream; a fresh engine when the stream is used up.
     fn next(&mut self) -> std::ops::Range<usize> {
         if self.at + BATCH > STREAM {
@@ -82,15 +99,9 @@ fn benches(c: &mut Criterion) {
     let mut steady = Steady::new();
     g.bench_function("engine", |b| {
         b.iter_custom(|iters| {
-            let mut out = Vec::new();
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let range = steady.next();
-                let start = Instant::now();
-                workload::run(&mut steady.engine, &inputs[range], &mut out);
-                total += start.elapsed();
-            }
-            total
+            steady.timed(iters, |engine, range, out| {
+                workload::run(engine, &inputs[range], out);
+            })
         })
     });
 
@@ -122,25 +133,9 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("decode_engine_encode", |b| {
         b.iter_custom(|iters| {
-            let mut out = Vec::new();
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let range = steady.next();
-                let start = Instant::now();
-                for (i, (kind, bytes)) in wire[range.clone()].iter().enumerate() {
-                    let input = codec.decode_input(*kind, None, Some(bytes)).unwrap();
-                    let meta = carestream::engine::Meta {
-                        partition: workload::partition_of(&input),
-                        arrival: workload::time_of(&inputs[range.start + i]),
-                    };
-                    let _ = steady.engine.process(&input, meta, &mut out);
-                    for o in out.drain(..) {
-                        std::hint::black_box(codec.encode_output(&o).unwrap());
-                    }
-                }
-                total += start.elapsed();
-            }
-            total
+            steady.timed(iters, |engine, range, out| {
+                workload::hot_path(&codec, engine, &wire[range.clone()], &inputs[range], out);
+            })
         })
     });
     g.finish();
