@@ -173,19 +173,21 @@ impl Writer {
         let keys = manifest.chunk_keys(&self.group);
         let mut acks = Vec::new();
         for (key, piece) in keys.iter().zip(&pieces) {
-            acks.push(self.send(producer, sp, key, Some(piece))?);
+            acks.push(self.send(producer, sp, key, Some(piece)).await?);
         }
         for a in acks {
             wait(a, &self.topic).await?;
         }
         let body = serde_json::to_vec(&manifest).map_err(CheckpointError::Encode)?;
-        let a = self.send(producer, sp, &manifest_key(&self.group, p), Some(&body))?;
+        let a = self
+            .send(producer, sp, &manifest_key(&self.group, p), Some(&body))
+            .await?;
         wait(a, &self.topic).await?;
         // The manifest is in: the chunks of the checkpoint before it can go.
         if let Some(old) = self.previous.insert(p, manifest.clone()) {
             let mut acks = Vec::new();
             for key in old.chunk_keys(&self.group) {
-                acks.push(self.send(producer, sp, &key, None)?);
+                acks.push(self.send(producer, sp, &key, None).await?);
             }
             for a in acks {
                 // A lost tombstone only leaves garbage for compaction; not an error.
@@ -195,7 +197,8 @@ impl Writer {
         Ok(manifest)
     }
 
-    fn send(
+    /// Queues one record; waits (asynchronously) while librdkafka's queue is full.
+    async fn send(
         &self,
         producer: &FutureProducer,
         partition: i32,
@@ -217,7 +220,7 @@ impl Writer {
                     r,
                 )) => {
                     rec = r;
-                    std::thread::sleep(Duration::from_millis(5));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => return Err(CheckpointError::Kafka(self.topic.clone(), e)),
             }

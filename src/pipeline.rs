@@ -580,8 +580,9 @@ impl Processor {
         self.consumer = Some(consumer.clone());
         let topics = fetcher.topics.clone();
         self.topic_names = topics.clone();
-        source::check_copartitioned(&consumer, &self.config);
+        // Metadata look-ups block: off the async workers.
         let state_partitions = tokio::task::block_in_place(|| {
+            source::check_copartitioned(&consumer);
             checkpoint::state_partitions(
                 &*consumer,
                 &self.config.topics.state,

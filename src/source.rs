@@ -668,15 +668,9 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
 /// must have the same partition count (Kafka's default partitioner then puts a household on
 /// the same partition of each). Says so loudly when they differ; it does not stop the
 /// processor, which still works, with timers less tightly bound to event order.
-pub fn check_copartitioned(consumer: &GroupConsumer, config: &Config) {
-    let t = &config.topics;
+pub fn check_copartitioned(consumer: &GroupConsumer) {
     let mut counts = Vec::new();
-    for topic in [
-        &t.sensor_events,
-        &t.heartbeats,
-        &t.checkins,
-        &t.task_updates,
-    ] {
+    for (topic, _) in consumer.context().topics.iter() {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
             if let Some(m) = md.topics().first().filter(|m| m.error().is_none()) {
                 counts.push((topic.clone(), m.partitions().len()));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
 use carestream::model::*;
 
@@ -25,20 +25,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
-}
-
-fn processed(p: &common::Processor) -> f64 {
-    let scrape = p.get("/metrics").1;
-    ["sensor_events", "heartbeats", "checkins"]
-        .iter()
-        .map(|k| {
-            common::metric(
-                &scrape,
-                &format!("carestream_input_records_total{{stream=\"{k}\"}}"),
-            )
-            .unwrap_or(0.0)
-        })
-        .sum()
 }
 
 #[test]
@@ -60,11 +46,7 @@ fn a_missing_dispatch_topic_stops_consumption_and_loses_nothing() {
     let t = &config.topics;
     let send = |topic: &str, key: &str, input: &Input, ts: i64| {
         let bytes = codec.encode_input(input).unwrap().unwrap();
-        let mut rec = BaseRecord::to(topic).key(key).payload(&bytes).timestamp(ts);
-        while let Err((_, r)) = prod.send(rec) {
-            rec = r;
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        common::produce(&prod, topic, key, &bytes, ts);
     };
     for i in 0..HOUSEHOLDS {
         let p = carestream::simulate::household(i, 1);
@@ -112,12 +94,12 @@ fn a_missing_dispatch_topic_stops_consumption_and_loses_nothing() {
     };
     let mut alarms = produce(60_000, 1);
     // The processor stalls: what it has processed stops growing while the input waits.
-    let mut last = processed(&proc);
+    let mut last = common::input_records(&proc);
     let mut flat_since = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     while flat_since.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(500));
-        let now = processed(&proc);
+        let now = common::input_records(&proc);
         if now != last {
             last = now;
             flat_since = Instant::now();
@@ -132,7 +114,7 @@ fn a_missing_dispatch_topic_stops_consumption_and_loses_nothing() {
     // More input arrives; none of it is taken in.
     alarms += produce(60_000, 2);
     std::thread::sleep(Duration::from_secs(5));
-    let still = processed(&proc);
+    let still = common::input_records(&proc);
     let rss_stalled = rss_kib(pid);
     println!(
         "stalled after {stalled_at} of 120 000 records ({still} after 60 000 more); RSS {rss_start} KiB at start, {rss_stalled} KiB stalled"

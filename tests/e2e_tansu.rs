@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
 use carestream::model::*;
 
@@ -48,28 +48,6 @@ fn key_of(i: &Input) -> String {
         Input::CheckIn(c) => c.household_id.clone(),
         Input::Household { household_id, .. } => household_id.clone(),
         _ => String::new(),
-    }
-}
-
-fn send(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    timestamp: i64,
-) {
-    let mut rec = BaseRecord::to(topic)
-        .key(key)
-        .payload(payload)
-        .timestamp(timestamp);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                rec = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
     }
 }
 
@@ -104,7 +82,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
             profile: Some(p),
         };
         let bytes = codec.encode_input(&input).unwrap().unwrap();
-        send(&prod, &t.households, &key_of(&input), &bytes, wall());
+        common::produce(&prod, &t.households, &key_of(&input), &bytes, wall());
     }
     // The backlog: event time starting now, at the city's peak rate.
     let now = wall();
@@ -112,7 +90,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     let started = Instant::now();
     for i in &backlog {
         let bytes = codec.encode_input(i).unwrap().unwrap();
-        send(
+        common::produce(
             &prod,
             &topic_of(i),
             &key_of(i),
@@ -156,22 +134,10 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     // 2. The processor over the same backlog.
     let mut proc = common::Processor::start(&env);
     proc.wait_ready(Duration::from_secs(120));
-    let series = |s: &str| {
-        ["sensor_events", "heartbeats", "checkins"]
-            .iter()
-            .map(|k| {
-                common::metric(
-                    s,
-                    &format!("carestream_input_records_total{{stream=\"{k}\"}}"),
-                )
-                .unwrap_or(0.0)
-            })
-            .sum::<f64>()
-    };
     let mut began: Option<(Instant, f64)> = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     let ours = loop {
-        let done = series(&proc.get("/metrics").1);
+        let done = common::input_records(&proc);
         if began.is_none() && done > 0.0 {
             began = Some((Instant::now(), done));
         }
@@ -243,7 +209,7 @@ fn live_phase(
             _ => {}
         }
         let bytes = codec.encode_input(&i).unwrap().unwrap();
-        send(prod, &topic_of(&i), &key_of(&i), &bytes, ts);
+        common::produce(prod, &topic_of(&i), &key_of(&i), &bytes, ts);
     }
     prod.flush(Duration::from_secs(60)).unwrap();
     let tasks: BaseConsumer = ClientConfig::new()

@@ -441,3 +441,37 @@ pub fn registry_tables() -> (HashMap<u32, String>, HashMap<String, u32>) {
     );
     (by_id, by_record)
 }
+
+/// Sends one record with the given timestamp, waiting while the producer's queue is full.
+pub fn produce(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    timestamp: i64,
+) {
+    let mut rec = rdkafka::producer::BaseRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .timestamp(timestamp);
+    while let Err((_, r)) = p.send(rec) {
+        rec = r;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Event records the processor has taken in (sensor events, heartbeats, check-ins), from
+/// its `/metrics`.
+pub fn input_records(p: &Processor) -> f64 {
+    let scrape = p.get("/metrics").1;
+    ["sensor_events", "heartbeats", "checkins"]
+        .iter()
+        .map(|k| {
+            metric(
+                &scrape,
+                &format!("carestream_input_records_total{{stream=\"{k}\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum()
+}
