@@ -102,6 +102,8 @@ pub struct Processor {
     registry: Option<RegistryClient>,
     missing_schema_ids: HashSet<u32>,
     outputs: Vec<Output>,
+    /// The records decoded last: the next ones reuse their strings (no allocation per event).
+    scratch: crate::codec::Scratch,
     warn: RateLimit,
     /// When each partition last delivered a record (processing time), for idle ticks.
     last_record: HashMap<i32, Instant>,
@@ -175,6 +177,7 @@ impl Processor {
             sink,
             missing_schema_ids: HashSet::new(),
             outputs: Vec::new(),
+            scratch: Default::default(),
             warn: RateLimit::new(Duration::from_secs(10)),
             last_record: HashMap::new(),
             housekeeping: Housekeeping {
@@ -243,7 +246,10 @@ impl Processor {
     fn step(&mut self, r: &RawRecord<'_>, batch: &mut Batch) -> Step {
         let now = r.timestamp.filter(|t| *t > 0).unwrap_or_else(wall_millis);
         self.metrics.input(r.kind);
-        let input = match self.codec.decode_input(r.kind, r.key, r.payload) {
+        let decoded = self
+            .codec
+            .decode_reusing(r.kind, r.key, r.payload, &mut self.scratch);
+        let input = match decoded {
             Ok(i) => i,
             Err(DecodeError::UnknownSchemaId(id))
                 if self.registry.is_some() && !self.missing_schema_ids.contains(&id) =>
@@ -264,7 +270,7 @@ impl Processor {
             partition: r.partition,
             arrival: now,
         };
-        if let Err(e) = self.engine.process(&input, meta, &mut outputs) {
+        if let Err(e) = self.engine.process(input, meta, &mut outputs) {
             self.dead_letter(r, e.reason(), &e.to_string(), batch);
         }
         if !matches!(r.kind, InputKind::Households | InputKind::WeatherAlerts) {

@@ -124,6 +124,8 @@ pub struct GroupContext {
     pending: Mutex<Chunk>,
     warn: crate::telemetry::RateLimit,
     rebalanced: AtomicBool,
+    /// The offset each assigned topic-partition starts from (for the merger's lag).
+    starts: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl ClientContext for GroupContext {
@@ -281,9 +283,11 @@ impl GroupContext {
                 a.start.insert(topic, o);
             }
         }
+        let mut starts = self.starts.lock().expect("not poisoned");
         for a in &assignments {
             for (topic, o) in &a.start {
                 let _ = tpl.set_partition_offset(topic, a.partition, Offset::Offset(*o));
+                starts.insert((topic.clone(), a.partition), *o);
             }
             let source = match (&a.restored, a.failed) {
                 (Some(_), _) => "checkpoint",
@@ -292,6 +296,7 @@ impl GroupContext {
             };
             self.metrics.restores.with_label_values(&[source]).inc();
         }
+        drop(starts);
         let households: usize = assignments
             .iter()
             .filter_map(|a| a.restored.as_ref())
@@ -390,6 +395,7 @@ impl Fetcher {
             tx,
             pending: Mutex::new(Chunk::default()),
             rebalanced: AtomicBool::new(false),
+            starts: Mutex::new(HashMap::new()),
             warn: crate::telemetry::RateLimit::new(Duration::from_secs(10)),
         };
         let consumer: Arc<GroupConsumer> = Arc::new(c.create_with_context(context)?);
@@ -465,14 +471,21 @@ fn assign_static(consumer: &GroupConsumer, partitions: &[i32]) {
 /// flood of "home silent" findings when heartbeats trail). So, like Kafka Streams, records
 /// wait here per topic-partition ("lane") and the oldest head goes first; a record is held
 /// while another lane of its partition that is still delivering has nothing buffered and
-/// last delivered more than `limit` earlier. A lane that has delivered nothing for `idle`
-/// (caught up, or quiet) holds nobody back. A lane with too much buffered is paused.
+/// last delivered more than `limit` earlier. Whether a lane that has nothing buffered is
+/// still delivering is judged by its lag: a lane with records left on the broker (its next
+/// offset below the partition's high watermark, as librdkafka last heard it) holds the
+/// others for up to `BEHIND_PATIENCE` without a delivery, however slowly the broker answers;
+/// a lane that has caught up holds them only for `idle` after its last record. (A first
+/// version judged by wall time alone: on a loaded machine, with fetches more than 500 ms
+/// apart, heartbeats were taken for idle and a backlog read raised 2 445 false "home
+/// silent" tasks in a CI run.) A lane with too much buffered is paused.
 struct Merger<'a> {
     limit: i64,
     idle: Duration,
     /// Per partition, one lane per input topic (by index).
     parts: HashMap<i32, Vec<Lane<'a>>>,
     buffered: usize,
+    refreshed: Option<Instant>,
 }
 
 struct Lane<'a> {
@@ -480,6 +493,9 @@ struct Lane<'a> {
     last: Option<i64>,
     seen: Instant,
     paused: bool,
+    /// The offset it will deliver next, and the partition's high watermark (None: not known).
+    next: Option<i64>,
+    high: Option<i64>,
 }
 
 impl Lane<'_> {
@@ -489,23 +505,59 @@ impl Lane<'_> {
             last: None,
             seen: Instant::now(),
             paused: false,
+            next: None,
+            high: None,
         }
     }
 
-    /// Whether this lane, empty, makes a record at `t` wait: it is still delivering (or has
-    /// not delivered yet, for a moment) and is behind by more than the limit.
+    /// Records are left on the broker for it (or it cannot tell yet).
+    fn behind(&self) -> bool {
+        match (self.next, self.high) {
+            (Some(next), Some(high)) => next < high,
+            _ => true,
+        }
+    }
+
+    /// Whether this lane, empty, makes a record at `t` wait: its own record time is more
+    /// than the limit behind, and it is still delivering (records are left for it, or it
+    /// delivered a moment ago).
     fn holds(&self, t: i64, limit: i64, idle: Duration, now: Instant) -> bool {
-        self.queue.is_empty()
-            && match self.last {
-                Some(last) => last < t - limit && now.duration_since(self.seen) < idle,
-                None => now.duration_since(self.seen) < FIRST_FETCH,
-            }
+        if !self.queue.is_empty() || self.last.is_some_and(|last| last >= t - limit) {
+            return false;
+        }
+        let quiet = now.duration_since(self.seen);
+        if self.behind() {
+            quiet < BEHIND_PATIENCE
+        } else {
+            self.last.is_some() && quiet < idle
+        }
     }
 }
 
 const LANE_PAUSE: usize = 5_000;
-/// How long a lane that has delivered nothing yet holds the others.
-const FIRST_FETCH: Duration = Duration::from_secs(2);
+/// How long a lane with records left on the broker holds the others without delivering
+/// (a broker that slow is failing; the others go on, and the engine counts what comes late).
+const BEHIND_PATIENCE: Duration = Duration::from_secs(10);
+/// How often the lanes' positions and high watermarks are read from librdkafka.
+const REFRESH: Duration = Duration::from_millis(50);
+
+/// librdkafka's last known high watermark of a partition (updated by every fetch answer).
+fn cached_high(consumer: &GroupConsumer, topic: &std::ffi::CStr, partition: i32) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a C string
+    // that outlives the call; librdkafka only writes the two integers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}
 
 fn stamp(m: &rdkafka::message::BorrowedMessage<'_>) -> i64 {
     m.timestamp().to_millis().unwrap_or(i64::MIN)
@@ -518,6 +570,51 @@ impl<'a> Merger<'a> {
             idle: Duration::from_millis(500),
             parts: HashMap::new(),
             buffered: 0,
+            refreshed: None,
+        }
+    }
+
+    /// Reads each empty lane's high watermark (librdkafka's cached value, no request to the
+    /// broker) and, before its first delivery, its fetch position.
+    fn refresh(&mut self, consumer: &GroupConsumer, names: &[String]) {
+        if self.refreshed.is_some_and(|r| r.elapsed() < REFRESH) {
+            return;
+        }
+        self.refreshed = Some(Instant::now());
+        let positions = if self
+            .parts
+            .values()
+            .flatten()
+            .any(|l| l.next.is_none() && l.queue.is_empty())
+        {
+            consumer.position().ok()
+        } else {
+            None
+        };
+        let names: Vec<Option<std::ffi::CString>> = names
+            .iter()
+            .map(|n| std::ffi::CString::new(n.as_str()).ok())
+            .collect();
+        for (p, lanes) in self.parts.iter_mut() {
+            for (t, lane) in lanes.iter_mut().enumerate() {
+                if !lane.queue.is_empty() {
+                    continue;
+                }
+                let Some(Some(name)) = names.get(t) else {
+                    continue;
+                };
+                lane.high = cached_high(consumer, name, *p).or(lane.high);
+                if lane.next.is_none() {
+                    let topic = name.to_str().unwrap_or_default();
+                    lane.next = positions
+                        .as_ref()
+                        .and_then(|ps| ps.find_partition(topic, *p))
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                }
+            }
         }
     }
 
@@ -530,6 +627,7 @@ impl<'a> Merger<'a> {
     fn push(&mut self, topic: usize, m: rdkafka::message::BorrowedMessage<'a>) {
         let lane = &mut self.lanes(m.partition())[topic];
         lane.last = m.timestamp().to_millis().or(lane.last);
+        lane.next = Some(m.offset() + 1);
         lane.seen = Instant::now();
         lane.queue.push_back(m);
         self.buffered += 1;
@@ -587,10 +685,16 @@ impl<'a> Merger<'a> {
     /// Lanes of a fresh assignment: each holds the others back for a moment even before its
     /// first record, so a topic whose first fetch answers a little later is not overtaken by
     /// the whole backlog of another.
-    fn expect(&mut self, assignment: &TopicPartitionList, names: &[String]) {
+    fn expect(
+        &mut self,
+        assignment: &TopicPartitionList,
+        names: &[String],
+        starts: &HashMap<(String, i32), i64>,
+    ) {
         for e in assignment.elements() {
-            if names.iter().any(|n| n == e.topic()) {
-                self.lanes(e.partition());
+            if let Some(t) = names.iter().position(|n| n == e.topic()) {
+                let start = starts.get(&(e.topic().to_string(), e.partition()));
+                self.lanes(e.partition())[t].next = start.copied();
             }
         }
     }
@@ -609,7 +713,7 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
     let mut merger = Merger::new(ctx.config.pipeline.align_ms as i64);
     let mut since: Option<Instant> = None;
     if let Ok(a) = consumer.assignment() {
-        merger.expect(&a, &index);
+        merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
     }
     while !stop.load(Ordering::Relaxed) {
         let polled = consumer.poll(Duration::from_millis(if merger.buffered > 0 {
@@ -620,7 +724,7 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
         if ctx.rebalanced.swap(false, Ordering::Relaxed) {
             merger.clear();
             if let Ok(a) = consumer.assignment() {
-                merger.expect(&a, &index);
+                merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
             }
         }
         match polled {
@@ -647,6 +751,7 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
             }
         }
         merger.regulate(&consumer, &index);
+        merger.refresh(&consumer, &index);
         let due = full || since.is_some_and(|s| s.elapsed() >= wait) || merger.buffered == 0;
         if due {
             since = None;
@@ -844,5 +949,63 @@ fn read_registry(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(
+        last: Option<i64>,
+        next: Option<i64>,
+        high: Option<i64>,
+        quiet_ms: u64,
+    ) -> Lane<'static> {
+        Lane {
+            last,
+            next,
+            high,
+            seen: Instant::now() - Duration::from_millis(quiet_ms),
+            ..Lane::new()
+        }
+    }
+
+    const LIMIT: i64 = 60_000;
+    const IDLE: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn a_lane_with_records_left_holds_the_others_however_slow_the_broker() {
+        let now = Instant::now();
+        let t = 1_000_000;
+        // Heartbeats two minutes of record time behind, 3 s since their last fetch answer,
+        // 400 records left on the broker: the sensor events wait.
+        let behind = lane(Some(t - 120_000), Some(100), Some(500), 3_000);
+        assert!(behind.holds(t, LIMIT, IDLE, now));
+        // ... but not for ever.
+        let stuck = lane(Some(t - 120_000), Some(100), Some(500), 11_000);
+        assert!(!stuck.holds(t, LIMIT, IDLE, now));
+        // Within the limit nobody waits.
+        let close = lane(Some(t - 30_000), Some(100), Some(500), 3_000);
+        assert!(!close.holds(t, LIMIT, IDLE, now));
+        // Not yet heard from the broker: counts as behind.
+        assert!(lane(None, None, None, 1_000).holds(t, LIMIT, IDLE, now));
+        assert!(lane(None, Some(7), None, 1_000).holds(t, LIMIT, IDLE, now));
+    }
+
+    #[test]
+    fn a_caught_up_lane_holds_only_for_a_moment() {
+        let now = Instant::now();
+        let t = 1_000_000;
+        let fresh = lane(Some(t - 120_000), Some(500), Some(500), 100);
+        assert!(fresh.holds(t, LIMIT, IDLE, now), "it may get more at once");
+        let quiet = lane(Some(t - 120_000), Some(500), Some(500), 600);
+        assert!(
+            !quiet.holds(t, LIMIT, IDLE, now),
+            "caught up and quiet: idle"
+        );
+        // An empty partition (start = high) never holds anyone.
+        assert!(!lane(None, Some(0), Some(0), 0).holds(t, LIMIT, IDLE, now));
+        assert!(!lane(None, Some(42), Some(42), 0).holds(t, LIMIT, IDLE, now));
     }
 }

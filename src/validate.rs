@@ -9,7 +9,7 @@ use crate::model::*;
 pub const HEART_RATE_RANGE: std::ops::RangeInclusive<i32> = 0..=300;
 pub const RESPIRATION_RANGE: std::ops::RangeInclusive<i32> = 0..=120;
 /// Longest id we accept; longer ones are garbage or an attack on memory.
-const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_ID_LEN: usize = 128;
 
 fn invalid(msg: String) -> DecodeError {
     DecodeError::Invalid(msg)

@@ -193,13 +193,16 @@ pub fn hot_path(
     out: &mut Vec<Output>,
 ) -> usize {
     let mut encoded = 0;
+    let mut scratch = carestream::codec::Scratch::default();
     for ((kind, bytes), original) in wire.iter().zip(inputs) {
-        let input = codec.decode_input(*kind, None, Some(bytes)).unwrap();
+        let input = codec
+            .decode_reusing(*kind, None, Some(bytes), &mut scratch)
+            .unwrap();
         let meta = Meta {
-            partition: partition_of(&input),
+            partition: partition_of(input),
             arrival: time_of(original),
         };
-        let _ = engine.process(&input, meta, out);
+        let _ = engine.process(input, meta, out);
         for o in out.drain(..) {
             std::hint::black_box(codec.encode_output(&o).unwrap());
             encoded += 1;

@@ -44,6 +44,8 @@ pub struct WriterSchema {
     pub schema: Schema,
     /// True when this writer is byte-for-byte the reader schema: decoding needs no resolution.
     pub is_reader: bool,
+    /// Set when the hot-path decoder reads this writer into the current reader exactly.
+    pub(crate) fast: Option<super::fast::Layout>,
 }
 
 #[derive(Debug)]
@@ -140,11 +142,13 @@ impl Catalogue {
             if is_reader {
                 current_ids.insert(entry.record.clone(), entry.id);
             }
+            let fast = super::fast::layout_of(&schema, readers.get(&entry.record).map(|r| &r.0));
             let writer = WriterSchema {
                 id: entry.id,
                 record: entry.record.clone(),
                 schema,
                 is_reader,
+                fast,
             };
             if writers.insert(entry.id, Arc::new(writer)).is_some() {
                 problems.push(format!(
@@ -209,6 +213,7 @@ impl Catalogue {
         let schema = Schema::parse_str(schema_json).map_err(|e| format!("schema {id}: {e}"))?;
         let record = record_name(&schema).ok_or_else(|| format!("schema {id}: not a record"))?;
         let is_reader = false;
+        let fast = super::fast::layout_of(&schema, self.reader(&record));
         self.writers.insert(
             id,
             Arc::new(WriterSchema {
@@ -216,6 +221,7 @@ impl Catalogue {
                 record,
                 schema,
                 is_reader,
+                fast,
             }),
         );
         Ok(())
@@ -234,6 +240,7 @@ impl Catalogue {
                     record: record.clone(),
                     schema: schema.clone(),
                     is_reader: true,
+                    fast: super::fast::layout_of(schema, Some(schema)),
                 };
                 self.writers.insert(*id, Arc::new(writer));
             }

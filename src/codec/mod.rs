@@ -7,6 +7,7 @@
 
 mod avro_map;
 pub mod catalogue;
+mod fast;
 
 use apache_avro::types::Value;
 
@@ -97,6 +98,21 @@ pub fn split_frame(payload: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
     Ok((id, &payload[5..]))
 }
 
+/// The records a decoder keeps between calls, one per hot record kind, so the next record
+/// of that kind reuses their strings.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    hot: [Option<Input>; fast::FAMILIES],
+    other: Option<Input>,
+}
+
+fn placeholder() -> Input {
+    Input::Household {
+        household_id: String::new(),
+        profile: None,
+    }
+}
+
 pub struct Codec {
     catalogue: Catalogue,
 }
@@ -134,7 +150,9 @@ impl Codec {
         };
         // Known leniency of apache-avro 0.21 (decode.rs): a union read at end of input decodes
         // as null, so a body cut exactly before its trailing nullable fields is accepted with
-        // those fields empty. Every other truncation is an error.
+        // those fields empty. Every other truncation is an error. The hot records go through
+        // `fast`, which rejects that cut too; the rare ones (registry, weather, desk) still
+        // have it.
         let value = apache_avro::from_avro_datum(&writer.schema, &mut body, reader)
             .map_err(|e| DecodeError::Avro(e.to_string()))?;
         if !body.is_empty() {
@@ -145,6 +163,54 @@ impl Codec {
 
     /// Decodes one input record. `key` is only read for a households tombstone.
     pub fn decode_input(
+        &self,
+        kind: InputKind,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<Input, DecodeError> {
+        self.decode_reusing(kind, key, payload, &mut Scratch::default())
+            .cloned()
+    }
+
+    /// Decodes one input record into `scratch`, reusing the strings of the record of the
+    /// same kind decoded before: the hot path keeps one `Scratch` and allocates nothing for
+    /// sensor events, heartbeats and check-ins (see `fast`).
+    pub fn decode_reusing<'s>(
+        &self,
+        kind: InputKind,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        scratch: &'s mut Scratch,
+    ) -> Result<&'s Input, DecodeError> {
+        let input = match self.fast_layout(kind, payload) {
+            Some((layout, body)) => {
+                let into = scratch.hot[layout.family()].get_or_insert_with(placeholder);
+                fast::decode(layout, body, into)?;
+                into
+            }
+            None => scratch
+                .other
+                .insert(self.decode_generic(kind, key, payload)?),
+        };
+        crate::validate::input(input)?;
+        Ok(input)
+    }
+
+    fn fast_layout<'a>(
+        &self,
+        kind: InputKind,
+        payload: Option<&'a [u8]>,
+    ) -> Option<(fast::Layout, &'a [u8])> {
+        let (id, body) = split_frame(payload?).ok()?;
+        let writer = self.catalogue.writer(id)?;
+        let layout = writer
+            .fast
+            .filter(|_| writer.record == kind.record_name())?;
+        Some((layout, body))
+    }
+
+    /// apache-avro's reading: every record, any writer the catalogue knows.
+    fn decode_generic(
         &self,
         kind: InputKind,
         key: Option<&[u8]>,
@@ -227,7 +293,6 @@ impl Codec {
                 note: r.opt_string("note")?,
             }),
         };
-        crate::validate::input(&input)?;
         Ok(input)
     }
 

@@ -346,3 +346,250 @@ fn catalogue_problems_are_all_reported() {
         "{all}"
     );
 }
+
+mod fast_decoder {
+    //! The hot-path decoder against apache-avro's reading of the same bytes.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9-]{1,24}",
+            "\\PC{0,12}",
+            Just(String::new()),
+            "[a-z]{120,140}",
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = DeviceKind> {
+        proptest::sample::select(DeviceKind::ALL)
+    }
+
+    fn reading() -> impl Strategy<Value = Reading> {
+        let int = proptest::option::of(-400..400i32);
+        prop_oneof![
+            any::<bool>().prop_map(|detected| Reading::Motion { detected }),
+            any::<bool>().prop_map(|open| Reading::Door { open }),
+            any::<bool>().prop_map(|occupied| Reading::Bed { occupied }),
+            (int.clone(), int, any::<bool>()).prop_map(|(h, r, worn)| Reading::Vitals {
+                heart_rate_bpm: h,
+                respiration_rpm: r,
+                worn
+            }),
+            any::<bool>().prop_map(|active| Reading::Alarm { active }),
+            any::<f64>().prop_map(|cumulative| Reading::Meter { cumulative }),
+            any::<bool>().prop_map(|dose_taken| Reading::PillBox { dose_taken }),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = (InputKind, Input)> {
+        let time = any::<i64>();
+        prop_oneof![
+            (
+                (text(), text(), text()),
+                kind(),
+                time,
+                reading(),
+                proptest::option::of(text())
+            )
+                .prop_map(|((ev, hh, dev), k, t, r, gw)| (
+                    InputKind::SensorEvents,
+                    Input::Sensor(SensorEvent {
+                        event_id: ev,
+                        household_id: hh,
+                        device_id: dev,
+                        device_kind: k,
+                        event_time: t,
+                        reading: r,
+                        gateway_id: gw,
+                    })
+                )),
+            (
+                text(),
+                text(),
+                kind(),
+                time,
+                proptest::option::of(any::<i32>()),
+                proptest::option::of(any::<bool>())
+            )
+                .prop_map(|(hh, dev, k, t, b, m)| (
+                    InputKind::Heartbeats,
+                    Input::Heartbeat(DeviceHeartbeat {
+                        household_id: hh,
+                        device_id: dev,
+                        device_kind: k,
+                        event_time: t,
+                        battery_pct: b,
+                        mains_power: m,
+                    })
+                )),
+            (
+                text(),
+                time,
+                proptest::sample::select(CheckInKind::ALL),
+                proptest::option::of(text())
+            )
+                .prop_map(|(hh, t, k, v)| (
+                    InputKind::CheckIns,
+                    Input::CheckIn(CheckIn {
+                        household_id: hh,
+                        event_time: t,
+                        kind: k,
+                        visitor_id: v,
+                    })
+                )),
+        ]
+    }
+
+    /// Both readings of one payload. The fast one decodes into a scratch that holds other
+    /// records already, as the pipeline's does.
+    fn both(
+        c: &Codec,
+        kind: InputKind,
+        bytes: &[u8],
+        scratch: &mut Scratch,
+    ) -> (Result<Input, DecodeError>, Result<Input, DecodeError>) {
+        assert!(c.fast_layout(kind, Some(bytes)).is_some(), "read fast");
+        let fast = c.decode_reusing(kind, None, Some(bytes), scratch).cloned();
+        let generic = c
+            .decode_generic(kind, None, Some(bytes))
+            .and_then(|i| crate::validate::input(&i).map(|()| i));
+        (fast, generic)
+    }
+
+    /// A scratch that has decoded `input` (and each hot kind) already.
+    fn filled(c: &Codec, input: &Input) -> Scratch {
+        let mut scratch = Scratch::default();
+        let samples = sample_inputs();
+        for (kind, i) in samples[..4]
+            .iter()
+            .chain([(kind_of(input), input.clone())].iter())
+        {
+            let bytes = c.encode_input(i).unwrap().unwrap();
+            let _ = c.decode_reusing(*kind, None, Some(&bytes), &mut scratch);
+        }
+        scratch
+    }
+
+    fn kind_of(input: &Input) -> InputKind {
+        match input {
+            Input::Sensor(_) => InputKind::SensorEvents,
+            Input::Heartbeat(_) => InputKind::Heartbeats,
+            _ => InputKind::CheckIns,
+        }
+    }
+
+    fn same_nan_aware(a: &Input, b: &Input) -> bool {
+        // NaN meter readings are equal bit for bit, not by `==`.
+        format!("{a:?}") == format!("{b:?}")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn agrees_with_apache_avro_on_every_record(
+            (kind, input) in input(),
+            (_, before) in input(),
+        ) {
+            let c = codec();
+            let bytes = c.encode_input(&input).unwrap().unwrap();
+            let mut scratch = filled(&c, &before);
+            let (fast, generic) = both(&c, kind, &bytes, &mut scratch);
+            match (&fast, &generic) {
+                (Ok(f), Ok(g)) => {
+                    prop_assert!(same_nan_aware(f, g), "{f:?} vs {g:?}");
+                    prop_assert!(same_nan_aware(f, &input));
+                }
+                (Err(f), Err(g)) => prop_assert_eq!(f.reason(), g.reason()),
+                _ => prop_assert!(false, "fast {fast:?} vs generic {generic:?}"),
+            }
+        }
+
+        #[test]
+        fn every_cut_is_an_error_and_damage_never_reads_differently(
+            (kind, input) in input(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let c = codec();
+            let bytes = c.encode_input(&input).unwrap().unwrap();
+            let mut scratch = filled(&c, &input);
+            // Every cut of the body fails (apache-avro accepts some: see decode_value).
+            for end in 5..bytes.len() {
+                let (fast, _) = both(&c, kind, &bytes[..end], &mut scratch);
+                prop_assert!(fast.is_err(), "cut at {end} of {} read as {fast:?}", bytes.len());
+            }
+            // One byte of the body changed: what the fast decoder accepts, apache-avro
+            // reads the same; what apache-avro rejects, the fast decoder rejects.
+            let mut damaged = bytes.clone();
+            let i = 5 + at.index(bytes.len() - 5);
+            damaged[i] = byte;
+            let (fast, generic) = both(&c, kind, &damaged, &mut scratch);
+            match (&fast, &generic) {
+                (Ok(f), Ok(g)) => prop_assert!(same_nan_aware(f, g), "{f:?} vs {g:?}"),
+                (Ok(_), Err(_)) => prop_assert!(false, "fast {fast:?} vs generic {generic:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_1_writer_reads_as_apache_avro_resolves_it() {
+        let c = codec();
+        let (_, input) = &sample_inputs()[1];
+        let Input::Sensor(mut e) = input.clone() else {
+            panic!()
+        };
+        e.gateway_id = None;
+        let v2 = c.encode_input(&Input::Sensor(e.clone())).unwrap().unwrap();
+        // v1 is v2 without the trailing union (its "null" branch is the last byte).
+        let mut v1 = vec![0, 0, 0, 0, 1];
+        v1.extend_from_slice(&v2[5..v2.len() - 1]);
+        let mut scratch = filled(
+            &c,
+            &Input::Sensor(SensorEvent {
+                gateway_id: Some("left over".into()),
+                ..e.clone()
+            }),
+        );
+        let (fast, generic) = both(&c, InputKind::SensorEvents, &v1, &mut scratch);
+        assert_eq!(fast, Ok(Input::Sensor(e)));
+        assert_eq!(fast, generic);
+    }
+
+    #[test]
+    fn registry_writers_equal_to_ours_are_read_fast_and_others_are_not() {
+        let mut c = codec();
+        let text = c
+            .catalogue()
+            .reader_text("DeviceHeartbeat")
+            .unwrap()
+            .to_string();
+        c.catalogue_mut().insert_writer(900, &text).unwrap();
+        let other = text.replace("\"FALL_DETECTOR\"", "\"FALL_DETECTOR\", \"DOORBELL\"");
+        c.catalogue_mut().insert_writer(901, &other).unwrap();
+        let (_, hb) = &sample_inputs()[2];
+        let mut bytes = c.encode_input(hb).unwrap().unwrap();
+        bytes[1..5].copy_from_slice(&900u32.to_be_bytes());
+        assert!(c.fast_layout(InputKind::Heartbeats, Some(&bytes)).is_some());
+        assert_eq!(
+            c.decode_input(InputKind::Heartbeats, None, Some(&bytes))
+                .as_ref(),
+            Ok(hb)
+        );
+        bytes[1..5].copy_from_slice(&901u32.to_be_bytes());
+        assert!(c.fast_layout(InputKind::Heartbeats, Some(&bytes)).is_none());
+        assert_eq!(
+            c.decode_input(InputKind::Heartbeats, None, Some(&bytes))
+                .as_ref(),
+            Ok(hb)
+        );
+        // The right writer on the wrong topic is still named as such.
+        assert!(matches!(
+            c.decode_input(InputKind::CheckIns, None, Some(&bytes)),
+            Err(DecodeError::WrongRecord { .. })
+        ));
+    }
+}
