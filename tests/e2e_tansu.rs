@@ -5,6 +5,8 @@
 //!    reading the backlog from the start;
 //! 2. the processor (`carestream run`, the binary of this build) reading the same backlog in
 //!    its own group: sustained events/s from its input counter, and the ratio to the ceiling;
+//!    then the peer (`benches/peer/peer.py`, Quix Streams) over the same backlog in its own
+//!    group, when installed (`benches/peer/setup.sh`);
 //! 3. latency at half of that throughput: the city produced live at 50 % of the processor's
 //!    rate with emergency buttons among it; for each alarm, the time from its record's
 //!    timestamp (set when produced) to the task's on `care.dispatch.critical` (set when our
@@ -152,6 +154,15 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         "ceiling (consume only): {ceiling:.0} records/s; carestream: {ours:.0} events/s; ratio {:.2}",
         ours / ceiling
     );
+    match peer(&broker.bootstrap(), &config) {
+        Some(peer) => println!(
+            "peer (Quix Streams {QUIX}, the no-movement and heart-rate rules): {peer:.0} events/s; \
+             ratio to the ceiling {:.2}; carestream / peer {:.1}",
+            peer / ceiling,
+            ours / peer
+        ),
+        None => println!("peer: not installed (benches/peer/setup.sh), skipped"),
+    }
 
     // 3. Live at half that rate for 20 s, alarms among it; latency alarm → task. Then at a
     //    light 1 000 events/s, for the floor the pipeline itself adds.
@@ -167,6 +178,49 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         );
     }
     assert!(proc.terminate(Duration::from_secs(30)).is_some());
+}
+
+const QUIX: &str = "3.28.1";
+
+/// The peer (`benches/peer/peer.py`, Quix Streams) over the same backlog, in its own group:
+/// records per second from its first record to the last. None when it is not installed.
+fn peer(bootstrap: &str, config: &carestream::config::Config) -> Option<f64> {
+    let python = std::env::var("CARESTREAM_PEER_PYTHON").ok().or_else(|| {
+        let home = std::env::var("HOME").ok()?;
+        let p = format!("{home}/.cache/carestream/peer-venv/bin/python");
+        std::path::Path::new(&p).exists().then_some(p)
+    })?;
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let schemas = format!(
+        "1={dir}/schemas/history/sensor_event.v1.avsc,2={dir}/schemas/sensor_event.avsc,\
+         3={dir}/schemas/device_heartbeat.avsc,4={dir}/schemas/check_in.avsc"
+    );
+    let t = &config.topics;
+    let state = std::env::temp_dir().join(common::unique("quix-state"));
+    let out = std::process::Command::new(python)
+        .arg(format!("{dir}/benches/peer/peer.py"))
+        .args(["--bootstrap", bootstrap, "--group", &common::unique("quix")])
+        .args(["--schemas", &schemas, "--output", "peer.alerts"])
+        .args(["--expect", &BACKLOG.to_string(), "--topics"])
+        .args([&t.sensor_events, &t.heartbeats, &t.checkins])
+        .current_dir(std::env::temp_dir())
+        .env("Quix__State__Dir", &state)
+        .output()
+        .expect("the peer starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("peer: "));
+    let Some(line) = line else {
+        panic!(
+            "the peer did not finish: {}\n{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // "peer: <n> records in <s> s"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let n: f64 = words[1].parse().unwrap();
+    let secs: f64 = words[4].parse().unwrap();
+    Some(n / secs)
 }
 
 /// Produces the city live at `rate` for 20 s and reports the alarm → task latency.
