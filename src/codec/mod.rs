@@ -168,8 +168,9 @@ impl Codec {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> Result<Input, DecodeError> {
-        self.decode_reusing(kind, key, payload, &mut Scratch::default())
-            .cloned()
+        let mut scratch = Scratch::default();
+        let input = self.decode_into(kind, key, payload, &mut scratch)?;
+        Ok(std::mem::replace(input, placeholder()))
     }
 
     /// Decodes one input record into `scratch`, reusing the strings of the record of the
@@ -182,6 +183,17 @@ impl Codec {
         payload: Option<&[u8]>,
         scratch: &'s mut Scratch,
     ) -> Result<&'s Input, DecodeError> {
+        self.decode_into(kind, key, payload, scratch).map(|i| &*i)
+    }
+
+    /// Decodes into the slot of `scratch` for the record's kind and returns that slot.
+    fn decode_into<'s>(
+        &self,
+        kind: InputKind,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        scratch: &'s mut Scratch,
+    ) -> Result<&'s mut Input, DecodeError> {
         let input = match self.fast_layout(kind, payload) {
             Some((layout, body)) => {
                 let into = scratch.hot[layout.family()].get_or_insert_with(placeholder);
