@@ -486,6 +486,8 @@ struct Merger<'a> {
     parts: HashMap<i32, Vec<Lane<'a>>>,
     buffered: usize,
     refreshed: Option<Instant>,
+    /// The input topics' names (by index) for librdkafka's C API.
+    c_names: Vec<Option<std::ffi::CString>>,
 }
 
 struct Lane<'a> {
@@ -564,8 +566,12 @@ fn stamp(m: &rdkafka::message::BorrowedMessage<'_>) -> i64 {
 }
 
 impl<'a> Merger<'a> {
-    fn new(limit: i64) -> Merger<'a> {
+    fn new(limit: i64, names: &[String]) -> Merger<'a> {
         Merger {
+            c_names: names
+                .iter()
+                .map(|n| std::ffi::CString::new(n.as_str()).ok())
+                .collect(),
             limit,
             idle: Duration::from_millis(500),
             parts: HashMap::new(),
@@ -574,45 +580,18 @@ impl<'a> Merger<'a> {
         }
     }
 
-    /// Reads each empty lane's high watermark (librdkafka's cached value, no request to the
-    /// broker) and, before its first delivery, its fetch position.
-    fn refresh(&mut self, consumer: &GroupConsumer, names: &[String]) {
+    /// Reads each empty lane's high watermark: librdkafka's cached value, no request to the
+    /// broker. (A lane's next offset comes from its assignment and then its deliveries;
+    /// librdkafka's own position is no help before the first delivery, it is unset then.)
+    fn refresh(&mut self, consumer: &GroupConsumer) {
         if self.refreshed.is_some_and(|r| r.elapsed() < REFRESH) {
             return;
         }
         self.refreshed = Some(Instant::now());
-        let positions = if self
-            .parts
-            .values()
-            .flatten()
-            .any(|l| l.next.is_none() && l.queue.is_empty())
-        {
-            consumer.position().ok()
-        } else {
-            None
-        };
-        let names: Vec<Option<std::ffi::CString>> = names
-            .iter()
-            .map(|n| std::ffi::CString::new(n.as_str()).ok())
-            .collect();
         for (p, lanes) in self.parts.iter_mut() {
-            for (t, lane) in lanes.iter_mut().enumerate() {
-                if !lane.queue.is_empty() {
-                    continue;
-                }
-                let Some(Some(name)) = names.get(t) else {
-                    continue;
-                };
-                lane.high = cached_high(consumer, name, *p).or(lane.high);
-                if lane.next.is_none() {
-                    let topic = name.to_str().unwrap_or_default();
-                    lane.next = positions
-                        .as_ref()
-                        .and_then(|ps| ps.find_partition(topic, *p))
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        });
+            for (lane, name) in lanes.iter_mut().zip(&self.c_names) {
+                if let (true, Some(name)) = (lane.queue.is_empty(), name) {
+                    lane.high = cached_high(consumer, name, *p).or(lane.high);
                 }
             }
         }
@@ -710,7 +689,7 @@ impl<'a> Merger<'a> {
 fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Duration) {
     let ctx = consumer.context();
     let index: Vec<String> = ctx.topics.iter().map(|(n, _)| n.clone()).collect();
-    let mut merger = Merger::new(ctx.config.pipeline.align_ms as i64);
+    let mut merger = Merger::new(ctx.config.pipeline.align_ms as i64, &index);
     let mut since: Option<Instant> = None;
     if let Ok(a) = consumer.assignment() {
         merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
@@ -751,7 +730,7 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
             }
         }
         merger.regulate(&consumer, &index);
-        merger.refresh(&consumer, &index);
+        merger.refresh(&consumer);
         let due = full || since.is_some_and(|s| s.elapsed() >= wait) || merger.buffered == 0;
         if due {
             since = None;
