@@ -10,7 +10,6 @@ mod workload;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -135,13 +134,7 @@ fn a_missing_dispatch_topic_stops_consumption_and_loses_nothing() {
     // The topic appears: everything goes out, every alarm gets its task.
     rt.block_on(carestream::admin::create_topics(&config, 3, 1))
         .unwrap();
-    let desk: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", common::unique("desk"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    desk.subscribe(&[&t.dispatch_critical]).unwrap();
+    let desk = common::desk(&broker.bootstrap(), &t.dispatch_critical);
     let mut incidents = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while incidents.len() < alarms && Instant::now() < deadline {

@@ -266,13 +266,7 @@ fn live_phase(
         common::produce(prod, &topic_of(&i), &key_of(&i), &bytes, ts);
     }
     prod.flush(Duration::from_secs(60)).unwrap();
-    let tasks: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", common::unique("desk"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    tasks.subscribe(&[&t.dispatch_critical]).unwrap();
+    let tasks = common::desk(&broker.bootstrap(), &t.dispatch_critical);
     let mut latency: HashMap<String, i64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {

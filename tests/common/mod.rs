@@ -475,3 +475,16 @@ pub fn input_records(p: &Processor) -> f64 {
         })
         .sum()
 }
+
+/// A consumer of `topic` from its start, in a group of its own: the dispatch desk's view.
+pub fn desk(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("desk"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
