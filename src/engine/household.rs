@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DeviceKind, HouseholdProfile, Millis};
+use crate::model::{DeviceKind, HouseholdProfile, Millis, QuietHours};
 use crate::rules::RuleKind;
 
 /// "Never": older than any real time, so `max` with it is the identity.
@@ -83,7 +83,12 @@ pub(crate) struct OpenIncident {
 pub(crate) struct Household {
     pub id: Arc<str>,
     pub generation: u32,
+    /// The registry's entry; set only through `set_profile`, which keeps the copies below.
     pub profile: Option<Arc<HouseholdProfile>>,
+    /// Copies of the profile's fields the rules read on every event, kept here beside the
+    /// rest of the state so an event does not also fetch the profile into the cache.
+    away_until: Option<Millis>,
+    quiet_hours: Option<QuietHours>,
     /// UTC offset of the household's time zone.
     pub offset: Millis,
     pub partition: Option<i32>,
@@ -114,6 +119,9 @@ pub(crate) struct Household {
     pub heightened_until: Millis,
     /// Index of the household's district in the engine's table (`u16::MAX`: none).
     pub district: u16,
+    /// Index of its rule parameters in the engine's table (worked out from its id, profile
+    /// and the rules whenever one of them changes).
+    pub params: u32,
 }
 
 impl Household {
@@ -122,6 +130,8 @@ impl Household {
             id,
             generation,
             profile: None,
+            away_until: None,
+            quiet_hours: None,
             offset: super::localtime::offset_or_cst("Asia/Shanghai"),
             partition: None,
             open: Vec::new(),
@@ -144,16 +154,17 @@ impl Household {
             ladder_scheduled: NEVER,
             heightened_until: NEVER,
             district: u16::MAX,
+            params: 0,
         }
     }
 
-    /// Records an event id; false when it was seen recently (a redelivery or device repeat).
-    /// Zero marks an empty slot, so a hash of zero is nudged to one.
-    pub fn first_sighting(&mut self, event_id: &str) -> bool {
+    /// Records an event id (by its `hash64`); false when it was seen recently (a redelivery
+    /// or device repeat). Zero marks an empty slot, so a hash of zero is nudged to one.
+    pub fn first_sighting(&mut self, event_hash: u64) -> bool {
         if self.recent.is_empty() {
             return true;
         }
-        let h = (hash64(event_id) as u32).max(1);
+        let h = (event_hash as u32).max(1);
         if self.recent.contains(&h) {
             return false;
         }
@@ -192,16 +203,24 @@ impl Household {
         }
     }
 
+    pub fn set_profile(&mut self, profile: Option<Arc<HouseholdProfile>>) {
+        self.away_until = profile.as_ref().and_then(|p| p.away_until);
+        self.quiet_hours = profile.as_ref().and_then(|p| p.quiet_hours);
+        self.profile = profile;
+    }
+
     /// Whether the elder is away (in hospital, with family) at `t`.
     pub fn away_at(&self, t: Millis) -> bool {
-        self.profile
-            .as_ref()
-            .and_then(|p| p.away_until)
-            .is_some_and(|until| t < until)
+        self.away_until.is_some_and(|until| t < until)
     }
 
     pub fn away_until(&self) -> Option<Millis> {
-        self.profile.as_ref().and_then(|p| p.away_until)
+        self.away_until
+    }
+
+    /// The registry's quiet hours for the household, if it has its own.
+    pub fn quiet_hours(&self) -> Option<QuietHours> {
+        self.quiet_hours
     }
 
     pub fn open_for(&self, rule: &RuleRef) -> Option<&OpenIncident> {

@@ -11,6 +11,7 @@
 
 mod alarms;
 mod clock;
+mod fasthash;
 mod household;
 pub mod ids;
 mod incidents;
@@ -103,13 +104,13 @@ pub(crate) struct TaskRef {
 
 pub struct Engine {
     rules: Arc<RuleSet>,
-    index: HashMap<Arc<str>, u32>,
+    index: fasthash::FastMap<Arc<str>, u32>,
     slots: Vec<Option<Household>>,
     free: Vec<u32>,
     next_generation: u32,
     tasks: HashMap<String, TaskRef>,
     closed: incidents::Closed,
-    partitions: HashMap<i32, Clock>,
+    partitions: fasthash::FastMap<i32, Clock>,
     stats: EngineStats,
     alerts: Vec<weather::Alert>,
     alert_index: HashMap<String, usize>,
@@ -124,19 +125,24 @@ pub struct Engine {
     /// Events per district, by the index households hold.
     districts: Vec<(String, u64)>,
     district_index: HashMap<String, u16>,
+    /// Rule parameters per household, shared by every household that resolves to the same
+    /// values (most do: a handful of cohorts), by `Household::params`. Entry 0: the defaults.
+    param_sets: Vec<Box<[f64]>>,
+    param_ids: HashMap<Vec<u64>, u32>,
+    param_offsets: [usize; RuleKind::ALL.len()],
 }
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>) -> Engine {
         Engine {
             rules,
-            index: HashMap::new(),
+            index: Default::default(),
             slots: Vec::new(),
             free: Vec::new(),
             next_generation: 0,
             tasks: HashMap::new(),
             closed: incidents::Closed::default(),
-            partitions: HashMap::new(),
+            partitions: Default::default(),
             stats: EngineStats::default(),
             alerts: Vec::new(),
             alert_index: HashMap::new(),
@@ -146,7 +152,43 @@ impl Engine {
             open_count: 0,
             districts: Vec::new(),
             district_index: HashMap::new(),
+            param_sets: Vec::new(),
+            param_ids: HashMap::new(),
+            param_offsets: RuleSet::param_offsets(),
         }
+        .with_default_params()
+    }
+
+    fn with_default_params(mut self) -> Engine {
+        self.param_sets.clear();
+        self.param_ids.clear();
+        let defaults = self.rules.resolve_params("", None);
+        self.intern_params(defaults);
+        self
+    }
+
+    fn intern_params(&mut self, values: Vec<f64>) -> u32 {
+        let key: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+        if let Some(i) = self.param_ids.get(&key) {
+            return *i;
+        }
+        let i = self.param_sets.len() as u32;
+        self.param_sets.push(values.into_boxed_slice());
+        self.param_ids.insert(key, i);
+        i
+    }
+
+    /// Works out the household's rule parameters again (new household, profile or rules).
+    fn resolve_params(&mut self, slot: u32) {
+        let h = self.slot(slot);
+        let values = self.rules.resolve_params(&h.id, h.profile.as_deref());
+        let i = self.intern_params(values);
+        self.slot_mut(slot).params = i;
+    }
+
+    /// Parameter `i` of rule `kind` for a household.
+    fn param(&self, kind: RuleKind, i: usize, h: &Household) -> f64 {
+        self.param_sets[h.params as usize][self.param_offsets[kind as usize] + i]
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -272,8 +314,13 @@ impl Engine {
     /// Swaps in new rules (a reload): every household's deadlines are worked out again.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
         self.rules = rules;
+        let defaults = self.rules.resolve_params("", None);
+        self.param_sets.clear();
+        self.param_ids.clear();
+        self.intern_params(defaults);
         for slot in 0..self.slots.len() as u32 {
             if self.slots[slot as usize].is_some() {
+                self.resolve_params(slot);
                 self.slot_mut(slot).scheduled = [NEVER; RuleKind::ALL.len()];
                 self.schedule_all(slot);
             }
@@ -319,6 +366,7 @@ impl Engine {
             }
         };
         self.index.insert(id, slot);
+        self.resolve_params(slot);
         slot
     }
 
@@ -456,9 +504,11 @@ impl Engine {
                     None => u16::MAX,
                 };
                 let h = self.slot_mut(slot);
-                h.profile = Some(Arc::new(p.clone()));
+                h.set_profile(Some(Arc::new(p.clone())));
                 h.offset = offset;
                 h.district = district;
+                self.resolve_params(slot);
+                let h = self.slot_mut(slot);
                 // Cohorts, overrides and away_until may have moved a deadline.
                 h.scheduled = [NEVER; RuleKind::ALL.len()];
                 self.schedule_all(slot);
@@ -470,7 +520,8 @@ impl Engine {
                     if self.slot(slot).open.is_empty() {
                         self.forget(slot);
                     } else {
-                        self.slot_mut(slot).profile = None;
+                        self.slot_mut(slot).set_profile(None);
+                        self.resolve_params(slot);
                     }
                 }
             }
@@ -506,7 +557,9 @@ impl Engine {
             (None, Some(_)) => self.slot_for(&e.household_id),
             (None, None) => return Err(EngineError::UnknownHousehold),
         };
-        if !self.slot_mut(slot).first_sighting(&e.event_id) {
+        // Hashed once: the dedup memory and the queue key both use it.
+        let event_hash = hash64(&e.event_id);
+        if !self.slot_mut(slot).first_sighting(event_hash) {
             self.stats.duplicate_events += 1;
             return Ok(());
         }
@@ -522,14 +575,14 @@ impl Engine {
                 slot,
                 t,
                 Pending::Alive,
-                hash64(&e.event_id),
+                event_hash,
                 device,
                 meta.partition,
                 out,
             );
         } else {
             let p = pending(&e.reading, e.device_kind);
-            self.enqueue(slot, t, p, hash64(&e.event_id), device, meta.partition, out);
+            self.enqueue(slot, t, p, event_hash, device, meta.partition, out);
         }
         self.advance(meta.partition, SOURCE_SENSORS, t.min(meta.arrival), out);
         Ok(())

@@ -167,9 +167,10 @@ impl Engine {
             let (generation, memory) = (self.next_generation, self.rules.dedup_memory);
             let h = self.slots[slot as usize].as_mut().expect("live slot");
             let mut fresh = super::household::Household::new(h.id.clone(), generation, memory);
-            fresh.profile = h.profile.take();
+            fresh.set_profile(h.profile.take());
             fresh.offset = h.offset;
             fresh.district = h.district;
+            fresh.params = h.params;
             fresh.heightened_until = h.heightened_until;
             *h = fresh;
         }

@@ -39,6 +39,16 @@ fn profile(id: &str, contacts: usize) -> Input {
     }
 }
 
+/// The profile `profile(id, 1)` registers, to change before registering it.
+fn profile_of(id: &str) -> HouseholdProfile {
+    match profile(id, 1) {
+        Input::Household {
+            profile: Some(p), ..
+        } => p,
+        _ => unreachable!(),
+    }
+}
+
 fn sensor(hh: &str, id: &str, kind: DeviceKind, t: Millis, reading: Reading) -> Input {
     Input::Sensor(SensorEvent {
         event_id: id.into(),
@@ -958,13 +968,7 @@ fn a_nights_sleep_is_not_no_movement() {
     let evening = 1_795_104_000_000 - 3 * HOUR;
     let mut e = engine();
     let mut out = Vec::new();
-    let Input::Household {
-        profile: Some(mut p),
-        ..
-    } = profile("hh-1", 1)
-    else {
-        unreachable!()
-    };
+    let mut p = profile_of("hh-1");
     p.cohorts = vec![Cohort::SEVERE_DISABILITY];
     p.quiet_hours = Some(QuietHours {
         start_minute: 22 * 60,
@@ -1062,4 +1066,99 @@ fn only_a_registered_device_reporting_after_the_silence_ends_it() {
         "the call, NOTIFY_CONTACT and the 30-minute rung"
     );
     assert_eq!(opened(&out).len(), 1, "{:?}", opened(&out));
+}
+
+/// A motion event at `t` from each household's PIR.
+fn moved_at(e: &mut Engine, households: &[&str], t: Millis, out: &mut Vec<Output>) {
+    for hh in households {
+        let motion = sensor(
+            hh,
+            &format!("m-{hh}"),
+            DeviceKind::MOTION_PIR,
+            t,
+            Reading::Motion { detected: true },
+        );
+        e.process(&motion, on(0, t), out).unwrap();
+    }
+}
+
+/// The no-movement incidents opened in `out`: household and incident time.
+fn no_movement_found(out: &[Output]) -> Vec<(String, Millis)> {
+    opened(out)
+        .into_iter()
+        .filter(|(_, r, _)| r == "no_movement")
+        .map(|(h, _, t)| (h, t))
+        .collect()
+}
+
+#[test]
+fn parameters_follow_household_overrides_and_profile_changes() {
+    // The engine works out each household's parameters once (by id, profile and rules), not
+    // per event: an override must reach only its household, and a registry update that
+    // changes the cohort must change the threshold.
+    let rules = rules_with(|dir| {
+        let text = std::fs::read_to_string(dir.join("no_movement.toml")).unwrap()
+            + "\n[[household]]\nid = \"hh-2\"\nparams = { after = \"3h\" }\n";
+        std::fs::write(dir.join("no_movement.toml"), text).unwrap();
+    });
+    let mut e = Engine::new(rules);
+    let mut out = Vec::new();
+    for hh in ["hh-1", "hh-2", "hh-3"] {
+        e.process(&profile(hh, 1), on(0, T0), &mut out).unwrap();
+    }
+    // hh-3 becomes severely disabled (6 h) by a registry update.
+    let mut p = profile_of("hh-3");
+    p.cohorts = vec![Cohort::SEVERE_DISABILITY];
+    e.process(
+        &Input::Household {
+            household_id: "hh-3".into(),
+            profile: Some(p),
+        },
+        on(0, T0),
+        &mut out,
+    )
+    .unwrap();
+    moved_at(&mut e, &["hh-1", "hh-2", "hh-3"], T0, &mut out);
+    e.tick(0, T0 + 11 * HOUR, &mut out);
+    let mut found = no_movement_found(&out);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("hh-1".to_string(), T0 + 10 * HOUR), // living alone, 84: the 10 h cohort
+            ("hh-2".to_string(), T0 + 3 * HOUR),  // its own override
+            ("hh-3".to_string(), T0 + 6 * HOUR),  // severe disability after the update
+        ]
+    );
+}
+
+#[test]
+fn away_in_the_registry_pauses_no_movement() {
+    // hh-1 is in hospital until T0 + 20 h (the registry's away_until); hh-2 is home. Both last
+    // moved at T0 and both are in the 10 h cohort.
+    let mut e = engine();
+    let mut out = Vec::new();
+    let mut p = profile_of("hh-1");
+    p.away_until = Some(T0 + 20 * HOUR);
+    let away = Input::Household {
+        household_id: "hh-1".into(),
+        profile: Some(p),
+    };
+    e.process(&away, on(0, T0), &mut out).unwrap();
+    e.process(&profile("hh-2", 1), on(0, T0), &mut out).unwrap();
+    moved_at(&mut e, &["hh-1", "hh-2"], T0, &mut out);
+    e.tick(0, T0 + 19 * HOUR, &mut out);
+    assert_eq!(
+        no_movement_found(&out),
+        vec![("hh-2".to_string(), T0 + 10 * HOUR)]
+    );
+    // Back home and still no movement: now it counts.
+    e.tick(0, T0 + 40 * HOUR, &mut out);
+    let later = no_movement_found(&out);
+    assert!(
+        later
+            .iter()
+            .any(|(h, t)| h == "hh-1" && *t >= T0 + 20 * HOUR),
+        "{later:?}"
+    );
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{Action, DeviceKind, Millis, QuietHours, Severity};
+use crate::model::{Action, DeviceKind, HouseholdProfile, Millis, QuietHours, Severity};
 
 pub use extra::{parse_rfc3339, Suppression, WeatherRules};
 pub use windowed::{p, RuleKind, WindowedRule};
@@ -156,6 +156,35 @@ impl RuleSet {
 
     pub fn rule(&self, kind: RuleKind) -> &WindowedRule {
         &self.windowed[kind as usize]
+    }
+
+    /// Where each rule's parameters start in [`RuleSet::resolve_params`]'s list.
+    pub fn param_offsets() -> [usize; RuleKind::ALL.len()] {
+        let mut offsets = [0; RuleKind::ALL.len()];
+        let mut at = 0;
+        for k in RuleKind::ALL {
+            offsets[k as usize] = at;
+            at += k.params().len();
+        }
+        offsets
+    }
+
+    /// Every windowed rule's parameters for one household, rule after rule in the order of
+    /// `RuleKind::ALL`, each rule's in the order of its `P_*` constants (see
+    /// [`RuleSet::param_offsets`]). The engine works these out once per household when its profile
+    /// or the rules change, instead of matching cohorts on every event.
+    pub fn resolve_params(
+        &self,
+        household_id: &str,
+        profile: Option<&HouseholdProfile>,
+    ) -> Vec<f64> {
+        RuleKind::ALL
+            .iter()
+            .flat_map(|k| {
+                let rule = self.rule(*k);
+                (0..k.params().len()).map(move |i| rule.param(i, household_id, profile))
+            })
+            .collect()
     }
 
     pub fn alarm_for(&self, kind: DeviceKind) -> Option<(usize, &AlarmRule)> {

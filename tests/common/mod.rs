@@ -115,6 +115,20 @@ impl Broker {
         wait_for_port(self.port, Duration::from_secs(20));
     }
 
+    /// CPU time the broker process has used so far (user + system), in ms.
+    pub fn cpu_ms(&self) -> u64 {
+        let Some(c) = &self.child else { return 0 };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime
+        // the 13th, in clock ticks (100 a second on Linux).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        f.get(11).zip(f.get(12)).map_or(0, |(u, s)| (u + s) * 10)
+    }
+
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -25,7 +25,7 @@ pub(super) fn evidence(what: &str, t: Millis, summary: String) -> Evidence {
 
 impl Engine {
     pub(super) fn ms(&self, kind: RuleKind, i: usize, h: &Household) -> Millis {
-        let base = self.rules.rule(kind).ms(i, &h.id, h.profile.as_deref());
+        let base = self.param(kind, i, h) as Millis;
         // Under a weather warning the absence thresholds and the visit cadence tighten.
         if h.heightened_until > h.last_seen {
             let w = &self.rules.weather;
@@ -42,7 +42,7 @@ impl Engine {
     }
 
     pub(super) fn num(&self, kind: RuleKind, i: usize, h: &Household) -> f64 {
-        self.rules.rule(kind).param(i, &h.id, h.profile.as_deref())
+        self.param(kind, i, h)
     }
 
     pub(super) fn enabled(&self, kind: RuleKind) -> bool {
@@ -50,10 +50,7 @@ impl Engine {
     }
 
     pub(super) fn quiet_hours(&self, h: &Household) -> QuietHours {
-        h.profile
-            .as_ref()
-            .and_then(|p| p.quiet_hours)
-            .unwrap_or(self.rules.default_quiet_hours)
+        h.quiet_hours().unwrap_or(self.rules.default_quiet_hours)
     }
 
     pub(super) fn quiet(&self, h: &Household, t: Millis) -> bool {
