@@ -368,11 +368,15 @@ impl Fetcher {
             .set("partition.assignment.strategy", "range")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000");
-        // An alarm must not wait for a fetch to fill: some brokers (tansu) hold a fetch for
-        // the whole `fetch.wait.max.ms` (librdkafka's default 500 ms). Measured on tansu at
-        // 1 000 events/s: alarm-to-task p50 384 ms with the default, 48 ms at 20 ms.
+        // How long the broker may hold a fetch that finds nothing new. Kafka answers as soon
+        // as a record is there, so this only paces idle fetches; tansu holds a fetch longer.
+        // librdkafka's default 500 ms cost alarms latency on tansu (1 000 events/s: alarm-to-
+        // task p50 384 ms, against 48 ms at 20 ms, 2026-11-22), but 25 ms costs the broker:
+        // fetches every 25 ms on every partition took tansu from 68 % to 104 % of a core at
+        // 1 000 events/s, and the records' own transit from 41 ms to 1 292 ms; at 200 ms it
+        // was 67 ms (2026-12-02, `broker_transit_alone` in tests/e2e_tansu.rs).
         if !config.kafka.properties.contains_key("fetch.wait.max.ms") {
-            c.set("fetch.wait.max.ms", "25");
+            c.set("fetch.wait.max.ms", "200");
         }
         let t = &config.topics;
         let topics: Arc<Vec<(String, crate::model::InputKind)>> = Arc::new(

@@ -47,6 +47,32 @@ fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
         .unwrap()
 }
 
+/// The input topic a workload record goes to.
+fn topic_of(t: &carestream::config::Topics, i: &Input) -> String {
+    match i {
+        Input::Heartbeat(_) => t.heartbeats.clone(),
+        Input::CheckIn(_) => t.checkins.clone(),
+        _ => t.sensor_events.clone(),
+    }
+}
+
+/// The registry of the city's `HOUSEHOLDS` households, produced to `topic`.
+fn register_city(
+    prod: &ThreadedProducer<DefaultProducerContext>,
+    codec: &carestream::codec::Codec,
+    topic: &str,
+) {
+    for i in 0..HOUSEHOLDS {
+        let p = carestream::simulate::household(i, 1);
+        let input = Input::Household {
+            household_id: p.household_id.clone(),
+            profile: Some(p),
+        };
+        let bytes = codec.encode_input(&input).unwrap().unwrap();
+        common::produce(prod, topic, &key_of(&input), &bytes, wall());
+    }
+}
+
 fn key_of(i: &Input) -> String {
     match i {
         Input::Sensor(e) => e.household_id.clone(),
@@ -88,21 +114,8 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     let (broker, config, env) = broker_with_topics("e2e");
     let codec = workload::codec();
     let t = &config.topics;
-    let topic_of = |i: &Input| match i {
-        Input::Heartbeat(_) => t.heartbeats.clone(),
-        Input::CheckIn(_) => t.checkins.clone(),
-        _ => t.sensor_events.clone(),
-    };
     let prod = producer(&broker.bootstrap());
-    for i in 0..HOUSEHOLDS {
-        let p = carestream::simulate::household(i, 1);
-        let input = Input::Household {
-            household_id: p.household_id.clone(),
-            profile: Some(p),
-        };
-        let bytes = codec.encode_input(&input).unwrap().unwrap();
-        common::produce(&prod, &t.households, &key_of(&input), &bytes, wall());
-    }
+    register_city(&prod, &codec, &t.households);
     // The backlog: event time starting now, at the city's peak rate.
     let now = wall();
     let backlog = workload::stream(HOUSEHOLDS, BACKLOG, now, 50_000, 1);
@@ -111,7 +124,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         let bytes = codec.encode_input(i).unwrap().unwrap();
         common::produce(
             &prod,
-            &topic_of(i),
+            &topic_of(t, i),
             &key_of(i),
             &bytes,
             workload::time_of(i),
@@ -263,11 +276,6 @@ fn live_phase(
     phase: usize,
 ) -> usize {
     let t = &config.topics;
-    let topic_of = |i: &Input| match i {
-        Input::Heartbeat(_) => t.heartbeats.clone(),
-        Input::CheckIn(_) => t.checkins.clone(),
-        _ => t.sensor_events.clone(),
-    };
     let live_events = (rate * 20.0) as usize;
     let tag = 10 + phase as u64;
     let live = workload::stream(HOUSEHOLDS, live_events, wall(), rate as usize, tag);
@@ -314,7 +322,7 @@ fn live_phase(
             _ => {}
         }
         let bytes = codec.encode_input(&i).unwrap().unwrap();
-        common::produce(prod, &topic_of(&i), &key_of(&i), &bytes, ts);
+        common::produce(prod, &topic_of(t, &i), &key_of(&i), &bytes, ts);
     }
     prod.flush(Duration::from_secs(60)).unwrap();
     let tasks = common::desk(&broker.bootstrap(), &t.dispatch_critical);
@@ -376,7 +384,13 @@ fn broker_transit(bootstrap: &str, topic: &str, stop: &std::sync::atomic::Atomic
         .set("bootstrap.servers", bootstrap)
         .set("group.id", common::unique("transit"))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "25")
+        // The processor's fetch wait (its default, or what the environment gives it), so the
+        // reader's transit and the processor's are measured alike.
+        .set(
+            "fetch.wait.max.ms",
+            std::env::var("CARESTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS")
+                .unwrap_or_else(|_| "200".into()),
+        )
         .create()
         .unwrap();
     let md = reader
@@ -399,19 +413,52 @@ fn broker_transit(bootstrap: &str, topic: &str, stop: &std::sync::atomic::Atomic
     seen
 }
 
-/// The broker's floor alone: the same live production (at 1 000 and 5 000 records/s) and the
-/// same consume-only reader, with no processor running, and the broker's CPU meanwhile. Run:
+/// The broker's floor: the same live production and consume-only reader as the main
+/// measurement at 1 000 records/s with no processor running, then the main measurement's live
+/// phase at 1 000 events/s with the processor (the city registered, nothing else behind it),
+/// then 5 000 records/s alone; the broker's CPU (and the processor's) in each. Run:
 ///
 ///     cargo test --release --test e2e_tansu broker_transit_alone -- --ignored --nocapture
 #[test]
 #[ignore = "a measurement: run with --release --ignored --nocapture"]
 fn broker_transit_alone() {
-    let (broker, config, _) = broker_with_topics("transit");
+    let (broker, config, env) = broker_with_topics("transit");
     let codec = workload::codec();
     let prod = producer(&broker.bootstrap());
-    let topic = config.topics.sensor_events.clone();
-    for rate in [1_000.0, 5_000.0] {
-        let (cpu_before, phase) = (broker.cpu_ms(), Instant::now());
+    let t = &config.topics;
+    let topic = t.sensor_events.clone();
+    let mut proc: Option<common::Processor> = None;
+    let mut produced = 0;
+    for (rate, with_processor) in [(1_000.0, false), (1_000.0, true), (5_000.0, false)] {
+        if with_processor {
+            // The city registered (so no record is dead-lettered for an unknown household),
+            // then the processor started and caught up with the first phase's records.
+            register_city(&prod, &codec, &t.households);
+            prod.flush(Duration::from_secs(60)).unwrap();
+            let mut p = common::Processor::start(&env);
+            p.wait_ready(Duration::from_secs(120));
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while common::input_records(&p) < produced as f64 {
+                assert!(Instant::now() < deadline, "the processor did not catch up");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            proc = Some(p);
+        } else if let Some(mut p) = proc.take() {
+            assert!(p.terminate(Duration::from_secs(30)).is_some());
+        }
+        let proc_cpu = || proc.as_ref().map_or(0, |p| common::cpu_ms(p.child.id()));
+        let (cpu_before, proc_before, phase) = (broker.cpu_ms(), proc_cpu(), Instant::now());
+        let share = |ms: u64| ms as f64 / phase.elapsed().as_millis() as f64 * 100.0;
+        if with_processor {
+            // The live phase of the main measurement: probe alarms, their tasks, the transit.
+            produced += live_phase(&broker, &config, &codec, &prod, rate, 0);
+            println!(
+                "  broker CPU {:.0} %, processor CPU {:.0} %",
+                share(broker.cpu_ms() - cpu_before),
+                share(proc_cpu() - proc_before),
+            );
+            continue;
+        }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let (bootstrap, topic, stop) = (broker.bootstrap(), topic.clone(), stop.clone());
@@ -419,7 +466,8 @@ fn broker_transit_alone() {
         };
         std::thread::sleep(Duration::from_secs(2));
         let n = (rate * 20.0) as usize;
-        let live = workload::stream(HOUSEHOLDS, n, wall(), rate as usize, 30);
+        produced += n;
+        let live = workload::stream(HOUSEHOLDS, n, wall(), rate as usize, 30 + produced as u64);
         let start = Instant::now();
         for (k, i) in live.iter().enumerate() {
             let due = Duration::from_secs_f64(k as f64 / rate);
@@ -427,7 +475,7 @@ fn broker_transit_alone() {
                 std::thread::sleep(wait);
             }
             let bytes = codec.encode_input(i).unwrap().unwrap();
-            common::produce(&prod, &topic, &key_of(i), &bytes, wall());
+            common::produce(&prod, &topic_of(t, i), &key_of(i), &bytes, wall());
         }
         prod.flush(Duration::from_secs(60)).unwrap();
         std::thread::sleep(Duration::from_secs(2));
@@ -436,12 +484,13 @@ fn broker_transit_alone() {
         floor.sort_unstable();
         assert!(!floor.is_empty(), "the reader read nothing");
         println!(
-            "broker alone at {rate:.0} records/s: transit p50 {} ms, p99 {} ms, max {} ms ({} records); broker CPU {:.0} %",
+            "broker alone at {rate:.0} records/s: sensor-topic transit p50 {} ms, p99 {} ms, max {} ms ({} records); \
+             broker CPU {:.0} %",
             percentile(&floor, 0.5),
             percentile(&floor, 0.99),
             floor[floor.len() - 1],
             floor.len(),
-            (broker.cpu_ms() - cpu_before) as f64 / phase.elapsed().as_millis() as f64 * 100.0
+            share(broker.cpu_ms() - cpu_before),
         );
     }
 }

@@ -117,16 +117,7 @@ impl Broker {
 
     /// CPU time the broker process has used so far (user + system), in ms.
     pub fn cpu_ms(&self) -> u64 {
-        let Some(c) = &self.child else { return 0 };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 12th, stime
-        // the 13th, in clock ticks (100 a second on Linux).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        f.get(11).zip(f.get(12)).map_or(0, |(u, s)| (u + s) * 10)
+        self.child.as_ref().map_or(0, |c| cpu_ms(c.id()))
     }
 
     pub fn bootstrap(&self) -> String {
@@ -215,6 +206,19 @@ pub fn test_config(bootstrap: &str, tag: &str) -> (Config, Vec<(String, String)>
     }
     let config = Config::load(None, env.clone()).unwrap();
     (config, env)
+}
+
+/// CPU time process `pid` has used so far (user + system), in ms; 0 if it cannot be read.
+pub fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the
+    // 13th, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    f.get(11).zip(f.get(12)).map_or(0, |(u, s)| (u + s) * 10)
 }
 
 /// The real binary, `carestream run`, with the given environment; killed on drop.
