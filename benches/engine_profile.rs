@@ -24,9 +24,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let rules = workload::rules();
-    let mut engine = workload::engine(&rules, 100_000);
-    let warm = workload::stream(100_000, 200_000, workload::T0 - 40_000, 5_000, 1);
-    workload::run(&mut engine, &warm, &mut Vec::new());
+    let mut engine = workload::warmed(&rules, 100_000, 200_000);
     let inputs = workload::stream(100_000, n, workload::T0, 5_000, 2);
     let start = std::time::Instant::now();
     let outputs = measure(&mut engine, &inputs, &mut Vec::new());

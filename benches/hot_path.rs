@@ -45,10 +45,7 @@ impl Steady {
     }
 
     fn warm(rules: &std::sync::Arc<carestream::rules::RuleSet>) -> Engine {
-        let mut engine = workload::engine(rules, HOUSEHOLDS);
-        let warm = workload::stream(HOUSEHOLDS, WARM, workload::T0 - 40_000, RATE, 1);
-        workload::run(&mut engine, &warm, &mut Vec::new());
-        engine
+        workload::warmed(rules, HOUSEHOLDS, WARM)
     }
 
     /// Runs `iters` batches through `f`, timing only `f`.

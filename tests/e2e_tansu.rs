@@ -202,15 +202,10 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     let mut produced = BACKLOG;
     for (k, rate) in [(ours / 2.0).max(100.0), 1_000.0].into_iter().enumerate() {
         let before = repeats(&proc);
-        let waited = Instant::now();
-        let deadline = waited + Duration::from_secs(300);
-        while common::input_records(&proc) < produced as f64 {
-            assert!(Instant::now() < deadline, "the processor did not catch up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let waited = catch_up(&proc, produced, Duration::from_secs(300));
         println!(
             "caught up with the {produced} events produced so far ({:.1} s)",
-            waited.elapsed().as_secs_f64()
+            waited.as_secs_f64()
         );
         produced += live_phase(&broker, &config, &codec, &prod, rate, k);
         println!(
@@ -279,21 +274,13 @@ fn live_phase(
     let live_events = (rate * 20.0) as usize;
     let tag = 10 + phase as u64;
     let live = workload::stream(HOUSEHOLDS, live_events, wall(), rate as usize, tag);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let transit = {
-        let (bootstrap, topic, stop) = (broker.bootstrap(), t.sensor_events.clone(), stop.clone());
-        std::thread::spawn(move || broker_transit(&bootstrap, &topic, &stop))
-    };
-    std::thread::sleep(Duration::from_secs(2)); // the transit reader is placed at the end
+    let transit = Transit::start(broker, &t.sensor_events);
     let mut alarms = 0;
     let live_start = wall();
     let start = Instant::now();
     let probe_every = (rate / 10.0).max(1.0) as usize;
     for (k, i) in live.iter().enumerate() {
-        let due = Duration::from_secs_f64(k as f64 / rate);
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
+        pace(start, k, rate);
         // Re-time each record to the moment it is produced, as a live device would.
         let mut i = i.clone();
         if k % probe_every == probe_every - 1 {
@@ -351,9 +338,7 @@ fn live_phase(
             }
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut floor = transit.join().unwrap();
-    floor.sort_unstable();
+    let floor = transit.finish();
     let mut l: Vec<i64> = latency.values().copied().collect();
     l.sort_unstable();
     assert!(!l.is_empty(), "no alarm task seen");
@@ -375,6 +360,52 @@ fn live_phase(
         );
     }
     live_events
+}
+
+/// Waits until the processor has taken in `produced` events (at most `limit`); how long.
+fn catch_up(proc: &common::Processor, produced: usize, limit: Duration) -> Duration {
+    let waited = Instant::now();
+    while common::input_records(proc) < produced as f64 {
+        assert!(waited.elapsed() < limit, "the processor did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    waited.elapsed()
+}
+
+/// Sleeps until record `k` of a stream produced at `rate` a second from `start` is due.
+fn pace(start: Instant, k: usize, rate: f64) {
+    let due = Duration::from_secs_f64(k as f64 / rate);
+    if let Some(wait) = due.checked_sub(start.elapsed()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// A consume-only reader of one topic from its end, on a thread of its own: the broker's
+/// transit time of each record meanwhile (`broker_transit`).
+struct Transit {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: std::thread::JoinHandle<Vec<i64>>,
+}
+
+impl Transit {
+    /// Starts reading and gives the reader 2 s to be placed at the end.
+    fn start(broker: &common::Broker, topic: &str) -> Transit {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (bootstrap, topic, stop) = (broker.bootstrap(), topic.to_string(), stop.clone());
+            std::thread::spawn(move || broker_transit(&bootstrap, &topic, &stop))
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        Transit { stop, reader }
+    }
+
+    /// Stops reading: the transit times seen, in ms, sorted.
+    fn finish(self) -> Vec<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut seen = self.reader.join().unwrap();
+        seen.sort_unstable();
+        seen
+    }
 }
 
 /// Reads `topic` from its end until `stop`, with no decoding: for each record, the time from
@@ -426,7 +457,6 @@ fn broker_transit_alone() {
     let codec = workload::codec();
     let prod = producer(&broker.bootstrap());
     let t = &config.topics;
-    let topic = t.sensor_events.clone();
     let mut proc: Option<common::Processor> = None;
     let mut produced = 0;
     for (rate, with_processor) in [(1_000.0, false), (1_000.0, true), (5_000.0, false)] {
@@ -437,11 +467,7 @@ fn broker_transit_alone() {
             prod.flush(Duration::from_secs(60)).unwrap();
             let mut p = common::Processor::start(&env);
             p.wait_ready(Duration::from_secs(120));
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while common::input_records(&p) < produced as f64 {
-                assert!(Instant::now() < deadline, "the processor did not catch up");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            catch_up(&p, produced, Duration::from_secs(120));
             proc = Some(p);
         } else if let Some(mut p) = proc.take() {
             assert!(p.terminate(Duration::from_secs(30)).is_some());
@@ -459,29 +485,19 @@ fn broker_transit_alone() {
             );
             continue;
         }
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reader = {
-            let (bootstrap, topic, stop) = (broker.bootstrap(), topic.clone(), stop.clone());
-            std::thread::spawn(move || broker_transit(&bootstrap, &topic, &stop))
-        };
-        std::thread::sleep(Duration::from_secs(2));
+        let transit = Transit::start(&broker, &t.sensor_events);
         let n = (rate * 20.0) as usize;
         produced += n;
         let live = workload::stream(HOUSEHOLDS, n, wall(), rate as usize, 30 + produced as u64);
         let start = Instant::now();
         for (k, i) in live.iter().enumerate() {
-            let due = Duration::from_secs_f64(k as f64 / rate);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
+            pace(start, k, rate);
             let bytes = codec.encode_input(i).unwrap().unwrap();
             common::produce(&prod, &topic_of(t, i), &key_of(i), &bytes, wall());
         }
         prod.flush(Duration::from_secs(60)).unwrap();
         std::thread::sleep(Duration::from_secs(2));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut floor = reader.join().unwrap();
-        floor.sort_unstable();
+        let floor = transit.finish();
         assert!(!floor.is_empty(), "the reader read nothing");
         println!(
             "broker alone at {rate:.0} records/s: sensor-topic transit p50 {} ms, p99 {} ms, max {} ms ({} records); \

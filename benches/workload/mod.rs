@@ -51,6 +51,16 @@ pub fn engine(rules: &Arc<RuleSet>, households: usize) -> Engine {
     engine
 }
 
+/// An engine with `households` registered, warmed up with `events` of the workload at 5 000
+/// a second of event time, ending at `T0` (so a stream from `T0` follows it).
+pub fn warmed(rules: &Arc<RuleSet>, households: usize, events: usize) -> Engine {
+    let mut engine = engine(rules, households);
+    let start = T0 - (events * 1000 / 5_000) as Millis;
+    let warm = stream(households, events, start, 5_000, 1);
+    run(&mut engine, &warm, &mut Vec::new());
+    engine
+}
+
 /// `events` inputs for `households` households, starting at `start` (event time), about
 /// `per_second` events a second of event time. Event ids carry `tag` so that two streams
 /// never repeat an id.

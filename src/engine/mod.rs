@@ -160,11 +160,16 @@ impl Engine {
     }
 
     fn with_default_params(mut self) -> Engine {
+        self.reset_params();
+        self
+    }
+
+    /// Empties the parameter table but for entry 0, the rules' defaults (new rules).
+    fn reset_params(&mut self) {
         self.param_sets.clear();
         self.param_ids.clear();
         let defaults = self.rules.resolve_params("", None);
         self.intern_params(defaults);
-        self
     }
 
     fn intern_params(&mut self, values: Vec<f64>) -> u32 {
@@ -314,10 +319,7 @@ impl Engine {
     /// Swaps in new rules (a reload): every household's deadlines are worked out again.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
         self.rules = rules;
-        let defaults = self.rules.resolve_params("", None);
-        self.param_sets.clear();
-        self.param_ids.clear();
-        self.intern_params(defaults);
+        self.reset_params();
         for slot in 0..self.slots.len() as u32 {
             if self.slots[slot as usize].is_some() {
                 self.resolve_params(slot);
