@@ -19,11 +19,10 @@ use carestream::model::*;
 const HOUSEHOLDS: usize = 100_000;
 /// Events per timed batch.
 const BATCH: usize = 1_000;
-const WARM: usize = 200_000;
 const STREAM: usize = 1_000_000;
-/// Events a second of event time. The warm-up (200 000 events, 40 s) outlasts the 30 s the
-/// event-time queue holds, so in the timed batches every event is both queued and applied
-/// by the rules: the steady state. (At a city's 50 000 a second, a stream this long would
+/// Events a second of event time. The warm-up (`workload::WARM_EVENTS`, 100 s) outlasts the
+/// event-time queue and its calendar, so in the timed batches every event is both queued and
+/// applied by the rules: the steady state. (At a city's 50 000 a second, a stream this long would
 /// stay inside the queue and measure queueing alone.)
 const RATE: usize = 5_000;
 
@@ -45,7 +44,7 @@ impl Steady {
     }
 
     fn warm(rules: &std::sync::Arc<carestream::rules::RuleSet>) -> Engine {
-        workload::warmed(rules, HOUSEHOLDS, WARM)
+        workload::warmed(rules, HOUSEHOLDS, workload::WARM_EVENTS)
     }
 
     /// Runs `iters` batches through `f`, timing only `f`.

@@ -150,6 +150,13 @@ impl Clock {
         self.queue.len
     }
 
+    /// The household of the entry `ahead` places after the next one due, if it is already
+    /// in the sorted current bucket (a hint for prefetching; it may not be due yet).
+    pub fn upcoming(&self, ahead: usize) -> Option<u32> {
+        let c = &self.queue.current;
+        c.len().checked_sub(ahead + 1).map(|i| c[i].slot)
+    }
+
     /// Everything queued, in no particular order (for a checkpoint).
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.queue.iter()

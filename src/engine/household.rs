@@ -2,7 +2,6 @@
 //! integers, a short list of devices, and one scheduled deadline per timed rule.
 
 use std::borrow::Cow;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -13,11 +12,7 @@ use crate::rules::RuleKind;
 /// "Never": older than any real time, so `max` with it is the identity.
 pub const NEVER: Millis = Millis::MIN;
 
-pub fn hash64(s: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
+pub use super::siphash::hash64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DeviceSeen {
@@ -79,98 +74,304 @@ pub(crate) struct OpenIncident {
     pub reason: String,
 }
 
+/// A household's id, kept inline when short (the registry's ids are) so that the index finds
+/// a household by comparing bytes in the household's first cache line, not by following a
+/// pointer to a separate allocation (one cache miss fewer per event at 100 000 households).
+#[derive(Debug, Clone)]
+pub(crate) enum HouseholdId {
+    Inline {
+        len: u8,
+        bytes: [u8; HouseholdId::INLINE],
+    },
+    Shared(Arc<str>),
+}
+
+impl HouseholdId {
+    const INLINE: usize = 22;
+
+    pub fn new(id: &str) -> HouseholdId {
+        if id.len() <= Self::INLINE {
+            let mut bytes = [0; Self::INLINE];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            HouseholdId::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            HouseholdId::Shared(Arc::from(id))
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            HouseholdId::Inline { len, bytes } => &bytes[..*len as usize],
+            HouseholdId::Shared(s) => s.as_bytes(),
+        }
+    }
+
+    /// Heap bytes beyond the household itself.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            HouseholdId::Inline { .. } => 0,
+            HouseholdId::Shared(s) => s.len() + 16,
+        }
+    }
+}
+
+impl std::ops::Deref for HouseholdId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("made from a str, cut at its end")
+    }
+}
+
+/// A short list kept inside the household while it is short (up to `N`: the usual devices of
+/// a home), so reading it is not a second, dependent cache miss
+/// behind the household's own; a longer one moves to the heap whole.
+#[derive(Debug, Clone)]
+pub(crate) struct InlineVec<T: Copy, const N: usize> {
+    len: u16,
+    inline: [T; N],
+    /// The whole list once it is longer than `N`. Boxed so it costs a pointer's width while
+    /// unused (nearly always): a bare `Vec` would take three, and push the household past
+    /// ten cache lines.
+    #[allow(clippy::box_collection)]
+    heap: Option<Box<Vec<T>>>,
+}
+
+impl<T: Copy, const N: usize> InlineVec<T, N> {
+    fn new(fill: T) -> Self {
+        InlineVec {
+            len: 0,
+            inline: [fill; N],
+            heap: None,
+        }
+    }
+
+    fn push(&mut self, x: T) {
+        match &mut self.heap {
+            Some(heap) => heap.push(x),
+            None if (self.len as usize) < N => {
+                self.inline[self.len as usize] = x;
+                self.len += 1;
+            }
+            None => {
+                let mut heap = self.inline[..self.len as usize].to_vec();
+                heap.push(x);
+                self.heap = Some(Box::new(heap));
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.heap
+            .as_ref()
+            .map_or(0, |h| 24 + h.capacity() * std::mem::size_of::<T>())
+    }
+}
+
+impl<T: Copy, const N: usize> std::ops::Deref for InlineVec<T, N> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.heap {
+            Some(heap) => heap,
+            None => &self.inline[..self.len as usize],
+        }
+    }
+}
+
+impl<T: Copy, const N: usize> std::ops::DerefMut for InlineVec<T, N> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.heap {
+            Some(heap) => heap,
+            None => &mut self.inline[..self.len as usize],
+        }
+    }
+}
+
+/// Devices kept inline: a home's usual heartbeat senders (watch, mattress, hub); three keep
+/// the household within ten cache lines.
+const DEVICES_INLINE: usize = 3;
+/// Dedup memory kept inline: the rules' default of 32 recent ids.
+const RECENT_INLINE: usize = 32;
+
+/// The state of one household. The fields are laid out in the order an event reads them
+/// (`repr(C)` keeps that order; 64-byte alignment starts each household on a cache line):
+/// the first line is what finds the household and what every arriving event reads, the next
+/// two its dedup memory, then what the rules read when the event is released, the deadlines,
+/// the devices, and last what only some events read. At 100 000 households the state is
+/// larger than the cache, so an event's cost is mostly the lines it touches.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub(crate) struct Household {
-    pub id: Arc<str>,
+    // Line 0: found by the index, read by every arriving event.
+    pub id: HouseholdId,
     pub generation: u32,
+    /// Index of the household's district in the engine's table (`u16::MAX`: none).
+    pub district: u16,
+    /// Where the dedup memory writes next.
+    recent_next: u16,
     /// The registry's entry; set only through `set_profile`, which keeps the copies below.
     pub profile: Option<Arc<HouseholdProfile>>,
-    /// Copies of the profile's fields the rules read on every event, kept here beside the
-    /// rest of the state so an event does not also fetch the profile into the cache.
-    away_until: Option<Millis>,
-    quiet_hours: Option<QuietHours>,
-    /// UTC offset of the household's time zone.
-    pub offset: Millis,
     pub partition: Option<i32>,
-    pub open: Vec<OpenIncident>,
-    /// Truncated hashes: over 32 recent ids a 32-bit collision is a one-in-100-million event.
-    recent: Box<[u32]>,
-    recent_next: u16,
     /// Event time of the first and the newest event of any kind.
     pub first_seen: Millis,
     pub last_seen: Millis,
+    // Lines 1 and 2: the dedup memory (the rules' `dedup_memory` ids, inline up to 32; the
+    // engine keeps every household's at that length). Truncated hashes: over 32 recent ids a
+    // 32-bit collision is a one-in-100-million event.
+    recent: [u32; RECENT_INLINE],
+    // What the rules read as events are released.
+    /// Index of its rule parameters in the engine's table (worked out from its id, profile
+    /// and the rules whenever one of them changes).
+    pub params: u32,
+    /// UTC offset of the household's time zone.
+    pub offset: Millis,
+    /// Under a weather warning until then: absence thresholds tighten.
+    pub heightened_until: Millis,
     pub last_activity: Millis,
     pub last_motion: Millis,
     pub last_checkin: Millis,
     pub last_visit: Millis,
     /// The last daily-round deadline judged.
     pub round_judged: Millis,
+    /// Copies of the profile's fields the rules read on every event, kept here beside the
+    /// rest of the state so an event does not also fetch the profile into the cache.
+    away_until: Option<Millis>,
+    quiet_hours: Option<QuietHours>,
+    /// The deadline each timed rule is queued for (`NEVER`: none queued).
+    pub scheduled: [Millis; RuleKind::ALL.len()],
+    /// The ladder's next deadline queued (rungs and auto-resolution), `NEVER` if none.
+    pub ladder_scheduled: Millis,
+    pub open: Vec<OpenIncident>,
+    pub devices: InlineVec<DeviceSeen, DEVICES_INLINE>,
+    // Read by some events only.
     pub vitals_out_since: Option<Millis>,
     pub bed_out_since: Option<Millis>,
     pub door_at_night: Option<Millis>,
     pub water: Option<Water>,
     pub power_last: Option<(Millis, f64)>,
-    pub devices: Vec<DeviceSeen>,
-    /// The deadline each timed rule is queued for (`NEVER`: none queued).
-    pub scheduled: [Millis; RuleKind::ALL.len()],
-    /// The ladder's next deadline queued (rungs and auto-resolution), `NEVER` if none.
-    pub ladder_scheduled: Millis,
-    /// Under a weather warning until then: absence thresholds tighten.
-    pub heightened_until: Millis,
-    /// Index of the household's district in the engine's table (`u16::MAX`: none).
-    pub district: u16,
-    /// Index of its rule parameters in the engine's table (worked out from its id, profile
-    /// and the rules whenever one of them changes).
-    pub params: u32,
+    /// The dedup memory instead of `recent` when it is longer than 32.
+    recent_more: Option<Box<[u32]>>,
 }
 
+/// The cache lines a released event reads (see the layout above): the first line, the rules'
+/// times, the deadlines, the open incidents and the devices. Checked against the layout by
+/// `a_household_fits_ten_cache_lines_with_its_hot_line_first`.
+pub(crate) const RELEASE_LINES: [usize; 6] = [0, 192, 256, 320, 384, 448];
+
+const NO_DEVICE: DeviceSeen = DeviceSeen {
+    id: 0,
+    kind: DeviceKind::EMERGENCY_BUTTON,
+    last: NEVER,
+};
+
 impl Household {
-    pub fn new(id: Arc<str>, generation: u32, dedup_memory: usize) -> Household {
+    pub fn new(id: &str, generation: u32, dedup_memory: usize) -> Household {
         Household {
-            id,
+            id: HouseholdId::new(id),
             generation,
-            profile: None,
-            away_until: None,
-            quiet_hours: None,
-            offset: super::localtime::offset_or_cst("Asia/Shanghai"),
-            partition: None,
-            open: Vec::new(),
-            recent: vec![0; dedup_memory].into_boxed_slice(),
+            district: u16::MAX,
             recent_next: 0,
+            profile: None,
+            partition: None,
             first_seen: NEVER,
             last_seen: NEVER,
+            recent: [0; RECENT_INLINE],
+            params: 0,
+            offset: super::localtime::offset_or_cst("Asia/Shanghai"),
+            heightened_until: NEVER,
             last_activity: NEVER,
             last_motion: NEVER,
             last_checkin: NEVER,
             last_visit: NEVER,
             round_judged: NEVER,
+            away_until: None,
+            quiet_hours: None,
+            scheduled: [NEVER; RuleKind::ALL.len()],
+            ladder_scheduled: NEVER,
+            open: Vec::new(),
+            devices: InlineVec::new(NO_DEVICE),
             vitals_out_since: None,
             bed_out_since: None,
             door_at_night: None,
             water: None,
             power_last: None,
-            devices: Vec::new(),
-            scheduled: [NEVER; RuleKind::ALL.len()],
-            ladder_scheduled: NEVER,
-            heightened_until: NEVER,
-            district: u16::MAX,
-            params: 0,
+            recent_more: (dedup_memory > RECENT_INLINE)
+                .then(|| vec![0; dedup_memory].into_boxed_slice()),
         }
+    }
+
+    /// The dedup memory, `memory` ids long (the rules' `dedup_memory`).
+    fn ring(&self, memory: usize) -> &[u32] {
+        match &self.recent_more {
+            Some(more) if memory > RECENT_INLINE => more,
+            _ => &self.recent[..memory.min(RECENT_INLINE)],
+        }
+    }
+
+    fn ring_mut(&mut self, memory: usize) -> &mut [u32] {
+        match &mut self.recent_more {
+            Some(more) if memory > RECENT_INLINE => more,
+            _ => &mut self.recent[..memory.min(RECENT_INLINE)],
+        }
+    }
+
+    /// Makes the dedup memory `memory` ids long (new rules), keeping the newest that fit.
+    pub fn resize_memory(&mut self, old: usize, memory: usize) {
+        if old == memory {
+            return;
+        }
+        let kept = self.state_recent(old);
+        self.recent = [0; RECENT_INLINE];
+        self.recent_more = (memory > RECENT_INLINE).then(|| vec![0; memory].into_boxed_slice());
+        self.recent_next = 0;
+        let skip = kept.len().saturating_sub(memory);
+        for h in kept.into_iter().skip(skip) {
+            self.remember(h, memory);
+        }
+    }
+
+    /// The ids remembered, oldest first, zeros (empty slots) left out.
+    fn state_recent(&self, memory: usize) -> Vec<u32> {
+        let ring = self.ring(memory);
+        let at = if ring.is_empty() {
+            0
+        } else {
+            self.recent_next as usize % ring.len()
+        };
+        ring[at..]
+            .iter()
+            .chain(&ring[..at])
+            .copied()
+            .filter(|h| *h != 0)
+            .collect()
+    }
+
+    fn remember(&mut self, h: u32, memory: usize) {
+        let next = self.recent_next as usize;
+        let ring = self.ring_mut(memory);
+        if ring.is_empty() {
+            return;
+        }
+        let i = next % ring.len();
+        ring[i] = h;
+        self.recent_next = ((i + 1) % ring.len()) as u16;
     }
 
     /// Records an event id (by its `hash64`); false when it was seen recently (a redelivery
     /// or device repeat). Zero marks an empty slot, so a hash of zero is nudged to one.
-    pub fn first_sighting(&mut self, event_hash: u64) -> bool {
-        if self.recent.is_empty() {
+    /// `memory` is the rules' `dedup_memory`, passed in so this reads only the first three
+    /// cache lines of the household.
+    pub fn first_sighting(&mut self, event_hash: u64, memory: usize) -> bool {
+        let h = (event_hash as u32).max(1);
+        if memory == 0 {
             return true;
         }
-        let h = (event_hash as u32).max(1);
-        if self.recent.contains(&h) {
+        if self.ring(memory).contains(&h) {
             return false;
         }
-        let i = self.recent_next as usize % self.recent.len();
-        self.recent[i] = h;
-        self.recent_next = ((i + 1) % self.recent.len()) as u16;
+        self.remember(h, memory);
         true
     }
 
@@ -235,8 +436,8 @@ impl Household {
 
     /// Heap bytes held beyond the struct itself (the profile is the registry's, shared).
     pub fn heap_bytes(&self) -> usize {
-        self.recent.len() * 4
-            + self.devices.capacity() * std::mem::size_of::<DeviceSeen>()
+        self.recent_more.as_ref().map_or(0, |m| m.len() * 4)
+            + self.devices.heap_bytes()
             + self.open.capacity() * std::mem::size_of::<OpenIncident>()
             + self
                 .open
@@ -246,7 +447,7 @@ impl Household {
                     i.incident_id.capacity() + i.reason.capacity() + tasks
                 })
                 .sum::<usize>()
-            + self.id.len()
+            + self.id.heap_bytes()
     }
 }
 
@@ -277,11 +478,12 @@ pub(crate) struct HouseholdState {
 }
 
 impl Household {
-    pub fn state(&self) -> HouseholdState {
+    /// `memory`: the rules' `dedup_memory`, the length of the household's dedup memory.
+    pub fn state(&self, memory: usize) -> HouseholdState {
         HouseholdState {
             id: self.id.to_string(),
             open: self.open.clone(),
-            recent: self.recent.to_vec(),
+            recent: self.ring(memory).to_vec(),
             recent_next: self.recent_next,
             first_seen: self.first_seen,
             last_seen: self.last_seen,
@@ -295,7 +497,7 @@ impl Household {
             door_at_night: self.door_at_night,
             water: self.water,
             power_last: self.power_last,
-            devices: self.devices.clone(),
+            devices: self.devices.to_vec(),
             scheduled: self.scheduled.to_vec(),
             ladder_scheduled: self.ladder_scheduled,
             heightened_until: self.heightened_until,
@@ -303,14 +505,16 @@ impl Household {
     }
 
     /// Takes back what a checkpoint kept; identity, profile and partition stay as they are.
-    pub fn restore_state(&mut self, s: HouseholdState) {
+    pub fn restore_state(&mut self, s: HouseholdState, memory: usize) {
         self.open = s.open;
-        if !self.recent.is_empty() {
+        let ring = self.ring_mut(memory);
+        if !ring.is_empty() {
             // The dedup memory may have been resized by a rule change: keep what fits.
-            for (slot, h) in self.recent.iter_mut().zip(s.recent) {
+            let len = ring.len() as u16;
+            for (slot, h) in ring.iter_mut().zip(s.recent) {
                 *slot = h;
             }
-            self.recent_next = s.recent_next % self.recent.len() as u16;
+            self.recent_next = s.recent_next % len;
         }
         self.first_seen = s.first_seen;
         self.last_seen = s.last_seen;
@@ -324,12 +528,156 @@ impl Household {
         self.door_at_night = s.door_at_night;
         self.water = s.water;
         self.power_last = s.power_last;
-        self.devices = s.devices;
+        self.devices = InlineVec::new(NO_DEVICE);
+        for d in s.devices {
+            self.devices.push(d);
+        }
         self.scheduled = [NEVER; RuleKind::ALL.len()];
         for (slot, t) in self.scheduled.iter_mut().zip(s.scheduled) {
             *slot = t;
         }
         self.ladder_scheduled = s.ladder_scheduled;
         self.heightened_until = s.heightened_until;
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_household_fits_ten_cache_lines_with_its_hot_line_first() {
+        assert_eq!(std::mem::size_of::<Household>(), 640);
+        assert_eq!(std::mem::align_of::<Household>(), 64);
+        // What finds the household and what every arriving event reads: the first line.
+        for end in [
+            std::mem::offset_of!(Household, last_seen) + 8,
+            std::mem::offset_of!(Household, partition) + 8,
+            std::mem::offset_of!(Household, district) + 2,
+            std::mem::offset_of!(Household, recent_next) + 2,
+        ] {
+            assert!(end <= 64, "{end}");
+        }
+        // Then the dedup memory, exactly lines 1 and 2.
+        assert_eq!(std::mem::offset_of!(Household, recent), 64);
+        // The lines a released event reads are the ones prefetched for it.
+        let line = |field: usize| field / 64 * 64;
+        for (field, size) in [
+            (std::mem::offset_of!(Household, generation), 4),
+            (std::mem::offset_of!(Household, params), 4),
+            (std::mem::offset_of!(Household, offset), 8),
+            (std::mem::offset_of!(Household, round_judged), 8),
+            (std::mem::offset_of!(Household, away_until), 16),
+            (std::mem::offset_of!(Household, quiet_hours), 12),
+            (std::mem::offset_of!(Household, scheduled), 80),
+            (std::mem::offset_of!(Household, open), 24),
+            (std::mem::offset_of!(Household, devices), 80),
+        ] {
+            for at in [field, field + size - 1] {
+                assert!(RELEASE_LINES.contains(&line(at)), "byte {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn ids_short_and_long_read_back_the_same() {
+        for id in [
+            "",
+            "hh-000001",
+            "0123456789012345678901",
+            "4201-0203-长者-0001-0002-0003",
+        ] {
+            let h = HouseholdId::new(id);
+            assert_eq!(&*h, id);
+            assert_eq!(h.as_bytes(), id.as_bytes());
+            assert_eq!(
+                matches!(h, HouseholdId::Inline { .. }),
+                id.len() <= 22,
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn inline_lists_spill_to_the_heap_whole_and_in_order() {
+        let mut v: InlineVec<u32, 3> = InlineVec::new(0);
+        for x in 1..=5 {
+            v.push(x);
+            assert_eq!(&*v, (1..=x).collect::<Vec<_>>().as_slice());
+        }
+        assert!(v.heap_bytes() > 0);
+        v[4] = 50;
+        assert_eq!(&*v, &[1, 2, 3, 4, 50]);
+        let mut small: InlineVec<u32, 3> = InlineVec::new(0);
+        small.push(7);
+        assert_eq!((&*small, small.heap_bytes()), (&[7][..], 0));
+    }
+
+    #[test]
+    fn dedup_memory_remembers_the_last_n_ids_inline_or_on_the_heap() {
+        for n in [5, 32, 40] {
+            let mut h = Household::new("hh-1", 1, n);
+            for id in 1..=n as u64 {
+                assert!(h.first_sighting(id, n), "{n}: {id} first");
+            }
+            for id in 1..=n as u64 {
+                assert!(!h.first_sighting(id, n), "{n}: {id} repeated");
+            }
+            // One more pushes the oldest out.
+            assert!(h.first_sighting(1000, n));
+            assert!(h.first_sighting(1, n), "{n}: the oldest was forgotten");
+            assert!(!h.first_sighting(n as u64, n), "{n}: the newest kept");
+            // Through a checkpoint and back, the same memory.
+            let mut back = Household::new("hh-1", 2, n);
+            back.restore_state(h.state(n), n);
+            assert!(!back.first_sighting(1000, n), "{n}: restored");
+            assert!(back.first_sighting(2000, n));
+            assert!(h.first_sighting(2000, n));
+            assert_eq!(back.state(n), h.state(n));
+        }
+    }
+
+    #[test]
+    fn new_rules_resize_the_dedup_memory_keeping_the_newest_ids() {
+        for (old, new) in [(32, 40), (40, 32), (40, 50), (32, 5), (5, 0), (0, 8)] {
+            let mut h = Household::new("hh-1", 1, old);
+            for id in 1..=60u64 {
+                h.first_sighting(id, old);
+            }
+            h.resize_memory(old, new);
+            let kept = old.min(new) as u64;
+            for id in (61 - kept)..=60 {
+                assert!(!h.first_sighting(id, new), "{old}→{new}: {id} kept");
+            }
+            if new > 0 {
+                assert!(
+                    h.first_sighting(60 - kept, new),
+                    "{old}→{new}: older forgotten"
+                );
+            }
+            // Fills up to the new length, no further.
+            for id in 100..100 + new as u64 {
+                assert!(h.first_sighting(id, new));
+            }
+            for id in 100..100 + new as u64 {
+                assert!(!h.first_sighting(id, new), "{old}→{new}: {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn devices_beyond_the_inline_three_are_kept() {
+        let mut h = Household::new("hh-1", 1, 0);
+        for id in 1..=5 {
+            h.heartbeat(id, DeviceKind::WEARABLE, 10 * id as Millis);
+        }
+        for id in 1..=5 {
+            assert!(h.device_event(id, 100), "{id}");
+        }
+        assert!(!h.device_event(6, 100));
+        assert_eq!(h.devices.len(), 5);
+        assert!(h.devices.iter().all(|d| d.last == 100));
+        let mut back = Household::new("hh-1", 2, 0);
+        back.restore_state(h.state(0), 0);
+        assert_eq!(back.state(0), h.state(0));
     }
 }

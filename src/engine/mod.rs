@@ -17,12 +17,15 @@ pub mod ids;
 mod incidents;
 mod ladder;
 pub mod localtime;
+mod prefetch;
+mod siphash;
 mod snapshot;
 mod timed;
 mod weather;
 mod windowed;
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 pub use snapshot::PartitionSnapshot;
@@ -32,6 +35,11 @@ use household::{hash64, Household, NEVER};
 
 use crate::model::*;
 use crate::rules::{RuleKind, RuleSet};
+
+/// How many queue entries ahead the drain asks for a household's cache lines: enough for
+/// the loads to arrive (an entry takes a few hundred nanoseconds), few enough that the lines
+/// are still in cache when their entry comes.
+const PREFETCH_AHEAD: usize = 3;
 
 /// Which input topic an event came from, for the per-topic event time of a partition.
 const SOURCE_SENSORS: usize = 0;
@@ -104,7 +112,12 @@ pub(crate) struct TaskRef {
 
 pub struct Engine {
     rules: Arc<RuleSet>,
-    index: fasthash::FastMap<Arc<str>, u32>,
+    /// Household id → slot: each entry a slot number and 32 bits of the id's hash (8 bytes an
+    /// entry, so the table stays in cache); a probe compares the id kept inline in the
+    /// household, the line the event reads next anyway, and only where the 32 bits match.
+    /// The table hashes by those 32 bits alone, so it grows without reading any household.
+    index: hashbrown::HashTable<(u32, u32)>,
+    id_hasher: fasthash::Fast,
     slots: Vec<Option<Household>>,
     free: Vec<u32>,
     next_generation: u32,
@@ -137,6 +150,7 @@ impl Engine {
         Engine {
             rules,
             index: Default::default(),
+            id_hasher: Default::default(),
             slots: Vec::new(),
             free: Vec::new(),
             next_generation: 0,
@@ -311,17 +325,23 @@ impl Engine {
     /// the joined table, shared, not state the rules keep).
     pub fn state_bytes(&self) -> usize {
         let per_slot = std::mem::size_of::<Option<Household>>();
-        let index = self.index.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 8);
+        // A slot number and a control byte per bucket.
+        let index = self.index.capacity() * (std::mem::size_of::<(u32, u32)>() + 1);
         let heap: usize = self.slots.iter().flatten().map(Household::heap_bytes).sum();
         self.slots.capacity() * per_slot + index + heap
     }
 
     /// Swaps in new rules (a reload): every household's deadlines are worked out again.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        let old_memory = self.rules.dedup_memory;
         self.rules = rules;
         self.reset_params();
+        let memory = self.rules.dedup_memory;
         for slot in 0..self.slots.len() as u32 {
             if self.slots[slot as usize].is_some() {
+                // Every household's dedup memory is the rules' length (the hot path reads it
+                // from the rules, not from the household).
+                self.slot_mut(slot).resize_memory(old_memory, memory);
                 self.resolve_params(slot);
                 self.slot_mut(slot).scheduled = [NEVER; RuleKind::ALL.len()];
                 self.schedule_all(slot);
@@ -341,8 +361,19 @@ impl Engine {
         self.partitions.entry(partition).or_default()
     }
 
+    /// The index's 32 bits of an id's hash, and the table hash made of them.
+    fn id_tag(&self, id: &[u8]) -> (u32, u64) {
+        let tag = (self.id_hasher.hash_one(id) >> 32) as u32;
+        (tag, table_hash(tag))
+    }
+
     fn lookup(&self, household_id: &str) -> Option<u32> {
-        self.index.get(household_id).copied()
+        let id = household_id.as_bytes();
+        let (tag, hash) = self.id_tag(id);
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&(s, t)| t == tag && id_at(slots, s) == id)
+            .map(|&(s, _)| s)
     }
 
     fn known(&self, household_id: &str) -> Option<u32> {
@@ -354,27 +385,37 @@ impl Engine {
         if let Some(s) = self.lookup(household_id) {
             return s;
         }
-        let id: Arc<str> = Arc::from(household_id);
         self.next_generation = self.next_generation.wrapping_add(1);
-        let h = Household::new(id.clone(), self.next_generation, self.rules.dedup_memory);
+        let h = Household::new(household_id, self.next_generation, self.rules.dedup_memory);
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(h);
                 s
             }
             None => {
+                if self.slots.len() == self.slots.capacity() {
+                    // An eighth more, not twice as many: at 640 bytes a household, doubling
+                    // would leave up to half the table unused (still amortised O(1)).
+                    self.slots.reserve_exact(self.slots.len() / 8 + 64);
+                }
                 self.slots.push(Some(h));
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(id, slot);
+        let (tag, hash) = self.id_tag(household_id.as_bytes());
+        self.index
+            .insert_unique(hash, (slot, tag), |&(_, t)| table_hash(t));
         self.resolve_params(slot);
         slot
     }
 
     fn forget(&mut self, slot: u32) {
-        if let Some(h) = self.slots[slot as usize].take() {
-            self.index.remove(&h.id);
+        if let Some(h) = self.slots[slot as usize].as_ref() {
+            let (_, hash) = self.id_tag(h.id.as_bytes());
+            if let Ok(entry) = self.index.find_entry(hash, |&(s, _)| s == slot) {
+                entry.remove();
+            }
+            self.slots[slot as usize] = None;
             self.free.push(slot);
             self.stats.households_forgotten += 1;
         }
@@ -561,7 +602,8 @@ impl Engine {
         };
         // Hashed once: the dedup memory and the queue key both use it.
         let event_hash = hash64(&e.event_id);
-        if !self.slot_mut(slot).first_sighting(event_hash) {
+        let memory = self.rules.dedup_memory;
+        if !self.slot_mut(slot).first_sighting(event_hash, memory) {
             self.stats.duplicate_events += 1;
             return Ok(());
         }
@@ -631,6 +673,12 @@ impl Engine {
 
     fn drain(&mut self, partition: i32, out: &mut Vec<Output>) {
         while let Some(e) = self.clock(partition).pop_due() {
+            // Start loading the household a few entries on while this one is applied.
+            if let Some(next) = self.clock(partition).upcoming(PREFETCH_AHEAD) {
+                if let Some(Some(h)) = self.slots.get(next as usize) {
+                    prefetch::lines(h, &household::RELEASE_LINES);
+                }
+            }
             let live = self
                 .slots
                 .get(e.slot as usize)
@@ -709,6 +757,19 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The index's table hash of a 32-bit tag: the tag (itself well mixed) spread over 64 bits, so
+/// the table's bucket bits and its 7 control bits both come from it.
+fn table_hash(tag: u32) -> u64 {
+    (tag as u64 | (tag as u64) << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The id of the household in `slot`, as the index compares it (empty for a free slot).
+fn id_at(slots: &[Option<Household>], slot: u32) -> &[u8] {
+    slots[slot as usize]
+        .as_ref()
+        .map_or(&[], |h| h.id.as_bytes())
 }
 
 /// The lifecycle reason of a desk update. The desk's free text can carry anything (names,

@@ -70,7 +70,7 @@ impl Engine {
             .iter()
             .flatten()
             .filter(|h| h.partition == Some(partition))
-            .map(|h| h.state())
+            .map(|h| h.state(self.rules.dedup_memory))
             .collect();
         households.sort_by(|a, b| a.id.cmp(&b.id));
         let mut queued = Vec::new();
@@ -166,7 +166,7 @@ impl Engine {
             self.next_generation = self.next_generation.wrapping_add(1);
             let (generation, memory) = (self.next_generation, self.rules.dedup_memory);
             let h = self.slots[slot as usize].as_mut().expect("live slot");
-            let mut fresh = super::household::Household::new(h.id.clone(), generation, memory);
+            let mut fresh = super::household::Household::new(&h.id, generation, memory);
             fresh.set_profile(h.profile.take());
             fresh.offset = h.offset;
             fresh.district = h.district;
@@ -202,8 +202,9 @@ impl Engine {
         for state in s.households {
             let slot = self.slot_for(&state.id);
             let open = state.open.len();
+            let memory = self.rules.dedup_memory;
             let h = self.slot_mut(slot);
-            h.restore_state(state);
+            h.restore_state(state, memory);
             h.partition = Some(p);
             self.open_count += open;
             let h = self.slots[slot as usize].as_ref().expect("live slot");

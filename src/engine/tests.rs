@@ -1162,3 +1162,78 @@ fn away_in_the_registry_pauses_no_movement() {
         "{later:?}"
     );
 }
+
+#[test]
+fn the_index_finds_short_and_long_ids_and_forgets_them() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    // Short ids live inline in the household, long ones on the heap; both must be found,
+    // told apart when one is a prefix of the other, and forgotten when the registry drops them.
+    let ids = [
+        "hh-1".to_string(),
+        "hh-10".to_string(),
+        "420102-0001-0002-0003-0004-0005".to_string(),
+        "420102-0001-0002-0003-0004-00051".to_string(),
+    ];
+    for hh in &ids {
+        e.process(&profile(hh, 1), on(0, T0), &mut out).unwrap();
+    }
+    for _ in 0..3 {
+        for i in 0..2000 {
+            let hh = format!("filler-{i}");
+            e.process(&profile(&hh, 1), on(0, T0), &mut out).unwrap();
+        }
+        for i in 0..2000 {
+            let gone = Input::Household {
+                household_id: format!("filler-{i}"),
+                profile: None,
+            };
+            e.process(&gone, on(0, T0), &mut out).unwrap();
+        }
+    }
+    assert_eq!(e.household_count(), ids.len());
+    for (i, hh) in ids.iter().enumerate() {
+        let motion = |n: usize| {
+            sensor(
+                hh,
+                &format!("{hh}-{n}"),
+                DeviceKind::MOTION_PIR,
+                T0 + n as Millis,
+                Reading::Motion { detected: true },
+            )
+        };
+        assert_eq!(
+            e.process(&motion(i), on(0, T0 + 10), &mut out),
+            Ok(()),
+            "{hh}"
+        );
+        let gone = Input::Household {
+            household_id: hh.clone(),
+            profile: None,
+        };
+        e.process(&gone, on(0, T0), &mut out).unwrap();
+        assert_eq!(
+            e.process(&motion(i + 10), on(0, T0 + 10), &mut out),
+            Err(EngineError::UnknownHousehold),
+            "{hh} forgotten"
+        );
+        for other in &ids[i + 1..] {
+            assert_eq!(
+                e.process(&motion_of(other, i), on(0, T0 + 10), &mut out),
+                Ok(()),
+                "{other} kept"
+            );
+        }
+    }
+    assert_eq!(e.household_count(), 0);
+}
+
+fn motion_of(hh: &str, n: usize) -> Input {
+    sensor(
+        hh,
+        &format!("{hh}-other-{n}"),
+        DeviceKind::MOTION_PIR,
+        T0 + n as Millis,
+        Reading::Motion { detected: true },
+    )
+}
