@@ -1,6 +1,7 @@
 //! A fixed run of the engine for a profiler: 100 000 households, every rule enabled, warmed
-//! up with 200 000 events (40 s of event time), then `N` events (first argument, default
-//! 100 000) through `measure`, the one function to count. Wall-clock figures belong to
+//! up with 200 000 events (40 s of event time; kept so its counts compare with the earlier
+//! builds' in BENCHMARKS.md), then `N` events (first argument, default 100 000) through
+//! `measure`, the one function to count. Wall-clock figures belong to
 //! `benches/hot_path.rs`; this is for `valgrind --tool=callgrind`, whose instruction and
 //! simulated cache-miss counts repeat from run to run whatever else the machine is doing:
 //!

@@ -150,6 +150,9 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         .unwrap();
     let mut n = 0;
     let mut first = None;
+    // CPU of each side while it reads the backlog (the reader's is this process's: nothing
+    // else runs in it meanwhile): where the two cores go, beside the rates.
+    let (broker_cpu0, own_cpu0) = (broker.cpu_ms(), common::cpu_ms(std::process::id()));
     let deadline = Instant::now() + Duration::from_secs(300);
     while n < BACKLOG {
         // `None` also comes back for group events (the join): only the deadline stalls.
@@ -161,12 +164,17 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         assert!(Instant::now() < deadline, "ceiling reader stalled at {n}");
     }
     let ceiling = BACKLOG as f64 / first.unwrap().elapsed().as_secs_f64();
+    let ceiling_cpu = (
+        broker.cpu_ms() - broker_cpu0,
+        common::cpu_ms(std::process::id()) - own_cpu0,
+    );
     drop(reader);
 
     // 2. The processor over the same backlog.
     let mut proc = common::Processor::start(&env);
     proc.wait_ready(Duration::from_secs(120));
     let mut began: Option<(Instant, f64)> = None;
+    let (broker_cpu0, proc_cpu0) = (broker.cpu_ms(), common::cpu_ms(proc.child.id()));
     let deadline = Instant::now() + Duration::from_secs(300);
     let ours = loop {
         let done = common::input_records(&proc);
@@ -180,6 +188,14 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         assert!(Instant::now() < deadline, "processor stalled at {done}");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let ours_cpu = (
+        broker.cpu_ms() - broker_cpu0,
+        common::cpu_ms(proc.child.id()) - proc_cpu0,
+    );
+    println!(
+        "CPU over the backlog, ms: ceiling phase broker {} + reader {}; carestream phase broker {} + processor {}",
+        ceiling_cpu.0, ceiling_cpu.1, ours_cpu.0, ours_cpu.1
+    );
     println!(
         "ceiling (consume only): {ceiling:.0} records/s; carestream: {ours:.0} events/s; ratio {:.2}",
         ours / ceiling

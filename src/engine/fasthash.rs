@@ -4,7 +4,7 @@
 //! `BuildHasher::hash_one`), for keys that are short ids and partition numbers. This is the
 //! folded multiply of foldhash / wyhash, seeded per process from std's `RandomState`, so a
 //! sender of crafted household ids cannot aim collisions at the table without knowing the seed.
-//! In memory only: nothing hashed here is written to a checkpoint (`household::hash64` is).
+//! In memory only: nothing hashed here is written to a checkpoint (`siphash::hash64` is).
 
 use std::hash::{BuildHasher, Hasher};
 
