@@ -120,8 +120,12 @@ pub struct Processor {
     produce_warn: Arc<RateLimit>,
 }
 
-/// Batches whose outputs may be awaiting acknowledgement at once.
-const MAX_IN_FLIGHT: usize = 8;
+/// Batches whose outputs may be awaiting acknowledgement at once. While a backlog is read,
+/// nearly every batch of 2 000 events carries an alarm or two, so this window, not the CPU,
+/// bounded consumption: at 8 the processor took in 25 100–26 000 events/s on tansu, at 32
+/// 28 700–29 000 (2026-12-02, `e2e_tansu throughput`; BENCHMARKS.md). Each entry is small
+/// (the batch's offsets; its outputs are in the delivery task).
+const MAX_IN_FLIGHT: usize = 32;
 
 struct InFlight {
     delivery: Option<tokio::task::JoinHandle<Result<(), crate::sink::SinkError>>>,
