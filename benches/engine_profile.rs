@@ -26,7 +26,7 @@ fn main() {
         .unwrap_or(100_000);
     let rules = workload::rules();
     let mut engine = workload::warmed(&rules, 100_000, 200_000);
-    let inputs = workload::stream(100_000, n, workload::T0, 5_000, 2);
+    let inputs = workload::stream(100_000, n, workload::T0, workload::RATE, 2);
     let start = std::time::Instant::now();
     let outputs = measure(&mut engine, &inputs, &mut Vec::new());
     let took = start.elapsed();

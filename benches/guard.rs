@@ -27,7 +27,7 @@ fn hot_path() -> f64 {
     // and its calendar, so the timed events are both queued and applied (see
     // benches/hot_path.rs).
     let mut engine = workload::warmed(&rules, HOUSEHOLDS, workload::WARM_EVENTS);
-    let stream = workload::stream(HOUSEHOLDS, EVENTS * RUNS, workload::T0, 5_000, 2);
+    let stream = workload::stream(HOUSEHOLDS, EVENTS * RUNS, workload::T0, workload::RATE, 2);
     let wire = workload::encode(&codec, &stream);
     let mut out = Vec::new();
     let mut best = f64::MAX;

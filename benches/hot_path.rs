@@ -24,7 +24,7 @@ const STREAM: usize = 1_000_000;
 /// event-time queue and its calendar, so in the timed batches every event is both queued and
 /// applied by the rules: the steady state. (At a city's 50 000 a second, a stream this long would
 /// stay inside the queue and measure queueing alone.)
-const RATE: usize = 5_000;
+const RATE: usize = workload::RATE;
 
 struct Steady {
     rules: std::sync::Arc<carestream::rules::RuleSet>,

@@ -55,7 +55,7 @@ fn live() -> i64 {
 const HOUSEHOLDS: usize = 20_000;
 /// Events a second of event time, and the warm-up the benches use (100 s of event time: see
 /// `workload::WARM_EVENTS`), after which each bucket's vector has been used.
-const RATE: usize = 5_000;
+const RATE: usize = workload::RATE;
 const WARM: usize = workload::WARM_EVENTS;
 
 /// Allocations per event of the engine alone, in steady state, over a stream it has not

@@ -17,6 +17,10 @@ use carestream::simulate::{household, household_id, Rng};
 
 pub const T0: Millis = 1_795_000_000_000;
 
+/// Events a second of event time, in the warm-up and the streams timed after it alike, so the
+/// queues are in the same steady state when the timing starts.
+pub const RATE: usize = 5_000;
+
 /// Warm-up of the timed benches: 500 000 events at 5 000 a second, 100 s of event time, past
 /// the 30 s the event-time queue holds its events and the 64 s ahead its calendar keeps in
 /// buckets, so timed events are both queued and applied and every bucket has been used once.
@@ -60,8 +64,8 @@ pub fn engine(rules: &Arc<RuleSet>, households: usize) -> Engine {
 /// a second of event time, ending at `T0` (so a stream from `T0` follows it).
 pub fn warmed(rules: &Arc<RuleSet>, households: usize, events: usize) -> Engine {
     let mut engine = engine(rules, households);
-    let start = T0 - (events * 1000 / 5_000) as Millis;
-    let warm = stream(households, events, start, 5_000, 1);
+    let start = T0 - (events * 1000 / RATE) as Millis;
+    let warm = stream(households, events, start, RATE, 1);
     run(&mut engine, &warm, &mut Vec::new());
     engine
 }

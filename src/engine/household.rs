@@ -164,9 +164,9 @@ impl<T: Copy, const N: usize> InlineVec<T, N> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.heap
-            .as_ref()
-            .map_or(0, |h| 24 + h.capacity() * std::mem::size_of::<T>())
+        self.heap.as_ref().map_or(0, |h| {
+            std::mem::size_of::<Vec<T>>() + h.capacity() * std::mem::size_of::<T>()
+        })
     }
 }
 
@@ -260,6 +260,11 @@ pub(crate) struct Household {
 /// `a_household_fits_ten_cache_lines_with_its_hot_line_first`.
 pub(crate) const RELEASE_LINES: [usize; 6] = [0, 192, 256, 320, 384, 448];
 
+/// The heap's dedup memory for a `memory` longer than the inline one; none otherwise.
+fn overflow_ring(memory: usize) -> Option<Box<[u32]>> {
+    (memory > RECENT_INLINE).then(|| vec![0; memory].into_boxed_slice())
+}
+
 const NO_DEVICE: DeviceSeen = DeviceSeen {
     id: 0,
     kind: DeviceKind::EMERGENCY_BUTTON,
@@ -297,8 +302,7 @@ impl Household {
             door_at_night: None,
             water: None,
             power_last: None,
-            recent_more: (dedup_memory > RECENT_INLINE)
-                .then(|| vec![0; dedup_memory].into_boxed_slice()),
+            recent_more: overflow_ring(dedup_memory),
         }
     }
 
@@ -324,7 +328,7 @@ impl Household {
         }
         let kept = self.state_recent(old);
         self.recent = [0; RECENT_INLINE];
-        self.recent_more = (memory > RECENT_INLINE).then(|| vec![0; memory].into_boxed_slice());
+        self.recent_more = overflow_ring(memory);
         self.recent_next = 0;
         let skip = kept.len().saturating_sub(memory);
         for h in kept.into_iter().skip(skip) {
@@ -540,6 +544,7 @@ impl Household {
         self.heightened_until = s.heightened_until;
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

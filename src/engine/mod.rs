@@ -672,9 +672,12 @@ impl Engine {
     }
 
     fn drain(&mut self, partition: i32, out: &mut Vec<Output>) {
-        while let Some(e) = self.clock(partition).pop_due() {
+        loop {
+            // One look-up of the partition's clock for the entry and the one to prefetch.
+            let clock = self.clock(partition);
+            let Some(e) = clock.pop_due() else { break };
             // Start loading the household a few entries on while this one is applied.
-            if let Some(next) = self.clock(partition).upcoming(PREFETCH_AHEAD) {
+            if let Some(next) = clock.upcoming(PREFETCH_AHEAD) {
                 if let Some(Some(h)) = self.slots.get(next as usize) {
                     prefetch::lines(h, &household::RELEASE_LINES);
                 }
