@@ -112,6 +112,10 @@ pub enum Fetched {
     Stopped,
 }
 
+/// Per assigned topic-partition: the offset reading starts from, and the partition's high
+/// watermark as the broker gave it at assignment (None: it did not answer).
+type Starts = HashMap<(String, i32), (i64, Option<i64>)>;
+
 /// The group consumer's context. Rebalances are handled here, on the fetch thread: an
 /// assignment reads the partitions' checkpoints and assigns at their offsets; a revocation
 /// waits for the pipeline to checkpoint first. librdkafka's statistics (every 5 s) give the
@@ -124,8 +128,9 @@ pub struct GroupContext {
     pending: Mutex<Chunk>,
     warn: crate::telemetry::RateLimit,
     rebalanced: AtomicBool,
-    /// The offset each assigned topic-partition starts from (for the merger's lag).
-    starts: Mutex<HashMap<(String, i32), i64>>,
+    /// Each assigned topic-partition's first offset and its high watermark when assigned
+    /// (for the merger's lag).
+    starts: Mutex<Starts>,
 }
 
 impl ClientContext for GroupContext {
@@ -257,6 +262,7 @@ impl GroupContext {
             })
             .collect();
         let earliest = self.config.kafka.auto_offset_reset != "latest";
+        let mut highs = HashMap::new();
         for e in tpl.elements() {
             let (topic, p) = (e.topic().to_string(), e.partition());
             let a = assignments
@@ -274,11 +280,16 @@ impl GroupContext {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            let start = from_checkpoint.or(from_commit).or_else(|| {
-                base.fetch_watermarks(&topic, p, timeout)
-                    .ok()
-                    .map(|(low, high)| if earliest { low } else { high })
-            });
+            // Asked of the broker, not librdkafka's cached value: that one is as old as this
+            // consumer's last fetch of the partition, which may be from before it was last
+            // taken away, and a lane that looks caught up holds nothing back (see `Merger`).
+            let marks = base.fetch_watermarks(&topic, p, timeout).ok();
+            if let Some((_, high)) = marks {
+                highs.insert((topic.clone(), p), high);
+            }
+            let start = from_checkpoint
+                .or(from_commit)
+                .or_else(|| marks.map(|(low, high)| if earliest { low } else { high }));
             if let Some(o) = start {
                 a.start.insert(topic, o);
             }
@@ -287,7 +298,8 @@ impl GroupContext {
         for a in &assignments {
             for (topic, o) in &a.start {
                 let _ = tpl.set_partition_offset(topic, a.partition, Offset::Offset(*o));
-                starts.insert((topic.clone(), a.partition), *o);
+                let high = highs.get(&(topic.clone(), a.partition)).copied();
+                starts.insert((topic.clone(), a.partition), (*o, high));
             }
             let source = match (&a.restored, a.failed) {
                 (Some(_), _) => "checkpoint",
@@ -477,18 +489,25 @@ fn assign_static(consumer: &GroupConsumer, partitions: &[i32]) {
 /// while another lane of its partition that is still delivering has nothing buffered and
 /// last delivered more than `limit` earlier. Whether a lane that has nothing buffered is
 /// still delivering is judged by its lag: a lane with records left on the broker (its next
-/// offset below the partition's high watermark, as librdkafka last heard it) holds the
+/// offset below the partition's high watermark, as the broker gave it when the partition was
+/// assigned or librdkafka heard it since, whichever is later) holds the
 /// others for up to `BEHIND_PATIENCE` without a delivery, however slowly the broker answers;
 /// a lane that has caught up holds them only for `idle` after its last record. (A first
 /// version judged by wall time alone: on a loaded machine, with fetches more than 500 ms
 /// apart, heartbeats were taken for idle and a backlog read raised 2 445 false "home
-/// silent" tasks in a CI run.) A lane with too much buffered is paused.
+/// silent" tasks in a CI run. A second took librdkafka's cached high watermark alone; a
+/// partition taken away and given back carries the cache from before, so its lanes looked
+/// caught up, held nothing, and one topic's backlog raced minutes of record time ahead: the
+/// engine took the other for idle and dropped its heart-rate readings as late, and a crash
+/// test lost an abnormal-vitals incident, 2026-12-02.) A lane with too much buffered is paused.
 struct Merger<'a> {
     limit: i64,
     idle: Duration,
     /// Per partition, one lane per input topic (by index).
     parts: HashMap<i32, Vec<Lane<'a>>>,
     buffered: usize,
+    /// Lanes that stopped holding the others with records left for them (see `Lane::gave_up`).
+    gave_up: u64,
     refreshed: Option<Instant>,
     /// The input topics' names (by index) for librdkafka's C API.
     c_names: Vec<Option<std::ffi::CString>>,
@@ -502,6 +521,9 @@ struct Lane<'a> {
     /// The offset it will deliver next, and the partition's high watermark (None: not known).
     next: Option<i64>,
     high: Option<i64>,
+    /// It stopped holding the others while records were left for it (counted once until
+    /// it delivers again).
+    gave_up: bool,
 }
 
 impl Lane<'_> {
@@ -513,6 +535,7 @@ impl Lane<'_> {
             paused: false,
             next: None,
             high: None,
+            gave_up: false,
         }
     }
 
@@ -528,7 +551,7 @@ impl Lane<'_> {
     /// than the limit behind, and it is still delivering (records are left for it, or it
     /// delivered a moment ago).
     fn holds(&self, t: i64, limit: i64, idle: Duration, now: Instant) -> bool {
-        if !self.queue.is_empty() || self.last.is_some_and(|last| last >= t - limit) {
+        if !self.outrun(t, limit) {
             return false;
         }
         let quiet = now.duration_since(self.seen);
@@ -537,6 +560,11 @@ impl Lane<'_> {
         } else {
             self.last.is_some() && quiet < idle
         }
+    }
+
+    /// Empty, and its own record time more than the limit behind `t`.
+    fn outrun(&self, t: i64, limit: i64) -> bool {
+        self.queue.is_empty() && self.last.is_none_or(|last| last < t - limit)
     }
 }
 
@@ -580,6 +608,7 @@ impl<'a> Merger<'a> {
             idle: Duration::from_millis(500),
             parts: HashMap::new(),
             buffered: 0,
+            gave_up: 0,
             refreshed: None,
         }
     }
@@ -587,6 +616,8 @@ impl<'a> Merger<'a> {
     /// Reads each empty lane's high watermark: librdkafka's cached value, no request to the
     /// broker. (A lane's next offset comes from its assignment and then its deliveries;
     /// librdkafka's own position is no help before the first delivery, it is unset then.)
+    /// Only ever raises a lane's high watermark: the assignment's answer from the broker may be
+    /// newer than librdkafka's cache until the partition's next fetch.
     fn refresh(&mut self, consumer: &GroupConsumer) {
         if self.refreshed.is_some_and(|r| r.elapsed() < REFRESH) {
             return;
@@ -595,7 +626,7 @@ impl<'a> Merger<'a> {
         for (p, lanes) in self.parts.iter_mut() {
             for (lane, name) in lanes.iter_mut().zip(&self.c_names) {
                 if let (true, Some(name)) = (lane.queue.is_empty(), name) {
-                    lane.high = cached_high(consumer, name, *p).or(lane.high);
+                    lane.high = lane.high.max(cached_high(consumer, name, *p));
                 }
             }
         }
@@ -612,6 +643,7 @@ impl<'a> Merger<'a> {
         lane.last = m.timestamp().to_millis().or(lane.last);
         lane.next = Some(m.offset() + 1);
         lane.seen = Instant::now();
+        lane.gave_up = false;
         lane.queue.push_back(m);
         self.buffered += 1;
     }
@@ -638,8 +670,15 @@ impl<'a> Merger<'a> {
                 best = Some((*p, i, t));
             }
         }
-        let (p, i, _) = best?;
-        let m = self.parts.get_mut(&p)?[i].queue.pop_front()?;
+        let (p, i, t) = best?;
+        let lanes = self.parts.get_mut(&p)?;
+        for l in lanes.iter_mut() {
+            if !l.gave_up && l.outrun(t, self.limit) && l.behind() {
+                l.gave_up = true;
+                self.gave_up += 1;
+            }
+        }
+        let m = lanes[i].queue.pop_front()?;
         self.buffered -= 1;
         Some((i, m))
     }
@@ -668,16 +707,13 @@ impl<'a> Merger<'a> {
     /// Lanes of a fresh assignment: each holds the others back for a moment even before its
     /// first record, so a topic whose first fetch answers a little later is not overtaken by
     /// the whole backlog of another.
-    fn expect(
-        &mut self,
-        assignment: &TopicPartitionList,
-        names: &[String],
-        starts: &HashMap<(String, i32), i64>,
-    ) {
+    fn expect(&mut self, assignment: &TopicPartitionList, names: &[String], starts: &Starts) {
         for e in assignment.elements() {
             if let Some(t) = names.iter().position(|n| n == e.topic()) {
-                let start = starts.get(&(e.topic().to_string(), e.partition()));
-                self.lanes(e.partition())[t].next = start.copied();
+                let known = starts.get(&(e.topic().to_string(), e.partition()));
+                let lane = &mut self.lanes(e.partition())[t];
+                lane.next = known.map(|(start, _)| *start);
+                lane.high = known.and_then(|(_, high)| *high);
             }
         }
     }
@@ -732,6 +768,14 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
                 full = true;
                 break;
             }
+        }
+        if merger.gave_up > 0 {
+            ctx.metrics.order_waits_expired.inc_by(merger.gave_up);
+            tracing::warn!(
+                lanes = merger.gave_up,
+                "an input topic with records left on the broker was not delivered in time; its partition went on without it"
+            );
+            merger.gave_up = 0;
         }
         merger.regulate(&consumer, &index);
         merger.refresh(&consumer);
@@ -974,6 +1018,34 @@ mod tests {
         // Not yet heard from the broker: counts as behind.
         assert!(lane(None, None, None, 1_000).holds(t, LIMIT, IDLE, now));
         assert!(lane(None, Some(7), None, 1_000).holds(t, LIMIT, IDLE, now));
+    }
+
+    #[test]
+    fn a_partition_given_back_holds_for_what_the_broker_has_not_what_was_cached() {
+        // Partition 0 comes back with 40 heartbeats on the broker since the checkpoint's
+        // offset 100; sensor events are already buffered minutes of record time later.
+        let names: Vec<String> = ["sensors", "heartbeats"].map(String::from).into();
+        let mut tpl = TopicPartitionList::new();
+        for n in &names {
+            tpl.add_partition(n, 0);
+        }
+        let starts = HashMap::from([
+            (("sensors".to_string(), 0), (500, Some(900))),
+            (("heartbeats".to_string(), 0), (100, Some(140))),
+        ]);
+        let mut merger = Merger::new(LIMIT, &names);
+        merger.expect(&tpl, &names, &starts);
+        let heartbeats = &merger.parts[&0][1];
+        assert_eq!((heartbeats.next, heartbeats.high), (Some(100), Some(140)));
+        let now = Instant::now();
+        assert!(
+            heartbeats.holds(1_000_000, LIMIT, IDLE, now),
+            "records left on the broker: the sensor events wait for them"
+        );
+        // Without the broker's answer the lane would have looked caught up (librdkafka's cache
+        // from before the partition went away said 100) and held nothing.
+        let stale = lane(None, Some(100), Some(100), 0);
+        assert!(!stale.holds(1_000_000, LIMIT, IDLE, now));
     }
 
     #[test]

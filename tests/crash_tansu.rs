@@ -271,6 +271,17 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Events the engine used out of order or dropped for being behind the watermark, and the
+/// times a topic was passed over while records were left for it.
+fn late(scrape: &str) -> [f64; 3] {
+    let m = |name: &str| common::metric(scrape, name).unwrap_or(0.0);
+    [
+        m("carestream_late_events_total"),
+        m("carestream_late_events_dropped_total"),
+        m("carestream_order_waits_expired_total"),
+    ]
+}
+
 fn restores_from_checkpoints(scrape: &str) -> f64 {
     common::metric(
         scrape,
@@ -307,6 +318,14 @@ fn crash_run(
         p.wait_ready(Duration::from_secs(60));
     }
     let mut restored = 0.0;
+    // Late events seen by the group's members (each scraped just before it stops).
+    let mut late_seen = [0.0; 3];
+    let mut tally = |scrape: &str, restored: &mut f64| {
+        *restored += restores_from_checkpoints(scrape);
+        for (sum, n) in late_seen.iter_mut().zip(late(scrape)) {
+            *sum += n;
+        }
+    };
     for round in 0..rounds {
         std::thread::sleep(rng.millis(3_000, 9_000));
         if restart_broker && round == rounds / 2 {
@@ -318,7 +337,7 @@ fn crash_run(
             std::thread::sleep(Duration::from_secs(3));
         }
         let victim = rng.below(instances as u64) as usize;
-        restored += restores_from_checkpoints(&procs[victim].get("/metrics").1);
+        tally(&procs[victim].get("/metrics").1, &mut restored);
         eprintln!(
             "{} instance {victim} at {:.1}s",
             if stop == Stop::Kill {
@@ -355,7 +374,7 @@ fn crash_run(
         panic!("the crashed group: {e}\n{}", logs.join("\n-----\n"));
     }
     for p in procs.iter_mut() {
-        restored += restores_from_checkpoints(&p.get("/metrics").1);
+        tally(&p.get("/metrics").1, &mut restored);
     }
     assert!(
         restored > 0.0,
@@ -380,6 +399,12 @@ fn crash_run(
         panic!("the reference: {e}\n{}", tail(&reference.logs(), 60));
     }
     let (want, _) = read_tasks(&ref_config);
+    // The engine's counters reach the metrics once a second.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let ref_late = late(&reference.get("/metrics").1);
+    eprintln!(
+        "late events used, dropped, order waits expired: {late_seen:?} in the crashed group, {ref_late:?} in the reference"
+    );
     assert!(reference
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
