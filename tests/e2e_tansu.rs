@@ -173,17 +173,22 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     // 2. The processor over the same backlog.
     let mut proc = common::Processor::start(&env);
     proc.wait_ready(Duration::from_secs(120));
-    let mut began: Option<(Instant, f64)> = None;
+    // Timed like the ceiling, from the first record taken from librdkafka (the fetch thread's
+    // count, scraped every 50 ms) to the last processed. (Timed from the first record
+    // processed, it came out at 1.41 and 1.47 M events/s once nothing was fetched twice: the
+    // ordering across topics let the first record through only when nearly all were fetched.)
+    let mut began: Option<Instant> = None;
     let (broker_cpu0, proc_cpu0) = (broker.cpu_ms(), common::cpu_ms(proc.child.id()));
     let deadline = Instant::now() + Duration::from_secs(300);
     let ours = loop {
+        let scrape = proc.get("/metrics").1;
+        let fetched = common::metric(&scrape, "carestream_fetched_records_total").unwrap_or(0.0);
         let done = common::input_records(&proc);
-        if began.is_none() && done > 0.0 {
-            began = Some((Instant::now(), done));
+        if began.is_none() && fetched > 0.0 {
+            began = Some(Instant::now());
         }
         if done >= BACKLOG as f64 {
-            let (t0, n0) = began.unwrap();
-            break (done - n0) / t0.elapsed().as_secs_f64();
+            break done / began.unwrap().elapsed().as_secs_f64();
         }
         assert!(Instant::now() < deadline, "processor stalled at {done}");
         std::thread::sleep(Duration::from_millis(50));
