@@ -575,10 +575,11 @@ impl Lane<'_> {
 /// at half). Pausing makes librdkafka throw away what it has prefetched for the partition and
 /// fetch it again on resume, so the limit sits above what one fetch answer brings per
 /// partition (`max.partition.fetch.bytes`, 1 MiB by default): a lane waiting for another topic
-/// of its partition from the same answer is not paused. At 5 000 records it was: reading a 300 000-record backlog the processor received 373 904
-/// sensor records for ~197 000 on the topic, and the broker served it with twice the CPU
-/// per record it used for a plain reader (2026-12-02). The worst case is this much per
-/// held lane; only a lane that others hold back fills up.
+/// of its partition from the same answer is not paused. At 5 000 records it was: reading a
+/// 300 000-record backlog the processor received 373 904 sensor records for ~200 000 on the
+/// topic, and the broker served it with twice the CPU per record it used for a plain reader
+/// (2026-12-02). The worst case is this much per held lane; only a lane that others hold
+/// back fills up.
 const LANE_PAUSE_BYTES: usize = 4 << 20;
 /// How long a lane with records left on the broker holds the others without delivering
 /// (a broker that slow is failing; the others go on, and the engine counts what comes late).
@@ -732,10 +733,24 @@ impl<'a> Merger<'a> {
     }
 
     /// A rebalance: what was waiting is dropped (never processed, so never committed: its
-    /// partition's owner reads it again).
-    fn clear(&mut self) {
+    /// partition's owner reads it again). Returns the topic-partitions it had paused:
+    /// librdkafka keeps a partition paused through a rebalance, also when it is assigned
+    /// again, so they must be resumed or they would never deliver again.
+    fn clear(&mut self) -> Vec<(i32, usize)> {
+        let paused = self
+            .parts
+            .iter()
+            .flat_map(|(p, lanes)| {
+                lanes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.paused)
+                    .map(move |(t, _)| (*p, t))
+            })
+            .collect();
         self.parts.clear();
         self.buffered = 0;
+        paused
     }
 }
 
@@ -755,9 +770,20 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
             20
         }));
         if ctx.rebalanced.swap(false, Ordering::Relaxed) {
-            merger.clear();
+            let paused = merger.clear();
             if let Ok(a) = consumer.assignment() {
                 merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
+                let mut again = TopicPartitionList::new();
+                for (p, t) in paused {
+                    if a.find_partition(&index[t], p).is_some() {
+                        again.add_partition(&index[t], p);
+                    }
+                }
+                if again.count() > 0 {
+                    if let Err(e) = consumer.resume(&again) {
+                        tracing::error!(error = %e, "resuming partitions paused before the rebalance");
+                    }
+                }
             }
         }
         match polled {
@@ -1067,6 +1093,18 @@ mod tests {
         // from before the partition went away said 100) and held nothing.
         let stale = lane(None, Some(100), Some(100), 0);
         assert!(!stale.holds(1_000_000, LIMIT, IDLE, now));
+    }
+
+    #[test]
+    fn a_rebalance_hands_back_the_paused_lanes_to_resume() {
+        let mut merger = Merger::new(LIMIT, &["a".to_string(), "b".to_string()]);
+        merger.lanes(3)[1].paused = true;
+        merger.lanes(5)[0].paused = true;
+        merger.lanes(4);
+        let mut paused = merger.clear();
+        paused.sort_unstable();
+        assert_eq!(paused, vec![(3, 1), (5, 0)]);
+        assert!(merger.parts.is_empty() && merger.clear().is_empty());
     }
 
     #[test]
