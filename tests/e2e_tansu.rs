@@ -183,7 +183,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     let ours = loop {
         let scrape = proc.get("/metrics").1;
         let fetched = common::metric(&scrape, "carestream_fetched_records_total").unwrap_or(0.0);
-        let done = common::input_records(&proc);
+        let done = common::input_records_in(&scrape);
         if began.is_none() && fetched > 0.0 {
             began = Some(Instant::now());
         }

@@ -481,12 +481,16 @@ pub fn produce(
 /// Event records the processor has taken in (sensor events, heartbeats, check-ins), from
 /// its `/metrics`.
 pub fn input_records(p: &Processor) -> f64 {
-    let scrape = p.get("/metrics").1;
+    input_records_in(&p.get("/metrics").1)
+}
+
+/// The same, read from a scrape already taken.
+pub fn input_records_in(scrape: &str) -> f64 {
     ["sensor_events", "heartbeats", "checkins"]
         .iter()
         .map(|k| {
             metric(
-                &scrape,
+                scrape,
                 &format!("carestream_input_records_total{{stream=\"{k}\"}}"),
             )
             .unwrap_or(0.0)
