@@ -247,6 +247,9 @@ pub(crate) struct Household {
     pub devices: InlineVec<DeviceSeen, DEVICES_INLINE>,
     // Read by some events only.
     pub vitals_out_since: Option<Millis>,
+    /// Time of the newest vitals reading applied: the rule takes a household's readings in
+    /// its own order, not the partition's watermark (see `apply_pending`).
+    pub vitals_last: Millis,
     pub bed_out_since: Option<Millis>,
     pub door_at_night: Option<Millis>,
     pub water: Option<Water>,
@@ -298,6 +301,7 @@ impl Household {
             open: Vec::new(),
             devices: InlineVec::new(NO_DEVICE),
             vitals_out_since: None,
+            vitals_last: NEVER,
             bed_out_since: None,
             door_at_night: None,
             water: None,
@@ -471,6 +475,9 @@ pub(crate) struct HouseholdState {
     last_visit: Millis,
     round_judged: Millis,
     vitals_out_since: Option<Millis>,
+    /// Absent from checkpoints written before it was kept: no reading yet.
+    #[serde(default = "never")]
+    vitals_last: Millis,
     bed_out_since: Option<Millis>,
     door_at_night: Option<Millis>,
     water: Option<Water>,
@@ -479,6 +486,10 @@ pub(crate) struct HouseholdState {
     pub scheduled: Vec<Millis>,
     pub ladder_scheduled: Millis,
     heightened_until: Millis,
+}
+
+fn never() -> Millis {
+    NEVER
 }
 
 impl Household {
@@ -497,6 +508,7 @@ impl Household {
             last_visit: self.last_visit,
             round_judged: self.round_judged,
             vitals_out_since: self.vitals_out_since,
+            vitals_last: self.vitals_last,
             bed_out_since: self.bed_out_since,
             door_at_night: self.door_at_night,
             water: self.water,
@@ -528,6 +540,7 @@ impl Household {
         self.last_visit = s.last_visit;
         self.round_judged = s.round_judged;
         self.vitals_out_since = s.vitals_out_since;
+        self.vitals_last = s.vitals_last;
         self.bed_out_since = s.bed_out_since;
         self.door_at_night = s.door_at_night;
         self.water = s.water;
@@ -667,6 +680,22 @@ mod tests {
                 assert!(!h.first_sighting(id, new), "{old}→{new}: {id}");
             }
         }
+    }
+
+    #[test]
+    fn the_newest_vitals_reading_survives_a_checkpoint_and_older_checkpoints_still_restore() {
+        let mut h = Household::new("hh-1", 1, 0);
+        h.vitals_last = 1_795_000_000_000;
+        let json = serde_json::to_value(h.state(0)).unwrap();
+        let mut back = Household::new("hh-1", 2, 0);
+        back.restore_state(serde_json::from_value(json.clone()).unwrap(), 0);
+        assert_eq!(back.vitals_last, 1_795_000_000_000);
+        // A checkpoint written before the field was kept: no reading yet, so the next one
+        // is in order whatever its time.
+        let mut old = json;
+        assert!(old.as_object_mut().unwrap().remove("vitals_last").is_some());
+        back.restore_state(serde_json::from_value(old).unwrap(), 0);
+        assert_eq!(back.vitals_last, NEVER);
     }
 
     #[test]

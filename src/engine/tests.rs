@@ -693,23 +693,19 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
         &mut out,
     )
     .unwrap();
-    // Vitals from then: late for a rule that needs order: dropped.
-    e.process(
-        &sensor(
-            "hh-1",
-            "v",
-            DeviceKind::WEARABLE,
-            T0 + 10 * 60_000,
-            Reading::Vitals {
-                heart_rate_bpm: Some(150),
-                respiration_rpm: None,
-                worn: true,
-            },
-        ),
-        on(0, T0 + HOUR),
-        &mut out,
-    )
-    .unwrap();
+    // Vitals from then: late, and the household's first reading: used (the rule keeps the
+    // household's own order, not the partition's). Then one from before it: out of order
+    // for the household: dropped.
+    for (id, minute) in [("v", 10), ("v0", 9)] {
+        let reading = Reading::Vitals {
+            heart_rate_bpm: Some(150),
+            respiration_rpm: None,
+            worn: true,
+        };
+        let t = T0 + minute * 60_000;
+        let v = sensor("hh-1", id, DeviceKind::WEARABLE, t, reading);
+        e.process(&v, on(0, T0 + HOUR), &mut out).unwrap();
+    }
     // Seven hours late: past allowed_lateness, dropped.
     e.process(
         &sensor(
@@ -724,7 +720,7 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
     )
     .unwrap();
     let s = e.stats();
-    assert_eq!((s.late_events, s.late_dropped), (2, 2), "{s:?}");
+    assert_eq!((s.late_events, s.late_dropped), (3, 2), "{s:?}");
     // The late motion moved the no-movement deadline (10 h for this cohort) to 10 h after
     // T0 + 10 min, not after T0.
     let still = |out: &[Output]| {
@@ -743,6 +739,78 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
             "no_movement".to_string(),
             T0 + 10 * HOUR + 10 * 60_000
         )]
+    );
+}
+
+#[test]
+fn a_wearable_whose_clock_runs_slow_still_raises_abnormal_vitals() {
+    // hh-slow's watch runs two minutes slow: every reading arrives 90 s behind the
+    // watermark that hh-fast's sensors move, yet each comes after the last.
+    let mut e = engine();
+    let mut out = Vec::new();
+    for hh in ["hh-fast", "hh-slow"] {
+        e.process(&profile(hh, 1), on(0, T0), &mut out).unwrap();
+    }
+    let vitals = |id: String, t: Millis, hr: i32| {
+        sensor(
+            "hh-slow",
+            &id,
+            DeviceKind::WEARABLE,
+            t,
+            Reading::Vitals {
+                heart_rate_bpm: Some(hr),
+                respiration_rpm: None,
+                worn: true,
+            },
+        )
+    };
+    for minute in 1..=20 {
+        let now = T0 + minute * 60_000;
+        let motion = Reading::Motion { detected: true };
+        let pir = sensor(
+            "hh-fast",
+            &format!("m{minute}"),
+            DeviceKind::MOTION_PIR,
+            now,
+            motion,
+        );
+        e.process(&pir, on(0, now), &mut out).unwrap();
+        e.process(
+            &vitals(format!("v{minute}"), now - 2 * 60_000, 150),
+            on(0, now),
+            &mut out,
+        )
+        .unwrap();
+    }
+    let s = e.stats();
+    assert!(
+        s.late_events >= 18,
+        "the readings were behind the watermark: {s:?}"
+    );
+    assert_eq!(s.late_dropped, 0, "{s:?}");
+    let found: Vec<_> = opened(&out)
+        .into_iter()
+        .filter(|(hh, r, _)| hh == "hh-slow" && r == "abnormal_vitals")
+        .collect();
+    // Out of range from minute 1 (device time T0 - 1 min), sustained 10 min: raised with the
+    // reading of device time T0 + 9 min.
+    assert_eq!(
+        found,
+        [("hh-slow".into(), "abnormal_vitals".into(), T0 + 9 * 60_000)],
+        "{:?}",
+        opened(&out)
+    );
+
+    // A reading from before the newest one applied is out of order for the household: it
+    // neither counts towards a run nor resolves one.
+    let now = T0 + 21 * 60_000;
+    e.process(&vitals("back".into(), T0, 70), on(0, now), &mut out)
+        .unwrap();
+    assert_eq!(e.stats().late_dropped, 1);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::TaskEvent(t) if t.kind == TaskEventKind::RESOLVED)),
+        "an out-of-order reading resolved the incident"
     );
 }
 

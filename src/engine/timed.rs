@@ -39,11 +39,18 @@ impl Engine {
             Pending::Door => self.door(slot, t, late),
             Pending::Bed { occupied } => self.bed(slot, t, occupied, late),
             Pending::Vitals { hr, rr, worn } => {
-                if late {
-                    // A run of readings only means something in order.
+                // A run of readings only means something in order: the household's own order.
+                // A wearable whose clock runs slow sends every reading behind the partition's
+                // watermark, yet each after the last; only a reading older than one already
+                // applied is out of order.
+                let h = self.slot_mut(slot);
+                if t < h.vitals_last {
                     self.stats.late_dropped += 1;
-                } else if worn {
-                    self.vitals(slot, t, hr, rr, out);
+                } else {
+                    h.vitals_last = t;
+                    if worn {
+                        self.vitals(slot, t, hr, rr, out);
+                    }
                 }
             }
             Pending::Meter { water: true, value } => self.water(slot, t, value, out),
