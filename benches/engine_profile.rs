@@ -8,6 +8,9 @@
 //!     cargo bench --bench engine_profile --no-run
 //!     valgrind --tool=callgrind --toggle-collect='*measure*' --cache-sim=yes \
 //!         target/release/deps/engine_profile-<hash> 50000
+//!
+//! A second argument `whole` counts the whole in-process path instead: Avro decode of each
+//! record, the engine, and the encoding of what comes out (`workload::hot_path`).
 
 mod workload;
 
@@ -19,6 +22,17 @@ fn measure(engine: &mut Engine, inputs: &[Input], out: &mut Vec<Output>) -> usiz
     workload::run(engine, inputs, out)
 }
 
+#[inline(never)]
+fn measure_whole(
+    codec: &carestream::codec::Codec,
+    engine: &mut Engine,
+    wire: &[(InputKind, Vec<u8>)],
+    inputs: &[Input],
+    out: &mut Vec<Output>,
+) -> usize {
+    workload::hot_path(codec, engine, wire, inputs, out)
+}
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
@@ -27,8 +41,19 @@ fn main() {
     let rules = workload::rules();
     let mut engine = workload::warmed(&rules, 100_000, 200_000);
     let inputs = workload::stream(100_000, n, workload::T0, workload::RATE, 2);
+    let whole = std::env::args().nth(2).is_some_and(|a| a == "whole");
+    let codec = workload::codec();
+    let wire = if whole {
+        workload::encode(&codec, &inputs)
+    } else {
+        Vec::new()
+    };
     let start = std::time::Instant::now();
-    let outputs = measure(&mut engine, &inputs, &mut Vec::new());
+    let outputs = if whole {
+        measure_whole(&codec, &mut engine, &wire, &inputs, &mut Vec::new())
+    } else {
+        measure(&mut engine, &inputs, &mut Vec::new())
+    };
     let took = start.elapsed();
     println!(
         "{n} events in {took:?} ({:.0} ns/event), {outputs} outputs",

@@ -15,6 +15,33 @@ fn invalid(msg: String) -> DecodeError {
     DecodeError::Invalid(msg)
 }
 
+/// Whether every byte is printable ASCII (0x20..=0x7E), so the bytes are UTF-8 and hold no
+/// control character. Eight bytes at a time: the ids of the hot records are short and nearly
+/// always ASCII, and checking them char by char (then `from_utf8` in the decoder) was a
+/// sixth of the whole path's instructions (BENCHMARKS.md).
+#[inline]
+pub(crate) fn printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below 0x20 borrows in `x - 0x20..`, leaving its high bit set while its own is
+    // clear; a byte of 0x7F or more has its high bit set in `x + 1..` or in `x`. A carry or
+    // borrow into the next byte starts only at a byte that is already out of range, so the
+    // answer for the word as a whole is exact.
+    let out_of_range =
+        |x: u64| ((x.wrapping_sub(0x20 * ONES) & !x) | x.wrapping_add(ONES) | x) & HIGH;
+    let Some(last) = bytes.last_chunk::<8>() else {
+        return bytes.iter().all(|b| (0x20..0x7f).contains(b));
+    };
+    let (words, _) = bytes.as_chunks::<8>();
+    // The last word overlaps the one before it unless the length is a multiple of eight.
+    let bad = words
+        .iter()
+        .fold(out_of_range(u64::from_le_bytes(*last)), |bad, w| {
+            bad | out_of_range(u64::from_le_bytes(*w))
+        });
+    bad == 0
+}
+
 fn id(field: &str, v: &str) -> Result<(), DecodeError> {
     if v.is_empty() {
         return Err(invalid(format!("{field} is empty")));
@@ -22,7 +49,7 @@ fn id(field: &str, v: &str) -> Result<(), DecodeError> {
     if v.len() > MAX_ID_LEN {
         return Err(invalid(format!("{field} is {} bytes long", v.len())));
     }
-    if v.chars().any(char::is_control) {
+    if !printable_ascii(v.as_bytes()) && v.chars().any(char::is_control) {
         return Err(invalid(format!("{field} has control characters")));
     }
     Ok(())
@@ -139,5 +166,55 @@ pub fn reading_name(reading: &Reading) -> &'static str {
         Reading::Alarm { .. } => "Alarm",
         Reading::Meter { .. } => "Meter",
         Reading::PillBox { .. } => "PillBox",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_with_control_characters_are_refused_ascii_or_not() {
+        for ok in ["hh-0001", " ~!", "长者-0001", "hh\u{a0}1", "é"] {
+            assert!(id("household_id", ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "hh\t1",
+            "hh\n",
+            "\0",
+            "hh\u{7f}",
+            "长者\u{85}",
+            "\u{9f}x",
+            "\u{1b}[31m",
+        ] {
+            let err = id("household_id", bad).unwrap_err().to_string();
+            assert!(err.contains("control characters"), "{bad:?}: {err}");
+        }
+        // The word-at-a-time check agrees with a byte-by-byte one for every byte, alone and
+        // at every place of strings that span one to three words.
+        for b in 0..=0xffu8 {
+            let want = (0x20..=0x7e).contains(&b);
+            for len in 1..=24 {
+                for at in 0..len {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(printable_ascii(&s), want, "{b:#x} at {at} of {len}");
+                }
+            }
+        }
+        // Neighbours that would borrow or carry into each other.
+        for pair in [
+            [0x20u8, 0x1f],
+            [0x1f, 0x20],
+            [0x7e, 0x7f],
+            [0xff, 0x20],
+            [0x00, 0x7e],
+        ] {
+            let mut s = [b'a'; 8];
+            s[3..5].copy_from_slice(&pair);
+            assert!(!printable_ascii(&s), "{pair:x?}");
+        }
+        assert!(!printable_ascii("é".as_bytes()));
+        assert!(printable_ascii(b""));
     }
 }

@@ -50,7 +50,8 @@ pub struct WriterSchema {
 
 #[derive(Debug)]
 pub struct Catalogue {
-    writers: HashMap<u32, Arc<WriterSchema>>,
+    /// By wire id, looked up for every record: the engine's fast hasher, not SipHash.
+    writers: HashMap<u32, Arc<WriterSchema>, crate::engine::fasthash::Fast>,
     readers: HashMap<String, (Schema, String)>,
     current_ids: HashMap<String, u32>,
     dir: PathBuf,
@@ -115,7 +116,7 @@ impl Catalogue {
             }
         }
 
-        let mut writers = HashMap::new();
+        let mut writers = HashMap::default();
         let mut current_ids = HashMap::new();
         for entry in &file.schema {
             let path = dir.join(&entry.file);

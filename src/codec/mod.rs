@@ -215,9 +215,9 @@ impl Codec {
     ) -> Option<(fast::Layout, &'a [u8])> {
         let (id, body) = split_frame(payload?).ok()?;
         let writer = self.catalogue.writer(id)?;
-        let layout = writer
-            .fast
-            .filter(|_| writer.record == kind.record_name())?;
+        // A layout reads one record, so this is `writer.record == kind.record_name()`
+        // without comparing strings.
+        let layout = writer.fast.filter(|l| l.input() == kind)?;
         Some((layout, body))
     }
 

@@ -219,6 +219,55 @@ struct Calendar {
     len: usize,
 }
 
+/// A bucket at least this full is sorted by `sort_second`; a smaller one by comparisons
+/// (the counting pass over a second's 1 000 milliseconds would cost more than it saves).
+const BY_MILLISECOND: usize = 64;
+
+/// Moves the entries of one bucket (times in `base .. base + BUCKET_MS`) into the empty
+/// `into`, sorted by rank from last to first, as `Calendar::current` keeps them: a counting
+/// sort by millisecond, then entries of the same millisecond (few) by the rest of their rank.
+/// Comparison-sorting a bucket of 56-byte entries was a tenth of the whole path's
+/// instructions (BENCHMARKS.md); this moves each entry twice and compares almost none.
+fn sort_second(bucket: &mut Vec<Entry>, into: &mut Vec<Entry>, base: Millis) {
+    debug_assert!(into.is_empty());
+    let Some(&fill) = bucket.first() else { return };
+    let ms = |e: &Entry| {
+        let ms = (e.time - base) as usize;
+        debug_assert!(
+            ms < BUCKET_MS as usize,
+            "{} is not in the bucket from {base}",
+            e.time
+        );
+        ms
+    };
+    // Per millisecond its count, then where its entries start: the latest millisecond first.
+    let mut start = [0u32; BUCKET_MS as usize];
+    for e in bucket.iter() {
+        start[ms(e)] += 1;
+    }
+    let mut at = 0;
+    for slot in start.iter_mut().rev() {
+        let n = *slot;
+        *slot = at;
+        at += n;
+    }
+    into.resize(bucket.len(), fill);
+    for e in bucket.drain(..) {
+        let slot = &mut start[ms(&e)];
+        into[*slot as usize] = e;
+        *slot += 1;
+    }
+    let mut i = 0;
+    while i < into.len() {
+        let t = into[i].time;
+        let run = into[i..].iter().take_while(|e| e.time == t).count();
+        if run > 1 {
+            into[i..i + run].sort_unstable_by_key(|e| Reverse(e.rank()));
+        }
+        i += run;
+    }
+}
+
 fn bucket_of(t: Millis) -> Millis {
     t.div_euclid(BUCKET_MS)
 }
@@ -298,9 +347,21 @@ impl Calendar {
     /// Makes bucket `next` (later than `at`) the current one.
     fn turn_to(&mut self, next: Millis) {
         let at = self.at.expect("turning a started calendar");
+        debug_assert!(
+            self.current.is_empty(),
+            "turned only once `current` is used up"
+        );
         let steps = (next - at) as usize;
         if steps > BUCKETS {
             debug_assert_eq!(self.near_len, 0, "only an empty calendar jumps");
+        } else if steps == 1 && self.near[0].len() >= BY_MILLISECOND {
+            // The steady state: the next second's bucket, sorted by its millisecond first.
+            let mut bucket = self.near.pop_front().expect("BUCKETS buckets");
+            self.near_len -= bucket.len();
+            self.widest = self.widest.max(bucket.len());
+            sort_second(&mut bucket, &mut self.current, next * BUCKET_MS);
+            self.spare.push(bucket);
+            self.near.push_back(Vec::new());
         } else {
             for _ in 0..steps {
                 let mut bucket = self.near.pop_front().expect("BUCKETS buckets");
@@ -432,52 +493,77 @@ mod calendar_tests {
         ]
     }
 
+    /// Replays `ops` into a calendar and a binary heap; both must release the same entries in
+    /// the same order.
+    fn same_as_a_heap(start: Millis, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut cal = Calendar::default();
+        let mut heap = BinaryHeap::new();
+        let mut wm = start;
+        for (n, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Push(d, k) => {
+                    let e = Entry {
+                        time: wm + d,
+                        slot: n as u32 % 7,
+                        generation: 0,
+                        key: k,
+                        device: 0,
+                        due: if k == 0 {
+                            Due::Timer(RuleKind::NoMovement)
+                        } else {
+                            Due::Event(Pending::Motion)
+                        },
+                    };
+                    cal.push(e, (n % 3 != 0).then_some(wm));
+                    heap.push(Reverse(e));
+                }
+                Op::Advance(d) => {
+                    wm += d;
+                    loop {
+                        let want = match heap.peek() {
+                            Some(Reverse(e)) if e.time <= wm => heap.pop().map(|r| r.0),
+                            _ => None,
+                        };
+                        let got = cal.pop_due(wm);
+                        prop_assert_eq!(got.map(|e| e.rank()), want.map(|e| e.rank()));
+                        if want.is_none() {
+                            break;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(cal.len, heap.len());
+            prop_assert_eq!(cal.iter().count(), heap.len());
+        }
+        Ok(())
+    }
+
+    /// A city's second: hundreds of events a bucket, many in the same millisecond (the
+    /// buckets `sort_second` sorts), with the watermark moving a second or less at a time.
+    fn busy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            20 => (0i64..150, 0u64..4).prop_map(|(d, k)| Op::Push(1_000 + d * 20, k)),
+            1 => (-500i64..3_000, 0u64..4).prop_map(|(d, k)| Op::Push(d, k)),
+            1 => (0i64..1_200).prop_map(Op::Advance),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn busy_seconds_come_out_as_from_a_heap(
+            start in -10_000_000i64..10_000_000,
+            ops in proptest::collection::vec(busy(), 200..3_000),
+        ) {
+            same_as_a_heap(start, ops)?;
+        }
+
         /// The calendar releases exactly what a binary heap releases, in the same order.
         #[test]
         fn releases_what_a_heap_releases_in_the_same_order(
             start in -10_000_000i64..10_000_000,
             ops in proptest::collection::vec(op(), 1..400),
         ) {
-            let mut cal = Calendar::default();
-            let mut heap = BinaryHeap::new();
-            let mut wm = start;
-            for (n, op) in ops.into_iter().enumerate() {
-                match op {
-                    Op::Push(d, k) => {
-                        let e = Entry {
-                            time: wm + d,
-                            slot: n as u32 % 7,
-                            generation: 0,
-                            key: k,
-                            device: 0,
-                            due: if k == 0 {
-                                Due::Timer(RuleKind::NoMovement)
-                            } else {
-                                Due::Event(Pending::Motion)
-                            },
-                        };
-                        cal.push(e, (n % 3 != 0).then_some(wm));
-                        heap.push(Reverse(e));
-                    }
-                    Op::Advance(d) => {
-                        wm += d;
-                        loop {
-                            let want = match heap.peek() {
-                                Some(Reverse(e)) if e.time <= wm => heap.pop().map(|r| r.0),
-                                _ => None,
-                            };
-                            let got = cal.pop_due(wm);
-                            prop_assert_eq!(got.map(|e| e.rank()), want.map(|e| e.rank()));
-                            if want.is_none() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                prop_assert_eq!(cal.len, heap.len());
-                prop_assert_eq!(cal.iter().count(), heap.len());
-            }
+            same_as_a_heap(start, ops)?;
         }
     }
 }

@@ -11,7 +11,7 @@
 
 mod alarms;
 mod clock;
-mod fasthash;
+pub(crate) mod fasthash;
 mod household;
 pub mod ids;
 mod incidents;
