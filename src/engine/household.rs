@@ -251,6 +251,8 @@ pub(crate) struct Household {
     /// its own order, not the partition's watermark (see `apply_pending`).
     pub vitals_last: Millis,
     pub bed_out_since: Option<Millis>,
+    /// Time of the newest bed event applied: like `vitals_last`, the household's own order.
+    pub bed_last: Millis,
     pub door_at_night: Option<Millis>,
     pub water: Option<Water>,
     pub power_last: Option<(Millis, f64)>,
@@ -303,6 +305,7 @@ impl Household {
             vitals_out_since: None,
             vitals_last: NEVER,
             bed_out_since: None,
+            bed_last: NEVER,
             door_at_night: None,
             water: None,
             power_last: None,
@@ -479,6 +482,8 @@ pub(crate) struct HouseholdState {
     #[serde(default = "never")]
     vitals_last: Millis,
     bed_out_since: Option<Millis>,
+    #[serde(default = "never")]
+    bed_last: Millis,
     door_at_night: Option<Millis>,
     water: Option<Water>,
     power_last: Option<(Millis, f64)>,
@@ -510,6 +515,7 @@ impl Household {
             vitals_out_since: self.vitals_out_since,
             vitals_last: self.vitals_last,
             bed_out_since: self.bed_out_since,
+            bed_last: self.bed_last,
             door_at_night: self.door_at_night,
             water: self.water,
             power_last: self.power_last,
@@ -542,6 +548,7 @@ impl Household {
         self.vitals_out_since = s.vitals_out_since;
         self.vitals_last = s.vitals_last;
         self.bed_out_since = s.bed_out_since;
+        self.bed_last = s.bed_last;
         self.door_at_night = s.door_at_night;
         self.water = s.water;
         self.power_last = s.power_last;
@@ -683,19 +690,23 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_vitals_reading_survives_a_checkpoint_and_older_checkpoints_still_restore() {
+    fn the_newest_vitals_and_bed_times_survive_a_checkpoint_and_older_checkpoints_still_restore() {
         let mut h = Household::new("hh-1", 1, 0);
         h.vitals_last = 1_795_000_000_000;
+        h.bed_last = 1_795_000_060_000;
         let json = serde_json::to_value(h.state(0)).unwrap();
         let mut back = Household::new("hh-1", 2, 0);
         back.restore_state(serde_json::from_value(json.clone()).unwrap(), 0);
         assert_eq!(back.vitals_last, 1_795_000_000_000);
-        // A checkpoint written before the field was kept: no reading yet, so the next one
+        assert_eq!(back.bed_last, 1_795_000_060_000);
+        // A checkpoint written before the fields were kept: no reading yet, so the next one
         // is in order whatever its time.
         let mut old = json;
-        assert!(old.as_object_mut().unwrap().remove("vitals_last").is_some());
+        for field in ["vitals_last", "bed_last"] {
+            assert!(old.as_object_mut().unwrap().remove(field).is_some());
+        }
         back.restore_state(serde_json::from_value(old).unwrap(), 0);
-        assert_eq!(back.vitals_last, NEVER);
+        assert_eq!((back.vitals_last, back.bed_last), (NEVER, NEVER));
     }
 
     #[test]

@@ -650,8 +650,9 @@ impl Engine {
             if clock.watermark.is_some_and(|w| t < w - lateness) {
                 self.stats.late_dropped += 1;
             } else {
+                let behind = clock.watermark;
                 self.stats.late_events += 1;
-                self.apply_pending(slot, t, p, device, true, out);
+                self.apply_pending(slot, t, p, device, behind, out);
             }
             return;
         }
@@ -691,7 +692,7 @@ impl Engine {
                 continue;
             }
             match e.due {
-                Due::Event(p) => self.apply_pending(e.slot, e.time, p, e.device, false, out),
+                Due::Event(p) => self.apply_pending(e.slot, e.time, p, e.device, None, out),
                 Due::Timer(kind) if self.slot(e.slot).scheduled[kind as usize] == e.time => {
                     self.fire(e.slot, kind, e.time, out)
                 }

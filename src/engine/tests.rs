@@ -815,6 +815,89 @@ fn a_wearable_whose_clock_runs_slow_still_raises_abnormal_vitals() {
 }
 
 #[test]
+fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_not_judged() {
+    // Quiet hours 22:00-06:30; from midnight (2026-11-20, CST) hh-fast's motion sensor moves
+    // the watermark; hh-slow's mattress and door contact run two minutes slow (every event
+    // 90 s behind the watermark); hh-late's gateway flushes a backlog 35-45 minutes late.
+    let midnight = 1_795_104_000_000;
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-fast", 1), on(0, midnight), &mut out)
+        .unwrap();
+    for hh in ["hh-slow", "hh-late"] {
+        let mut p = profile_of(hh);
+        p.quiet_hours = Some(QuietHours {
+            start_minute: 22 * 60,
+            end_minute: 6 * 60 + 30,
+        });
+        let reg = Input::Household {
+            household_id: hh.into(),
+            profile: Some(p),
+        };
+        e.process(&reg, on(0, midnight), &mut out).unwrap();
+    }
+    let at = |minute: i64| midnight + minute * 60_000;
+    let bed = |hh: &str, id: &str, t: Millis, occupied: bool| {
+        sensor(hh, id, DeviceKind::BED_SENSOR, t, Reading::Bed { occupied })
+    };
+    let door = |hh: &str, id: &str, t: Millis| {
+        sensor(
+            hh,
+            id,
+            DeviceKind::DOOR_CONTACT,
+            t,
+            Reading::Door { open: true },
+        )
+    };
+    let motion = |hh: &str, id: &str, t: Millis| {
+        let m = Reading::Motion { detected: true };
+        sensor(hh, id, DeviceKind::MOTION_PIR, t, m)
+    };
+    for minute in 1..=60 {
+        let now = at(minute);
+        let mut arriving = vec![motion("hh-fast", &format!("f{minute}"), now)];
+        match minute {
+            // Out of bed at 00:03 by its clock, and not back.
+            5 => arriving.push(bed("hh-slow", "s-out", now - 2 * 60_000, false)),
+            // The front door at 00:08 by its clock, and no movement after it.
+            10 => arriving.push(door("hh-slow", "s-door", now - 2 * 60_000)),
+            // The backlog: out of bed at 00:05, back at 00:10, the door at 00:12, movement
+            // indoors at 00:13: nothing to raise, and too late to judge anyway.
+            50 => arriving.extend([
+                bed("hh-late", "l-out", at(5), false),
+                bed("hh-late", "l-in", at(10), true),
+                door("hh-late", "l-door", at(12)),
+                motion("hh-late", "l-m", at(13)),
+            ]),
+            _ => {}
+        }
+        for input in &arriving {
+            e.process(input, on(0, now), &mut out).unwrap();
+        }
+    }
+    let mut found: Vec<_> = opened(&out)
+        .into_iter()
+        .filter(|(hh, _, _)| hh != "hh-fast")
+        .map(|(hh, rule, at)| (hh, rule, (at - midnight) / 60_000))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("hh-slow".into(), "night_bed_exit".into(), 33),
+            ("hh-slow".into(), "night_door".into(), 23),
+        ],
+        "raised at their deadlines by the devices' clocks"
+    );
+    let s = e.stats();
+    assert_eq!(
+        s.late_dropped, 1,
+        "hh-late's exit, past its deadline: {s:?}"
+    );
+    assert!(s.late_events >= 6, "{s:?}");
+}
+
+#[test]
 fn state_per_household_stays_under_1_kib() {
     let mut e = engine();
     let mut out = Vec::new();

@@ -10,14 +10,15 @@ use crate::model::*;
 use crate::rules::RuleKind;
 
 impl Engine {
-    /// An event released in event-time order (or, if `late`, behind the watermark).
+    /// An event released in event-time order, or (`late`: the watermark it arrived behind)
+    /// out of it.
     pub(super) fn apply_pending(
         &mut self,
         slot: u32,
         t: Millis,
         ev: Pending,
         device: u64,
-        late: bool,
+        late: Option<Millis>,
         out: &mut Vec<Output>,
     ) {
         if device != 0 {

@@ -8,10 +8,17 @@ use crate::model::*;
 use crate::rules::{p, RuleKind};
 
 impl Engine {
-    pub(in crate::engine) fn door(&mut self, slot: u32, t: Millis, late: bool) {
+    /// A door opened or closed. One that arrives behind the watermark (`late`) still counts
+    /// if movement indoors after it has not been seen yet and its deadline is still ahead of
+    /// the watermark: a door contact whose clock runs slow. A gateway's backlog hours late
+    /// is past its deadline, and judging it at once would come before the movement behind it
+    /// in the same backlog.
+    pub(in crate::engine) fn door(&mut self, slot: u32, t: Millis, late: Option<Millis>) {
         self.activity(slot, t);
         let h = self.slot(slot);
-        if !late && self.enabled(RuleKind::NightDoor) && self.quiet(h, t) && !h.away_at(t) {
+        let k = RuleKind::NightDoor;
+        let in_time = |w: Millis| h.last_motion < t && t + self.ms(k, p::NO_MOTION_FOR, h) > w;
+        if self.enabled(k) && self.quiet(h, t) && !h.away_at(t) && late.is_none_or(in_time) {
             let h = self.slot_mut(slot);
             h.door_at_night = Some(h.door_at_night.map_or(t, |d| d.min(t)));
             self.schedule(slot, RuleKind::NightDoor);
@@ -33,22 +40,41 @@ impl Engine {
         }
     }
 
-    pub(in crate::engine) fn bed(&mut self, slot: u32, t: Millis, occupied: bool, late: bool) {
+    /// In or out of bed, taken in the household's own order (a mattress whose clock runs
+    /// slow is behind the watermark on every event, yet each comes after the last); an event
+    /// older than one applied is dropped. A late exit (`late`: the watermark it arrived
+    /// behind) starts the clock only if its deadline is still ahead of the watermark, for the
+    /// reason `door` gives.
+    pub(in crate::engine) fn bed(
+        &mut self,
+        slot: u32,
+        t: Millis,
+        occupied: bool,
+        late: Option<Millis>,
+    ) {
         self.activity(slot, t);
-        if late {
+        let h = self.slot(slot);
+        if t < h.bed_last {
             self.stats.late_dropped += 1;
             return;
         }
-        let h = self.slot(slot);
+        let k = RuleKind::NightBedExit;
+        let in_time = |w: Millis| t + self.ms(k, p::OUT_FOR, h) > w;
         if occupied {
-            self.slot_mut(slot).bed_out_since = None;
-            self.resolve(slot, RuleKind::NightBedExit, t, "back in bed");
-        } else if self.enabled(RuleKind::NightBedExit)
-            && self.quiet(h, t)
-            && h.bed_out_since.is_none()
-        {
-            self.slot_mut(slot).bed_out_since = Some(t);
-            self.schedule(slot, RuleKind::NightBedExit);
+            let h = self.slot_mut(slot);
+            h.bed_last = t;
+            h.bed_out_since = None;
+            self.resolve(slot, k, t, "back in bed");
+        } else if !late.is_none_or(in_time) {
+            self.stats.late_dropped += 1;
+        } else {
+            let starts = self.enabled(k) && self.quiet(h, t) && h.bed_out_since.is_none();
+            let h = self.slot_mut(slot);
+            h.bed_last = t;
+            if starts {
+                h.bed_out_since = Some(t);
+                self.schedule(slot, k);
+            }
         }
     }
 
