@@ -10,7 +10,9 @@
 //! - `<group>/manifest/<p>`: written only once every chunk is acknowledged; names its chunks and
 //!   holds the offsets. The last manifest of a partition is its checkpoint;
 //! - once a newer manifest is acknowledged, tombstones for the chunks of the one before, so
-//!   compaction leaves one checkpoint per partition.
+//!   compaction leaves one checkpoint per partition; and for the pieces of a checkpoint whose
+//!   writer died before its manifest (found when the partition is next restored: pieces no
+//!   manifest names, older than the partition's last manifest by `ORPHANED_AFTER`).
 //!
 //! Chunk keys are unique per writer and sequence, so a crash half-way through writing one
 //! never damages the checkpoint before it, and two instances racing during a rebalance never
@@ -32,6 +34,11 @@ use crate::model::Millis;
 
 const CHUNK_BYTES: usize = 256 * 1024;
 
+/// Pieces no manifest names, written this long before the partition's last manifest, are
+/// orphans: a checkpoint takes seconds to write, so their writer died before its manifest.
+/// (Younger ones may belong to a checkpoint another instance is writing during a rebalance.)
+pub const ORPHANED_AFTER: Millis = 10 * 60_000;
+
 /// What a checkpoint covers and where its pieces are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -43,19 +50,20 @@ pub struct Manifest {
     pub households: usize,
     /// The next input offset to read, per input topic, for this partition.
     pub offsets: BTreeMap<String, i64>,
-    /// Wall-clock time it was written (for its age; never for decisions).
+    /// Wall-clock time it was written: for its age, and to tell orphaned pieces (written
+    /// `ORPHANED_AFTER` before it) from those of a checkpoint still being written; never for
+    /// the rules' decisions.
     pub written_at: Millis,
+}
+
+fn chunk_key(group: &str, partition: i32, writer: &str, seq: u64, i: u32) -> String {
+    format!("{group}/chunk/{partition}/{writer}/{seq}/{i}")
 }
 
 impl Manifest {
     pub fn chunk_keys(&self, group: &str) -> Vec<String> {
         (0..self.chunks)
-            .map(|i| {
-                format!(
-                    "{group}/chunk/{}/{}/{}/{i}",
-                    self.partition, self.writer, self.seq
-                )
-            })
+            .map(|i| chunk_key(group, self.partition, &self.writer, self.seq, i))
             .collect()
     }
 }
@@ -113,6 +121,8 @@ pub struct Writer {
     seq: u64,
     state_partitions: i32,
     previous: HashMap<i32, Manifest>,
+    /// Keys of orphaned pieces per partition, tombstoned with the next checkpoint's retirees.
+    orphans: HashMap<i32, Vec<String>>,
 }
 
 impl Writer {
@@ -129,16 +139,21 @@ impl Writer {
             seq: 0,
             state_partitions: state_partitions.max(1),
             previous: HashMap::new(),
+            orphans: HashMap::new(),
         }
     }
 
-    /// The checkpoint `partition` was restored from: its chunks go once a newer one is in.
-    pub fn adopt(&mut self, manifest: Manifest) {
-        self.previous.insert(manifest.partition, manifest);
+    /// The checkpoint `partition` was restored from: its chunks, and the orphaned pieces
+    /// found beside it, go once a newer one is in.
+    pub fn adopt(&mut self, restored: &Restored) {
+        let p = restored.manifest.partition;
+        self.previous.insert(p, restored.manifest.clone());
+        self.orphans.insert(p, restored.orphans.clone());
     }
 
     pub fn forget(&mut self, partition: i32) {
         self.previous.remove(&partition);
+        self.orphans.remove(&partition);
     }
 
     /// When the partition's last checkpoint from here was written (wall clock).
@@ -183,16 +198,18 @@ impl Writer {
             .send(producer, sp, &manifest_key(&self.group, p), Some(&body))
             .await?;
         wait(a, &self.topic).await?;
-        // The manifest is in: the chunks of the checkpoint before it can go.
+        // The manifest is in: the chunks of the checkpoint before it can go, and any orphans.
+        let mut retired = self.orphans.remove(&p).unwrap_or_default();
         if let Some(old) = self.previous.insert(p, manifest.clone()) {
-            let mut acks = Vec::new();
-            for key in old.chunk_keys(&self.group) {
-                acks.push(self.send(producer, sp, &key, None).await?);
-            }
-            for a in acks {
-                // A lost tombstone only leaves garbage for compaction; not an error.
-                let _ = wait(a, &self.topic).await;
-            }
+            retired.extend(old.chunk_keys(&self.group));
+        }
+        let mut acks = Vec::new();
+        for key in &retired {
+            acks.push(self.send(producer, sp, key, None).await?);
+        }
+        for a in acks {
+            // A lost tombstone only leaves garbage for compaction; not an error.
+            let _ = wait(a, &self.topic).await;
         }
         Ok(manifest)
     }
@@ -236,10 +253,12 @@ async fn wait(f: rdkafka::producer::DeliveryFuture, topic: &str) -> Result<(), C
     }
 }
 
-/// A checkpoint read back: its manifest and the state.
+/// A checkpoint read back: its manifest and the state, and the keys of orphaned pieces
+/// beside it (`ORPHANED_AFTER`), for the next writer to tombstone.
 pub struct Restored {
     pub manifest: Manifest,
     pub snapshot: PartitionSnapshot,
+    pub orphans: Vec<String>,
 }
 
 /// Reads the last checkpoint of each of `partitions` (blocking; call off the async runtime).
@@ -282,8 +301,8 @@ pub fn load(
         }
     }
     let mut manifests: HashMap<i32, Manifest> = HashMap::new();
-    // Chunks by partition, then (writer, seq), then index.
-    type Pieces = HashMap<(String, u64), BTreeMap<u32, Vec<u8>>>;
+    // Chunks by partition, then (writer, seq), then index; with the newest piece's time.
+    type Pieces = HashMap<(String, u64), (BTreeMap<u32, Vec<u8>>, Millis)>;
     let mut chunks: HashMap<i32, Pieces> = HashMap::new();
     if !ends.is_empty() {
         consumer
@@ -348,12 +367,13 @@ pub fn load(
             let set = chunks.entry(p).or_default();
             match m.payload() {
                 Some(body) => {
-                    set.entry((writer.to_string(), seq))
-                        .or_default()
-                        .insert(i, body.to_vec());
+                    let (pieces, newest) = set.entry((writer.to_string(), seq)).or_default();
+                    pieces.insert(i, body.to_vec());
+                    let at = m.timestamp().to_millis().unwrap_or(Millis::MAX);
+                    *newest = (*newest).max(at);
                 }
                 None => {
-                    if let Some(pieces) = set.get_mut(&(writer.to_string(), seq)) {
+                    if let Some((pieces, _)) = set.get_mut(&(writer.to_string(), seq)) {
                         pieces.remove(&i);
                     }
                 }
@@ -362,13 +382,28 @@ pub fn load(
     }
     let mut out = Loaded::default();
     for (p, manifest) in manifests {
-        let pieces = chunks
-            .get_mut(&p)
-            .and_then(|by| by.remove(&(manifest.writer.clone(), manifest.seq)))
+        let mut by = chunks.remove(&p).unwrap_or_default();
+        let (pieces, _) = by
+            .remove(&(manifest.writer.clone(), manifest.seq))
             .unwrap_or_default();
+        let mut orphans: Vec<String> = by
+            .into_iter()
+            .filter(|(_, (_, newest))| *newest < manifest.written_at - ORPHANED_AFTER)
+            .flat_map(|((writer, seq), (pieces, _))| {
+                pieces
+                    .into_keys()
+                    .map(move |i| chunk_key(group, p, &writer, seq, i))
+            })
+            .collect();
+        orphans.sort();
         match assemble(p, &manifest, pieces) {
             Ok(snapshot) => {
-                out.restored.insert(p, Restored { manifest, snapshot });
+                let r = Restored {
+                    manifest,
+                    snapshot,
+                    orphans,
+                };
+                out.restored.insert(p, r);
             }
             Err(e) => out.damaged.push((p, e)),
         }

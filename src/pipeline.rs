@@ -708,10 +708,10 @@ impl Processor {
                             self.metrics
                                 .restored_households
                                 .inc_by(r.manifest.households as u64);
-                            self.engine.restore(r.snapshot);
                             if let Some(w) = self.writer.as_mut() {
-                                w.adopt(r.manifest);
+                                w.adopt(&r);
                             }
+                            self.engine.restore(r.snapshot);
                         }
                         None => self.engine.adopt(p),
                     }

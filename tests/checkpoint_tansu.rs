@@ -1,0 +1,161 @@
+//! Checkpoint hygiene on the real broker: the pieces of a checkpoint whose writer died before
+//! its manifest are found when the partition is next restored and tombstoned with the next
+//! checkpoint, while the pieces of one another instance may still be writing are kept.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use carestream::checkpoint;
+use carestream::engine::{Engine, Meta};
+use carestream::model::*;
+use carestream::rules::RuleSet;
+
+fn engine_with_households(n: usize) -> Engine {
+    let rules = Arc::new(RuleSet::load(&Path::new(common::MANIFEST).join("rules")).unwrap());
+    let mut e = Engine::new(rules);
+    let mut out = Vec::new();
+    let now = carestream::pipeline::wall_millis();
+    for i in 0..n {
+        let profile = carestream::simulate::household(i, 1);
+        let id = profile.household_id.clone();
+        let motion = Input::Sensor(SensorEvent {
+            event_id: format!("{id}-m"),
+            household_id: id.clone(),
+            device_id: format!("{id}-pir"),
+            device_kind: DeviceKind::MOTION_PIR,
+            event_time: now,
+            reading: Reading::Motion { detected: true },
+            gateway_id: None,
+        });
+        let profile = Input::Household {
+            household_id: id,
+            profile: Some(profile),
+        };
+        for input in [profile, motion] {
+            let meta = Meta {
+                partition: 0,
+                arrival: now,
+            };
+            e.process(&input, meta, &mut out).unwrap();
+        }
+    }
+    e
+}
+
+/// Every record of the state topic's one partition, last value per key (None: tombstone).
+fn last_values(bootstrap: &str, topic: &str) -> HashMap<String, Option<Vec<u8>>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", common::unique("state-dump"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let (_, high) = c
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut last = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = 0;
+    while next < high {
+        assert!(Instant::now() < deadline, "read {next} of {high} records");
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            last.insert(key, m.payload().map(<[u8]>::to_vec));
+            next = m.offset() + 1;
+        }
+    }
+    last
+}
+
+#[test]
+fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept() {
+    let broker = common::Broker::start();
+    let (config, _) = common::test_config(&broker.bootstrap(), "orphans");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(carestream::admin::create_topics(&config, 1, 1))
+        .unwrap();
+    let producer: FutureProducer =
+        carestream::sink::producer_config(&carestream::source::base_client_config(&config))
+            .create()
+            .unwrap();
+    let (topic, group) = (&config.topics.state, &config.kafka.group_id);
+    let live = engine_with_households(20);
+
+    // The first owner checkpoints partition 0.
+    let mut first = checkpoint::Writer::new(topic, group, 1);
+    let now = carestream::pipeline::wall_millis();
+    let m1 = rt
+        .block_on(first.write(&producer, &live.snapshot(0), BTreeMap::new(), now))
+        .unwrap();
+    // Pieces no manifest names: two of a writer that died an hour ago, one of a writer
+    // writing right now.
+    let piece = |key: &str, at: Millis| {
+        let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+            .partition(0)
+            .key(key)
+            .payload(&b"{\"partial\":"[..])
+            .timestamp(at);
+        rt.block_on(producer.send(rec, Duration::from_secs(10)))
+            .unwrap();
+    };
+    let dead: Vec<String> = (0..2)
+        .map(|i| format!("{group}/chunk/0/dead-writer/7/{i}"))
+        .collect();
+    for key in &dead {
+        piece(key, now - 3_600_000);
+    }
+    let busy = format!("{group}/chunk/0/busy-writer/3/0");
+    piece(&busy, now);
+
+    // The next owner restores: the checkpoint is whole, and the dead writer's pieces, and
+    // only those, are named as orphans.
+    let loaded = checkpoint::load(&config, &[0], Duration::from_secs(60)).unwrap();
+    assert!(loaded.damaged.is_empty());
+    let restored = &loaded.restored[&0];
+    assert_eq!(restored.manifest, m1);
+    assert_eq!(restored.orphans, dead);
+    let mut fresh = Engine::new(Arc::new(
+        RuleSet::load(&Path::new(common::MANIFEST).join("rules")).unwrap(),
+    ));
+    fresh.restore(restored.snapshot.clone());
+    assert_eq!(fresh.snapshot(0), live.snapshot(0));
+
+    // Its first checkpoint retires the one it restored and the orphans.
+    let mut next = checkpoint::Writer::new(topic, group, 1);
+    next.adopt(restored);
+    let m2 = rt
+        .block_on(next.write(
+            &producer,
+            &fresh.snapshot(0),
+            BTreeMap::new(),
+            carestream::pipeline::wall_millis(),
+        ))
+        .unwrap();
+    let last = last_values(&broker.bootstrap(), topic);
+    for key in dead.iter().chain(&m1.chunk_keys(group)) {
+        assert_eq!(last.get(key), Some(&None), "{key} tombstoned");
+    }
+    assert!(matches!(last.get(&busy), Some(Some(_))), "{busy} kept");
+    for key in m2.chunk_keys(group) {
+        assert!(matches!(last.get(&key), Some(Some(_))), "{key} kept");
+    }
+    // And the partition restores from the new checkpoint with nothing left to clean.
+    let again = checkpoint::load(&config, &[0], Duration::from_secs(60)).unwrap();
+    assert_eq!(again.restored[&0].manifest, m2);
+    assert!(again.restored[&0].orphans.is_empty());
+}
