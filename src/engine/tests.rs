@@ -814,6 +814,19 @@ fn a_wearable_whose_clock_runs_slow_still_raises_abnormal_vitals() {
     );
 }
 
+/// A registry entry with the night's quiet hours, 22:00-06:30.
+fn sleeping_nights(hh: &str) -> Input {
+    let mut p = profile_of(hh);
+    p.quiet_hours = Some(QuietHours {
+        start_minute: 22 * 60,
+        end_minute: 6 * 60 + 30,
+    });
+    Input::Household {
+        household_id: hh.into(),
+        profile: Some(p),
+    }
+}
+
 #[test]
 fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_not_judged() {
     // Quiet hours 22:00-06:30; from midnight (2026-11-20, CST) hh-fast's motion sensor moves
@@ -825,16 +838,8 @@ fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_no
     e.process(&profile("hh-fast", 1), on(0, midnight), &mut out)
         .unwrap();
     for hh in ["hh-slow", "hh-late"] {
-        let mut p = profile_of(hh);
-        p.quiet_hours = Some(QuietHours {
-            start_minute: 22 * 60,
-            end_minute: 6 * 60 + 30,
-        });
-        let reg = Input::Household {
-            household_id: hh.into(),
-            profile: Some(p),
-        };
-        e.process(&reg, on(0, midnight), &mut out).unwrap();
+        e.process(&sleeping_nights(hh), on(0, midnight), &mut out)
+            .unwrap();
     }
     let at = |minute: i64| midnight + minute * 60_000;
     let bed = |hh: &str, id: &str, t: Millis, occupied: bool| {
@@ -895,6 +900,59 @@ fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_no
         "hh-late's exit, past its deadline: {s:?}"
     );
     assert!(s.late_events >= 6, "{s:?}");
+}
+
+#[test]
+fn getting_up_for_the_day_before_the_quiet_hours_end_is_not_a_night_exit() {
+    // Quiet hours 22:00-06:30 (2026-11-20, CST). hh-early gets up at 06:10 and goes out at
+    // 06:20: morning, not night. hh-night gets up at 05:50 and is not back by 06:20: night.
+    // The next night hh-early is out of bed at 02:00 and not back: night again, though its
+    // return to bed in the evening went unreported.
+    let midnight = 1_795_104_000_000;
+    let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
+    let mut e = engine();
+    let mut out = Vec::new();
+    for hh in ["hh-early", "hh-night"] {
+        e.process(&sleeping_nights(hh), on(0, midnight), &mut out)
+            .unwrap();
+    }
+    let bed = |hh: &str, id: &str, t: Millis, occupied: bool| {
+        sensor(hh, id, DeviceKind::BED_SENSOR, t, Reading::Bed { occupied })
+    };
+    let door = sensor(
+        "hh-early",
+        "door",
+        DeviceKind::DOOR_CONTACT,
+        at(6, 20),
+        Reading::Door { open: true },
+    );
+    let day = [
+        bed("hh-night", "n-out", at(5, 50), false),
+        bed("hh-early", "e-out", at(6, 10), false),
+        door,
+        bed("hh-early", "e-out2", at(26, 0), false),
+    ];
+    for input in &day {
+        let t = match input {
+            Input::Sensor(s) => s.event_time,
+            _ => unreachable!(),
+        };
+        e.tick(0, t, &mut out);
+        e.process(input, on(0, t), &mut out).unwrap();
+    }
+    e.tick(0, at(27, 0), &mut out);
+    let found: Vec<_> = opened(&out)
+        .into_iter()
+        .filter(|(_, r, _)| r.starts_with("night_"))
+        .map(|(hh, r, t)| (hh, r, (t - midnight) / 60_000))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("hh-night".into(), "night_bed_exit".into(), 6 * 60 + 20),
+            ("hh-early".into(), "night_bed_exit".into(), 26 * 60 + 30),
+        ]
+    );
 }
 
 #[test]

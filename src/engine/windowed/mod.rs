@@ -112,6 +112,9 @@ impl Engine {
             RuleKind::DeviceSilence | RuleKind::HomeSilence => self.silence_finding(h, kind, d, t),
             RuleKind::DailyRound => return self.daily_round_fire(slot, d, t, out),
             RuleKind::VisitCadence => self.visit_finding(h, d, t),
+            RuleKind::NightBedExit | RuleKind::NightDoor if !self.quiet(h, d) => {
+                return self.night_over(slot, kind);
+            }
             RuleKind::NightBedExit | RuleKind::NightDoor => self.night_finding(h, kind, d, t),
             RuleKind::Vitals | RuleKind::WaterSilence | RuleKind::WaterFlow => None,
         };

@@ -88,6 +88,16 @@ impl Engine {
         }
     }
 
+    /// The quiet hours ended before the deadline: up for the day (an early riser), or out
+    /// for a morning walk, not a night exit. The clock stops, so the next night starts anew.
+    pub(super) fn night_over(&mut self, slot: u32, kind: RuleKind) {
+        let h = self.slot_mut(slot);
+        match kind {
+            RuleKind::NightBedExit => h.bed_out_since = None,
+            _ => h.door_at_night = None,
+        }
+    }
+
     pub(super) fn night_finding(
         &self,
         h: &Household,
