@@ -956,6 +956,36 @@ fn getting_up_for_the_day_before_the_quiet_hours_end_is_not_a_night_exit() {
 }
 
 #[test]
+fn the_water_silence_window_counts_waking_time_only() {
+    // Dinner's water at 18:15 (2026-11-20, CST), then none: twelve waking hours are 3 h 45
+    // min before the quiet hours (22:00-06:30) and 8 h 15 min after, so 14:45 the next day,
+    // not 06:15 the next morning.
+    let midnight = 1_795_104_000_000;
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&sleeping_nights("hh-1"), on(0, midnight), &mut out)
+        .unwrap();
+    for quarter in 0..=(22 * 4) {
+        let t = midnight + 18 * HOUR + quarter * 15 * 60_000;
+        let cumulative = if quarter == 0 { 1.0 } else { 1.02 };
+        let meter = sensor(
+            "hh-1",
+            &format!("w{quarter}"),
+            DeviceKind::WATER_METER,
+            t,
+            Reading::Meter { cumulative },
+        );
+        e.process(&meter, on(0, t), &mut out).unwrap();
+    }
+    let found: Vec<_> = opened(&out)
+        .into_iter()
+        .filter(|(_, r, _)| r == "water_silence")
+        .map(|(_, _, t)| (t - midnight) / 60_000)
+        .collect();
+    assert_eq!(found, [38 * 60 + 45]);
+}
+
+#[test]
 fn state_per_household_stays_under_1_kib() {
     let mut e = engine();
     let mut out = Vec::new();

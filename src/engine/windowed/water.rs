@@ -5,6 +5,7 @@
 use super::super::household::RuleRef;
 use super::super::household::Water;
 use super::super::incidents::Finding;
+use super::super::localtime::add_awake_time;
 use super::super::Engine;
 use super::evidence;
 use crate::model::*;
@@ -49,11 +50,15 @@ impl Engine {
             self.ms(RuleKind::WaterFlow, p::FLOWING_FOR, h),
             self.num(RuleKind::WaterFlow, p::MIN_FLOW, h),
         );
+        // The window counts waking time only, as no-movement's does: a night's sleep after
+        // the evening's last tap is not silence (12 h of clock time from dinner to breakfast
+        // raised false tasks in the simulated city's runs over a night).
+        let due = add_awake_time(w.base_time, window, h.offset, self.quiet_hours(h));
         if v - w.base_value >= min_use || away {
             w.base_time = t;
             w.base_value = v;
             self.resolve(slot, RuleKind::WaterSilence, t, "water used again");
-        } else if t - w.base_time >= window && self.enabled(RuleKind::WaterSilence) {
+        } else if t >= due && self.enabled(RuleKind::WaterSilence) {
             let detail = format!(
                 "{:.3} m³ in {} h",
                 v - w.base_value,
@@ -64,7 +69,7 @@ impl Engine {
                 Finding {
                     rule: RuleRef::Windowed(RuleKind::WaterSilence),
                     trigger: format!("water_since:{}", w.base_time),
-                    incident_time: w.base_time + window,
+                    incident_time: due,
                     emitted_at: t,
                     evidence: vec![evidence("water_meter", t, detail.clone())],
                     detail: Some(detail),
