@@ -354,20 +354,17 @@ impl Calendar {
         let steps = (next - at) as usize;
         if steps > BUCKETS {
             debug_assert_eq!(self.near_len, 0, "only an empty calendar jumps");
-        } else if steps == 1 && self.near[0].len() >= BY_MILLISECOND {
-            // The steady state: the next second's bucket, sorted by its millisecond first.
-            let mut bucket = self.near.pop_front().expect("BUCKETS buckets");
-            self.near_len -= bucket.len();
-            self.widest = self.widest.max(bucket.len());
-            sort_second(&mut bucket, &mut self.current, next * BUCKET_MS);
-            self.spare.push(bucket);
-            self.near.push_back(Vec::new());
         } else {
+            // The steady state, the next second's bucket alone, is sorted by its millisecond
+            // as it moves in; anything else is appended and sorted by comparisons.
+            let by_millisecond = steps == 1 && self.near[0].len() >= BY_MILLISECOND;
             for _ in 0..steps {
                 let mut bucket = self.near.pop_front().expect("BUCKETS buckets");
                 self.near_len -= bucket.len();
                 self.widest = self.widest.max(bucket.len());
-                if self.current.is_empty() {
+                if by_millisecond {
+                    sort_second(&mut bucket, &mut self.current, next * BUCKET_MS);
+                } else if self.current.is_empty() {
                     std::mem::swap(&mut self.current, &mut bucket);
                 } else {
                     self.current.append(&mut bucket);
@@ -377,7 +374,9 @@ impl Calendar {
                 }
                 self.near.push_back(Vec::new());
             }
-            self.current.sort_unstable_by_key(|e| Reverse(e.rank()));
+            if !by_millisecond {
+                self.current.sort_unstable_by_key(|e| Reverse(e.rank()));
+            }
         }
         self.at = Some(next);
         self.pull_far();

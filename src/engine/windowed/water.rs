@@ -52,13 +52,18 @@ impl Engine {
         );
         // The window counts waking time only, as no-movement's does: a night's sleep after
         // the evening's last tap is not silence (12 h of clock time from dinner to breakfast
-        // raised false tasks in the simulated city's runs over a night).
-        let due = add_awake_time(w.base_time, window, h.offset, self.quiet_hours(h));
+        // raised false tasks in the simulated city's runs over a night). Waking time only
+        // adds to the window, so it is worked out only once the clock time has passed, not
+        // on every reading.
+        let due = (t - w.base_time >= window)
+            .then(|| add_awake_time(w.base_time, window, h.offset, self.quiet_hours(h)));
         if v - w.base_value >= min_use || away {
             w.base_time = t;
             w.base_value = v;
             self.resolve(slot, RuleKind::WaterSilence, t, "water used again");
-        } else if t >= due && self.enabled(RuleKind::WaterSilence) {
+        } else if let Some(due) =
+            due.filter(|due| t >= *due && self.enabled(RuleKind::WaterSilence))
+        {
             let detail = format!(
                 "{:.3} m³ in {} h",
                 v - w.base_value,
