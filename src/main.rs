@@ -88,6 +88,9 @@ struct SimArgs {
     weather_every_secs: Option<f64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Simulated time at the start, ms since the epoch (default: now).
+    #[arg(long)]
+    start_ms: Option<i64>,
 }
 
 impl SimArgs {
@@ -100,6 +103,7 @@ impl SimArgs {
             incident_every: self.incident_every_secs.map(Duration::from_secs_f64),
             weather_every: self.weather_every_secs.map(Duration::from_secs_f64),
             seed: self.seed,
+            start: self.start_ms,
         }
     }
 }

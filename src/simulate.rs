@@ -131,6 +131,16 @@ pub struct SimConfig {
     /// A weather warning for a random district this often (simulated time).
     pub weather_every: Option<Duration>,
     pub seed: u64,
+    /// Simulated time at the start, ms since the epoch (default: the wall clock). Record
+    /// timestamps carry simulated time, so a run can be placed across a given hour, such
+    /// as local midnight, when the day's plans change and gateways drop out.
+    pub start: Option<Millis>,
+}
+
+impl SimConfig {
+    fn start(&self) -> Millis {
+        self.start.unwrap_or_else(wall_millis)
+    }
 }
 
 /// splitmix64: small, fast and reproducible from a seed; no need for a `rand` dependency.
@@ -246,7 +256,9 @@ struct Home {
     tachycardia_until: Millis,
     /// The gateway is down until then; events pile up in `backlog`.
     gateway_down_until: Millis,
-    backlog: Vec<(String, String, Input, Millis)>,
+    /// Held records; their event time is in the payload. Sent when the gateway reconnects,
+    /// stamped then, as the platform's producer would stamp them: a backlog arrives late.
+    backlog: Vec<(String, String, Input)>,
 }
 
 impl Home {
@@ -368,7 +380,7 @@ impl<'a> Simulator<'a> {
         self.report.events += 1;
         let key = home.profile.household_id.clone();
         if now < home.gateway_down_until {
-            home.backlog.push((topic, key, input, now));
+            home.backlog.push((topic, key, input));
         } else {
             self.send(&topic, &key, &input, now);
         }
@@ -393,7 +405,7 @@ impl<'a> Simulator<'a> {
     /// Registers the households and waits until the broker has them.
     pub fn register(&mut self, cfg: &SimConfig) {
         let topic = self.topics.households.clone();
-        let now = wall_millis();
+        let now = cfg.start();
         for i in 0..cfg.households {
             let p = household(i, cfg.seed);
             let id = p.household_id.clone();
@@ -424,7 +436,7 @@ impl<'a> Simulator<'a> {
     pub async fn stream(mut self, cfg: &SimConfig, mut stop: watch::Receiver<bool>) -> SimReport {
         self.report.households = cfg.households;
         let mut rng = Rng::new(cfg.seed);
-        let start = wall_millis();
+        let start = cfg.start();
         let local_day = |t: Millis| t - (t + CST).rem_euclid(DAY);
         let mut homes: Vec<Home> = (0..cfg.households)
             .map(|i| {
@@ -498,8 +510,9 @@ impl<'a> Simulator<'a> {
             self.report.simulated = now - start;
         }
         // Flush what the gateways still hold, as they would on reconnecting.
+        let end = start + self.report.simulated;
         for h in &mut homes {
-            self.flush_backlog(h);
+            self.flush_backlog(h, end);
         }
         let _ = self.producer.flush(Duration::from_secs(30));
         println!(
@@ -509,9 +522,9 @@ impl<'a> Simulator<'a> {
         self.report
     }
 
-    fn flush_backlog(&mut self, h: &mut Home) {
-        for (topic, key, input, t) in std::mem::take(&mut h.backlog) {
-            self.send(&topic, &key, &input, t);
+    fn flush_backlog(&mut self, h: &mut Home, at: Millis) {
+        for (topic, key, input) in std::mem::take(&mut h.backlog) {
+            self.send(&topic, &key, &input, at);
             self.report.backlog_flushed += 1;
         }
     }
@@ -531,7 +544,7 @@ impl<'a> Simulator<'a> {
         }
         if !h.backlog.is_empty() && t >= h.gateway_down_until {
             // Reconnected: hours of events arrive at once, late.
-            self.flush_backlog(h);
+            self.flush_backlog(h, t);
         }
         let id = h.profile.household_id.clone();
         let alive = |h: &Home, k: DeviceKind| {

@@ -129,10 +129,28 @@ enum Stop {
     Leave,
 }
 
+/// The simulated city starts 20 simulated minutes before the last midnight, China time, so
+/// every run crosses the day's change: plans are redrawn then and some gateways drop out,
+/// to flush their backlog late (while instances are being killed and restarted).
+fn simulated_start() -> i64 {
+    const MIN: i64 = 60_000;
+    const DAY: i64 = 24 * 60 * MIN;
+    const CST: i64 = 8 * 60 * MIN;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    now - (now + CST).rem_euclid(DAY) - 20 * MIN
+}
+
 fn simulator(env: &[(String, String)], secs: u32) -> std::process::Child {
+    let start = simulated_start();
+    eprintln!("simulated city starts at {start} ms (20 min before midnight, China time)");
     std::process::Command::new(env!("CARGO_BIN_EXE_carestream"))
         .args([
             "simulate",
+            "--start-ms",
+            &start.to_string(),
             "--households",
             "150",
             "--speed",
@@ -441,13 +459,33 @@ fn crash_run(
     eprintln!("after the kills by rule: {:?}", by_rule(&got));
     let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
     let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    // What the differing tasks are: household, rule, rung and times (ids are hashes).
+    let show = |ids: &[&String], tasks: &BTreeMap<String, BTreeSet<Vec<u8>>>| {
+        let codec = common::codec();
+        ids.iter()
+            .take(12)
+            .filter_map(|id| match codec.decode_output(tasks[*id].iter().next()?) {
+                Ok(Output::Task(t)) => Some(format!(
+                    "  {} {} tier {} incident_time {} emitted_at {} ({})",
+                    t.household_id,
+                    t.rule_id,
+                    t.tier,
+                    t.incident_time,
+                    t.emitted_at,
+                    t.evidence.first().map_or("", |e| e.event_id.as_str())
+                )),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "{} missing, e.g. {:?}\n{} extra, e.g. {:?}",
+        "{} missing:\n{}\n{} extra:\n{}",
         missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
+        show(&missing, &want),
         extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>()
+        show(&extra, &got)
     );
     for (id, payloads) in &got {
         assert_eq!(

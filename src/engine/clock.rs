@@ -40,6 +40,9 @@ pub(crate) enum Pending {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Due {
     Event(Pending),
+    /// An event that arrived behind the watermark, queued at its arrival; the entry's key
+    /// holds its own event time.
+    Late(Pending),
     Timer(RuleKind),
     /// The household's escalation ladder (rungs and auto-resolution).
     Ladder,
@@ -63,7 +66,7 @@ pub(crate) struct Entry {
 impl Entry {
     fn rank(&self) -> (Millis, u8, u32, u64) {
         let class = match self.due {
-            Due::Event(_) => 0,
+            Due::Event(_) | Due::Late(_) => 0,
             Due::Timer(_) => 1,
             Due::Ladder => 2,
             Due::Welfare(_) => 3,

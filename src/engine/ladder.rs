@@ -32,6 +32,7 @@ impl Engine {
         let (Some(d), Some(partition)) = (self.ladder_deadline(h), h.partition) else {
             return;
         };
+        let d = d.max(self.floor);
         if h.ladder_scheduled != NEVER && h.ladder_scheduled <= d {
             return;
         }

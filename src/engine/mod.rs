@@ -143,6 +143,9 @@ pub struct Engine {
     param_sets: Vec<Box<[f64]>>,
     param_ids: HashMap<Vec<u64>, u32>,
     param_offsets: [usize; RuleKind::ALL.len()],
+    /// While late data is being applied: no deadline is queued before this (see
+    /// `Engine::late`). `Millis::MIN` otherwise.
+    floor: Millis,
 }
 
 impl Engine {
@@ -169,6 +172,7 @@ impl Engine {
             param_sets: Vec::new(),
             param_ids: HashMap::new(),
             param_offsets: RuleSet::param_offsets(),
+            floor: Millis::MIN,
         }
         .with_default_params()
     }
@@ -290,6 +294,7 @@ impl Engine {
 
     /// Queues `kind`'s deadline for the household at `at` on its partition.
     fn queue_timer(&mut self, slot: u32, kind: RuleKind, at: Millis) {
+        let at = at.max(self.floor);
         let h = self.slot(slot);
         let Some(partition) = h.partition else { return };
         let generation = h.generation;
@@ -453,7 +458,7 @@ impl Engine {
                     kind: hb.device_kind,
                 };
                 let device = hash64(&hb.device_id);
-                self.enqueue(slot, t, p, device ^ t as u64, device, meta.partition, out);
+                self.enqueue(slot, t, p, device ^ t as u64, device, meta, out);
                 self.advance(meta.partition, SOURCE_HEARTBEATS, t.min(meta.arrival), out);
                 Ok(())
             }
@@ -466,7 +471,7 @@ impl Engine {
                 let p = Pending::CheckIn {
                     visit: c.kind == CheckInKind::HOME_VISIT,
                 };
-                self.enqueue(slot, t, p, c.kind as u64, 0, meta.partition, out);
+                self.enqueue(slot, t, p, c.kind as u64, 0, meta, out);
                 self.advance(meta.partition, SOURCE_CHECKINS, t.min(meta.arrival), out);
                 Ok(())
             }
@@ -615,23 +620,26 @@ impl Engine {
                 self.stats.unknown_household_alarms += 1;
             }
             self.raise_alarm(slot, rule, e, t, skewed, meta.arrival, out);
-            self.enqueue(
-                slot,
-                t,
-                Pending::Alive,
-                event_hash,
-                device,
-                meta.partition,
-                out,
-            );
+            self.enqueue(slot, t, Pending::Alive, event_hash, device, meta, out);
         } else {
             let p = pending(&e.reading, e.device_kind);
-            self.enqueue(slot, t, p, event_hash, device, meta.partition, out);
+            self.enqueue(slot, t, p, event_hash, device, meta, out);
         }
         self.advance(meta.partition, SOURCE_SENSORS, t.min(meta.arrival), out);
         Ok(())
     }
 
+    /// Queues an event for the watermark. One behind it (a gateway's backlog, a device clock
+    /// running slow) is late: it can no longer be put in event-time order. How far the
+    /// watermark has gone when a record is read differs between a live run and a replay
+    /// (Kafka fetches each topic on its own), so where a late event takes effect must not
+    /// depend on it: one whose record arrived more than `out_of_orderness` after the event
+    /// is queued at its arrival, the record's timestamp, the same in every run. It takes
+    /// effect about `out_of_orderness` after it arrived, in the same place among the
+    /// partition's other events and deadlines whether read live, after a restart or in a
+    /// replay (see `Engine::late`). One whose record came in time (another topic ran ahead)
+    /// or whose arrival is itself behind the watermark is applied at once, as it comes.
+    /// Further behind than `allowed_lateness`, it is dropped.
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
@@ -640,30 +648,60 @@ impl Engine {
         p: Pending,
         key: u64,
         device: u64,
-        partition: i32,
+        meta: Meta,
         out: &mut Vec<Output>,
     ) {
-        let lateness = self.rules.allowed_lateness;
+        let (ooo, lateness) = (self.rules.out_of_orderness, self.rules.allowed_lateness);
         let generation = self.slot(slot).generation;
-        let clock = self.clock(partition);
-        if clock.is_late(t) {
-            if clock.watermark.is_some_and(|w| t < w - lateness) {
-                self.stats.late_dropped += 1;
-            } else {
-                let behind = clock.watermark;
-                self.stats.late_events += 1;
-                self.apply_pending(slot, t, p, device, behind, out);
-            }
+        let clock = self.clock(meta.partition);
+        if !clock.is_late(t) {
+            clock.push(Entry {
+                time: t,
+                slot,
+                generation,
+                key,
+                device,
+                due: Due::Event(p),
+            });
             return;
         }
-        clock.push(Entry {
-            time: t,
-            slot,
-            generation,
-            key,
-            device,
-            due: Due::Event(p),
+        let behind = clock.watermark.unwrap_or(t);
+        if t < behind - lateness {
+            self.stats.late_dropped += 1;
+            return;
+        }
+        // Never later than the allowed lateness after the event (a re-stamped backfill must
+        // not hold its late events back for good).
+        let at = meta.arrival.min(t + lateness);
+        let queued = meta.arrival - t > ooo && !clock.is_late(at);
+        self.stats.late_events += 1;
+        if queued {
+            let clock = self.clock(meta.partition);
+            clock.push(Entry {
+                time: at,
+                slot,
+                generation,
+                // Late events arriving together go in their own time order.
+                key: t as u64,
+                device,
+                due: Due::Late(p),
+            });
+            return;
+        }
+        self.late(behind, |e| {
+            e.apply_pending(slot, t, p, device, Some(behind), out)
         });
+    }
+
+    /// Applies late data that became known at `at`. A deadline it moves is not judged before
+    /// `at + out_of_orderness`: a gateway's backlog arrives as a burst of records, and a
+    /// deadline worked out from the first of them (say "silent since 00:15", from a backlog
+    /// that runs to 00:45) would otherwise come due at once, before the rest of the burst
+    /// is read, and raise a new task for a silence that the next record disproves.
+    fn late(&mut self, at: Millis, apply: impl FnOnce(&mut Engine)) {
+        self.floor = at.saturating_add(self.rules.out_of_orderness);
+        apply(self);
+        self.floor = Millis::MIN;
     }
 
     fn advance(&mut self, partition: i32, source: usize, seen: Millis, out: &mut Vec<Output>) {
@@ -693,6 +731,9 @@ impl Engine {
             }
             match e.due {
                 Due::Event(p) => self.apply_pending(e.slot, e.time, p, e.device, None, out),
+                Due::Late(p) => self.late(e.time, |en| {
+                    en.apply_pending(e.slot, e.key as Millis, p, e.device, Some(e.time), out)
+                }),
                 Due::Timer(kind) if self.slot(e.slot).scheduled[kind as usize] == e.time => {
                     self.fire(e.slot, kind, e.time, out)
                 }

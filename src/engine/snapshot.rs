@@ -38,6 +38,10 @@ struct QueuedEvent {
     key: u64,
     device: u64,
     pending: Pending,
+    /// It arrived behind the watermark and waits at its arrival (`time`); `key` holds its
+    /// event time. Absent in checkpoints written before late events were queued.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    late: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,12 +89,13 @@ impl Engine {
                 continue;
             };
             match e.due {
-                Due::Event(pending) => queued.push(QueuedEvent {
+                Due::Event(pending) | Due::Late(pending) => queued.push(QueuedEvent {
                     household: h.id.to_string(),
                     time: e.time,
                     key: e.key,
                     device: e.device,
                     pending,
+                    late: matches!(e.due, Due::Late(_)),
                 }),
                 Due::Welfare(idx) => welfare.push(QueuedWelfare {
                     household: h.id.to_string(),
@@ -251,7 +256,11 @@ impl Engine {
                 generation,
                 key: e.key,
                 device: e.device,
-                due: Due::Event(e.pending),
+                due: if e.late {
+                    Due::Late(e.pending)
+                } else {
+                    Due::Event(e.pending)
+                },
             });
         }
         for w in s.welfare {

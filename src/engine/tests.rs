@@ -694,9 +694,10 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
     )
     .unwrap();
     // Vitals from then: late, and the household's first reading: used (the rule keeps the
-    // household's own order, not the partition's). Then one from before it: out of order
-    // for the household: dropped.
-    for (id, minute) in [("v", 10), ("v0", 9)] {
+    // household's own order, not the partition's). Then, arriving after it, one from before
+    // it: out of order for the household: dropped. (Late records arriving at the same moment
+    // would be taken in their own time order.)
+    for (id, minute, arrival) in [("v", 10, T0 + HOUR), ("v0", 9, T0 + HOUR + 1)] {
         let reading = Reading::Vitals {
             heart_rate_bpm: Some(150),
             respiration_rpm: None,
@@ -704,7 +705,7 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
         };
         let t = T0 + minute * 60_000;
         let v = sensor("hh-1", id, DeviceKind::WEARABLE, t, reading);
-        e.process(&v, on(0, T0 + HOUR), &mut out).unwrap();
+        e.process(&v, on(0, arrival), &mut out).unwrap();
     }
     // Seven hours late: past allowed_lateness, dropped.
     e.process(
@@ -719,6 +720,10 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
         &mut out,
     )
     .unwrap();
+    // Late events wait at their arrival until the watermark passes it.
+    let s = e.stats();
+    assert_eq!((s.late_events, s.late_dropped), (3, 1), "{s:?}");
+    e.tick(0, T0 + HOUR + 1, &mut out);
     let s = e.stats();
     assert_eq!((s.late_events, s.late_dropped), (3, 2), "{s:?}");
     // The late motion moved the no-movement deadline (10 h for this cohort) to 10 h after
@@ -806,6 +811,7 @@ fn a_wearable_whose_clock_runs_slow_still_raises_abnormal_vitals() {
     let now = T0 + 21 * 60_000;
     e.process(&vitals("back".into(), T0, 70), on(0, now), &mut out)
         .unwrap();
+    e.tick(0, now, &mut out);
     assert_eq!(e.stats().late_dropped, 1);
     assert!(
         !out.iter()
@@ -1475,4 +1481,104 @@ fn motion_of(hh: &str, n: usize) -> Input {
         T0 + n as Millis,
         Reading::Motion { detected: true },
     )
+}
+
+#[test]
+fn a_gateway_backlog_is_judged_the_same_however_far_time_has_moved_when_it_is_read() {
+    // hh-1's gateway drops out after T0: home silence is found at T0 + 30 min. At T0 + 45 min
+    // it reconnects and flushes its backlog in one burst: a heartbeat every 5 minutes and a
+    // motion every 10 s, up to a minute before. hh-2, on the same partition, keeps time moving. A live run reads the
+    // burst as it arrives; a replay may read hh-2's next records first (each topic is fetched
+    // on its own), and the burst's heartbeats and motions in either order. Every order must
+    // decide the same; and the burst, which shows the home alive to T0 + 45 min, raises no
+    // second silence from its first records (it did: one "silent since" the first of them
+    // that the watermark had passed by 30 min, and where that fell depended on the order).
+    const MIN: Millis = 60_000;
+    let flush = T0 + 45 * MIN;
+    let pir = |hh: &str, t: Millis| {
+        Input::Sensor(SensorEvent {
+            event_id: format!("{hh}-{t}"),
+            household_id: hh.into(),
+            device_id: format!("{hh}-pir"),
+            device_kind: DeviceKind::MOTION_PIR,
+            event_time: t,
+            reading: Reading::Motion { detected: true },
+            gateway_id: None,
+        })
+    };
+    // The gateway sends its backlog in its own order, one record a millisecond; the two
+    // topics may then be read in any order.
+    let mut burst: Vec<(Millis, Input)> = (1..=8)
+        .map(|i| (T0 + i * 5 * MIN, heartbeat("hh-1", T0 + i * 5 * MIN)))
+        .chain((1..=264).map(|i| (T0 + i * 10_000, pir("hh-1", T0 + i * 10_000))))
+        .collect();
+    burst.sort_by_key(|(t, _)| *t);
+    let burst: Vec<(Input, Millis)> = burst
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, r))| (r, flush + i as Millis))
+        .collect();
+    let heartbeats: Vec<_> = burst
+        .iter()
+        .filter(|(r, _)| matches!(r, Input::Heartbeat(_)))
+        .collect();
+    let motions: Vec<_> = burst
+        .iter()
+        .filter(|(r, _)| matches!(r, Input::Sensor(_)))
+        .collect();
+    let run = |hh2_first: bool, motions_first: bool| {
+        let mut e = engine();
+        let mut out = Vec::new();
+        for hh in ["hh-1", "hh-2"] {
+            e.process(&profile(hh, 1), on(0, T0), &mut out).unwrap();
+            e.process(&heartbeat(hh, T0), on(0, T0), &mut out).unwrap();
+        }
+        for m in 1..=45 {
+            let t = T0 + m * MIN;
+            e.process(&pir("hh-2", t), on(0, t), &mut out).unwrap();
+        }
+        let next = pir("hh-2", flush + 25_000);
+        if hh2_first {
+            e.process(&next, on(0, flush + 25_000), &mut out).unwrap();
+        }
+        let (a, b) = if motions_first {
+            (&motions, &heartbeats)
+        } else {
+            (&heartbeats, &motions)
+        };
+        for (r, arrival) in a.iter().chain(b) {
+            e.process(r, on(0, *arrival), &mut out).unwrap();
+        }
+        if !hh2_first {
+            e.process(&next, on(0, flush + 25_000), &mut out).unwrap();
+        }
+        for m in 46..=120 {
+            let t = T0 + m * MIN;
+            e.process(&pir("hh-2", t), on(0, t), &mut out).unwrap();
+            e.process(&pir("hh-1", t), on(0, t), &mut out).unwrap();
+        }
+        (out, e.stats())
+    };
+    let (reference, stats) = run(false, false);
+    assert_eq!(stats.late_events, 272, "{stats:?}");
+    let silences: Vec<_> = opened(&reference)
+        .into_iter()
+        .filter(|(_, r, _)| r == "home_silence")
+        .collect();
+    assert_eq!(
+        silences,
+        [("hh-1".into(), "home_silence".into(), T0 + 30 * MIN)],
+        "{:?}",
+        opened(&reference)
+    );
+    // The backlog shows hh-1 alive again: the incident clears and resolves.
+    assert!(reference.iter().any(|o| matches!(o,
+        Output::TaskEvent(ev) if ev.kind == TaskEventKind::AUTO_RESOLVED && ev.rule_id == "home_silence")));
+    for (hh2_first, motions_first) in [(true, false), (false, true), (true, true)] {
+        let (out, _) = run(hh2_first, motions_first);
+        assert_eq!(
+            out, reference,
+            "read with hh-2 first: {hh2_first}, motions first: {motions_first}"
+        );
+    }
 }
