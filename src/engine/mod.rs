@@ -629,17 +629,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Queues an event for the watermark. One behind it (a gateway's backlog, a device clock
-    /// running slow) is late: it can no longer be put in event-time order. How far the
-    /// watermark has gone when a record is read differs between a live run and a replay
-    /// (Kafka fetches each topic on its own), so where a late event takes effect must not
-    /// depend on it: one whose record arrived more than `out_of_orderness` after the event
-    /// is queued at its arrival, the record's timestamp, the same in every run. It takes
-    /// effect about `out_of_orderness` after it arrived, in the same place among the
-    /// partition's other events and deadlines whether read live, after a restart or in a
-    /// replay (see `Engine::late`). One whose record came in time (another topic ran ahead)
-    /// or whose arrival is itself behind the watermark is applied at once, as it comes.
-    /// Further behind than `allowed_lateness`, it is dropped.
+    /// Queues an event for the watermark. One whose record arrived more than
+    /// `out_of_orderness` after the event (a gateway's backlog, a device clock running slow)
+    /// is late by its own timestamps: it cannot be put in event-time order. It is queued at
+    /// its arrival, the record's timestamp, and takes effect about `out_of_orderness` later,
+    /// in the same place among the partition's other events and deadlines whether read live,
+    /// after a restart or in a replay (see `Engine::late`). Neither whether it is late nor
+    /// where it goes may depend on the watermark: how far that has gone when a record is
+    /// read differs between runs, since Kafka fetches each topic on its own. (The bound
+    /// therefore has to cover the delay between an event and its record's timestamp.)
+    /// Otherwise it goes in event-time order, unless it is behind the watermark all the same
+    /// (another topic ran ahead), or its arrival is: those are applied at once, as they come;
+    /// further behind than `allowed_lateness`, dropped. A record stamped longer than
+    /// `allowed_lateness` after its event (a re-stamped backfill, whose timestamps say nothing
+    /// of arrival) is judged by the watermark alone.
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
@@ -654,15 +657,24 @@ impl Engine {
         let (ooo, lateness) = (self.rules.out_of_orderness, self.rules.allowed_lateness);
         let generation = self.slot(slot).generation;
         let clock = self.clock(meta.partition);
-        if !clock.is_late(t) {
+        let delay = meta.arrival.saturating_sub(t);
+        let arrived_late = delay > ooo && delay <= lateness;
+        let (time, key, due) = if arrived_late {
+            // Late events arriving together go in their own time order.
+            (meta.arrival, t as u64, Due::Late(p))
+        } else {
+            (t, key, Due::Event(p))
+        };
+        if !clock.is_late(time) {
             clock.push(Entry {
-                time: t,
+                time,
                 slot,
                 generation,
                 key,
                 device,
-                due: Due::Event(p),
+                due,
             });
+            self.stats.late_events += arrived_late as u64;
             return;
         }
         let behind = clock.watermark.unwrap_or(t);
@@ -670,24 +682,7 @@ impl Engine {
             self.stats.late_dropped += 1;
             return;
         }
-        // Never later than the allowed lateness after the event (a re-stamped backfill must
-        // not hold its late events back for good).
-        let at = meta.arrival.min(t + lateness);
-        let queued = meta.arrival - t > ooo && !clock.is_late(at);
         self.stats.late_events += 1;
-        if queued {
-            let clock = self.clock(meta.partition);
-            clock.push(Entry {
-                time: at,
-                slot,
-                generation,
-                // Late events arriving together go in their own time order.
-                key: t as u64,
-                device,
-                due: Due::Late(p),
-            });
-            return;
-        }
         self.late(behind, |e| {
             e.apply_pending(slot, t, p, device, Some(behind), out)
         });

@@ -10,8 +10,8 @@ use crate::model::*;
 use crate::rules::RuleKind;
 
 impl Engine {
-    /// An event released in event-time order, or (`late`: the watermark it arrived behind)
-    /// out of it.
+    /// An event released in event-time order, or (`late`: the time it takes effect, its
+    /// arrival or the watermark it was read behind) out of it.
     pub(super) fn apply_pending(
         &mut self,
         slot: u32,

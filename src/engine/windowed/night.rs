@@ -8,9 +8,9 @@ use crate::model::*;
 use crate::rules::{p, RuleKind};
 
 impl Engine {
-    /// A door opened or closed. One that arrives behind the watermark (`late`) still counts
-    /// if movement indoors after it has not been seen yet and its deadline is still ahead of
-    /// the watermark: a door contact whose clock runs slow. A gateway's backlog hours late
+    /// A door opened or closed. A late one (`late`: the time it takes effect, its arrival)
+    /// still counts if movement indoors after it has not been seen yet and its deadline is
+    /// still ahead of that time: a door contact whose clock runs slow. A gateway's backlog hours late
     /// is past its deadline, and judging it at once would come before the movement behind it
     /// in the same backlog.
     pub(in crate::engine) fn door(&mut self, slot: u32, t: Millis, late: Option<Millis>) {
@@ -42,9 +42,9 @@ impl Engine {
 
     /// In or out of bed, taken in the household's own order (a mattress whose clock runs
     /// slow is behind the watermark on every event, yet each comes after the last); an event
-    /// older than one applied is dropped. A late exit (`late`: the watermark it arrived
-    /// behind) starts the clock only if its deadline is still ahead of the watermark, for the
-    /// reason `door` gives.
+    /// older than one applied is dropped. A late exit (`late`: the time it takes effect)
+    /// starts the clock only if its deadline is still ahead of that time, for the reason
+    /// `door` gives.
     pub(in crate::engine) fn bed(
         &mut self,
         slot: u32,
