@@ -256,9 +256,8 @@ fn topic(input: &Input) -> usize {
 /// hh-0's devices report meanwhile (at least a motion and a heartbeat a minute) is held and
 /// sent a minute after the outage, one record a millisecond in the gateway's own order; the
 /// rest arrive under half the bound late. hh-1 moves every minute from an hour before to two
-/// hours after, so the partition's time goes on while hh-0 is cut off, as in a city: in a
-/// partition that hears nothing else, the backlog itself would move time on, and then where
-/// its records fall behind the watermark depends on the order its topics are read in.
+/// hours after, so the partition's time goes on while hh-0 is cut off, as in a city, and
+/// hh-0's deadlines (home silence among them) come due before its backlog answers them.
 fn with_outage(evs: &[Ev], from: Millis, len: Millis) -> Vec<(Input, Millis)> {
     let mut evs = evs.to_vec();
     for m in 0..len / 60_000 {

@@ -40,8 +40,8 @@ pub(crate) enum Pending {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Due {
     Event(Pending),
-    /// An event that arrived behind the watermark, queued at its arrival; the entry's key
-    /// holds its own event time.
+    /// An event whose record arrived more than `out_of_orderness` after it, queued at its
+    /// arrival; the entry's key holds its own event time.
     Late(Pending),
     Timer(RuleKind),
     /// The household's escalation ladder (rungs and auto-resolution).

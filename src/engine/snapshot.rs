@@ -38,8 +38,8 @@ struct QueuedEvent {
     key: u64,
     device: u64,
     pending: Pending,
-    /// It arrived behind the watermark and waits at its arrival (`time`); `key` holds its
-    /// event time. Absent in checkpoints written before late events were queued.
+    /// Its record arrived more than `out_of_orderness` after it, and it waits at its arrival
+    /// (`time`); `key` holds its event time. Absent in checkpoints written before late events were queued.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     late: bool,
 }

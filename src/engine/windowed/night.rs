@@ -10,9 +10,9 @@ use crate::rules::{p, RuleKind};
 impl Engine {
     /// A door opened or closed. A late one (`late`: the time it takes effect, its arrival)
     /// still counts if movement indoors after it has not been seen yet and its deadline is
-    /// still ahead of that time: a door contact whose clock runs slow. A gateway's backlog hours late
-    /// is past its deadline, and judging it at once would come before the movement behind it
-    /// in the same backlog.
+    /// still ahead of that time: a door contact whose clock runs slow. A gateway's backlog
+    /// hours late is past its deadline, and judging it at once would come before the movement
+    /// behind it in the same backlog.
     pub(in crate::engine) fn door(&mut self, slot: u32, t: Millis, late: Option<Millis>) {
         self.activity(slot, t);
         let h = self.slot(slot);
