@@ -19,6 +19,7 @@ mod ladder;
 pub mod localtime;
 mod prefetch;
 mod siphash;
+mod slots;
 mod snapshot;
 mod timed;
 mod weather;
@@ -118,7 +119,7 @@ pub struct Engine {
     /// The table hashes by those 32 bits alone, so it grows without reading any household.
     index: hashbrown::HashTable<(u32, u32)>,
     id_hasher: fasthash::Fast,
-    slots: Vec<Option<Household>>,
+    slots: slots::Slots,
     free: Vec<u32>,
     next_generation: u32,
     tasks: HashMap<String, TaskRef>,
@@ -154,7 +155,7 @@ impl Engine {
             rules,
             index: Default::default(),
             id_hasher: Default::default(),
-            slots: Vec::new(),
+            slots: Default::default(),
             free: Vec::new(),
             next_generation: 0,
             tasks: HashMap::new(),
@@ -257,7 +258,7 @@ impl Engine {
     pub fn open_summary(&self) -> (HashMap<(Severity, String), usize>, usize) {
         let mut by = HashMap::new();
         let mut overdue = 0;
-        for h in self.slots.iter().flatten() {
+        for h in self.slots.iter() {
             let district = h
                 .profile
                 .as_ref()
@@ -329,10 +330,10 @@ impl Engine {
     /// Approximate bytes of per-household state (the registry's profiles excluded: they are
     /// the joined table, shared, not state the rules keep).
     pub fn state_bytes(&self) -> usize {
-        let per_slot = std::mem::size_of::<Option<Household>>();
+        let per_slot = std::mem::size_of::<Household>();
         // A slot number and a control byte per bucket.
         let index = self.index.capacity() * (std::mem::size_of::<(u32, u32)>() + 1);
-        let heap: usize = self.slots.iter().flatten().map(Household::heap_bytes).sum();
+        let heap: usize = self.slots.iter().map(Household::heap_bytes).sum();
         self.slots.capacity() * per_slot + index + heap
     }
 
@@ -343,7 +344,7 @@ impl Engine {
         self.reset_params();
         let memory = self.rules.dedup_memory;
         for slot in 0..self.slots.len() as u32 {
-            if self.slots[slot as usize].is_some() {
+            if self.slots.get(slot).is_some() {
                 // Every household's dedup memory is the rules' length (the hot path reads it
                 // from the rules, not from the household).
                 self.slot_mut(slot).resize_memory(old_memory, memory);
@@ -355,11 +356,11 @@ impl Engine {
     }
 
     fn slot(&self, slot: u32) -> &Household {
-        self.slots[slot as usize].as_ref().expect("live slot")
+        self.slots.get(slot).expect("live slot")
     }
 
     fn slot_mut(&mut self, slot: u32) -> &mut Household {
-        self.slots[slot as usize].as_mut().expect("live slot")
+        self.slots.get_mut(slot).expect("live slot")
     }
 
     fn clock(&mut self, partition: i32) -> &mut Clock {
@@ -390,23 +391,9 @@ impl Engine {
         if let Some(s) = self.lookup(household_id) {
             return s;
         }
-        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation = slots::next(self.next_generation);
         let h = Household::new(household_id, self.next_generation, self.rules.dedup_memory);
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize] = Some(h);
-                s
-            }
-            None => {
-                if self.slots.len() == self.slots.capacity() {
-                    // An eighth more, not twice as many: at 640 bytes a household, doubling
-                    // would leave up to half the table unused (still amortised O(1)).
-                    self.slots.reserve_exact(self.slots.len() / 8 + 64);
-                }
-                self.slots.push(Some(h));
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let slot = self.slots.put(self.free.pop(), h);
         let (tag, hash) = self.id_tag(household_id.as_bytes());
         self.index
             .insert_unique(hash, (slot, tag), |&(_, t)| table_hash(t));
@@ -415,12 +402,12 @@ impl Engine {
     }
 
     fn forget(&mut self, slot: u32) {
-        if let Some(h) = self.slots[slot as usize].as_ref() {
+        if let Some(h) = self.slots.get(slot) {
             let (_, hash) = self.id_tag(h.id.as_bytes());
             if let Ok(entry) = self.index.find_entry(hash, |&(s, _)| s == slot) {
                 entry.remove();
             }
-            self.slots[slot as usize] = None;
+            self.slots.vacate(slot);
             self.free.push(slot);
             self.stats.households_forgotten += 1;
         }
@@ -503,12 +490,9 @@ impl Engine {
         let ttl = self.rules.state_ttl;
         let stale: Vec<u32> = self
             .slots
-            .iter()
-            .enumerate()
+            .live()
             .filter_map(|(i, h)| {
-                let h = h.as_ref()?;
-                (h.profile.is_none() && h.open.is_empty() && h.last_seen < now - ttl)
-                    .then_some(i as u32)
+                (h.profile.is_none() && h.open.is_empty() && h.last_seen < now - ttl).then_some(i)
             })
             .collect();
         for slot in stale {
@@ -712,14 +696,13 @@ impl Engine {
             let Some(e) = clock.pop_due() else { break };
             // Start loading the household a few entries on while this one is applied.
             if let Some(next) = clock.upcoming(PREFETCH_AHEAD) {
-                if let Some(Some(h)) = self.slots.get(next as usize) {
+                if let Some(h) = self.slots.raw(next) {
                     prefetch::lines(h, &household::RELEASE_LINES);
                 }
             }
             let live = self
                 .slots
-                .get(e.slot as usize)
-                .and_then(|h| h.as_ref())
+                .get(e.slot)
                 .is_some_and(|h| h.generation == e.generation);
             if !live {
                 continue;
@@ -806,10 +789,8 @@ fn table_hash(tag: u32) -> u64 {
 }
 
 /// The id of the household in `slot`, as the index compares it (empty for a free slot).
-fn id_at(slots: &[Option<Household>], slot: u32) -> &[u8] {
-    slots[slot as usize]
-        .as_ref()
-        .map_or(&[], |h| h.id.as_bytes())
+fn id_at(slots: &slots::Slots, slot: u32) -> &[u8] {
+    slots.get(slot).map_or(&[], |h| h.id.as_bytes())
 }
 
 /// The lifecycle reason of a desk update. The desk's free text can carry anything (names,

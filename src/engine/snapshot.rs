@@ -72,7 +72,6 @@ impl Engine {
         let mut households: Vec<HouseholdState> = self
             .slots
             .iter()
-            .flatten()
             .filter(|h| h.partition == Some(partition))
             .map(|h| h.state(self.rules.dedup_memory))
             .collect();
@@ -82,8 +81,7 @@ impl Engine {
         for e in clock.into_iter().flat_map(Clock::entries) {
             let Some(h) = self
                 .slots
-                .get(e.slot as usize)
-                .and_then(|h| h.as_ref())
+                .get(e.slot)
                 .filter(|h| h.generation == e.generation)
             else {
                 continue;
@@ -151,13 +149,13 @@ impl Engine {
         self.fanned.remove(&partition);
         let slots: Vec<u32> = (0..self.slots.len() as u32)
             .filter(|s| {
-                self.slots[*s as usize]
-                    .as_ref()
+                self.slots
+                    .get(*s)
                     .is_some_and(|h| h.partition == Some(partition))
             })
             .collect();
         for slot in slots {
-            let h = self.slots[slot as usize].as_ref().expect("live slot");
+            let h = self.slots.get(slot).expect("live slot");
             for inc in &h.open {
                 for t in &inc.task_ids {
                     self.tasks.remove(t);
@@ -168,9 +166,9 @@ impl Engine {
                 self.forget(slot);
                 continue;
             }
-            self.next_generation = self.next_generation.wrapping_add(1);
+            self.next_generation = super::slots::next(self.next_generation);
             let (generation, memory) = (self.next_generation, self.rules.dedup_memory);
-            let h = self.slots[slot as usize].as_mut().expect("live slot");
+            let h = self.slots.get_mut(slot).expect("live slot");
             let mut fresh = super::household::Household::new(&h.id, generation, memory);
             fresh.set_profile(h.profile.take());
             fresh.offset = h.offset;
@@ -212,7 +210,7 @@ impl Engine {
             h.restore_state(state, memory);
             h.partition = Some(p);
             self.open_count += open;
-            let h = self.slots[slot as usize].as_ref().expect("live slot");
+            let h = self.slots.get(slot).expect("live slot");
             let generation = h.generation;
             let mut entries = Vec::new();
             for (kind, at) in RuleKind::ALL.iter().zip(h.scheduled) {

@@ -69,13 +69,11 @@ impl Engine {
         let w = &self.rules.weather;
         let mut who: Vec<(f64, u32)> = self
             .slots
-            .iter()
-            .enumerate()
+            .live()
             .filter_map(|(i, h)| {
-                let h = h.as_ref()?;
                 let here = partition.is_none_or(|p| h.partition.unwrap_or(0) == p);
                 (here && Self::covers(&a.region, h) && self.owns(h))
-                    .then(|| (w.risk(h.profile.as_ref().expect("covered")), i as u32))
+                    .then(|| (w.risk(h.profile.as_ref().expect("covered")), i))
             })
             .collect();
         // Most at risk first; equal risk in household id order, so every run agrees.
@@ -140,7 +138,7 @@ impl Engine {
             .map(|x| (x.alert.region.clone(), x.alert.expires_at))
             .collect();
         for slot in 0..self.slots.len() as u32 {
-            let Some(h) = self.slots[slot as usize].as_ref() else {
+            let Some(h) = self.slots.get(slot) else {
                 continue;
             };
             if !Self::covers(region, h) {
