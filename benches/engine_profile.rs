@@ -26,7 +26,7 @@ fn measure(engine: &mut Engine, inputs: &[Input], out: &mut Vec<Output>) -> usiz
 fn measure_whole(
     codec: &carestream::codec::Codec,
     engine: &mut Engine,
-    wire: &[(InputKind, Vec<u8>)],
+    wire: &[workload::Wire],
     inputs: &[Input],
     out: &mut Vec<Output>,
 ) -> usize {

@@ -90,10 +90,10 @@ fn benches(c: &mut Criterion) {
             if at + BATCH > STREAM {
                 at = 0;
             }
-            for (kind, bytes) in &wire[at..at + BATCH] {
+            for r in &wire[at..at + BATCH] {
                 std::hint::black_box(
                     codec
-                        .decode_reusing(*kind, None, Some(bytes), &mut scratch)
+                        .decode_reusing(r.kind, Some(r.key()), Some(r.payload()), &mut scratch)
                         .unwrap(),
                 );
             }

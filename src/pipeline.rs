@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::checkpoint;
 use crate::codec::{Catalogue, Codec, DecodeError, RegistryClient, RegistryError};
 use crate::config::Config;
-use crate::engine::{Engine, Meta};
+use crate::engine::{Engine, Meta, PREFETCH_RECORDS_AHEAD};
 use crate::model::*;
 use crate::rules::RuleSet;
 use crate::sink::{wait_true, Ack, OutRecord, Sink};
@@ -673,7 +673,14 @@ impl Processor {
     ) -> anyhow::Result<()> {
         match f {
             Fetched::Records(chunk) => {
-                for r in &chunk.records {
+                for (i, r) in chunk.records.iter().enumerate() {
+                    // Start loading the household of a record a few places on (its key is
+                    // the household id), so its cache misses overlap this one's work.
+                    if let Some(ahead) = chunk.records.get(i + PREFETCH_RECORDS_AHEAD) {
+                        if let Some(key) = chunk.key(ahead) {
+                            self.engine.prefetch(key);
+                        }
+                    }
                     let Some(position) = self.owned.get_mut(&r.partition) else {
                         // Fetched before its partition was revoked: its new owner reads it.
                         continue;

@@ -125,11 +125,11 @@ fn decode_allocates_nothing_per_event() {
     let wire = workload::encode(&codec, &stream);
     let (warm, measured) = wire.split_at(1_000);
     let mut scratch = carestream::codec::Scratch::default();
-    let mut decode = |records: &[(carestream::model::InputKind, Vec<u8>)]| {
-        for (kind, bytes) in records {
+    let mut decode = |records: &[workload::Wire]| {
+        for r in records {
             std::hint::black_box(
                 codec
-                    .decode_reusing(*kind, None, Some(bytes), &mut scratch)
+                    .decode_reusing(r.kind, Some(r.key()), Some(r.payload()), &mut scratch)
                     .unwrap(),
             );
         }
@@ -146,8 +146,12 @@ fn decode_allocates_nothing_per_event() {
     assert_eq!(n, 0, "decode allocates in steady state");
     // The counter counts: the generic decoder of the same records does allocate.
     let before = allocations();
-    let (kind, bytes) = &measured[0];
-    std::hint::black_box(codec.decode_input(*kind, None, Some(bytes)).unwrap());
+    let r = &measured[0];
+    std::hint::black_box(
+        codec
+            .decode_input(r.kind, Some(r.key()), Some(r.payload()))
+            .unwrap(),
+    );
     assert!(
         allocations() > before,
         "a fresh record allocates its strings"

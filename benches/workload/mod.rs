@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use carestream::codec::{Catalogue, Codec};
-use carestream::engine::{Engine, Meta};
+use carestream::engine::{Engine, Meta, PREFETCH_RECORDS_AHEAD};
 use carestream::model::*;
 use carestream::rules::RuleSet;
 use carestream::simulate::{household, household_id, Rng};
@@ -150,8 +150,26 @@ pub fn stream(
         .collect()
 }
 
-/// The stream's input kind and wire bytes, as the pipeline would read them.
-pub fn encode(codec: &Codec, inputs: &[Input]) -> Vec<(InputKind, Vec<u8>)> {
+/// A record as the pipeline reads it: its topic's input kind, its key (the household id)
+/// and its value, the two kept together as in a fetched batch.
+pub struct Wire {
+    pub kind: InputKind,
+    key_len: usize,
+    bytes: Vec<u8>,
+}
+
+impl Wire {
+    pub fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len]
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[self.key_len..]
+    }
+}
+
+/// The stream's records, as the pipeline would read them.
+pub fn encode(codec: &Codec, inputs: &[Input]) -> Vec<Wire> {
     inputs
         .iter()
         .map(|i| {
@@ -160,7 +178,14 @@ pub fn encode(codec: &Codec, inputs: &[Input]) -> Vec<(InputKind, Vec<u8>)> {
                 Input::CheckIn(_) => InputKind::CheckIns,
                 _ => InputKind::SensorEvents,
             };
-            (kind, codec.encode_input(i).unwrap().unwrap())
+            let mut bytes = household_of(i).unwrap_or_default().as_bytes().to_vec();
+            let key_len = bytes.len();
+            bytes.extend(codec.encode_input(i).unwrap().unwrap());
+            Wire {
+                kind,
+                key_len,
+                bytes,
+            }
         })
         .collect()
 }
@@ -178,7 +203,10 @@ pub fn time_of(i: &Input) -> Millis {
 /// Runs `inputs` through `engine`, households spread over 8 partitions; returns the outputs.
 pub fn run(engine: &mut Engine, inputs: &[Input], out: &mut Vec<Output>) -> usize {
     let mut emitted = 0;
-    for i in inputs {
+    for (n, i) in inputs.iter().enumerate() {
+        if let Some(ahead) = inputs.get(n + PREFETCH_RECORDS_AHEAD) {
+            prefetch(engine, ahead);
+        }
         let meta = Meta {
             partition: partition_of(i),
             arrival: time_of(i),
@@ -188,6 +216,22 @@ pub fn run(engine: &mut Engine, inputs: &[Input], out: &mut Vec<Output>) -> usiz
         out.clear();
     }
     emitted
+}
+
+/// What the pipeline does with a record's key a few records ahead (`Engine::prefetch`).
+fn prefetch(engine: &Engine, i: &Input) {
+    if let Some(id) = household_of(i) {
+        engine.prefetch(id.as_bytes());
+    }
+}
+
+fn household_of(i: &Input) -> Option<&str> {
+    match i {
+        Input::Sensor(e) => Some(&e.household_id),
+        Input::Heartbeat(h) => Some(&h.household_id),
+        Input::CheckIn(c) => Some(&c.household_id),
+        _ => None,
+    }
 }
 
 pub fn partition_of(i: &Input) -> i32 {
@@ -207,15 +251,24 @@ pub fn partition_of(i: &Input) -> i32 {
 pub fn hot_path(
     codec: &Codec,
     engine: &mut Engine,
-    wire: &[(InputKind, Vec<u8>)],
+    wire: &[Wire],
     inputs: &[Input],
     out: &mut Vec<Output>,
 ) -> usize {
     let mut encoded = 0;
     let mut scratch = carestream::codec::Scratch::default();
-    for ((kind, bytes), original) in wire.iter().zip(inputs) {
+    for (n, (record, original)) in wire.iter().zip(inputs).enumerate() {
+        // As the pipeline does: the household of the record a few places on, by its key.
+        if let Some(ahead) = wire.get(n + PREFETCH_RECORDS_AHEAD) {
+            engine.prefetch(ahead.key());
+        }
         let input = codec
-            .decode_reusing(*kind, None, Some(bytes), &mut scratch)
+            .decode_reusing(
+                record.kind,
+                Some(record.key()),
+                Some(record.payload()),
+                &mut scratch,
+            )
             .unwrap();
         let meta = Meta {
             partition: partition_of(input),

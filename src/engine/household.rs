@@ -265,6 +265,9 @@ pub(crate) struct Household {
 /// `a_household_fits_ten_cache_lines_with_its_hot_line_first`.
 pub(crate) const RELEASE_LINES: [usize; 6] = [0, 192, 256, 320, 384, 448];
 
+/// The cache lines an arriving event reads: the first line and the dedup memory.
+pub(crate) const ARRIVAL_LINES: [usize; 3] = [0, 64, 128];
+
 /// The heap's dedup memory for a `memory` longer than the inline one; none otherwise.
 fn overflow_ring(memory: usize) -> Option<Box<[u32]>> {
     (memory > RECENT_INLINE).then(|| vec![0; memory].into_boxed_slice())
@@ -582,8 +585,11 @@ mod tests {
         ] {
             assert!(end <= 64, "{end}");
         }
-        // Then the dedup memory, exactly lines 1 and 2.
+        // Then the dedup memory, exactly lines 1 and 2: with line 0, what an arriving event
+        // reads, and what is prefetched for it.
         assert_eq!(std::mem::offset_of!(Household, recent), 64);
+        assert_eq!(std::mem::size_of_val(&[0u32; RECENT_INLINE]), 128);
+        assert_eq!(ARRIVAL_LINES, [0, 64, 128]);
         // The lines a released event reads are the ones prefetched for it.
         let line = |field: usize| field / 64 * 64;
         for (field, size) in [
