@@ -42,7 +42,19 @@ pub(crate) fn printable_ascii(bytes: &[u8]) -> bool {
     bad == 0
 }
 
+/// An id: not empty, not too long, no control character. Inline for the common case (a
+/// short printable ASCII id: every hot record carries two or three), the rest out of line.
+#[inline]
 fn id(field: &str, v: &str) -> Result<(), DecodeError> {
+    if !v.is_empty() && v.len() <= MAX_ID_LEN && printable_ascii(v.as_bytes()) {
+        return Ok(());
+    }
+    id_other(field, v)
+}
+
+#[cold]
+#[inline(never)]
+fn id_other(field: &str, v: &str) -> Result<(), DecodeError> {
     if v.is_empty() {
         return Err(invalid(format!("{field} is empty")));
     }

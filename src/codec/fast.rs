@@ -146,7 +146,7 @@ impl<'a> Body<'a> {
     }
 
     /// A zig-zag varint `long` (at most 10 bytes).
-    #[inline]
+    #[inline(always)]
     fn long(&mut self) -> Result<i64, DecodeError> {
         // One byte: every union branch, enum symbol, short string's length and boolean-like
         // field of the hot records.
@@ -176,12 +176,12 @@ impl<'a> Body<'a> {
         Ok((n >> 1) as i64 ^ -((n & 1) as i64))
     }
 
-    #[inline]
+    #[inline(always)]
     fn int(&mut self) -> Result<i32, DecodeError> {
         i32::try_from(self.long()?).map_err(|_| malformed("int out of range"))
     }
 
-    #[inline]
+    #[inline(always)]
     fn boolean(&mut self) -> Result<bool, DecodeError> {
         match self.byte()? {
             0 => Ok(false),
@@ -200,7 +200,7 @@ impl<'a> Body<'a> {
         Ok(f64::from_le_bytes(*bytes))
     }
 
-    #[inline]
+    #[inline(always)]
     fn str(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.long()?;
         let len = usize::try_from(len).map_err(|_| malformed("negative string length"))?;
@@ -218,7 +218,7 @@ impl<'a> Body<'a> {
     }
 
     /// A union branch or an enum symbol: an index below `n`.
-    #[inline]
+    #[inline(always)]
     fn index(&mut self, n: usize, what: &str) -> Result<usize, DecodeError> {
         let i = self.long()?;
         usize::try_from(i)
@@ -232,7 +232,7 @@ impl<'a> Body<'a> {
     }
 
     /// `["null", T]`.
-    #[inline]
+    #[inline(always)]
     fn optional<T>(
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
