@@ -81,6 +81,8 @@ struct RawRecord<'a> {
     timestamp: Option<i64>,
     key: Option<&'a [u8]>,
     payload: Option<&'a [u8]>,
+    /// When the Kafka client handed the record over (the registry's: when it was read).
+    received: Instant,
 }
 
 #[derive(Default)]
@@ -280,7 +282,7 @@ impl Processor {
         if !matches!(r.kind, InputKind::Households | InputKind::WeatherAlerts) {
             self.last_record.insert(r.partition, Instant::now());
         }
-        if let Err(e) = self.emit(&mut outputs, batch) {
+        if let Err(e) = self.emit(&mut outputs, batch, r.received) {
             self.dead_letter(r, "encode_failed", &e.to_string(), batch);
         }
         self.outputs = outputs;
@@ -288,15 +290,18 @@ impl Processor {
     }
 
     /// Encodes the engine's outputs into the batch.
+    /// `received`: when what caused the outputs came in (a record's hand-over by the Kafka
+    /// client, or the clock tick that released a deadline).
     fn emit(
         &self,
         outputs: &mut Vec<Output>,
         batch: &mut Batch,
+        received: Instant,
     ) -> Result<(), crate::codec::EncodeError> {
         let mut failed = Ok(());
         for o in outputs.drain(..) {
             match self.codec.encode_output(&o) {
-                Ok(payload) => batch.records.push(self.out_record(&o, payload)),
+                Ok(payload) => batch.records.push(self.out_record(&o, payload, received)),
                 Err(e) => {
                     // Our own records always encode; if one does not, it is a bug to see.
                     tracing::error!(error = %e, "an output could not be encoded");
@@ -347,7 +352,7 @@ impl Processor {
                         .tick(p, wall_millis() - idle.as_millis() as i64, &mut outputs);
                 }
             }
-            let _ = self.emit(&mut outputs, batch);
+            let _ = self.emit(&mut outputs, batch, now);
             self.outputs = outputs;
         }
         if now.duration_since(self.housekeeping.reload_checked) >= Duration::from_secs(5) {
@@ -378,7 +383,7 @@ impl Processor {
         }
     }
 
-    fn out_record(&self, o: &Output, payload: Vec<u8>) -> OutRecord {
+    fn out_record(&self, o: &Output, payload: Vec<u8>, received: Instant) -> OutRecord {
         let t = &self.config.topics;
         let (topic, ack) = match o {
             Output::Task(task) => (
@@ -388,6 +393,7 @@ impl Processor {
                     rule_id: task.rule_id.clone(),
                     district: task.district.clone(),
                     incident_time: task.incident_time,
+                    received,
                 },
             ),
             Output::Notification(_) => (t.contact_notifications.clone(), Ack::Notification),
@@ -535,6 +541,7 @@ impl Processor {
                     timestamp,
                     key: key.as_deref(),
                     payload: payload.as_deref(),
+                    received: Instant::now(),
                 };
                 batch.started.get_or_insert_with(Instant::now);
                 // Registry records use local schemas only: a registry look-up would stall the
@@ -702,6 +709,7 @@ impl Processor {
                         timestamp: r.timestamp,
                         key: chunk.key(r),
                         payload: chunk.payload(r),
+                        received: r.polled,
                     };
                     self.handle(raw, batch).await;
                 }
@@ -843,6 +851,7 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
             rule_id,
             district,
             incident_time,
+            received,
         } => {
             m.tasks_by_district
                 .with_label_values(&[severity.as_str(), district])
@@ -854,6 +863,9 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
             m.incident_to_ack
                 .with_label_values(&[severity.as_str()])
                 .observe(secs);
+            m.received_to_ack
+                .with_label_values(&[severity.as_str()])
+                .observe(received.elapsed().as_secs_f64());
         }
         Ack::Notification => m.notifications.inc(),
         Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),

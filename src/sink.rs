@@ -20,6 +20,8 @@ pub enum Ack {
         rule_id: String,
         district: String,
         incident_time: Millis,
+        /// When what raised it came in (see `Pipeline::emit`).
+        received: std::time::Instant,
     },
     Notification,
     TaskEvent(TaskEventKind),

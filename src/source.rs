@@ -40,6 +40,8 @@ pub struct FetchedRecord {
     pub partition: i32,
     pub offset: i64,
     pub timestamp: Option<i64>,
+    /// When the Kafka client handed it to us (before any wait for the other topics).
+    pub polled: Instant,
     key: Option<(u32, u32)>,
     payload: Option<(u32, u32)>,
 }
@@ -53,7 +55,7 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    fn push(&mut self, topic: u8, m: &rdkafka::message::BorrowedMessage<'_>) {
+    fn push(&mut self, topic: u8, m: &rdkafka::message::BorrowedMessage<'_>, polled: Instant) {
         let mut span = |bytes: Option<&[u8]>| {
             bytes.map(|b| {
                 let start = self.buf.len() as u32;
@@ -68,6 +70,7 @@ impl Chunk {
             partition: m.partition(),
             offset: m.offset(),
             timestamp: m.timestamp().to_millis(),
+            polled,
             key,
             payload,
         });
@@ -515,7 +518,8 @@ struct Merger<'a> {
 }
 
 struct Lane<'a> {
-    queue: std::collections::VecDeque<rdkafka::message::BorrowedMessage<'a>>,
+    /// Each record with when the client handed it over.
+    queue: std::collections::VecDeque<(rdkafka::message::BorrowedMessage<'a>, Instant)>,
     last: Option<i64>,
     seen: Instant,
     paused: bool,
@@ -655,16 +659,17 @@ impl<'a> Merger<'a> {
         let lane = &mut self.lanes(m.partition())[topic];
         lane.last = m.timestamp().to_millis().or(lane.last);
         lane.next = Some(m.offset() + 1);
-        lane.seen = Instant::now();
+        let now = Instant::now();
+        lane.seen = now;
         lane.gave_up = false;
         lane.bytes += m.payload_len() + m.key_len();
-        lane.queue.push_back(m);
+        lane.queue.push_back((m, now));
         self.buffered += 1;
     }
 
     /// The next record that may go, if any: the oldest head of any partition that nothing
     /// holds back.
-    fn pop(&mut self) -> Option<(usize, rdkafka::message::BorrowedMessage<'a>)> {
+    fn pop(&mut self) -> Option<(usize, rdkafka::message::BorrowedMessage<'a>, Instant)> {
         if self.buffered == 0 {
             return None;
         }
@@ -674,7 +679,7 @@ impl<'a> Merger<'a> {
             let head = lanes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, l)| l.queue.front().map(|m| (i, stamp(m))))
+                .filter_map(|(i, l)| l.queue.front().map(|(m, _)| (i, stamp(m))))
                 .min_by_key(|(_, t)| *t);
             let Some((i, t)) = head else { continue };
             if lanes.iter().any(|l| l.holds(t, self.limit, self.idle, now)) {
@@ -692,10 +697,10 @@ impl<'a> Merger<'a> {
                 self.gave_up += 1;
             }
         }
-        let m = lanes[i].queue.pop_front()?;
+        let (m, polled) = lanes[i].queue.pop_front()?;
         lanes[i].bytes -= m.payload_len() + m.key_len();
         self.buffered -= 1;
-        Some((i, m))
+        Some((i, m, polled))
     }
 
     /// Pauses lanes with too much waiting, resumes them when it has gone.
@@ -802,9 +807,9 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
             None => {}
         }
         let mut full = false;
-        while let Some((i, m)) = merger.pop() {
+        while let Some((i, m, polled)) = merger.pop() {
             let mut chunk = ctx.pending.lock().expect("not poisoned");
-            chunk.push(i as u8, &m);
+            chunk.push(i as u8, &m, polled);
             since.get_or_insert_with(Instant::now);
             if chunk.records.len() >= max {
                 full = true;

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub notifications: IntCounter,
     pub task_events: IntCounterVec,
     pub incident_to_ack: HistogramVec,
+    pub received_to_ack: HistogramVec,
     pub produce_retries: IntCounter,
     pub batch_seconds: prometheus::Histogram,
     pub duplicate_events: IntCounter,
@@ -177,6 +178,21 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(&registry, &names, incident_to_ack.clone());
+        // The processor's own share of the above: without the event's way to the broker and
+        // the broker's delivery of it, which this process cannot shorten.
+        let received_to_ack = HistogramVec::new(
+            HistogramOpts::new(
+                "record_to_task_ack_seconds",
+                "From the Kafka client handing over the record that raised a task (or the clock \
+                 tick that released its deadline) to the broker acknowledging the task: waiting \
+                 for the other input topics, processing, producing.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
+            &["severity"],
+        )
+        .expect("valid metric");
+        reg(&registry, &names, received_to_ack.clone());
         let batch_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "batch_duration_seconds",
@@ -200,6 +216,7 @@ impl Metrics {
         }
         for s in Severity::ALL {
             incident_to_ack.with_label_values(&[s.as_str()]);
+            received_to_ack.with_label_values(&[s.as_str()]);
             for rule in rule_ids {
                 tasks.with_label_values(&[s.as_str(), rule]);
             }
@@ -215,6 +232,7 @@ impl Metrics {
             tasks,
             task_events,
             incident_to_ack,
+            received_to_ack,
             batch_seconds,
             notifications: counter(&registry, &names,
                 "contact_notifications_total",

@@ -631,6 +631,11 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         m(r#"carestream_incident_to_task_ack_seconds_count{severity="CRITICAL"}"#),
         8.0
     );
+    // The processor's share of the same: one observation per task as well.
+    assert_eq!(
+        m(r#"carestream_record_to_task_ack_seconds_count{severity="CRITICAL"}"#),
+        8.0
+    );
     assert_eq!(m("carestream_contact_notifications_total"), 4.0);
     assert_eq!(m("carestream_duplicate_events_total"), 1.0);
     assert_eq!(m("carestream_suppressed_repeats_total"), 1.0);

@@ -228,7 +228,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
             "caught up with the {produced} events produced so far ({:.1} s)",
             waited.as_secs_f64()
         );
-        produced += live_phase(&broker, &config, &codec, &prod, rate, k);
+        produced += live_phase(&broker, &proc, &config, &codec, &prod, rate, k);
         println!(
             "  repeats absorbed by an incident still open (no new task): {}",
             repeats(&proc) - before
@@ -285,6 +285,7 @@ fn peer(bootstrap: &str, config: &carestream::config::Config) -> Option<f64> {
 /// probe alarms from households no other phase uses. Returns the events produced.
 fn live_phase(
     broker: &common::Broker,
+    proc: &common::Processor,
     config: &carestream::config::Config,
     codec: &carestream::codec::Codec,
     prod: &ThreadedProducer<DefaultProducerContext>,
@@ -296,6 +297,7 @@ fn live_phase(
     let tag = 10 + phase as u64;
     let live = workload::stream(HOUSEHOLDS, live_events, wall(), rate as usize, tag);
     let transit = Transit::start(broker, &t.sensor_events);
+    let inside_before = proc.get("/metrics").1;
     let mut alarms = 0;
     let live_start = wall();
     let start = Instant::now();
@@ -360,6 +362,7 @@ fn live_phase(
         }
     }
     let floor = transit.finish();
+    let inside = inside_processor(&inside_before, &proc.get("/metrics").1);
     let mut l: Vec<i64> = latency.values().copied().collect();
     l.sort_unstable();
     assert!(!l.is_empty(), "no alarm task seen");
@@ -380,7 +383,51 @@ fn live_phase(
             floor[floor.len() - 1]
         );
     }
+    if let Some((n, p50, p99)) = inside {
+        println!(
+            "  inside the processor (record handed over by the client → task acknowledged, \
+             {n} critical tasks, bucket upper bounds): p50 ≤ {p50} ms, p99 ≤ {p99} ms"
+        );
+    }
     live_events
+}
+
+/// The critical tasks of `record_to_task_ack_seconds` between two scrapes: how many, and the
+/// upper bound (ms) of the bucket that holds their p50 and their p99.
+fn inside_processor(before: &str, after: &str) -> Option<(u64, f64, f64)> {
+    let buckets = |scrape: &str| -> Vec<(f64, f64)> {
+        scrape
+            .lines()
+            .filter(|l| {
+                l.starts_with("carestream_record_to_task_ack_seconds_bucket{")
+                    && l.contains(r#"severity="CRITICAL""#)
+            })
+            .filter_map(|l| {
+                let le = l.split(r#"le=""#).nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
+            })
+            .collect()
+    };
+    let (b, a) = (buckets(before), buckets(after));
+    let cumulative: Vec<(f64, f64)> = a
+        .iter()
+        .zip(&b)
+        .map(|((le, n), (_, m))| (*le, n - m))
+        .collect();
+    let total = cumulative.last()?.1;
+    let bound = |q: f64| {
+        let rank = (total * q).ceil().max(1.0);
+        cumulative
+            .iter()
+            .find(|(_, n)| *n >= rank)
+            .map_or(f64::INFINITY, |(le, _)| le * 1000.0)
+    };
+    (total > 0.0).then(|| (total as u64, bound(0.5), bound(0.99)))
 }
 
 /// Waits until the processor has taken in `produced` events (at most `limit`); how long.
@@ -498,7 +545,8 @@ fn broker_transit_alone() {
         let share = |ms: u64| ms as f64 / phase.elapsed().as_millis() as f64 * 100.0;
         if with_processor {
             // The live phase of the main measurement: probe alarms, their tasks, the transit.
-            produced += live_phase(&broker, &config, &codec, &prod, rate, 0);
+            let p = proc.as_ref().expect("started above");
+            produced += live_phase(&broker, p, &config, &codec, &prod, rate, 0);
             println!(
                 "  broker CPU {:.0} %, processor CPU {:.0} %",
                 share(broker.cpu_ms() - cpu_before),
