@@ -235,11 +235,8 @@ fn household_of(i: &Input) -> Option<&str> {
 }
 
 pub fn partition_of(i: &Input) -> i32 {
-    let id = match i {
-        Input::Sensor(e) => &e.household_id,
-        Input::Heartbeat(h) => &h.household_id,
-        Input::CheckIn(c) => &c.household_id,
-        _ => return 0,
+    let Some(id) = household_of(i) else {
+        return 0;
     };
     (id.bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
