@@ -389,7 +389,9 @@ impl Fetcher {
         // task p50 384 ms, against 48 ms at 20 ms, 2026-11-22), but 25 ms costs the broker:
         // fetches every 25 ms on every partition took tansu from 68 % to 104 % of a core at
         // 1 000 events/s, and the records' own transit from 41 ms to 1 292 ms; at 200 ms it
-        // was 67 ms (2026-12-02, `broker_transit_alone` in tests/e2e_tansu.rs).
+        // was 67 ms (2026-12-02, `broker_transit_alone` in tests/e2e_tansu.rs). On a later
+        // machine 20 ms held: tansu at 84 % of a core, alarm-to-task p99 46 ms at 1 000
+        // events/s (BENCHMARKS.md, session 10); 200 ms stays the default that held on both.
         if !config.kafka.properties.contains_key("fetch.wait.max.ms") {
             c.set("fetch.wait.max.ms", "200");
         }

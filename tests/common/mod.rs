@@ -276,6 +276,14 @@ impl Processor {
                 );
             }
             if TcpStream::connect(&self.http).is_ok() && self.get("/health").0 == 200 {
+                // Ready means consuming: the group (or the static list) has given this member
+                // its partitions, possibly none, and they are restored. Traffic sent before
+                // that waited for the group's first join.
+                let assigned = metric(&self.get("/metrics").1, "carestream_restore_seconds_count");
+                assert!(
+                    assigned >= Some(1.0),
+                    "/health said ready before any partition assignment ({assigned:?})"
+                );
                 return;
             }
             assert!(
