@@ -269,7 +269,7 @@ impl Metrics {
             ),
             ready: gauge(&registry, &names,
                 "ready",
-                "1 once the processor has loaded the registry and is consuming.",
+                "1 once the processor has loaded the registry and restored the partitions the consumer group gave it (possibly none).",
             ),
             rule_reloads: {
                 let c = counter_vec(&registry, &names, "rule_reloads_total", "Reloads of rules/ after a change, by result (ok, error).", &["result"]);
