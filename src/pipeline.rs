@@ -614,9 +614,10 @@ impl Processor {
         ));
         // Not ready yet: that waits for the group's first assignment (`Fetched::Assigned`,
         // empty or not), which comes a few seconds later (a broker holds a new group's first
-        // join for `group.initial.rebalance.delay.ms`, 3 s by default). Ready before it, a
-        // load balancer or a test sent traffic that waited up to that long for a member with
-        // no partitions: alarms of the first second after a start took ~1 s (2026-12-02).
+        // join for `group.initial.rebalance.delay.ms`, 3 s by default). Ready before it, whoever
+        // waits for ready (a rolling restart taking the next member down, a test starting its
+        // traffic) took a member that was not reading yet for one that was: in the e2e test
+        // the alarms of the first second took up to ~1 s (2026-12-02).
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let mut stopped = false;
         loop {
