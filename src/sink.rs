@@ -20,7 +20,7 @@ pub enum Ack {
         rule_id: String,
         district: String,
         incident_time: Millis,
-        /// When what raised it came in (see `Pipeline::emit`).
+        /// When what raised it came in (see `Processor::emit` in the pipeline).
         received: std::time::Instant,
     },
     Notification,

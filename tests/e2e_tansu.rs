@@ -286,7 +286,7 @@ fn peer(bootstrap: &str, config: &carestream::config::Config) -> Option<f64> {
 }
 
 /// Produces the city live at `rate` for 20 s and reports the alarm → task latency, and the
-/// broker's own transit time on the sensor topic meanwhile. Phase `phase` (0, 1, 2) takes its
+/// broker's own transit time on the sensor topic meanwhile. Phase `phase` (0, 1) takes its
 /// probe alarms from households no other phase uses. Returns the events produced.
 fn live_phase(
     bootstrap: &str,
@@ -313,7 +313,7 @@ fn live_phase(
         let mut i = i.clone();
         if k % probe_every == probe_every - 1 {
             let j = k / probe_every;
-            let hh = carestream::simulate::household_id((3 * j + phase) * 47 % HOUSEHOLDS);
+            let hh = carestream::simulate::household_id((2 * j + phase) * 47 % HOUSEHOLDS);
             i = Input::Sensor(SensorEvent {
                 event_id: format!("probe-{tag}-{j}"),
                 device_id: format!("{hh}-button"),

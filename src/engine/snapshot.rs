@@ -39,7 +39,8 @@ struct QueuedEvent {
     device: u64,
     pending: Pending,
     /// Its record arrived more than `out_of_orderness` after it, and it waits at its arrival
-    /// (`time`); `key` holds its event time. Absent in checkpoints written before late events were queued.
+    /// (`time`); `key` holds its event time. Absent in checkpoints written before late events
+    /// were queued.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     late: bool,
 }
@@ -147,12 +148,11 @@ impl Engine {
         }
         self.partitions.remove(&partition);
         self.fanned.remove(&partition);
-        let slots: Vec<u32> = (0..self.slots.len() as u32)
-            .filter(|s| {
-                self.slots
-                    .get(*s)
-                    .is_some_and(|h| h.partition == Some(partition))
-            })
+        let slots: Vec<u32> = self
+            .slots
+            .live()
+            .filter(|(_, h)| h.partition == Some(partition))
+            .map(|(s, _)| s)
             .collect();
         for slot in slots {
             let h = self.slots.get(slot).expect("live slot");

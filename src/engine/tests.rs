@@ -1488,11 +1488,12 @@ fn a_gateway_backlog_is_judged_the_same_however_far_time_has_moved_when_it_is_re
     // hh-1's gateway drops out after T0: home silence is found at T0 + 30 min. At T0 + 45 min
     // it reconnects and flushes its backlog in one burst: a heartbeat every 5 minutes and a
     // motion every 10 s, up to a minute before. hh-2, on the same partition, keeps time
-    // moving. A live run reads the burst as it arrives; a replay may read hh-2's next records first (each topic is fetched
-    // on its own), and the burst's heartbeats and motions in either order. Every order must
-    // decide the same; and the burst, which shows the home alive to T0 + 45 min, raises no
-    // second silence from its first records (it did: one "silent since" the first of them
-    // that the watermark had passed by 30 min, and where that fell depended on the order).
+    // moving. A live run reads the burst as it arrives; a replay may read hh-2's next records
+    // first (each topic is fetched on its own), and the burst's heartbeats and motions in
+    // either order. Every order must decide the same; and the burst, which shows the home
+    // alive to T0 + 45 min, raises no second silence from its first records (it did: one
+    // "silent since" the first of them that the watermark had passed by 30 min, and where
+    // that fell depended on the order).
     const MIN: Millis = 60_000;
     let flush = T0 + 45 * MIN;
     let pir = |hh: &str, t: Millis| {
