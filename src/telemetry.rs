@@ -323,7 +323,7 @@ impl Metrics {
             flaps_absorbed: counter(&registry, &names, "flaps_absorbed_total", "Conditions that came back while their incident was clearing: no new task."),
             suppressed_by_window: counter(&registry, &names, "suppressed_by_window_total", "Findings not raised inside a maintenance window."),
             consumer_lag: {
-                let g = prometheus::IntGaugeVec::new(Opts::new("consumer_lag_records", "Records behind the end of each assigned input partition (librdkafka statistics, every 5 s).").namespace(NAMESPACE), &["stream", "partition"]).expect("valid metric");
+                let g = prometheus::IntGaugeVec::new(Opts::new("consumer_lag_records", "Records between the end of each assigned input partition and the group's committed offset, which follows the acknowledged outputs within a second (librdkafka statistics, every 5 s).").namespace(NAMESPACE), &["stream", "partition"]).expect("valid metric");
                 reg(&registry, &names, g.clone());
                 g
             },

@@ -14,7 +14,9 @@
 //!    (set when our sink produced it): p50, p99, max. Each phase starts once the processor has
 //!    taken in everything produced before it (no backlog carried over), and beside it a
 //!    consume-only client reads the same sensor topic from its end: the broker's own transit
-//!    time (produce → fetch) in the same run, the floor under ours.
+//!    time (produce → fetch) in the same run, the floor under ours. The processor's consumer
+//!    lag is sampled every 100 ms while the phase produces (records the broker acknowledged
+//!    that the processor has not yet taken in), beside its own `consumer_lag_records` gauge.
 //!
 //! Each live phase also reports the processor's own share (`record_to_task_ack_seconds`,
 //! from its `/metrics`). `alarm_latency_on_the_in_process_mock_broker` runs the same live
@@ -30,6 +32,7 @@ mod common;
 mod workload;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -303,43 +306,70 @@ fn live_phase(
     let live = workload::stream(HOUSEHOLDS, live_events, wall(), rate as usize, tag);
     let transit = Transit::start(bootstrap, &t.sensor_events);
     let inside_before = proc.get("/metrics").1;
+    let taken_before = common::input_records_in(&inside_before);
     let mut alarms = 0;
     let live_start = wall();
     let start = Instant::now();
     let probe_every = (rate / 10.0).max(1.0) as usize;
-    for (k, i) in live.iter().enumerate() {
-        pace(start, k, rate);
-        // Re-time each record to the moment it is produced, as a live device would.
-        let mut i = i.clone();
-        if k % probe_every == probe_every - 1 {
-            let j = k / probe_every;
-            let hh = carestream::simulate::household_id((2 * j + phase) * 47 % HOUSEHOLDS);
-            i = Input::Sensor(SensorEvent {
-                event_id: format!("probe-{tag}-{j}"),
-                device_id: format!("{hh}-button"),
-                household_id: hh,
-                device_kind: DeviceKind::EMERGENCY_BUTTON,
-                event_time: 0,
-                reading: Reading::Alarm { active: true },
-                gateway_id: None,
-            });
-        }
-        let ts = wall();
-        match &mut i {
-            Input::Sensor(e) => {
-                e.event_time = ts;
-                if matches!(e.reading, Reading::Alarm { .. }) {
-                    alarms += 1;
-                }
+    // The consumer lag, sampled beside the production every 100 ms: records the broker has
+    // acknowledged in this phase (sent less those still in flight) less those the processor
+    // has taken in since it began. The scrape is read first, then what is in flight, then
+    // what was sent, so a sample errs high, never low. Beside it the processor's own gauge:
+    // records past the group's committed offset, from librdkafka's statistics every 5 s,
+    // what an operator sees.
+    let sent = AtomicUsize::new(0);
+    let producing = AtomicBool::new(true);
+    let (lag, lag_gauge) = std::thread::scope(|scope| {
+        let sampling = scope.spawn(|| {
+            let (mut lag, mut gauge) = (Vec::new(), 0.0f64);
+            while producing.load(Ordering::Relaxed) {
+                let scrape = proc.get("/metrics").1;
+                let taken = common::input_records_in(&scrape) - taken_before;
+                let in_flight = prod.in_flight_count() as f64;
+                let acked = sent.load(Ordering::Relaxed) as f64 - in_flight;
+                lag.push((acked - taken).max(0.0) as i64);
+                gauge = gauge.max(consumer_lag_gauge(&scrape));
+                std::thread::sleep(Duration::from_millis(100));
             }
-            Input::Heartbeat(h) => h.event_time = ts,
-            Input::CheckIn(c) => c.event_time = ts,
-            _ => {}
+            (lag, gauge)
+        });
+        for (k, i) in live.iter().enumerate() {
+            pace(start, k, rate);
+            // Re-time each record to the moment it is produced, as a live device would.
+            let mut i = i.clone();
+            if k % probe_every == probe_every - 1 {
+                let j = k / probe_every;
+                let hh = carestream::simulate::household_id((2 * j + phase) * 47 % HOUSEHOLDS);
+                i = Input::Sensor(SensorEvent {
+                    event_id: format!("probe-{tag}-{j}"),
+                    device_id: format!("{hh}-button"),
+                    household_id: hh,
+                    device_kind: DeviceKind::EMERGENCY_BUTTON,
+                    event_time: 0,
+                    reading: Reading::Alarm { active: true },
+                    gateway_id: None,
+                });
+            }
+            let ts = wall();
+            match &mut i {
+                Input::Sensor(e) => {
+                    e.event_time = ts;
+                    if matches!(e.reading, Reading::Alarm { .. }) {
+                        alarms += 1;
+                    }
+                }
+                Input::Heartbeat(h) => h.event_time = ts,
+                Input::CheckIn(c) => c.event_time = ts,
+                _ => {}
+            }
+            let bytes = codec.encode_input(&i).unwrap().unwrap();
+            common::produce(prod, &topic_of(t, &i), &key_of(&i), &bytes, ts);
+            sent.store(k + 1, Ordering::Relaxed);
         }
-        let bytes = codec.encode_input(&i).unwrap().unwrap();
-        common::produce(prod, &topic_of(t, &i), &key_of(&i), &bytes, ts);
-    }
-    prod.flush(Duration::from_secs(60)).unwrap();
+        prod.flush(Duration::from_secs(60)).unwrap();
+        producing.store(false, Ordering::Relaxed);
+        sampling.join().expect("the lag sampler")
+    });
     let tasks = common::desk(bootstrap, &t.dispatch_critical);
     // Per incident: the latency, and when in the phase the alarm was raised.
     let mut latency: HashMap<String, (i64, i64)> = HashMap::new();
@@ -402,6 +432,20 @@ fn live_phase(
             floor[floor.len() - 1]
         );
     }
+    if let Some(last) = lag.last().copied() {
+        let mut sorted = lag.clone();
+        sorted.sort_unstable();
+        println!(
+            "  consumer lag while producing (records acknowledged by the broker, not yet taken in; \
+             {} samples, 100 ms apart): p50 {}, p99 {}, max {}, at the end {}; \
+             the processor's own gauge (to the committed offsets, every 5 s): max {lag_gauge:.0}",
+            sorted.len(),
+            percentile(&sorted, 0.5),
+            percentile(&sorted, 0.99),
+            sorted[sorted.len() - 1],
+            last
+        );
+    }
     if let Some((n, p50, p99)) = inside {
         println!(
             "  inside the processor (record handed over by the client → task acknowledged, \
@@ -409,6 +453,15 @@ fn live_phase(
         );
     }
     live_events
+}
+
+/// The processor's `consumer_lag_records`, summed over its input partitions.
+fn consumer_lag_gauge(scrape: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("carestream_consumer_lag_records{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// The critical tasks of `record_to_task_ack_seconds` between two scrapes: how many, and the
