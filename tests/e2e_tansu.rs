@@ -112,6 +112,21 @@ fn broker_with_topics(
     (broker, config, env)
 }
 
+/// The city registered (so no record is dead-lettered for an unknown household), then the
+/// processor started and ready.
+fn processor_on_the_city(
+    prod: &ThreadedProducer<DefaultProducerContext>,
+    codec: &carestream::codec::Codec,
+    config: &carestream::config::Config,
+    env: &[(String, String)],
+) -> common::Processor {
+    register_city(prod, codec, &config.topics.households);
+    prod.flush(Duration::from_secs(60)).unwrap();
+    let mut p = common::Processor::start(env);
+    p.wait_ready(Duration::from_secs(120));
+    p
+}
+
 fn percentile(sorted: &[i64], q: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
@@ -236,7 +251,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
             "caught up with the {produced} events produced so far ({:.1} s)",
             waited.as_secs_f64()
         );
-        produced += live_phase(&broker.bootstrap(), &proc, &config, &codec, &prod, rate, k);
+        produced += live_phase(&broker.bootstrap(), &proc, &config, &codec, &prod, rate, k).0;
         println!(
             "  repeats absorbed by an incident still open (no new task): {}",
             repeats(&proc) - before
@@ -288,9 +303,11 @@ fn peer(bootstrap: &str, config: &carestream::config::Config) -> Option<f64> {
     Some(n / secs)
 }
 
-/// Produces the city live at `rate` for 20 s and reports the alarm → task latency, and the
-/// broker's own transit time on the sensor topic meanwhile. Phase `phase` (0, 1) takes its
-/// probe alarms from households no other phase uses. Returns the events produced.
+/// Produces the city live at `rate` for 20 s and reports the alarm → task latency, the
+/// consumer lag and the broker's own transit time on the sensor topic meanwhile. Phase `phase`
+/// (0 to 7) takes its probe alarms from households no other phase uses. Returns the events
+/// produced and how many of them the processor had not taken in when the production ended
+/// (the consumer lag, and the records the broker had not yet acknowledged).
 fn live_phase(
     bootstrap: &str,
     proc: &common::Processor,
@@ -299,7 +316,8 @@ fn live_phase(
     prod: &ThreadedProducer<DefaultProducerContext>,
     rate: f64,
     phase: usize,
-) -> usize {
+) -> (usize, i64) {
+    assert!(phase < 8, "eight phases' probe households at most");
     let t = &config.topics;
     let live_events = (rate * 20.0) as usize;
     let tag = 10 + phase as u64;
@@ -319,19 +337,20 @@ fn live_phase(
     // what an operator sees.
     let sent = AtomicUsize::new(0);
     let producing = AtomicBool::new(true);
-    let (lag, lag_gauge) = std::thread::scope(|scope| {
+    let (lag, unacked, lag_gauge) = std::thread::scope(|scope| {
         let sampling = scope.spawn(|| {
-            let (mut lag, mut gauge) = (Vec::new(), 0.0f64);
+            let (mut lag, mut unacked, mut gauge) = (Vec::new(), Vec::new(), 0.0f64);
             while producing.load(Ordering::Relaxed) {
                 let scrape = proc.get("/metrics").1;
                 let taken = common::input_records_in(&scrape) - taken_before;
                 let in_flight = prod.in_flight_count() as f64;
                 let acked = sent.load(Ordering::Relaxed) as f64 - in_flight;
                 lag.push((acked - taken).max(0.0) as i64);
+                unacked.push(in_flight as i64);
                 gauge = gauge.max(consumer_lag_gauge(&scrape));
                 std::thread::sleep(Duration::from_millis(100));
             }
-            (lag, gauge)
+            (lag, unacked, gauge)
         });
         for (k, i) in live.iter().enumerate() {
             pace(start, k, rate);
@@ -339,7 +358,7 @@ fn live_phase(
             let mut i = i.clone();
             if k % probe_every == probe_every - 1 {
                 let j = k / probe_every;
-                let hh = carestream::simulate::household_id((2 * j + phase) * 47 % HOUSEHOLDS);
+                let hh = carestream::simulate::household_id((8 * j + phase) * 47 % HOUSEHOLDS);
                 i = Input::Sensor(SensorEvent {
                     event_id: format!("probe-{tag}-{j}"),
                     device_id: format!("{hh}-button"),
@@ -366,8 +385,9 @@ fn live_phase(
             common::produce(prod, &topic_of(t, &i), &key_of(&i), &bytes, ts);
             sent.store(k + 1, Ordering::Relaxed);
         }
-        prod.flush(Duration::from_secs(60)).unwrap();
+        // The samples end with the production, before the flush drains the producer.
         producing.store(false, Ordering::Relaxed);
+        prod.flush(Duration::from_secs(60)).unwrap();
         sampling.join().expect("the lag sampler")
     });
     let tasks = common::desk(bootstrap, &t.dispatch_critical);
@@ -432,18 +452,31 @@ fn live_phase(
             floor[floor.len() - 1]
         );
     }
-    if let Some(last) = lag.last().copied() {
-        let mut sorted = lag.clone();
+    // Records the broker has not acknowledged are no lag by Kafka's measure, but where the
+    // broker is saturated they wait there too: said beside it.
+    let at_end = |v: &[i64]| v.last().copied().unwrap_or(0);
+    let spread = |v: &[i64]| {
+        let mut sorted = v.to_vec();
         sorted.sort_unstable();
-        println!(
-            "  consumer lag while producing (records acknowledged by the broker, not yet taken in; \
-             {} samples, 100 ms apart): p50 {}, p99 {}, max {}, at the end {}; \
-             the processor's own gauge (to the committed offsets, every 5 s): max {lag_gauge:.0}",
-            sorted.len(),
+        format!(
+            "p50 {}, p99 {}, max {}, at the end {}",
             percentile(&sorted, 0.5),
             percentile(&sorted, 0.99),
             sorted[sorted.len() - 1],
-            last
+            at_end(v)
+        )
+    };
+    if !lag.is_empty() {
+        println!(
+            "  consumer lag while producing (records acknowledged by the broker, not yet taken in; \
+             {} samples, 100 ms apart): {}; the processor's own gauge (to the committed offsets, \
+             every 5 s): max {lag_gauge:.0}",
+            lag.len(),
+            spread(&lag),
+        );
+        println!(
+            "  records not yet acknowledged by the broker, meanwhile: {}",
+            spread(&unacked)
         );
     }
     if let Some((n, p50, p99)) = inside {
@@ -452,7 +485,7 @@ fn live_phase(
              {n} critical tasks, bucket upper bounds): p50 ≤ {p50} ms, p99 ≤ {p99} ms"
         );
     }
-    live_events
+    (live_events, at_end(&lag) + at_end(&unacked))
 }
 
 /// The processor's `consumer_lag_records`, summed over its input partitions.
@@ -616,12 +649,8 @@ fn broker_transit_alone() {
         (half_rate(), false),
     ] {
         if with_processor {
-            // The city registered (so no record is dead-lettered for an unknown household),
-            // then the processor started and caught up with the first phase's records.
-            register_city(&prod, &codec, &t.households);
-            prod.flush(Duration::from_secs(60)).unwrap();
-            let mut p = common::Processor::start(&env);
-            p.wait_ready(Duration::from_secs(120));
+            // The processor, on the registered city, caught up with the first phase's records.
+            let p = processor_on_the_city(&prod, &codec, &config, &env);
             catch_up(&p, produced, Duration::from_secs(120));
             proc = Some(p);
         } else if let Some(mut p) = proc.take() {
@@ -633,7 +662,7 @@ fn broker_transit_alone() {
         if with_processor {
             // The live phase of the main measurement: probe alarms, their tasks, the transit.
             let p = proc.as_ref().expect("started above");
-            produced += live_phase(&broker.bootstrap(), p, &config, &codec, &prod, rate, 0);
+            produced += live_phase(&broker.bootstrap(), p, &config, &codec, &prod, rate, 0).0;
             println!(
                 "  broker CPU {:.0} %, processor CPU {:.0} %",
                 share(broker.cpu_ms() - cpu_before),
@@ -667,6 +696,63 @@ fn broker_transit_alone() {
     }
 }
 
+/// The live capacity on tansu: the processor reading the city produced live, phase after
+/// phase at rising rates (`CARESTREAM_CAPACITY_RATES`, comma-separated, else 5 000 to 30 000
+/// events/s), until a phase ends with more than a second of its input not yet taken in (on
+/// the broker, or still unacknowledged by it). The highest rate kept up with is the
+/// sustained throughput of the live system, broker included (the backlog's rate, measured by
+/// the main measurement, is the processor's reading rate with the broker only serving); then
+/// a phase at half of it. Run (the fetch wait as in `broker_transit_alone`, or without it for
+/// the default):
+///
+///     CARESTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS=20 \
+///         cargo test --release --test e2e_tansu live_capacity -- --ignored --nocapture
+#[test]
+#[ignore = "a measurement: run with --release --ignored --nocapture"]
+fn live_capacity_and_alarm_latency_at_half_of_it() {
+    let (broker, config, env) = broker_with_topics("capacity");
+    let codec = workload::codec();
+    let prod = producer(&broker.bootstrap());
+    let mut proc = processor_on_the_city(&prod, &codec, &config, &env);
+    let rates: Vec<f64> = std::env::var("CARESTREAM_CAPACITY_RATES")
+        .ok()
+        .map(|r| r.split(',').map(|x| x.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|| vec![5_000.0, 10_000.0, 15_000.0, 20_000.0, 25_000.0, 30_000.0]);
+    assert!(
+        rates.len() < 8,
+        "eight phases at most, the last at half the capacity"
+    );
+    let (mut produced, mut capacity) = (0, None);
+    for (k, &rate) in rates.iter().enumerate() {
+        let waited = catch_up(&proc, produced, Duration::from_secs(300));
+        println!(
+            "caught up with {produced} events ({:.1} s)",
+            waited.as_secs_f64()
+        );
+        let (n, behind) = live_phase(&broker.bootstrap(), &proc, &config, &codec, &prod, rate, k);
+        produced += n;
+        if behind as f64 > rate {
+            println!("  fell behind at {rate:.0} events/s ({behind} records waiting at the end)");
+            break;
+        }
+        capacity = Some(rate);
+    }
+    let capacity = capacity.expect("the processor kept up with the lowest rate");
+    println!("live capacity: kept up with {capacity:.0} events/s; now at half of it");
+    catch_up(&proc, produced, Duration::from_secs(300));
+    let half = capacity / 2.0;
+    live_phase(
+        &broker.bootstrap(),
+        &proc,
+        &config,
+        &codec,
+        &prod,
+        half,
+        rates.len(),
+    );
+    assert!(proc.terminate(Duration::from_secs(30)).is_some());
+}
+
 /// The same live phases on librdkafka's in-process mock broker, which, unlike tansu, can be
 /// given a short fetch wait (10 ms below) without being overloaded: the alarm → task
 /// latency of the processor itself when the broker is prompt, at the rates of the tansu
@@ -689,10 +775,7 @@ fn alarm_latency_on_the_in_process_mock_broker() {
     }
     let codec = workload::codec();
     let prod = producer(&bootstrap);
-    register_city(&prod, &codec, &config.topics.households);
-    prod.flush(Duration::from_secs(60)).unwrap();
-    let mut proc = common::Processor::start(&env);
-    proc.wait_ready(Duration::from_secs(120));
+    let mut proc = processor_on_the_city(&prod, &codec, &config, &env);
     let half = half_rate();
     let mut produced = 0;
     for (k, rate) in [half, 1_000.0].into_iter().enumerate() {
@@ -701,7 +784,7 @@ fn alarm_latency_on_the_in_process_mock_broker() {
             "caught up with the {produced} events produced so far ({:.1} s)",
             waited.as_secs_f64()
         );
-        produced += live_phase(&bootstrap, &proc, &config, &codec, &prod, rate, k);
+        produced += live_phase(&bootstrap, &proc, &config, &codec, &prod, rate, k).0;
     }
     assert!(proc.terminate(Duration::from_secs(30)).is_some());
 }
