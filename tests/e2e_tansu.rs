@@ -16,12 +16,16 @@
 //!    consume-only client reads the same sensor topic from its end: the broker's own transit
 //!    time (produce → fetch) in the same run, the floor under ours. The processor's consumer
 //!    lag is sampled every 100 ms while the phase produces (records the broker acknowledged
-//!    that the processor has not yet taken in), beside its own `consumer_lag_records` gauge.
+//!    that the processor has not yet taken in), beside the records the broker has not yet
+//!    acknowledged and the processor's own `consumer_lag_records` gauge.
 //!
 //! Each live phase also reports the processor's own share (`record_to_task_ack_seconds`,
 //! from its `/metrics`). `alarm_latency_on_the_in_process_mock_broker` runs the same live
 //! phases on librdkafka's mock broker instead, which, unlike tansu, takes a short fetch wait
 //! without being overloaded: beside the tansu figures, never instead of them.
+//! `live_capacity_and_alarm_latency_at_half_of_it` finds the rate the live system (broker
+//! and processor together) keeps up with, and measures a phase at half of it;
+//! `broker_transit_alone` measures the broker with no processor.
 //!
 //! Measurements, ignored by default; they assert only that alarms got their tasks. Run:
 //!
