@@ -41,16 +41,28 @@ const COUNT_TOLERANCE: f64 = 1.20;
 /// 12-way first-level data cache, 32 KiB 8-way for instructions, 32 MiB 16-way last level.
 const CACHES: [&str; 3] = ["--I1=32768,8,64", "--D1=49152,12,64", "--LL=33554432,16,64"];
 
+/// What both halves measure: the codec, the engine over `HOUSEHOLDS` warmed up, and `events`
+/// events to come, decoded and as records. 5 000 events a second of event time: the 100 s
+/// warm-up outlasts the event-time queue and its calendar, so the measured events are both
+/// queued and applied (see benches/hot_path.rs).
+fn prepared(
+    events: usize,
+) -> (
+    carestream::codec::Codec,
+    carestream::engine::Engine,
+    Vec<carestream::model::Input>,
+    Vec<workload::Wire>,
+) {
+    let codec = workload::codec();
+    let engine = workload::warmed(&workload::rules(), HOUSEHOLDS, workload::WARM_EVENTS);
+    let stream = workload::stream(HOUSEHOLDS, events, workload::T0, workload::RATE, 2);
+    let wire = workload::encode(&codec, &stream);
+    (codec, engine, stream, wire)
+}
+
 /// Nanoseconds per event of the whole in-process path, best of `RUNS`.
 fn hot_path() -> f64 {
-    let codec = workload::codec();
-    let rules = workload::rules();
-    // 5 000 events a second of event time: the 100 s warm-up outlasts the event-time queue
-    // and its calendar, so the timed events are both queued and applied (see
-    // benches/hot_path.rs).
-    let mut engine = workload::warmed(&rules, HOUSEHOLDS, workload::WARM_EVENTS);
-    let stream = workload::stream(HOUSEHOLDS, EVENTS * RUNS, workload::T0, workload::RATE, 2);
-    let wire = workload::encode(&codec, &stream);
+    let (codec, mut engine, stream, wire) = prepared(EVENTS * RUNS);
     let mut out = Vec::new();
     let mut best = f64::MAX;
     for run in 0..RUNS {
@@ -109,11 +121,7 @@ fn guard_counted(
 /// The child run under valgrind (`guard --counted`): the timed half's engine and warm-up,
 /// then `COUNTED` events through `guard_counted`.
 fn counted_child() {
-    let codec = workload::codec();
-    let rules = workload::rules();
-    let mut engine = workload::warmed(&rules, HOUSEHOLDS, workload::WARM_EVENTS);
-    let stream = workload::stream(HOUSEHOLDS, COUNTED, workload::T0, workload::RATE, 2);
-    let wire = workload::encode(&codec, &stream);
+    let (codec, mut engine, stream, wire) = prepared(COUNTED);
     let outputs = guard_counted(&codec, &mut engine, &wire, &stream, &mut Vec::new());
     // Every event went through the path: a run that produced nothing counted nothing real.
     assert!(outputs > 0, "the counted run produced no outputs");
