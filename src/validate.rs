@@ -79,12 +79,51 @@ fn in_range(field: &str, v: i32, r: std::ops::RangeInclusive<i32>) -> Result<(),
     }
 }
 
+/// Every check of a decoded record: its ids (`ids`), then its values (`values`).
 pub fn input(input: &Input) -> Result<(), DecodeError> {
+    ids(input)?;
+    values(input)
+}
+
+/// The ids a record carries: not empty, not too long, no control character. The hot-path
+/// decoder makes the same test of each id as it reads it (`plain_id`), and asks for
+/// `values` alone when every id passed.
+fn ids(input: &Input) -> Result<(), DecodeError> {
     match input {
         Input::Sensor(e) => {
             id("event_id", &e.event_id)?;
             id("household_id", &e.household_id)?;
-            id("device_id", &e.device_id)?;
+            id("device_id", &e.device_id)
+        }
+        Input::Heartbeat(h) => {
+            id("household_id", &h.household_id)?;
+            id("device_id", &h.device_id)
+        }
+        Input::CheckIn(c) => id("household_id", &c.household_id),
+        Input::Household { household_id, .. } => id("household_id", household_id),
+        Input::Weather(w) => {
+            id("alert_id", &w.alert_id)?;
+            id("region", &w.region)
+        }
+        Input::TaskUpdate(u) => {
+            id("task_id", &u.task_id)?;
+            id("household_id", &u.household_id)
+        }
+    }
+}
+
+/// Whether `bytes`, an id, passes `ids`'s test without a closer look: not empty, not too
+/// long, printable ASCII. (`ids` also passes ids of other Unicode text; for those the
+/// decoder asks for the whole of `input`.)
+#[inline(always)]
+pub(crate) fn plain_id(bytes: &[u8], printable: bool) -> bool {
+    printable && !bytes.is_empty() && bytes.len() <= MAX_ID_LEN
+}
+
+/// The checks of a record's values: ranges, and readings its kind of device can send.
+pub fn values(input: &Input) -> Result<(), DecodeError> {
+    match input {
+        Input::Sensor(e) => {
             match &e.reading {
                 Reading::Vitals {
                     heart_rate_bpm,
@@ -113,19 +152,13 @@ pub fn input(input: &Input) -> Result<(), DecodeError> {
             Ok(())
         }
         Input::Heartbeat(h) => {
-            id("household_id", &h.household_id)?;
-            id("device_id", &h.device_id)?;
             if let Some(b) = h.battery_pct {
                 in_range("battery_pct", b, 0..=100)?;
             }
             Ok(())
         }
-        Input::CheckIn(c) => id("household_id", &c.household_id),
-        Input::Household {
-            household_id,
-            profile,
-        } => {
-            id("household_id", household_id)?;
+        Input::CheckIn(_) | Input::TaskUpdate(_) => Ok(()),
+        Input::Household { profile, .. } => {
             if let Some(p) = profile {
                 in_range("ability_level", p.ability_level, 0..=4)?;
                 in_range("age", p.age, 0..=130)?;
@@ -137,16 +170,10 @@ pub fn input(input: &Input) -> Result<(), DecodeError> {
             Ok(())
         }
         Input::Weather(w) => {
-            id("alert_id", &w.alert_id)?;
-            id("region", &w.region)?;
             if w.expires_at < w.issued_at {
                 return Err(invalid("expires_at is before issued_at".into()));
             }
             Ok(())
-        }
-        Input::TaskUpdate(u) => {
-            id("task_id", &u.task_id)?;
-            id("household_id", &u.household_id)
         }
     }
 }

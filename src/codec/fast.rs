@@ -202,6 +202,12 @@ impl<'a> Body<'a> {
 
     #[inline(always)]
     fn str(&mut self) -> Result<&'a str, DecodeError> {
+        self.checked_str().map(|(s, _)| s)
+    }
+
+    /// A string, and whether it is printable ASCII.
+    #[inline(always)]
+    fn checked_str(&mut self) -> Result<(&'a str, bool), DecodeError> {
         let len = self.long()?;
         let len = usize::try_from(len).map_err(|_| malformed("negative string length"))?;
         if len > self.buf.len() {
@@ -212,9 +218,19 @@ impl<'a> Body<'a> {
         if crate::validate::printable_ascii(s) {
             // SAFETY: printable ASCII is valid UTF-8. The ids of the hot records are short
             // and ASCII; `from_utf8`'s set-up cost per string was 7 % of the whole path.
-            return Ok(unsafe { std::str::from_utf8_unchecked(s) });
+            return Ok((unsafe { std::str::from_utf8_unchecked(s) }, true));
         }
-        std::str::from_utf8(s).map_err(|_| malformed("string is not UTF-8"))
+        let s = std::str::from_utf8(s).map_err(|_| malformed("string is not UTF-8"))?;
+        Ok((s, false))
+    }
+
+    /// An id; `plain` stays true while every id read passes `validate`'s test of ids by the
+    /// test made here already (`validate::plain_id`).
+    #[inline(always)]
+    fn id(&mut self, plain: &mut bool) -> Result<&'a str, DecodeError> {
+        let (s, printable) = self.checked_str()?;
+        *plain &= crate::validate::plain_id(s.as_bytes(), printable);
+        Ok(s)
     }
 
     /// A union branch or an enum symbol: an index below `n`.
@@ -343,15 +359,18 @@ fn reading(b: &mut Body<'_>) -> Result<Reading, DecodeError> {
 }
 
 /// Reads an Avro body of `layout` into `into`, reusing its strings when it holds the same
-/// kind of record. On error `into` holds a partial record and must not be used.
-pub fn decode(layout: Layout, body: &[u8], into: &mut Input) -> Result<(), DecodeError> {
+/// kind of record. On error `into` holds a partial record and must not be used. True when
+/// every id of the record passed `validate`'s test of ids on the way (it then needs only
+/// `validate::values`): each id's bytes are scanned once, here, not again there.
+pub fn decode(layout: Layout, body: &[u8], into: &mut Input) -> Result<bool, DecodeError> {
     let mut b = Body { buf: body };
+    let mut plain = true;
     match layout {
         Layout::SensorV1 | Layout::SensorV2 => {
             let e = sensor(into);
-            set(&mut e.event_id, b.str()?);
-            set(&mut e.household_id, b.str()?);
-            set(&mut e.device_id, b.str()?);
+            set(&mut e.event_id, b.id(&mut plain)?);
+            set(&mut e.household_id, b.id(&mut plain)?);
+            set(&mut e.device_id, b.id(&mut plain)?);
             e.device_kind = b.symbol(DeviceKind::ALL, "device_kind")?;
             e.event_time = b.long()?;
             e.reading = reading(&mut b)?;
@@ -363,8 +382,8 @@ pub fn decode(layout: Layout, body: &[u8], into: &mut Input) -> Result<(), Decod
         }
         Layout::Heartbeat => {
             let h = heartbeat(into);
-            set(&mut h.household_id, b.str()?);
-            set(&mut h.device_id, b.str()?);
+            set(&mut h.household_id, b.id(&mut plain)?);
+            set(&mut h.device_id, b.id(&mut plain)?);
             h.device_kind = b.symbol(DeviceKind::ALL, "device_kind")?;
             h.event_time = b.long()?;
             h.battery_pct = b.optional(Body::int)?;
@@ -372,7 +391,7 @@ pub fn decode(layout: Layout, body: &[u8], into: &mut Input) -> Result<(), Decod
         }
         Layout::CheckIn => {
             let c = check_in(into);
-            set(&mut c.household_id, b.str()?);
+            set(&mut c.household_id, b.id(&mut plain)?);
             c.event_time = b.long()?;
             c.kind = b.symbol(CheckInKind::ALL, "kind")?;
             let visitor = b.optional(Body::str)?;
@@ -382,7 +401,7 @@ pub fn decode(layout: Layout, body: &[u8], into: &mut Input) -> Result<(), Decod
     if !b.buf.is_empty() {
         return Err(DecodeError::TrailingBytes(b.buf.len()));
     }
-    Ok(())
+    Ok(plain)
 }
 
 #[cfg(test)]
