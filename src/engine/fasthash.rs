@@ -63,7 +63,7 @@ impl Hasher for FastHasher {
         if rest.is_empty() {
             return;
         }
-        // The last 0 to 7 bytes in one word without a copy to a buffer (a call to `memcpy`
+        // The last 1 to 7 bytes in one word without a copy to a buffer (a call to `memcpy`
         // per id, a third of the index look-up's instructions): the last eight bytes,
         // overlapping the word before, or for an id shorter than eight, two overlapping
         // loads (or three bytes) as in wyhash. The length goes in too, so "a" and "a\0"
