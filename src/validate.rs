@@ -46,7 +46,7 @@ pub(crate) fn printable_ascii(bytes: &[u8]) -> bool {
 /// short printable ASCII id: every hot record carries two or three), the rest out of line.
 #[inline]
 fn id(field: &str, v: &str) -> Result<(), DecodeError> {
-    if !v.is_empty() && v.len() <= MAX_ID_LEN && printable_ascii(v.as_bytes()) {
+    if plain_id(v.as_bytes(), printable_ascii(v.as_bytes())) {
         return Ok(());
     }
     id_other(field, v)
@@ -113,8 +113,9 @@ fn ids(input: &Input) -> Result<(), DecodeError> {
 }
 
 /// Whether `bytes`, an id, passes `ids`'s test without a closer look: not empty, not too
-/// long, printable ASCII. (`ids` also passes ids of other Unicode text; for those the
-/// decoder asks for the whole of `input`.)
+/// long, printable ASCII (`printable`, from `printable_ascii`, which the decoder has worked
+/// out already). `id` passes other ids of Unicode text too, out of line; for those the
+/// decoder asks for the whole of `input`.
 #[inline(always)]
 pub(crate) fn plain_id(bytes: &[u8], printable: bool) -> bool {
     printable && !bytes.is_empty() && bytes.len() <= MAX_ID_LEN

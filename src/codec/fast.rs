@@ -68,14 +68,18 @@ struct Known {
     reader: String,
 }
 
+/// The Parsing Canonical Form of a schema compiled in (here and in `fast_out`): what a
+/// catalogue's schema is compared with to tell whether hand-written code reads or writes it.
+pub(super) fn compiled_in_form(text: &str) -> String {
+    Schema::parse_str(text)
+        .expect("the schemas compiled in are valid")
+        .canonical_form()
+}
+
 fn known() -> &'static [Known] {
     static KNOWN: OnceLock<Vec<Known>> = OnceLock::new();
     KNOWN.get_or_init(|| {
-        let pcf = |text: &str| {
-            Schema::parse_str(text)
-                .expect("the schemas compiled in are valid")
-                .canonical_form()
-        };
+        let pcf = compiled_in_form;
         let table = [
             (Layout::SensorV1, SENSOR_V1, SENSOR_V2),
             (Layout::SensorV2, SENSOR_V2, SENSOR_V2),

@@ -26,13 +26,7 @@ const TASK_EVENT: &str = include_str!("../../schemas/task_event.avsc");
 /// The output records, in the order of `catalogue::OUTPUT_RECORDS`.
 fn written_for() -> &'static [String; 3] {
     static PCF: OnceLock<[String; 3]> = OnceLock::new();
-    PCF.get_or_init(|| {
-        [TASK, NOTIFICATION, TASK_EVENT].map(|text| {
-            Schema::parse_str(text)
-                .expect("the schemas compiled in are valid")
-                .canonical_form()
-        })
-    })
+    PCF.get_or_init(|| [TASK, NOTIFICATION, TASK_EVENT].map(super::fast::compiled_in_form))
 }
 
 /// Which of `catalogue::OUTPUT_RECORDS` this module writes as `readers` (the same order)
