@@ -125,8 +125,8 @@ pub struct Processor {
 /// Batches whose outputs may be awaiting acknowledgement at once. While a backlog is read,
 /// nearly every batch of 2 000 events carries an alarm or two, so this window, not the CPU,
 /// bounded consumption: at 8 the processor took in 25 111 and 25 960 events/s on tansu, at 32
-/// 28 952 (2026-12-02, `e2e_tansu throughput`, one run each; BENCHMARKS.md). Each entry is small
-/// (the batch's offsets; its outputs are in the delivery task).
+/// 28 952 (2026-12-02, the e2e bench's `throughput`, one run each; BENCHMARKS.md). Each entry
+/// is small (the batch's offsets; its outputs are in the delivery task).
 const MAX_IN_FLIGHT: usize = 32;
 
 struct InFlight {

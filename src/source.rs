@@ -384,14 +384,15 @@ impl Fetcher {
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "5000");
         // How long the broker may hold a fetch that finds nothing new. Kafka answers as soon
-        // as a record is there, so this only paces idle fetches; tansu holds a fetch longer.
+        // as a record is there, so this only paces idle fetches; tansu 0.6.0 holds every fetch
+        // for the whole wait, records or not (its fetch loop sleeps out the remainder).
         // librdkafka's default 500 ms cost alarms latency on tansu (1 000 events/s: alarm-to-
         // task p50 384 ms, against 48 ms at 20 ms, 2026-11-22), but 25 ms costs the broker:
         // fetches every 25 ms on every partition took tansu from 68 % to 104 % of a core at
         // 1 000 events/s, and the records' own transit from 41 ms to 1 292 ms; at 200 ms it
-        // was 67 ms (2026-12-02, `broker_transit_alone` in tests/e2e_tansu.rs). On a later
-        // machine 20 ms held: tansu at 84 % of a core, alarm-to-task p99 46 ms at 1 000
-        // events/s (BENCHMARKS.md, session 10); 200 ms stays the default that held on both.
+        // was 67 ms (2026-12-02, `cargo bench --bench e2e -- transit`). On a later machine
+        // 20 ms held: tansu at 84 % of a core, alarm-to-task p99 46 ms at 1 000 events/s
+        // (BENCHMARKS.md, session 10); 200 ms stays the default that held on both.
         if !config.kafka.properties.contains_key("fetch.wait.max.ms") {
             c.set("fetch.wait.max.ms", "200");
         }

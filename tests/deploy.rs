@@ -79,6 +79,12 @@ fn compose_file_is_valid_and_its_mounts_exist() {
         resolved.contains("KAFKA_PROCESS_ROLES: broker,controller"),
         "Kafka in KRaft mode"
     );
+    // The listener the end-to-end bench's docs name (benches/e2e.rs, README): advertised
+    // and published on this host's loopback.
+    assert!(
+        resolved.contains("HOST://127.0.0.1:9094") && resolved.contains("127.0.0.1:9094:9094"),
+        "Kafka's host listener for the e2e bench: {resolved}"
+    );
 }
 
 #[test]

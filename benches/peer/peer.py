@@ -1,6 +1,6 @@
 """The peer of the end-to-end benchmark: the no-movement and heart-rate rules written with
 Quix Streams (https://github.com/quixio/quix-streams), reading the same topics of the same
-broker as `carestream run`. Started by `tests/e2e_tansu.rs`; set up by `setup.sh`.
+broker as `carestream run`. Started by `benches/e2e.rs`; set up by `setup.sh`.
 
 The rules, as Quix Streams expresses them (stateful `apply` per household key, no timers):
 - no movement: an event of a household whose last motion is older than 12 h (the default

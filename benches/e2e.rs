@@ -27,12 +27,34 @@
 //! and processor together) keeps up with, and measures a phase at half of it;
 //! `broker_transit_alone` measures the broker with no processor.
 //!
-//! Measurements, ignored by default; they assert only that alarms got their tasks. Run:
+//! A benchmark, not a test: each scenario asserts only that alarms got their tasks, and
+//! prints its figures. Name the scenarios to run (as `cargo bench` filters, a part of the
+//! name will do; all four when none is named):
 //!
-//!     cargo test --release --test e2e_tansu -- --ignored --nocapture
+//!     cargo bench --bench e2e -- throughput     # the ceiling, carestream, the peer, live phases
+//!     cargo bench --bench e2e -- transit        # the broker alone, and with the processor
+//!     cargo bench --bench e2e -- capacity       # the live capacity, then half of it
+//!     cargo bench --bench e2e -- mock           # the live phases on librdkafka's mock broker
+//!
+//! By default each scenario starts a tansu broker of its own (`scripts/install-broker.sh`
+//! installs it; `CARESTREAM_TANSU` names another binary) and measures its CPU. To measure a
+//! Kafka cluster of your own instead (Apache Kafka, say, where the broker is not the limit
+//! it is on tansu), name a plaintext listener of it:
+//!
+//!     CARESTREAM_E2E_BOOTSTRAP=127.0.0.1:9094 cargo bench --bench e2e -- throughput
+//!
+//! (`docker compose up -d kafka` opens one there.) The bench then creates its topics on that
+//! cluster under a unique prefix (`CARESTREAM_E2E_REPLICATION` replicas each, default 1),
+//! deletes them at the end, and reports no broker CPU. Not on a tansu that holds anything
+//! else: tansu 0.6.0 answers a DeleteTopics for one topic by deleting every topic it has
+//! (seen 2026-12-03), and reports the others of the request unknown. The processor is this build's
+//! `carestream` binary and inherits the environment, so `CARESTREAM_KAFKA__PROPERTIES__*`
+//! (the fetch wait, say) reaches it. `CARESTREAM_E2E_LINGER_MS` sets the simulated gateways'
+//! producer linger (5 ms by default). Run by `cargo test --benches` (no `--bench` argument),
+//! it checks its own arithmetic instead and starts no broker.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../benches/workload/mod.rs"]
 mod workload;
 
 use std::collections::HashMap;
@@ -50,10 +72,14 @@ const HOUSEHOLDS: usize = 20_000;
 const BACKLOG: usize = 300_000;
 const PARTITIONS: i32 = 6;
 
+/// The simulated gateways' producer.
 fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
+        .set(
+            "linger.ms",
+            std::env::var("CARESTREAM_E2E_LINGER_MS").unwrap_or_else(|_| "5".into()),
+        )
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap()
@@ -99,21 +125,102 @@ fn wall() -> i64 {
     carestream::pipeline::wall_millis()
 }
 
-/// A fresh broker with the processor's topics created (`PARTITIONS` each), and the config
-/// and environment naming them.
-fn broker_with_topics(
-    tag: &str,
-) -> (
-    common::Broker,
-    carestream::config::Config,
-    Vec<(String, String)>,
-) {
-    let broker = common::Broker::start();
-    let (config, env) = common::test_config(&broker.bootstrap(), tag);
+/// The broker a scenario measures: a tansu of its own, or the cluster that
+/// `CARESTREAM_E2E_BOOTSTRAP` names.
+enum Target {
+    Tansu(common::Broker),
+    /// A cluster of the user's own: its bootstrap, and the topics the bench made there
+    /// (deleted on drop).
+    External(String, Vec<String>),
+}
+
+impl Target {
+    fn bootstrap(&self) -> String {
+        match self {
+            Target::Tansu(b) => b.bootstrap(),
+            Target::External(bootstrap, _) => bootstrap.clone(),
+        }
+    }
+
+    /// The broker's CPU time so far, in ms, where the bench can see its process.
+    fn cpu_ms(&self) -> Option<u64> {
+        match self {
+            Target::Tansu(b) => Some(b.cpu_ms()),
+            Target::External(..) => None,
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        let Target::External(bootstrap, topics) = self else {
+            return;
+        };
+        let admin: AdminClient<_> = match ClientConfig::new()
+            .set("bootstrap.servers", bootstrap.as_str())
+            .create()
+        {
+            Ok(a) => a,
+            Err(e) => return eprintln!("e2e: the topics were not deleted: {e}"),
+        };
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        match rt.block_on(admin.delete_topics(&names, &opts)) {
+            Ok(results) => {
+                let failed: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|(t, e)| format!("{t}: {e}")))
+                    .collect();
+                if failed.is_empty() {
+                    println!("deleted the bench's {} topics", names.len());
+                } else {
+                    eprintln!("e2e: topics not deleted: {}", failed.join(", "));
+                }
+            }
+            Err(e) => eprintln!("e2e: the topics were not deleted: {e}"),
+        }
+    }
+}
+
+/// CPU used between two readings of [`Target::cpu_ms`], in ms, as text.
+fn cpu_since(now: Option<u64>, before: Option<u64>) -> String {
+    match (now, before) {
+        (Some(n), Some(b)) => (n - b).to_string(),
+        _ => "n/a".into(),
+    }
+}
+
+/// A fresh broker (or the user's cluster) with the processor's topics created (`PARTITIONS`
+/// each, under a unique prefix), and the config and environment naming them.
+fn broker_with_topics(tag: &str) -> (Target, carestream::config::Config, Vec<(String, String)>) {
+    let mut target = match std::env::var("CARESTREAM_E2E_BOOTSTRAP") {
+        Ok(b) if !b.is_empty() => Target::External(b, Vec::new()),
+        _ => Target::Tansu(common::Broker::start()),
+    };
+    let (config, env) = common::test_config(&target.bootstrap(), tag);
+    if let Target::External(bootstrap, topics) = &mut target {
+        println!(
+            "on the cluster at {bootstrap} (CARESTREAM_E2E_BOOTSTRAP); broker CPU not measured"
+        );
+        *topics = config
+            .topics
+            .all()
+            .into_iter()
+            .map(|(t, _)| t.to_string())
+            .collect();
+    }
+    let replicas: i32 = std::env::var("CARESTREAM_E2E_REPLICATION")
+        .ok()
+        .map(|r| r.parse().expect("CARESTREAM_E2E_REPLICATION: a number"))
+        .unwrap_or(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(carestream::admin::create_topics(&config, PARTITIONS, 1))
-        .unwrap();
-    (broker, config, env)
+    rt.block_on(carestream::admin::create_topics(
+        &config, PARTITIONS, replicas,
+    ))
+    .unwrap();
+    (target, config, env)
 }
 
 /// The city registered (so no record is dead-lettered for an unknown household), then the
@@ -135,8 +242,6 @@ fn percentile(sorted: &[i64], q: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-#[test]
-#[ignore = "a measurement: run with --release --ignored --nocapture"]
 fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     let (broker, config, env) = broker_with_topics("e2e");
     let codec = workload::codec();
@@ -192,7 +297,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     }
     let ceiling = BACKLOG as f64 / first.unwrap().elapsed().as_secs_f64();
     let ceiling_cpu = (
-        broker.cpu_ms() - broker_cpu0,
+        cpu_since(broker.cpu_ms(), broker_cpu0),
         common::cpu_ms(std::process::id()) - own_cpu0,
     );
     drop(reader);
@@ -221,7 +326,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let ours_cpu = (
-        broker.cpu_ms() - broker_cpu0,
+        cpu_since(broker.cpu_ms(), broker_cpu0),
         common::cpu_ms(proc.child.id()) - proc_cpu0,
     );
     println!(
@@ -636,9 +741,7 @@ fn half_rate() -> f64 {
 /// then 5 000 records/s alone, then the rate of the 50 % live phase alone (can the broker carry
 /// that load at all?); the broker's CPU (and the processor's) in each. Run:
 ///
-///     cargo test --release --test e2e_tansu broker_transit_alone -- --ignored --nocapture
-#[test]
-#[ignore = "a measurement: run with --release --ignored --nocapture"]
+///     cargo bench --bench e2e -- transit
 fn broker_transit_alone() {
     let (broker, config, env) = broker_with_topics("transit");
     let codec = workload::codec();
@@ -662,15 +765,23 @@ fn broker_transit_alone() {
         }
         let proc_cpu = || proc.as_ref().map_or(0, |p| common::cpu_ms(p.child.id()));
         let (cpu_before, proc_before, phase) = (broker.cpu_ms(), proc_cpu(), Instant::now());
-        let share = |ms: u64| ms as f64 / phase.elapsed().as_millis() as f64 * 100.0;
+        let share = |ms: Option<u64>| {
+            ms.map_or("n/a".into(), |ms| {
+                format!(
+                    "{:.0} %",
+                    ms as f64 / phase.elapsed().as_millis() as f64 * 100.0
+                )
+            })
+        };
+        let broker_share = || share(broker.cpu_ms().zip(cpu_before).map(|(n, b)| n - b));
         if with_processor {
             // The live phase of the main measurement: probe alarms, their tasks, the transit.
             let p = proc.as_ref().expect("started above");
             produced += live_phase(&broker.bootstrap(), p, &config, &codec, &prod, rate, 0).0;
             println!(
-                "  broker CPU {:.0} %, processor CPU {:.0} %",
-                share(broker.cpu_ms() - cpu_before),
-                share(proc_cpu() - proc_before),
+                "  broker CPU {}, processor CPU {}",
+                broker_share(),
+                share(Some(proc_cpu() - proc_before)),
             );
             continue;
         }
@@ -690,18 +801,18 @@ fn broker_transit_alone() {
         assert!(!floor.is_empty(), "the reader read nothing");
         println!(
             "broker alone at {rate:.0} records/s: sensor-topic transit p50 {} ms, p99 {} ms, max {} ms ({} records); \
-             broker CPU {:.0} %",
+             broker CPU {}",
             percentile(&floor, 0.5),
             percentile(&floor, 0.99),
             floor[floor.len() - 1],
             floor.len(),
-            share(broker.cpu_ms() - cpu_before),
+            broker_share(),
         );
     }
 }
 
 /// The live capacity on tansu: the processor reading the city produced live, phase after
-/// phase at rising rates (`CARESTREAM_CAPACITY_RATES`, comma-separated, else 5 000 to 30 000
+/// phase at rising rates (`CARESTREAM_CAPACITY_RATES`, comma-separated, else 1 000 to 30 000
 /// events/s), until a phase ends with more than a second of its input not yet taken in (on
 /// the broker, or still unacknowledged by it). The highest rate kept up with is the
 /// sustained throughput of the live system, broker included (the backlog's rate, measured by
@@ -709,10 +820,7 @@ fn broker_transit_alone() {
 /// a phase at half of it. Run (the fetch wait as in `broker_transit_alone`, or without it for
 /// the default):
 ///
-///     CARESTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS=20 \
-///         cargo test --release --test e2e_tansu live_capacity -- --ignored --nocapture
-#[test]
-#[ignore = "a measurement: run with --release --ignored --nocapture"]
+///     CARESTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS=20 cargo bench --bench e2e -- capacity
 fn live_capacity_and_alarm_latency_at_half_of_it() {
     let (broker, config, env) = broker_with_topics("capacity");
     let codec = workload::codec();
@@ -721,7 +829,11 @@ fn live_capacity_and_alarm_latency_at_half_of_it() {
     let rates: Vec<f64> = std::env::var("CARESTREAM_CAPACITY_RATES")
         .ok()
         .map(|r| r.split(',').map(|x| x.trim().parse().unwrap()).collect())
-        .unwrap_or_else(|| vec![5_000.0, 10_000.0, 15_000.0, 20_000.0, 25_000.0, 30_000.0]);
+        .unwrap_or_else(|| {
+            vec![
+                1_000.0, 2_500.0, 5_000.0, 10_000.0, 15_000.0, 20_000.0, 30_000.0,
+            ]
+        });
     assert!(
         rates.len() < 8,
         "eight phases at most, the last at half the capacity"
@@ -741,7 +853,13 @@ fn live_capacity_and_alarm_latency_at_half_of_it() {
         }
         capacity = Some(rate);
     }
-    let capacity = capacity.expect("the processor kept up with the lowest rate");
+    let Some(capacity) = capacity else {
+        panic!(
+            "the live system fell behind at the lowest rate, {:.0} events/s: give lower rates \
+             in CARESTREAM_CAPACITY_RATES",
+            rates[0]
+        )
+    };
     println!("live capacity: kept up with {capacity:.0} events/s; now at half of it");
     catch_up(&proc, produced, Duration::from_secs(300));
     let half = capacity / 2.0;
@@ -764,12 +882,9 @@ fn live_capacity_and_alarm_latency_at_half_of_it() {
 /// figures, never instead of them: the mock is not a real broker (BROKER.md). The processor
 /// is the binary of this build, a separate process, as on tansu.
 ///
-///     CARESTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS=10 \
-///         cargo test --release --test e2e_tansu mock -- --ignored --nocapture
+///     CARESTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS=10 cargo bench --bench e2e -- mock
 ///
 /// (`CARESTREAM_LIVE_RATE` sets the fast phase's rate, 38 587 events/s by default.)
-#[test]
-#[ignore = "a measurement: run with --release --ignored --nocapture"]
 fn alarm_latency_on_the_in_process_mock_broker() {
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
@@ -791,4 +906,99 @@ fn alarm_latency_on_the_in_process_mock_broker() {
         produced += live_phase(&bootstrap, &proc, &config, &codec, &prod, rate, k).0;
     }
     assert!(proc.terminate(Duration::from_secs(30)).is_some());
+}
+
+/// The scenarios, by the name `cargo bench --bench e2e -- <name>` takes.
+const SCENARIOS: [(&str, fn()); 4] = [
+    (
+        "throughput",
+        throughput_against_the_broker_ceiling_and_alarm_latency,
+    ),
+    ("transit", broker_transit_alone),
+    ("capacity", live_capacity_and_alarm_latency_at_half_of_it),
+    ("mock", alarm_latency_on_the_in_process_mock_broker),
+];
+
+/// The scenarios the filters pick, as `cargo bench` filters benchmarks: those whose name
+/// contains one of them, every one when there are none.
+fn chosen(filters: &[String]) -> Vec<(&'static str, fn())> {
+    SCENARIOS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .copied()
+        .collect()
+}
+
+/// What `cargo test --benches` runs: the bench's own arithmetic (percentiles, the scrapes it
+/// parses, the scenario names) on inputs whose answers are known; no broker is started.
+fn self_check() {
+    let ms: Vec<i64> = (1..=200).collect();
+    assert_eq!(percentile(&ms, 0.5), 101);
+    assert_eq!(percentile(&ms, 0.99), 198);
+    assert_eq!(percentile(&ms, 1.0), 200);
+
+    let gauges = "# TYPE carestream_consumer_lag_records gauge\n\
+                  carestream_consumer_lag_records{partition=\"0\",topic=\"a\"} 12\n\
+                  carestream_consumer_lag_records{partition=\"1\",topic=\"a\"} 30\n\
+                  carestream_consumer_lag_records_total 999\n";
+    assert_eq!(consumer_lag_gauge(gauges), 42.0);
+
+    let scrape = |counts: [u64; 4], high: u64| {
+        let les = ["0.008", "0.016", "0.032", "+Inf"];
+        let mut s = String::new();
+        for (le, n) in les.iter().zip(counts) {
+            s.push_str(&format!(
+                "carestream_record_to_task_ack_seconds_bucket{{severity=\"CRITICAL\",le=\"{le}\"}} {n}\n\
+                 carestream_record_to_task_ack_seconds_bucket{{severity=\"HIGH\",le=\"{le}\"}} {high}\n"
+            ));
+        }
+        s
+    };
+    let before = scrape([5, 10, 10, 10], 0);
+    // 100 tasks between the scrapes: 60 within 8 ms, 39 more within 16, the last within 32.
+    let after = scrape([65, 109, 110, 110], 500);
+    assert_eq!(inside_processor(&before, &after), Some((100, 8.0, 16.0)));
+    // 10 tasks: the p99 is the 10th (9.9 rounded up), in the 32 ms bucket.
+    let ten = scrape([10, 19, 20, 20], 0);
+    assert_eq!(inside_processor(&before, &ten), Some((10, 8.0, 32.0)));
+    let one_slow = scrape([5, 10, 10, 11], 0);
+    assert_eq!(
+        inside_processor(&before, &one_slow),
+        Some((1, f64::INFINITY, f64::INFINITY))
+    );
+    assert_eq!(inside_processor(&before, &before), None);
+
+    assert_eq!(cpu_since(Some(150), Some(100)), "50");
+    assert_eq!(cpu_since(None, None), "n/a");
+
+    let names = |v: &[&str]| -> Vec<&str> {
+        let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        chosen(&v).into_iter().map(|(n, _)| n).collect()
+    };
+    assert_eq!(names(&[]), ["throughput", "transit", "capacity", "mock"]);
+    assert_eq!(names(&["mock", "trans"]), ["transit", "mock"]);
+    assert_eq!(names(&["decode"]), Vec::<&str>::new());
+    println!("e2e: self-check passed (a measurement: cargo bench --bench e2e -- <scenario>)");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing.
+    if !args.iter().any(|a| a == "--bench") {
+        self_check();
+        return;
+    }
+    let filters: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
+    let scenarios = chosen(&filters);
+    if scenarios.is_empty() {
+        let known: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+        println!(
+            "e2e: no scenario matches {filters:?} (scenarios: {})",
+            known.join(", ")
+        );
+    }
+    for (name, run) in scenarios {
+        println!("== e2e {name}");
+        run();
+    }
 }
