@@ -20,12 +20,11 @@
 //!    acknowledged and the processor's own `consumer_lag_records` gauge.
 //!
 //! Each live phase also reports the processor's own share (`record_to_task_ack_seconds`,
-//! from its `/metrics`). `alarm_latency_on_the_in_process_mock_broker` runs the same live
-//! phases on librdkafka's mock broker instead, which, unlike tansu, takes a short fetch wait
-//! without being overloaded: beside the tansu figures, never instead of them.
-//! `live_capacity_and_alarm_latency_at_half_of_it` finds the rate the live system (broker
-//! and processor together) keeps up with, and measures a phase at half of it;
-//! `broker_transit_alone` measures the broker with no processor.
+//! from its `/metrics`). That is the scenario `throughput`. `mock` runs the same live phases
+//! on librdkafka's mock broker instead, which, unlike tansu, takes a short fetch wait without
+//! being overloaded: beside the tansu figures, never instead of them. `capacity` finds the
+//! rate the live system (broker and processor together) keeps up with, and measures a phase
+//! at half of it; `transit` measures the broker with no processor.
 //!
 //! A benchmark, not a test: each scenario asserts only that alarms got their tasks, and
 //! prints its figures. Name the scenarios to run (as `cargo bench` filters, a part of the
@@ -38,8 +37,9 @@
 //!
 //! By default each scenario starts a tansu broker of its own (`scripts/install-broker.sh`
 //! installs it; `CARESTREAM_TANSU` names another binary) and measures its CPU. To measure a
-//! Kafka cluster of your own instead (Apache Kafka, say, where the broker is not the limit
-//! it is on tansu), name a plaintext listener of it:
+//! Kafka cluster of your own instead (Apache Kafka, say, which answers a fetch as soon as it
+//! has records, where tansu holds every fetch for the whole wait), name a plaintext listener
+//! of it:
 //!
 //!     CARESTREAM_E2E_BOOTSTRAP=127.0.0.1:9094 cargo bench --bench e2e -- throughput
 //!
@@ -47,9 +47,9 @@
 //! cluster under a unique prefix (`CARESTREAM_E2E_REPLICATION` replicas each, default 1),
 //! deletes them at the end, and reports no broker CPU. Not on a tansu that holds anything
 //! else: tansu 0.6.0 answers a DeleteTopics for one topic by deleting every topic it has
-//! (seen 2026-12-03), and reports the others of the request unknown. The processor is this build's
-//! `carestream` binary and inherits the environment, so `CARESTREAM_KAFKA__PROPERTIES__*`
-//! (the fetch wait, say) reaches it. `CARESTREAM_E2E_LINGER_MS` sets the simulated gateways'
+//! (seen 2026-12-03), and reports the others of the request unknown. The processor is this
+//! build's `carestream` binary and inherits the environment, so
+//! `CARESTREAM_KAFKA__PROPERTIES__*` (the fetch wait, say) reaches it. `CARESTREAM_E2E_LINGER_MS` sets the simulated gateways'
 //! producer linger (5 ms by default). Run by `cargo test --benches` (no `--bench` argument),
 //! it checks its own arithmetic instead and starts no broker.
 
@@ -817,7 +817,7 @@ fn broker_transit_alone() {
 /// the broker, or still unacknowledged by it). The highest rate kept up with is the
 /// sustained throughput of the live system, broker included (the backlog's rate, measured by
 /// the main measurement, is the processor's reading rate with the broker only serving); then
-/// a phase at half of it. Run (the fetch wait as in `broker_transit_alone`, or without it for
+/// a phase at half of it. Run (the fetch wait as in `transit`, or without it for
 /// the default):
 ///
 ///     CARESTREAM_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS=20 cargo bench --bench e2e -- capacity
