@@ -893,16 +893,39 @@ pub struct RegistryReader {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The shortest fetch wait of the table reader, librdkafka's default. A shorter
+/// `fetch.wait.max.ms` in `kafka.properties` is meant for the event topics, where alarms are:
+/// the tables (households, weather warnings) need no such haste, and alarms never wait for
+/// them (an alarm from a household not yet in the registry still raises its task). On Kafka
+/// the wait only paces idle fetches. On tansu, which holds every fetch for the whole wait,
+/// the 20 ms set for the events made this reader fetch its idle partitions 50 times a second:
+/// with the processor at 1 000 events/s tansu used 96–98 % of a core, 76 % with this floor
+/// (`cargo bench --bench e2e -- transit`, BENCHMARKS.md, session 13).
+const TABLE_FETCH_WAIT_MIN_MS: u64 = 500;
+
+/// The table reader's client settings: the processor's, with the table reader's own group id
+/// (never joined) and a fetch wait of at least [`TABLE_FETCH_WAIT_MIN_MS`].
+fn registry_client_config(config: &Config) -> ClientConfig {
+    let mut c = base_client_config(config);
+    let wait = config
+        .kafka
+        .properties
+        .get("fetch.wait.max.ms")
+        .and_then(|w| w.parse::<u64>().ok())
+        .map_or(TABLE_FETCH_WAIT_MIN_MS, |w| w.max(TABLE_FETCH_WAIT_MIN_MS));
+    // A group id is required by the client, but the reader never joins or commits.
+    c.set("group.id", format!("{}-registry", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", wait.to_string());
+    c
+}
+
 impl RegistryReader {
     /// Starts the reader; records arrive on the returned channel (bounded: the reader waits
     /// when the pipeline is behind).
     pub fn start(config: &Config) -> anyhow::Result<(RegistryReader, mpsc::Receiver<RegistryMsg>)> {
-        let mut c = base_client_config(config);
-        // A group id is required by the client, but the reader never joins or commits.
-        c.set("group.id", format!("{}-registry", config.kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer = c.create()?;
+        let consumer: BaseConsumer = registry_client_config(config).create()?;
         let topics = vec![
             (
                 config.topics.households.clone(),
@@ -1038,6 +1061,34 @@ fn read_registry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_reader_waits_at_least_librdkafkas_default_however_short_the_events_wait() {
+        let wait = |property: Option<&str>| {
+            let mut config = Config::default();
+            if let Some(p) = property {
+                config
+                    .kafka
+                    .properties
+                    .insert("fetch.wait.max.ms".into(), p.into());
+            }
+            let c = registry_client_config(&config);
+            c.get("fetch.wait.max.ms").map(str::to_string)
+        };
+        assert_eq!(wait(None).as_deref(), Some("500"));
+        assert_eq!(wait(Some("20")).as_deref(), Some("500"));
+        assert_eq!(wait(Some("1000")).as_deref(), Some("1000"));
+        // The events' client keeps what it was given.
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties
+            .insert("fetch.wait.max.ms".into(), "20".into());
+        assert_eq!(
+            base_client_config(&config).get("fetch.wait.max.ms"),
+            Some("20")
+        );
+    }
 
     fn lane(
         last: Option<i64>,
