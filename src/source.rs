@@ -390,7 +390,7 @@ impl Fetcher {
         // task p50 384 ms, against 48 ms at 20 ms, 2026-11-22), but 25 ms costs the broker:
         // fetches every 25 ms on every partition took tansu from 68 % to 104 % of a core at
         // 1 000 events/s, and the records' own transit from 41 ms to 1 292 ms; at 200 ms it
-        // was 67 ms (2026-12-02, `cargo bench --bench e2e -- transit`). On a later machine
+        // was 67 ms (2026-12-02, the e2e bench's `transit`). On a later machine
         // 20 ms held: tansu at 84 % of a core, alarm-to-task p99 46 ms at 1 000 events/s
         // (BENCHMARKS.md, session 10); 200 ms stays the default that held on both.
         if !config.kafka.properties.contains_key("fetch.wait.max.ms") {
@@ -899,8 +899,9 @@ pub struct RegistryReader {
 /// them (an alarm from a household not yet in the registry still raises its task). On Kafka
 /// the wait only paces idle fetches. On tansu, which holds every fetch for the whole wait,
 /// the 20 ms set for the events made this reader fetch its idle partitions 50 times a second:
-/// with the processor at 1 000 events/s tansu used 96–98 % of a core, 76 % with this floor
-/// (`cargo bench --bench e2e -- transit`, BENCHMARKS.md, session 13).
+/// with the processor at 1 000 events/s tansu used 86–98 % of a core, 63–76 % with this
+/// floor, and the live system kept up with 5 000 events/s, not 2 500 (`cargo bench --bench
+/// e2e -- transit` and `-- capacity`, BENCHMARKS.md, session 13).
 const TABLE_FETCH_WAIT_MIN_MS: u64 = 500;
 
 /// The table reader's client settings: the processor's, with the table reader's own group id
