@@ -184,12 +184,10 @@ impl Drop for Target {
     }
 }
 
-/// CPU used between two readings of [`Target::cpu_ms`], in ms, as text.
-fn cpu_since(now: Option<u64>, before: Option<u64>) -> String {
-    match (now, before) {
-        (Some(n), Some(b)) => (n - b).to_string(),
-        _ => "n/a".into(),
-    }
+/// CPU used between two readings of [`Target::cpu_ms`], in ms (none where the broker's
+/// process is not ours to read).
+fn cpu_since(now: Option<u64>, before: Option<u64>) -> Option<u64> {
+    Some(now? - before?)
 }
 
 /// A fresh broker (or the user's cluster) with the processor's topics created (`PARTITIONS`
@@ -329,9 +327,10 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         cpu_since(broker.cpu_ms(), broker_cpu0),
         common::cpu_ms(proc.child.id()) - proc_cpu0,
     );
+    let ms = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
     println!(
         "CPU over the backlog, ms: ceiling phase broker {} + reader {}; carestream phase broker {} + processor {}",
-        ceiling_cpu.0, ceiling_cpu.1, ours_cpu.0, ours_cpu.1
+        ms(ceiling_cpu.0), ceiling_cpu.1, ms(ours_cpu.0), ours_cpu.1
     );
     println!(
         "ceiling (consume only): {ceiling:.0} records/s; carestream: {ours:.0} events/s; ratio {:.2}",
@@ -773,7 +772,7 @@ fn broker_transit_alone() {
                 )
             })
         };
-        let broker_share = || share(broker.cpu_ms().zip(cpu_before).map(|(n, b)| n - b));
+        let broker_share = || share(cpu_since(broker.cpu_ms(), cpu_before));
         if with_processor {
             // The live phase of the main measurement: probe alarms, their tasks, the transit.
             let p = proc.as_ref().expect("started above");
@@ -968,8 +967,8 @@ fn self_check() {
     );
     assert_eq!(inside_processor(&before, &before), None);
 
-    assert_eq!(cpu_since(Some(150), Some(100)), "50");
-    assert_eq!(cpu_since(None, None), "n/a");
+    assert_eq!(cpu_since(Some(150), Some(100)), Some(50));
+    assert_eq!(cpu_since(None, None), None);
 
     let names = |v: &[&str]| -> Vec<&str> {
         let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
