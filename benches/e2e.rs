@@ -1,4 +1,5 @@
-//! End-to-end measurement on the real broker (tansu, sqlite, loopback): the workload of
+//! End-to-end measurement on the real broker (Apache Kafka in KRaft mode on loopback, started
+//! by `scripts/start-kafka.sh`; tansu with `CARESTREAM_TEST_BROKER=tansu`): the workload of
 //! `benches/workload` produced to the input topics, then
 //!
 //! 1. the broker's ceiling: a consume-only client (rdkafka, the same library, no decoding)
@@ -35,11 +36,9 @@
 //!     cargo bench --bench e2e -- capacity       # the live capacity, then half of it
 //!     cargo bench --bench e2e -- mock           # the live phases on librdkafka's mock broker
 //!
-//! By default each scenario starts a tansu broker of its own (`scripts/install-broker.sh`
-//! installs it; `CARESTREAM_TANSU` names another binary) and measures its CPU. To measure a
-//! Kafka cluster of your own instead (Apache Kafka, say, which answers a fetch as soon as it
-//! has records, where tansu holds every fetch for the whole wait), name a plaintext listener
-//! of it:
+//! By default each scenario starts a broker of its own (Apache Kafka from
+//! `scripts/install-kafka.sh`; tansu with `CARESTREAM_TEST_BROKER=tansu`) and measures its
+//! CPU. To measure a Kafka cluster of your own instead, name a plaintext listener of it:
 //!
 //!     CARESTREAM_E2E_BOOTSTRAP=127.0.0.1:9094 cargo bench --bench e2e -- throughput
 //!
@@ -125,10 +124,10 @@ fn wall() -> i64 {
     carestream::pipeline::wall_millis()
 }
 
-/// The broker a scenario measures: a tansu of its own, or the cluster that
+/// The broker a scenario measures: one of its own (Apache Kafka, or tansu), or the cluster that
 /// `CARESTREAM_E2E_BOOTSTRAP` names.
 enum Target {
-    Tansu(common::Broker),
+    Own(common::Broker),
     /// A cluster of the user's own: its bootstrap, and the topics the bench made there
     /// (deleted on drop).
     External(String, Vec<String>),
@@ -137,7 +136,7 @@ enum Target {
 impl Target {
     fn bootstrap(&self) -> String {
         match self {
-            Target::Tansu(b) => b.bootstrap(),
+            Target::Own(b) => b.bootstrap(),
             Target::External(bootstrap, _) => bootstrap.clone(),
         }
     }
@@ -145,7 +144,7 @@ impl Target {
     /// The broker's CPU time so far, in ms, where the bench can see its process.
     fn cpu_ms(&self) -> Option<u64> {
         match self {
-            Target::Tansu(b) => Some(b.cpu_ms()),
+            Target::Own(b) => Some(b.cpu_ms()),
             Target::External(..) => None,
         }
     }
@@ -195,7 +194,7 @@ fn cpu_since(now: Option<u64>, before: Option<u64>) -> Option<u64> {
 fn broker_with_topics(tag: &str) -> (Target, carestream::config::Config, Vec<(String, String)>) {
     let mut target = match std::env::var("CARESTREAM_E2E_BOOTSTRAP") {
         Ok(b) if !b.is_empty() => Target::External(b, Vec::new()),
-        _ => Target::Tansu(common::Broker::start()),
+        _ => Target::Own(common::Broker::start()),
     };
     let (config, env) = common::test_config(&target.bootstrap(), tag);
     if let Target::External(bootstrap, topics) = &mut target {

@@ -1,4 +1,5 @@
-//! Shared test harness: a real tansu broker per test (sqlite storage, free loopback port),
+//! Shared test harness: a real broker per test (Apache Kafka in KRaft mode by default, tansu
+//! with `CARESTREAM_TEST_BROKER=tansu`; free loopback ports),
 //! unique topic and group names, the real `carestream` binary, and a small fake Schema
 //! Registry speaking the two Confluent calls the processor uses.
 #![allow(dead_code)]
@@ -68,20 +69,60 @@ fn tansu_binary() -> PathBuf {
     p
 }
 
-/// A tansu broker with sqlite storage, killed on drop.
+/// Which broker the tests run on: Apache Kafka (KRaft) unless `CARESTREAM_TEST_BROKER=tansu`.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum BrokerKind {
+    Kafka,
+    Tansu,
+}
+
+impl BrokerKind {
+    pub fn from_env() -> BrokerKind {
+        match std::env::var("CARESTREAM_TEST_BROKER").as_deref() {
+            Ok("tansu") => BrokerKind::Tansu,
+            Ok("kafka") | Err(_) => BrokerKind::Kafka,
+            Ok(other) => panic!("CARESTREAM_TEST_BROKER={other}: expected kafka or tansu"),
+        }
+    }
+}
+
+/// A real broker on loopback, killed on drop: Apache Kafka (one node, or a cluster of
+/// combined controller + broker nodes, started by `scripts/start-kafka.sh`), or tansu.
 pub struct Broker {
+    pub kind: BrokerKind,
+    /// The first node's client port; node `i` listens on `port + i`.
     pub port: u16,
+    pub nodes: usize,
     pub dir: PathBuf,
     child: Option<Child>,
 }
 
 impl Broker {
+    /// One node of the broker `CARESTREAM_TEST_BROKER` names (Apache Kafka by default).
     pub fn start() -> Broker {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(unique("carestream-tansu"));
+        Broker::of(BrokerKind::from_env(), 1)
+    }
+
+    /// An Apache Kafka cluster of `nodes` nodes (3: replication 3, `min.insync.replicas` 2).
+    pub fn cluster(nodes: usize) -> Broker {
+        Broker::of(BrokerKind::Kafka, nodes)
+    }
+
+    pub fn of(kind: BrokerKind, nodes: usize) -> Broker {
+        assert!(
+            kind == BrokerKind::Kafka || nodes == 1,
+            "tansu runs one node"
+        );
+        let port = free_ports(nodes);
+        let dir = std::env::temp_dir().join(unique(match kind {
+            BrokerKind::Kafka => "carestream-kafka",
+            BrokerKind::Tansu => "carestream-tansu",
+        }));
         std::fs::create_dir_all(&dir).unwrap();
         let mut b = Broker {
+            kind,
             port,
+            nodes,
             dir,
             child: None,
         };
@@ -90,6 +131,30 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
+        match self.kind {
+            BrokerKind::Kafka => self.start_kafka(),
+            BrokerKind::Tansu => self.spawn_tansu(),
+        }
+    }
+
+    /// Starts every Kafka node that is not running (formatting only a new one) and waits
+    /// until each serves.
+    fn start_kafka(&self) {
+        let out = Command::new(Path::new(MANIFEST).join("scripts/start-kafka.sh"))
+            .arg(self.port.to_string())
+            .arg(&self.dir)
+            .args(["--brokers", &self.nodes.to_string()])
+            .output()
+            .expect("run scripts/start-kafka.sh");
+        assert!(
+            out.status.success(),
+            "scripts/start-kafka.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn spawn_tansu(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -115,22 +180,61 @@ impl Broker {
         wait_for_port(self.port, Duration::from_secs(20));
     }
 
-    /// CPU time the broker process has used so far (user + system), in ms.
+    fn node_pid(&self, node: usize) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(format!("node-{node}/kafka.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The broker's processes (one per node).
+    pub fn pids(&self) -> Vec<u32> {
+        match self.kind {
+            BrokerKind::Kafka => (0..self.nodes).filter_map(|n| self.node_pid(n)).collect(),
+            BrokerKind::Tansu => self.child.iter().map(|c| c.id()).collect(),
+        }
+    }
+
+    /// CPU time the broker has used so far (user + system, every node), in ms.
     pub fn cpu_ms(&self) -> u64 {
-        self.child.as_ref().map_or(0, |c| cpu_ms(c.id()))
+        self.pids().into_iter().map(cpu_ms).sum()
     }
 
+    /// Every node's client address.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        (0..self.nodes)
+            .map(|n| format!("127.0.0.1:{}", self.port + n as u16))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
+    /// SIGKILL to one Kafka node: no controlled shutdown, no flush.
+    pub fn kill_node(&mut self, node: usize) {
+        if let Some(pid) = self.node_pid(node) {
+            kill9_and_wait(pid);
+        }
+    }
+
+    /// Starts the Kafka nodes that are down again, on their data, and waits until they serve.
+    pub fn start_down_nodes(&mut self) {
+        self.start_kafka();
+    }
+
+    /// SIGKILL to every node.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if self.kind == BrokerKind::Kafka {
+            for n in 0..self.nodes {
+                self.kill_node(n);
+            }
+        }
     }
 
+    /// Every node killed with SIGKILL and started again on its data.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -141,6 +245,39 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn kill9_and_wait(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    // Not our child (the start script's): wait until /proc no longer shows it running.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').map_or("", |(_, r)| r.trim_start());
+        if stat.is_empty() || state.starts_with('Z') || state.starts_with('X') {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A base port with `n` consecutive client ports and their controller ports (`+1000`) free.
+fn free_ports(n: usize) -> u16 {
+    loop {
+        let base = free_port();
+        if base as usize + 1000 + n >= u16::MAX as usize {
+            continue;
+        }
+        let all_free = (0..n as u16).all(|i| {
+            TcpListener::bind(("127.0.0.1", base + i)).is_ok()
+                && TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()
+        });
+        if all_free {
+            return base;
+        }
     }
 }
 
@@ -517,4 +654,34 @@ pub fn desk(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     consumer
+}
+
+/// The last `lines` lines of `text` (a processor's log, for a failure message).
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A sensor event of device `{household}-{kind}`.
+pub fn sensor(
+    hh: &str,
+    event_id: &str,
+    kind: carestream::model::DeviceKind,
+    event_time: carestream::model::Millis,
+    reading: carestream::model::Reading,
+) -> carestream::model::Input {
+    carestream::model::Input::Sensor(carestream::model::SensorEvent {
+        event_id: event_id.into(),
+        household_id: hh.into(),
+        device_id: format!("{hh}-{kind}"),
+        device_kind: kind,
+        event_time,
+        reading,
+        gateway_id: None,
+    })
+}
+
+/// An input in the wire format, with the catalogue's schema ids.
+pub fn enc(codec: &Codec, input: &carestream::model::Input) -> Vec<u8> {
+    codec.encode_input(input).unwrap().unwrap()
 }

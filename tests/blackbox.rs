@@ -49,28 +49,6 @@ async fn send(
     }
 }
 
-fn sensor(
-    hh: &str,
-    event_id: &str,
-    kind: DeviceKind,
-    event_time: Millis,
-    reading: Reading,
-) -> Input {
-    Input::Sensor(SensorEvent {
-        event_id: event_id.into(),
-        household_id: hh.into(),
-        device_id: format!("{hh}-{kind}"),
-        device_kind: kind,
-        event_time,
-        reading,
-        gateway_id: None,
-    })
-}
-
-fn enc(codec: &Codec, input: &Input) -> Vec<u8> {
-    codec.encode_input(input).unwrap().unwrap()
-}
-
 /// Reads every record of `topics` (a fresh group from the start) until `want` records per
 /// topic have arrived, then keeps listening for `settle` to catch anything extra.
 async fn collect(
@@ -128,7 +106,7 @@ fn header(m: &OwnedMessage, key: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alarms_and_bad_records_end_to_end_on_tansu() {
+async fn alarms_and_bad_records_end_to_end() {
     let broker = common::Broker::start();
     let (config, env) = common::test_config(&broker.bootstrap(), "bb");
     let t = config.topics.clone();
@@ -169,7 +147,7 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
             &producer,
             &t.households,
             hh,
-            Some(&enc(&codec, &input)),
+            Some(&common::enc(&codec, &input)),
             next_ts(),
         )
         .await;
@@ -207,7 +185,7 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         .await;
         sensor_records += 1;
     }
-    let press = sensor(
+    let press = common::sensor(
         "hh-bb-1",
         "bb-press-1",
         DeviceKind::EMERGENCY_BUTTON,
@@ -218,11 +196,11 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         &producer,
         &t.sensor_events,
         "hh-bb-1",
-        Some(&enc(&codec, &press)),
+        Some(&common::enc(&codec, &press)),
         next_ts(),
     )
     .await;
-    let again = sensor(
+    let again = common::sensor(
         "hh-bb-1",
         "bb-press-2",
         DeviceKind::EMERGENCY_BUTTON,
@@ -233,7 +211,7 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         &producer,
         &t.sensor_events,
         "hh-bb-1",
-        Some(&enc(&codec, &again)),
+        Some(&common::enc(&codec, &again)),
         next_ts(),
     )
     .await;
@@ -241,12 +219,12 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         &producer,
         &t.sensor_events,
         "hh-bb-1",
-        Some(&enc(&codec, &press)),
+        Some(&common::enc(&codec, &press)),
         next_ts(),
     )
     .await; // redelivered
             // A gas detector whose clock was reset to 1970.
-    let gas = sensor(
+    let gas = common::sensor(
         "hh-bb-2",
         "bb-gas-1",
         DeviceKind::GAS_ALARM,
@@ -257,7 +235,7 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
         &producer,
         &t.sensor_events,
         "hh-bb-2",
-        Some(&enc(&codec, &gas)),
+        Some(&common::enc(&codec, &gas)),
         next_ts(),
     )
     .await;
@@ -273,7 +251,7 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
 
     // Bad records, each with the dead-letter reason it must get.
     let heartbeat_bytes = common::fixture("heartbeat");
-    let absurd = sensor(
+    let absurd = common::sensor(
         "hh-bb-1",
         "bb-vit-1",
         DeviceKind::WEARABLE,
@@ -284,7 +262,7 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
             worn: true,
         },
     );
-    let stranger = sensor(
+    let stranger = common::sensor(
         "hh-nobody",
         "nb-1",
         DeviceKind::MOTION_PIR,
@@ -303,15 +281,19 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
             vec![0, 0, 0, 0x30, 0x39, 2, 4],
         ),
         ("truncated_header", &t.sensor_events, vec![0, 0]),
-        ("invalid_value", &t.sensor_events, enc(&codec, &absurd)),
+        (
+            "invalid_value",
+            &t.sensor_events,
+            common::enc(&codec, &absurd),
+        ),
         (
             "unknown_household",
             &t.sensor_events,
-            enc(&codec, &stranger),
+            common::enc(&codec, &stranger),
         ),
         ("wrong_record_type", &t.sensor_events, heartbeat_bytes),
         ("malformed_avro", &t.sensor_events, {
-            let mut b = enc(&codec, &press);
+            let mut b = common::enc(&codec, &press);
             b.truncate(9);
             b
         }),
@@ -448,7 +430,7 @@ async fn alarms_and_bad_records_end_to_end_on_tansu() {
     // The desk answers: acknowledges one task, resolves another, and sends one for a task
     // that does not exist.
     let update = |task_id: &str, hh: &str, status| {
-        enc(
+        common::enc(
             &codec,
             &Input::TaskUpdate(TaskUpdate {
                 task_id: task_id.into(),
@@ -799,7 +781,7 @@ async fn wait_metric(proc: &common::Processor, series: &str, want: f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
+async fn rules_reload_while_running_and_windowed_rules_fire() {
     let Synthetic {
         broker: _broker,
         rules,
@@ -824,7 +806,7 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
         &producer,
         &t.households,
         "hh-r-1",
-        Some(&enc(&codec, &profile)),
+        Some(&common::enc(&codec, &profile)),
         base,
     )
     .await;
@@ -832,7 +814,7 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
     proc.wait_ready(Duration::from_secs(60));
 
     let beat = |at: Millis| {
-        enc(
+        common::enc(
             &codec,
             &Input::Heartbeat(DeviceHeartbeat {
                 household_id: "hh-r-1".into(),
@@ -844,7 +826,7 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
             }),
         )
     };
-    let moved = sensor(
+    let moved = common::sensor(
         "hh-r-1",
         "r-motion-1",
         DeviceKind::MOTION_PIR,
@@ -855,7 +837,7 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
         &producer,
         &t.sensor_events,
         "hh-r-1",
-        Some(&enc(&codec, &moved)),
+        Some(&common::enc(&codec, &moved)),
         base,
     )
     .await;
@@ -976,7 +958,7 @@ async fn rules_reload_while_running_and_windowed_rules_fire_on_tansu() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
+async fn the_dispatch_desk_loop_and_a_weather_warning() {
     let Synthetic {
         broker: _broker,
         rules,
@@ -1008,7 +990,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
             &producer,
             &t.households,
             hh,
-            Some(&enc(&codec, &input)),
+            Some(&common::enc(&codec, &input)),
             base,
         )
         .await;
@@ -1016,7 +998,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
     let mut proc = common::Processor::start(&env);
     proc.wait_ready(Duration::from_secs(60));
     let beat = |hh: &str, at: Millis| {
-        enc(
+        common::enc(
             &codec,
             &Input::Heartbeat(DeviceHeartbeat {
                 household_id: hh.into(),
@@ -1033,7 +1015,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
     }
 
     // The button, and nobody answering for six minutes (event time).
-    let press = sensor(
+    let press = common::sensor(
         "hh-d-1",
         "d-press",
         DeviceKind::EMERGENCY_BUTTON,
@@ -1044,7 +1026,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
         &producer,
         &t.sensor_events,
         "hh-d-1",
-        Some(&enc(&codec, &press)),
+        Some(&common::enc(&codec, &press)),
         base,
     )
     .await;
@@ -1097,7 +1079,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
 
     // The desk acknowledges the call at +7 min: the 20-minute rung never comes.
     let update = |status, at| {
-        enc(
+        common::enc(
             &codec,
             &Input::TaskUpdate(TaskUpdate {
                 task_id: call.clone(),
@@ -1151,7 +1133,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning_on_tansu() {
         &producer,
         &t.weather_alerts,
         "420106",
-        Some(&enc(&codec, &warning)),
+        Some(&common::enc(&codec, &warning)),
         base + 27 * min,
     )
     .await;
