@@ -102,6 +102,9 @@ pub struct PipelineConfig {
     /// ahead of another that is still delivering before its records wait for it. Keep it
     /// below the rules' `source_idle_behind`.
     pub align_ms: u64,
+    /// Outputs unacknowledged for longer than this turn `/health` to 503 `stuck` (the broker
+    /// unreachable, a dispatch topic missing): alarms are not reaching the desk.
+    pub stuck_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -204,6 +207,7 @@ impl Default for PipelineConfig {
             restore_timeout_ms: 60_000,
             fetch_queue_records: 20_000,
             align_ms: 60_000,
+            stuck_after_ms: 60_000,
         }
     }
 }

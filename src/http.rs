@@ -1,5 +1,5 @@
 //! The operators' HTTP listener: `GET /metrics` (Prometheus text format) and `GET /health`
-//! (200 when ready, 503 while starting). Two read-only endpoints do not justify a web
+//! (200 when ready; 503 while starting or restoring, or when outputs are stuck). Two read-only endpoints do not justify a web
 //! framework in the build, so this is a small HTTP/1.1 responder on tokio.
 
 use std::net::SocketAddr;
@@ -12,6 +12,9 @@ use tokio::sync::watch;
 
 use crate::telemetry::Metrics;
 
+/// Scrapes and probes are few; more connections than this at once are refused.
+const MAX_CONNECTIONS: usize = 32;
+
 /// Binds `addr` and serves until `shutdown` turns true. Returns the bound address (so a
 /// port of 0 can be used in tests).
 pub async fn serve(
@@ -21,16 +24,20 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let handle = tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
+                    // Bounded: a flood of connections is turned away, never queued.
+                    let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
                     let metrics = metrics.clone();
                     // One task per scrape connection, never per record.
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &metrics)).await;
+                        drop(permit);
                     });
                 }
             }
@@ -62,6 +69,14 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
+        ),
+        ("GET", "/health") if metrics.outputs_stuck() => (
+            "503 Service Unavailable",
+            "application/json",
+            format!(
+                "{{\"status\":\"stuck\",\"reason\":\"outputs unacknowledged by the broker for {:.0} s\"}}\n",
+                metrics.outputs_stuck_seconds.get()
+            ),
         ),
         ("GET", "/health") if metrics.ready.get() == 1 => (
             "200 OK",

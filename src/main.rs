@@ -133,6 +133,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// After a hard stop, how long the pipeline has to return by itself before the process exits.
+const HARD_STOP_EXIT: Duration = Duration::from_millis(500);
+
 /// `shutdown` turns true on the first SIGINT/SIGTERM; `hard_stop` when the drain has taken
 /// longer than allowed, or on a second signal.
 fn signals(grace: Duration) -> (watch::Receiver<bool>, watch::Receiver<bool>) {
@@ -143,8 +146,19 @@ fn signals(grace: Duration) -> (watch::Receiver<bool>, watch::Receiver<bool>) {
         next_signal(&mut term).await;
         tracing::info!("signal received: draining");
         let _ = shutdown_tx.send(true);
-        tokio::select! { _ = next_signal(&mut term) => {}, _ = tokio::time::sleep(grace) => {} }
+        let why = tokio::select! {
+            _ = next_signal(&mut term) => "a second signal",
+            _ = tokio::time::sleep(grace) => "shutdown_timeout_ms passed",
+        };
+        tracing::warn!(reason = why, "shutdown cut short: outputs not yet acknowledged are given up, their input offsets stay uncommitted");
         let _ = hard_tx.send(true);
+        // Whatever still blocks (a broker gone, a client's close), the process ends now: the
+        // offsets committed cover only acknowledged outputs, so the next owner re-does the rest.
+        std::thread::spawn(move || {
+            std::thread::sleep(HARD_STOP_EXIT);
+            eprintln!("error: shutdown cut short by {why}; exiting with work undelivered (it is re-done from the committed offsets)");
+            std::process::exit(3);
+        });
     });
     (shutdown_rx, hard_rx)
 }

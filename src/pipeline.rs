@@ -120,6 +120,8 @@ pub struct Processor {
     /// The group's input topics, by the index fetched records carry.
     topic_names: Arc<Vec<(String, InputKind)>>,
     produce_warn: Arc<RateLimit>,
+    /// The wall clock when last read: record timestamps at or before it need no new reading.
+    wall_seen: Millis,
 }
 
 /// Batches whose outputs may be awaiting acknowledgement at once. While a backlog is read,
@@ -128,6 +130,11 @@ pub struct Processor {
 /// 28 952 (2026-12-02, the e2e bench's `throughput`, one run each; BENCHMARKS.md). Each entry
 /// is small (the batch's offsets; its outputs are in the delivery task).
 const MAX_IN_FLIGHT: usize = 32;
+
+/// A dead letter keeps at most this much of the bad record's value (Kafka's default record
+/// limit is 1 MiB, headers included) and of its key.
+pub const DEAD_LETTER_MAX_VALUE: usize = 64 * 1024;
+const DEAD_LETTER_MAX_KEY: usize = 1024;
 
 struct InFlight {
     delivery: Option<tokio::task::JoinHandle<Result<(), crate::sink::SinkError>>>,
@@ -168,7 +175,14 @@ enum Step {
 
 impl Processor {
     pub fn new(config: Config, loaded: Loaded, metrics: Arc<Metrics>) -> anyhow::Result<Processor> {
-        let sink = Sink::new(&source::base_client_config(&config))?;
+        metrics.stuck_after_ms.store(
+            config.pipeline.stuck_after_ms,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let sink = Sink::new(
+            &source::base_client_config(&config),
+            &config.topics.dead_letter,
+        )?;
         let stamp = rules_stamp(&config.rules.dir);
         Ok(Processor {
             registry: config
@@ -199,6 +213,7 @@ impl Processor {
             consumer: None,
             topic_names: Arc::new(Vec::new()),
             produce_warn: Arc::new(RateLimit::new(Duration::from_secs(10))),
+            wall_seen: Millis::MIN,
         })
     }
 
@@ -239,18 +254,57 @@ impl Processor {
                 key: "error",
                 value: Some(error),
             });
+        // Bounded, so a huge bad record cannot make its own dead letter undeliverable: what is
+        // cut is told by its size and hash.
+        let payload = r.payload.unwrap_or_default();
+        let headers = if payload.len() > DEAD_LETTER_MAX_VALUE {
+            headers
+                .insert(Header {
+                    key: "original_size",
+                    value: Some(&payload.len().to_string()),
+                })
+                .insert(Header {
+                    key: "original_hash",
+                    value: Some(&format!("{:016x}", crate::engine::hash64_bytes(payload))),
+                })
+                .insert(Header {
+                    key: "truncated",
+                    value: Some("true"),
+                })
+        } else {
+            headers
+        };
+        let key = r.key.unwrap_or_default();
         batch.records.push(OutRecord {
             topic: self.config.topics.dead_letter.clone(),
-            key: r.key.unwrap_or_default().to_vec(),
-            payload: r.payload.unwrap_or_default().to_vec(),
+            key: key[..key.len().min(DEAD_LETTER_MAX_KEY)].to_vec(),
+            payload: payload[..payload.len().min(DEAD_LETTER_MAX_VALUE)].to_vec(),
             headers: Some(headers),
             ack: Ack::DeadLetter,
         });
     }
 
+    /// A record timestamp is the producer's clock: it may not move time past this process's
+    /// own (one record stamped a year ahead would fire every deadline of its partition).
+    /// Stamps ahead by more than `max_clock_skew` are broken clocks and counted.
+    fn bound_by_wall_clock(&mut self, t: Millis) -> Millis {
+        self.wall_seen = wall_millis();
+        if t <= self.wall_seen {
+            return t;
+        }
+        if t - self.wall_seen > self.engine.rules().max_clock_skew {
+            self.metrics.clock_skew_clamped.inc();
+        }
+        self.wall_seen
+    }
+
     /// Decodes and processes one record; synchronous, no I/O.
     fn step(&mut self, r: &RawRecord<'_>, batch: &mut Batch) -> Step {
-        let now = r.timestamp.filter(|t| *t > 0).unwrap_or_else(wall_millis);
+        let now = match r.timestamp.filter(|t| *t > 0) {
+            Some(t) if t <= self.wall_seen => t,
+            Some(t) => self.bound_by_wall_clock(t),
+            None => wall_millis(),
+        };
         self.metrics.input(r.kind);
         let decoded = self
             .codec
@@ -337,6 +391,13 @@ impl Processor {
             );
             self.metrics
                 .engine_sizes(self.engine.queued(), self.engine.state_bytes());
+            let stuck = self
+                .in_flight
+                .iter()
+                .find(|f| f.delivery.as_ref().is_some_and(|d| !d.is_finished()))
+                .and_then(|f| f.started)
+                .map_or(0.0, |s| now.duration_since(s).as_secs_f64());
+            self.metrics.outputs_stuck_seconds.set(stuck);
             let (open, overdue) = self.engine.open_summary();
             let acks = self.engine.take_ack_latencies();
             self.metrics
@@ -473,6 +534,12 @@ impl Processor {
                         m.produce_retries.inc();
                         if let Some(held) = warn.check("produce") {
                             tracing::warn!(error = %e, held_back = held, "output delivery failed; sending again");
+                        }
+                    },
+                    |r, e| {
+                        m.undeliverable.with_label_values(&[r.ack.label()]).inc();
+                        if let Some(held) = warn.check("undeliverable") {
+                            tracing::error!(error = %e, kind = r.ack.label(), size = r.payload.len(), held_back = held, "output can never be delivered; a stand-in dead letter goes instead");
                         }
                     },
                 )
@@ -874,7 +941,7 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
         }
         Ack::Notification => m.notifications.inc(),
         Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
-        Ack::DeadLetter => {}
+        Ack::DeadLetter | Ack::Undeliverable => {}
     }
 }
 

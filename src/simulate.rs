@@ -251,6 +251,8 @@ struct Home {
     sleep: Millis,
     out: Option<(Millis, Millis)>,
     night_trip: Option<Millis>,
+    /// What the mattress last said: it repeats that every 10 minutes, whatever happens.
+    in_bed: bool,
     /// Until then the elder does not move (an injected collapse).
     collapsed_until: Millis,
     tachycardia_until: Millis,
@@ -280,6 +282,7 @@ impl Home {
             sleep: 0,
             out: None,
             night_trip: None,
+            in_bed: true,
             collapsed_until: 0,
             tachycardia_until: 0,
             gateway_down_until: 0,
@@ -570,6 +573,7 @@ impl<'a> Simulator<'a> {
         let (asleep, away, still) = (h.asleep(t), h.away(t), h.still(t));
         // Waking and going to bed.
         if alive(h, DeviceKind::BED_SENSOR) && t >= h.wake && t - h.wake < MIN && !still {
+            h.in_bed = false;
             self.sensor(
                 h,
                 DeviceKind::BED_SENSOR,
@@ -578,10 +582,27 @@ impl<'a> Simulator<'a> {
             );
         }
         if alive(h, DeviceKind::BED_SENSOR) && t >= h.sleep && t - h.sleep < MIN && !still {
+            h.in_bed = true;
             self.sensor(
                 h,
                 DeviceKind::BED_SENSOR,
                 Reading::Bed { occupied: true },
+                t,
+            );
+        }
+        // The mattress and the door contact repeat their state on a cadence of their own,
+        // whatever the elder does (after a fall too): a report is not a movement.
+        let phase = id.len() as Millis;
+        if alive(h, DeviceKind::BED_SENSOR) && (t / MIN) % 10 == (phase + 3) % 10 {
+            let on_a_trip = h.night_trip.is_some_and(|n| t >= n && t < n + 8 * MIN);
+            let occupied = h.in_bed && !on_a_trip;
+            self.sensor(h, DeviceKind::BED_SENSOR, Reading::Bed { occupied }, t);
+        }
+        if alive(h, DeviceKind::DOOR_CONTACT) && (t / MIN) % 15 == (phase + 7) % 15 {
+            self.sensor(
+                h,
+                DeviceKind::DOOR_CONTACT,
+                Reading::Door { open: false },
                 t,
             );
         }

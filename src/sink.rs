@@ -1,16 +1,22 @@
 //! The Kafka sink: sends a batch of output records and waits until the broker has
 //! acknowledged every one. A failed delivery is sent again (same bytes, same key, same
 //! deterministic ids) until it succeeds; the caller stores input offsets only afterwards.
+//! An error no retry can cure (too large, not authorised, an invalid topic) is not retried:
+//! the record is replaced by a small dead letter saying what could not be sent, so one
+//! record can never hold back the outputs behind it.
 
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
 use crate::model::{Millis, Severity, TaskEventKind};
+
+/// A key longer than this is cut in a stand-in dead letter (keys are household ids).
+const MAX_KEY_BYTES: usize = 256;
 
 /// What to count once a record is acknowledged.
 #[derive(Debug, Clone)]
@@ -26,6 +32,21 @@ pub enum Ack {
     Notification,
     TaskEvent(TaskEventKind),
     DeadLetter,
+    /// The stand-in dead letter of an output that could not be delivered.
+    Undeliverable,
+}
+
+impl Ack {
+    /// A small fixed label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ack::Task { .. } => "task",
+            Ack::Notification => "notification",
+            Ack::TaskEvent(_) => "task_event",
+            Ack::DeadLetter => "dead_letter",
+            Ack::Undeliverable => "undeliverable",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +61,31 @@ pub struct OutRecord {
 #[derive(Clone)]
 pub struct Sink {
     producer: FutureProducer,
+    /// Where an output that can never be delivered is reported instead.
+    dead_letter: String,
+}
+
+/// Errors that no retry cures: the record, the topic or the credentials must change first.
+pub fn is_permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    let code = match e {
+        KafkaError::MessageProduction(c) => *c,
+        _ => return false,
+    };
+    matches!(
+        code,
+        C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::MessageBatchTooLarge
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::InvalidRequiredAcks
+            | C::UnsupportedForMessageFormat
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,29 +109,77 @@ pub fn producer_config(base: &ClientConfig) -> ClientConfig {
 }
 
 impl Sink {
-    pub fn new(config: &ClientConfig) -> Result<Sink, SinkError> {
+    pub fn new(config: &ClientConfig, dead_letter: &str) -> Result<Sink, SinkError> {
         let producer: FutureProducer = producer_config(config)
             .create()
             .map_err(SinkError::Create)?;
-        Ok(Sink { producer })
+        Ok(Sink {
+            producer,
+            dead_letter: dead_letter.to_string(),
+        })
+    }
+
+    /// The stand-in for `r`, which failed with `e` for good: its topic, size, hash and the
+    /// error, without the value. `None` for a stand-in itself (nothing is left to try).
+    fn stand_in(&self, r: &OutRecord, e: &KafkaError) -> Option<OutRecord> {
+        if matches!(r.ack, Ack::Undeliverable) {
+            return None;
+        }
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "error_type",
+                value: Some("undeliverable"),
+            })
+            .insert(Header {
+                key: "error",
+                value: Some(&e.to_string()),
+            })
+            .insert(Header {
+                key: "output_topic",
+                value: Some(&r.topic),
+            })
+            .insert(Header {
+                key: "output_kind",
+                value: Some(r.ack.label()),
+            })
+            .insert(Header {
+                key: "original_size",
+                value: Some(&r.payload.len().to_string()),
+            })
+            .insert(Header {
+                key: "original_hash",
+                value: Some(&format!("{:016x}", crate::engine::hash64_bytes(&r.payload))),
+            });
+        let key = r.key.iter().copied().take(MAX_KEY_BYTES).collect();
+        Some(OutRecord {
+            topic: self.dead_letter.clone(),
+            key,
+            payload: Vec::new(),
+            headers: Some(headers),
+            ack: Ack::Undeliverable,
+        })
     }
 
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
     }
 
-    /// Delivers every record, calling `on_ack` for each as the broker confirms it. Gives up
-    /// only when `hard_stop` turns true (shutdown past its deadline), leaving offsets unstored.
+    /// Delivers every record, calling `on_ack` for each as the broker confirms it. A record
+    /// that fails for good (`is_permanent`) goes to `on_undeliverable` and is replaced by its
+    /// stand-in dead letter. Gives up only when `hard_stop` turns true (shutdown past its
+    /// deadline), leaving offsets unstored.
     pub async fn deliver(
         &self,
         mut records: Vec<OutRecord>,
         hard_stop: &mut watch::Receiver<bool>,
         mut on_ack: impl FnMut(&OutRecord),
         mut on_retry: impl FnMut(&KafkaError),
+        mut on_undeliverable: impl FnMut(&OutRecord, &KafkaError),
     ) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(50);
         while !records.is_empty() {
             let mut pending = Vec::with_capacity(records.len());
+            let mut replaced = Vec::new();
             for (i, r) in records.iter().enumerate() {
                 loop {
                     let mut rec = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
@@ -99,11 +193,17 @@ impl Sink {
                         }
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             // Backpressure: librdkafka's queue is full; let it drain.
-                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            pause(Duration::from_millis(5), hard_stop, records.len()).await?;
+                        }
+                        Err((e, _)) if is_permanent(&e) => {
+                            on_undeliverable(r, &e);
+                            replaced.extend(self.stand_in(r, &e));
+                            break;
                         }
                         Err((e, _)) => {
                             on_retry(&e);
-                            tokio::time::sleep(backoff).await;
+                            pause(backoff, hard_stop, records.len()).await?;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                     }
                 }
@@ -116,6 +216,10 @@ impl Sink {
                 };
                 match outcome {
                     Ok(Ok(_)) => on_ack(&records[i]),
+                    Ok(Err((e, _))) if is_permanent(&e) => {
+                        on_undeliverable(&records[i], &e);
+                        replaced.extend(self.stand_in(&records[i], &e));
+                    }
                     Ok(Err((e, _))) => {
                         on_retry(&e);
                         failed.push(i);
@@ -123,14 +227,16 @@ impl Sink {
                     Err(_canceled) => failed.push(i),
                 }
             }
-            if failed.is_empty() {
+            if failed.is_empty() && replaced.is_empty() {
                 break;
             }
+            let retry_now = failed.is_empty();
             records = failed.into_iter().map(|i| records[i].clone()).collect();
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = wait_true(hard_stop) => return Err(SinkError::Interrupted(records.len())),
+            records.extend(replaced);
+            if retry_now {
+                continue;
             }
+            pause(backoff, hard_stop, records.len()).await?;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         Ok(())
@@ -138,6 +244,18 @@ impl Sink {
 
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
+    }
+}
+
+/// Sleeps for `d`, or gives up with the records still undelivered once `hard_stop` turns true.
+async fn pause(
+    d: Duration,
+    hard_stop: &mut watch::Receiver<bool>,
+    undelivered: usize,
+) -> Result<(), SinkError> {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => Ok(()),
+        _ = wait_true(hard_stop) => Err(SinkError::Interrupted(undelivered)),
     }
 }
 

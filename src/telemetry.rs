@@ -17,6 +17,16 @@ use crate::model::{InputKind, Severity, TaskEventKind};
 
 pub const NAMESPACE: &str = "carestream";
 
+impl Metrics {
+    /// Outputs have waited for the broker longer than `pipeline.stuck_after_ms`.
+    pub fn outputs_stuck(&self) -> bool {
+        let limit = self
+            .stuck_after_ms
+            .load(std::sync::atomic::Ordering::Relaxed) as f64;
+        self.outputs_stuck_seconds.get() * 1000.0 > limit
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Pre-resolved per stream: the hot path indexes an array, it never looks up labels.
@@ -29,6 +39,12 @@ pub struct Metrics {
     pub incident_to_ack: HistogramVec,
     pub received_to_ack: HistogramVec,
     pub produce_retries: IntCounter,
+    /// Outputs that failed for good and were replaced by a stand-in dead letter, by kind.
+    pub undeliverable: IntCounterVec,
+    /// Age of the oldest batch whose outputs are not all acknowledged (0 when none waits).
+    pub outputs_stuck_seconds: prometheus::Gauge,
+    /// `pipeline.stuck_after_ms`, for `/health`.
+    pub stuck_after_ms: std::sync::atomic::AtomicU64,
     pub batch_seconds: prometheus::Histogram,
     pub duplicate_events: IntCounter,
     pub suppressed_repeats: IntCounter,
@@ -242,6 +258,19 @@ impl Metrics {
                 "produce_retries_total",
                 "Output records sent again after a failed delivery.",
             ),
+            undeliverable: {
+                let c = counter_vec(&registry, &names, "outputs_undeliverable_total", "Output records that failed for good (too large, not authorised, invalid topic) and were replaced by a stand-in dead letter, by kind.", &["kind"]);
+                for k in ["task", "notification", "task_event", "dead_letter", "undeliverable"] {
+                    c.with_label_values(&[k]);
+                }
+                c
+            },
+            stuck_after_ms: std::sync::atomic::AtomicU64::new(60_000),
+            outputs_stuck_seconds: {
+                let g = prometheus::Gauge::with_opts(Opts::new("outputs_unacknowledged_seconds", "Age of the oldest batch whose outputs the broker has not yet all acknowledged (0 when none waits); /health reports stuck past pipeline.stuck_after_ms.").namespace(NAMESPACE)).expect("valid metric");
+                reg(&registry, &names, g.clone());
+                g
+            },
             duplicate_events: counter(&registry, &names,
                 "duplicate_events_total",
                 "Device events dropped because their event_id was seen recently.",

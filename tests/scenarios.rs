@@ -212,6 +212,7 @@ fn expand(events: &[EventSpec], default_household: &str) -> Vec<(Millis, Millis,
             let step = match e.kind.as_str() {
                 "motion" => sensor(DeviceKind::MOTION_PIR, Reading::Motion { detected: true }),
                 "door" => sensor(DeviceKind::DOOR_CONTACT, Reading::Door { open: true }),
+                "door_closed" => sensor(DeviceKind::DOOR_CONTACT, Reading::Door { open: false }),
                 "bed_out" => sensor(DeviceKind::BED_SENSOR, Reading::Bed { occupied: false }),
                 "bed_in" => sensor(DeviceKind::BED_SENSOR, Reading::Bed { occupied: true }),
                 "pill" => sensor(DeviceKind::PILL_BOX, Reading::PillBox { dose_taken: true }),

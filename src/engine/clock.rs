@@ -21,7 +21,9 @@ pub(crate) enum Pending {
     /// A reading no rule reads (motion cleared, an alarm reset): the device is alive.
     Alive,
     Motion,
+    /// A door opened.
     Door,
+    DoorClosed,
     Bed {
         occupied: bool,
     },

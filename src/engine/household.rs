@@ -239,6 +239,10 @@ pub(crate) struct Household {
     /// rest of the state so an event does not also fetch the profile into the cache.
     away_until: Option<Millis>,
     quiet_hours: Option<QuietHours>,
+    /// The last bed and door state reported: sensors repeat their state on a cadence, and
+    /// only a change is something the elder did. (In the padding before `scheduled`.)
+    pub bed_occupied: Option<bool>,
+    pub door_open: Option<bool>,
     /// The deadline each timed rule is queued for (`NEVER`: none queued).
     pub scheduled: [Millis; RuleKind::ALL.len()],
     /// The ladder's next deadline queued (rungs and auto-resolution), `NEVER` if none.
@@ -310,6 +314,8 @@ impl Household {
             bed_out_since: None,
             bed_last: NEVER,
             door_at_night: None,
+            bed_occupied: None,
+            door_open: None,
             water: None,
             power_last: None,
             recent_more: overflow_ring(dedup_memory),
@@ -488,6 +494,11 @@ pub(crate) struct HouseholdState {
     #[serde(default = "never")]
     bed_last: Millis,
     door_at_night: Option<Millis>,
+    /// Absent from checkpoints written before they were kept: not known yet.
+    #[serde(default)]
+    bed_occupied: Option<bool>,
+    #[serde(default)]
+    door_open: Option<bool>,
     water: Option<Water>,
     power_last: Option<(Millis, f64)>,
     devices: Vec<DeviceSeen>,
@@ -520,6 +531,8 @@ impl Household {
             bed_out_since: self.bed_out_since,
             bed_last: self.bed_last,
             door_at_night: self.door_at_night,
+            bed_occupied: self.bed_occupied,
+            door_open: self.door_open,
             water: self.water,
             power_last: self.power_last,
             devices: self.devices.to_vec(),
@@ -553,6 +566,8 @@ impl Household {
         self.bed_out_since = s.bed_out_since;
         self.bed_last = s.bed_last;
         self.door_at_night = s.door_at_night;
+        self.bed_occupied = s.bed_occupied;
+        self.door_open = s.door_open;
         self.water = s.water;
         self.power_last = s.power_last;
         self.devices = InlineVec::new(NO_DEVICE);
@@ -599,6 +614,8 @@ mod tests {
             (std::mem::offset_of!(Household, round_judged), 8),
             (std::mem::offset_of!(Household, away_until), 16),
             (std::mem::offset_of!(Household, quiet_hours), 12),
+            (std::mem::offset_of!(Household, bed_occupied), 1),
+            (std::mem::offset_of!(Household, door_open), 1),
             (std::mem::offset_of!(Household, scheduled), 80),
             (std::mem::offset_of!(Household, open), 24),
             (std::mem::offset_of!(Household, devices), 80),

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+pub use siphash::hash64_bytes;
 pub use snapshot::PartitionSnapshot;
 
 use clock::{Clock, Due, Entry, Pending};
@@ -827,7 +828,8 @@ fn pending(reading: &Reading, kind: DeviceKind) -> Pending {
     let small = |v: Option<i32>| v.map(|v| v.clamp(i16::MIN as i32, i16::MAX as i32) as i16);
     match *reading {
         Reading::Motion { detected: true } => Pending::Motion,
-        Reading::Door { .. } => Pending::Door,
+        Reading::Door { open: true } => Pending::Door,
+        Reading::Door { open: false } => Pending::DoorClosed,
         Reading::Bed { occupied } => Pending::Bed { occupied },
         Reading::Vitals {
             heart_rate_bpm,

@@ -41,7 +41,13 @@ fn compress(v: &mut [u64; 4], m: u64) {
 /// SipHash-1-3, keys (0, 0), of `s`'s bytes followed by `0xFF`. Stored in checkpoints:
 /// never change it (a new function needs a new checkpoint format and a migration).
 pub fn hash64(s: &str) -> u64 {
-    let bytes = s.as_bytes();
+    hash64_bytes(s.as_bytes())
+}
+
+/// The same over any bytes (for a payload's fingerprint in a dead letter): equal to `hash64`
+/// of the same bytes as a string.
+#[inline(always)]
+pub fn hash64_bytes(bytes: &[u8]) -> u64 {
     let mut v = [K0, K1, K2, K3];
     let mut words = bytes.chunks_exact(8);
     for w in &mut words {

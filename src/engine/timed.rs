@@ -37,7 +37,8 @@ impl Engine {
             Pending::CheckIn { visit } => self.checked_in(slot, t, visit),
             Pending::Motion => self.motion(slot, t),
             Pending::Pill => self.activity(slot, t),
-            Pending::Door => self.door(slot, t, late),
+            Pending::Door => self.door(slot, t, true, late),
+            Pending::DoorClosed => self.door(slot, t, false, late),
             Pending::Bed { occupied } => self.bed(slot, t, occupied, late),
             Pending::Vitals { hr, rr, worn } => {
                 // A run of readings only means something in order: the household's own order.

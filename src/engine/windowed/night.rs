@@ -7,13 +7,31 @@ use super::super::Engine;
 use crate::model::*;
 use crate::rules::{p, RuleKind};
 
+/// A mattress repeating its state does so far more often than this; the same state reported
+/// after a longer silence means the change between was missed (a return to bed unreported).
+pub(super) const BED_REPEAT_WITHIN: Millis = 2 * 3_600_000;
+
 impl Engine {
-    /// A door opened or closed. A late one (`late`: the time it takes effect, its arrival)
-    /// still counts if movement indoors after it has not been seen yet and its deadline is
-    /// still ahead of that time: a door contact whose clock runs slow. A gateway's backlog
-    /// hours late is past its deadline, and judging it at once would come before the movement
-    /// behind it in the same backlog.
-    pub(in crate::engine) fn door(&mut self, slot: u32, t: Millis, late: Option<Millis>) {
+    /// A door opened or closed. An opening is always someone at the door; a "closed" only
+    /// right after an opening (closed is a door's resting state): contacts repeat it on a cadence,
+    /// and a repeated "closed" must neither reset no-movement nor start the night rule. A late
+    /// one (`late`: the time it takes effect, its arrival) still counts if movement indoors
+    /// after it has not been seen yet and its deadline is still ahead of that time: a door
+    /// contact whose clock runs slow. A gateway's backlog hours late is past its deadline, and
+    /// judging it at once would come before the movement behind it in the same backlog.
+    pub(in crate::engine) fn door(
+        &mut self,
+        slot: u32,
+        t: Millis,
+        open: bool,
+        late: Option<Millis>,
+    ) {
+        let h = self.slot_mut(slot);
+        let acted = open || h.door_open == Some(true);
+        h.door_open = Some(open);
+        if !acted {
+            return;
+        }
         self.activity(slot, t);
         let h = self.slot(slot);
         let k = RuleKind::NightDoor;
@@ -42,9 +60,13 @@ impl Engine {
 
     /// In or out of bed, taken in the household's own order (a mattress whose clock runs
     /// slow is behind the watermark on every event, yet each comes after the last); an event
-    /// older than one applied is dropped. A late exit (`late`: the time it takes effect)
-    /// starts the clock only if its deadline is still ahead of that time, for the reason
-    /// `door` gives.
+    /// older than one applied is dropped. Only a change of state (or the first report) is
+    /// something the elder did: mattresses repeat "occupied" or "not occupied" on a cadence,
+    /// and a repeated "not occupied" is neither activity (it would hide a fall by day for
+    /// ever) nor a bed exit (an elder still up at the start of the quiet hours). The same
+    /// state after `BED_REPEAT_WITHIN` of silence is new: the change between went unreported. A late exit
+    /// (`late`: the time it takes effect) starts the clock only if its deadline is still ahead
+    /// of that time, for the reason `door` gives.
     pub(in crate::engine) fn bed(
         &mut self,
         slot: u32,
@@ -52,12 +74,20 @@ impl Engine {
         occupied: bool,
         late: Option<Millis>,
     ) {
-        self.activity(slot, t);
         let h = self.slot(slot);
         if t < h.bed_last {
             self.stats.late_dropped += 1;
             return;
         }
+        let changed =
+            h.bed_occupied != Some(occupied) || t.saturating_sub(h.bed_last) >= BED_REPEAT_WITHIN;
+        self.slot_mut(slot).bed_occupied = Some(occupied);
+        if !changed {
+            self.slot_mut(slot).bed_last = t;
+            return;
+        }
+        self.activity(slot, t);
+        let h = self.slot(slot);
         let k = RuleKind::NightBedExit;
         let in_time = |w: Millis| t + self.ms(k, p::OUT_FOR, h) > w;
         if occupied {

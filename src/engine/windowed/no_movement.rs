@@ -30,17 +30,31 @@ impl Engine {
         self.slot_mut(slot).power_last = Some((t, v));
         if let Some((t0, v0)) = last {
             if t > t0 && v >= v0 && (v - v0) / ((t - t0) as f64 / HOUR) >= threshold {
-                self.activity(slot, t);
+                // As with water: the draw was somewhere after the previous reading.
+                self.activity(slot, t0 + 1);
             }
         }
     }
 
-    /// The threshold counts waking time only: the quiet hours (the night's sleep) pause it.
+    /// The threshold counts waking time only: the quiet hours (the night's sleep) pause it,
+    /// unless the home's mattress, reporting lately, says the elder is not in bed: then the
+    /// night is not sleep, and the clock runs (a fall in the evening is found that night, not
+    /// the next day). Without a mattress, or one gone quiet, the pause holds.
     pub(super) fn no_movement_deadline(&self, h: &Household) -> Option<Millis> {
         let away = h.away_until().unwrap_or(NEVER);
         let base = h.last_activity.max(h.first_seen).max(away);
         let after = self.ms(RuleKind::NoMovement, p::AFTER, h);
+        if Self::out_of_bed_by_evidence(h) {
+            return Some(base.saturating_add(after));
+        }
         Some(add_awake_time(base, after, h.offset, self.quiet_hours(h)))
+    }
+
+    /// The mattress said "not in bed" and has reported within `BED_REPEAT_WITHIN` of the
+    /// household's newest event (its heartbeats keep that current).
+    fn out_of_bed_by_evidence(h: &Household) -> bool {
+        h.bed_occupied == Some(false)
+            && h.last_seen.saturating_sub(h.bed_last) < super::night::BED_REPEAT_WITHIN
     }
 
     pub(super) fn no_movement_finding(

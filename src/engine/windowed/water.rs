@@ -39,7 +39,9 @@ impl Engine {
         let dt = t - w.last_time;
         let away = h.away_at(t);
         if used > 1e-9 {
-            self.activity(slot, t);
+            // The use happened after the previous reading: credited at the reading's own time,
+            // an hourly or daily meter would restart the clock hours after a fall.
+            self.activity(slot, w.last_time + 1);
         }
         let h = self.slot(slot);
         let (window, min_use) = (
