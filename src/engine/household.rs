@@ -189,6 +189,14 @@ impl<T: Copy, const N: usize> std::ops::DerefMut for InlineVec<T, N> {
     }
 }
 
+/// No value, in `Household::vitals_bad`.
+pub const VITAL_NONE: u8 = u8::MAX;
+
+/// A heart rate or respiration as one byte (values above 254 per minute read as 254).
+pub fn vital_byte(v: Option<i16>) -> u8 {
+    v.map_or(VITAL_NONE, |v| v.clamp(0, 254) as u8)
+}
+
 /// Devices kept inline: a home's usual heartbeat senders (watch, mattress, hub); three keep
 /// the household within ten cache lines.
 const DEVICES_INLINE: usize = 3;
@@ -243,6 +251,9 @@ pub(crate) struct Household {
     /// only a change is something the elder did. (In the padding before `scheduled`.)
     pub bed_occupied: Option<bool>,
     pub door_open: Option<bool>,
+    /// The last out-of-range heart rate and respiration (`VITAL_NONE`: no value), for the
+    /// finding made at the vitals deadline; a byte each fills the padding.
+    pub vitals_bad: [u8; 2],
     /// The deadline each timed rule is queued for (`NEVER`: none queued).
     pub scheduled: [Millis; RuleKind::ALL.len()],
     /// The ladder's next deadline queued (rungs and auto-resolution), `NEVER` if none.
@@ -316,6 +327,7 @@ impl Household {
             door_at_night: None,
             bed_occupied: None,
             door_open: None,
+            vitals_bad: [VITAL_NONE; 2],
             water: None,
             power_last: None,
             recent_more: overflow_ring(dedup_memory),
@@ -487,6 +499,8 @@ pub(crate) struct HouseholdState {
     last_visit: Millis,
     round_judged: Millis,
     vitals_out_since: Option<Millis>,
+    #[serde(default = "no_vitals")]
+    vitals_bad: [u8; 2],
     /// Absent from checkpoints written before it was kept: no reading yet.
     #[serde(default = "never")]
     vitals_last: Millis,
@@ -505,6 +519,10 @@ pub(crate) struct HouseholdState {
     pub scheduled: Vec<Millis>,
     pub ladder_scheduled: Millis,
     heightened_until: Millis,
+}
+
+fn no_vitals() -> [u8; 2] {
+    [VITAL_NONE; 2]
 }
 
 fn never() -> Millis {
@@ -532,6 +550,7 @@ impl Household {
             bed_last: self.bed_last,
             door_at_night: self.door_at_night,
             bed_occupied: self.bed_occupied,
+            vitals_bad: self.vitals_bad,
             door_open: self.door_open,
             water: self.water,
             power_last: self.power_last,
@@ -567,6 +586,7 @@ impl Household {
         self.bed_last = s.bed_last;
         self.door_at_night = s.door_at_night;
         self.bed_occupied = s.bed_occupied;
+        self.vitals_bad = s.vitals_bad;
         self.door_open = s.door_open;
         self.water = s.water;
         self.power_last = s.power_last;
@@ -616,6 +636,7 @@ mod tests {
             (std::mem::offset_of!(Household, quiet_hours), 12),
             (std::mem::offset_of!(Household, bed_occupied), 1),
             (std::mem::offset_of!(Household, door_open), 1),
+            (std::mem::offset_of!(Household, vitals_bad), 2),
             (std::mem::offset_of!(Household, scheduled), 80),
             (std::mem::offset_of!(Household, open), 24),
             (std::mem::offset_of!(Household, devices), 80),

@@ -140,6 +140,7 @@ impl RuleKind {
                         max: 100.0,
                     },
                 ),
+                ("continuous_within", Duration),
             ],
         }
     }
@@ -162,6 +163,7 @@ pub mod p {
     pub const MIN_USE: usize = 1;
     pub const FLOWING_FOR: usize = 0;
     pub const MIN_FLOW: usize = 1;
+    pub const CONTINUOUS_WITHIN: usize = 2;
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,8 +92,9 @@ impl Engine {
             RuleKind::DailyRound => self.daily_round_deadline(h),
             RuleKind::VisitCadence => self.visit_deadline(h),
             RuleKind::NightBedExit | RuleKind::NightDoor => self.night_deadline(h, kind),
+            RuleKind::Vitals => self.vitals_deadline(h),
             // Judged as their readings arrive, not by a deadline.
-            RuleKind::Vitals | RuleKind::WaterSilence | RuleKind::WaterFlow => None,
+            RuleKind::WaterSilence | RuleKind::WaterFlow => None,
         }
     }
 
@@ -116,7 +117,8 @@ impl Engine {
                 return self.night_over(slot, kind);
             }
             RuleKind::NightBedExit | RuleKind::NightDoor => self.night_finding(h, kind, d, t),
-            RuleKind::Vitals | RuleKind::WaterSilence | RuleKind::WaterFlow => None,
+            RuleKind::Vitals => self.vitals_finding(h, d, t),
+            RuleKind::WaterSilence | RuleKind::WaterFlow => None,
         };
         if let Some(f) = f {
             self.open_incident(slot, f, out);

@@ -1,7 +1,10 @@
 //! Abnormal heart rate or respiration: every worn reading out of its band for
 //! `sustained_for`, readings taken in event-time order; a reading back in range resolves.
+//! The rule decides at `since + sustained_for` (its deadline), once a reading after the first
+//! was out of range too, not at the next reading after it: a watch's cadence jitters, and
+//! readings 9 min 58 s apart would otherwise wait a whole further reading.
 
-use super::super::household::RuleRef;
+use super::super::household::{vital_byte, Household, RuleRef, VITAL_NONE};
 use super::super::incidents::Finding;
 use super::super::Engine;
 use super::evidence;
@@ -31,33 +34,56 @@ impl Engine {
         }
         if hr_bad == Some(true) || rr_bad == Some(true) {
             let sustained = self.ms(k, p::SUSTAINED, h);
-            let since = *self.slot_mut(slot).vitals_out_since.get_or_insert(t);
+            let h = self.slot_mut(slot);
+            let first = h.vitals_out_since.is_none();
+            let since = *h.vitals_out_since.get_or_insert(t);
+            h.vitals_bad = [vital_byte(hr), vital_byte(rr)];
             // Out of range again while the incident is clearing: it was not over.
             self.recurs(slot, &RuleRef::Windowed(k));
+            if first {
+                self.schedule(slot, k);
+            }
             if self.enabled(k) && t - since >= sustained {
-                let fmt = |v: Option<i16>| v.map_or("-".to_string(), |v| v.to_string());
-                let detail = format!(
-                    "heart rate {} bpm, respiration {} rpm, out of range for {} min",
-                    fmt(hr),
-                    fmt(rr),
-                    (t - since) / 60_000
-                );
-                self.open_incident(
-                    slot,
-                    Finding {
-                        rule: RuleRef::Windowed(k),
-                        trigger: format!("vitals_since:{since}"),
-                        incident_time: since,
-                        emitted_at: t,
-                        evidence: vec![evidence("vitals", t, detail.clone())],
-                        detail: Some(detail),
-                    },
-                    out,
-                );
+                let f = self.vitals_found(self.slot(slot), since, t, t);
+                self.open_incident(slot, f, out);
             }
         } else {
             self.slot_mut(slot).vitals_out_since = None;
             self.resolve(slot, k, t, "vitals back in range");
+        }
+    }
+
+    pub(super) fn vitals_deadline(&self, h: &Household) -> Option<Millis> {
+        let sustained = self.ms(RuleKind::Vitals, p::SUSTAINED, h);
+        h.vitals_out_since.map(|s| s.saturating_add(sustained))
+    }
+
+    /// At the deadline: out of range since `since` and still, with a later reading out of
+    /// range too (one reading alone is not sustained; the next reading decides then).
+    pub(super) fn vitals_finding(&self, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let since = h.vitals_out_since?;
+        (h.vitals_last > since).then(|| self.vitals_found(h, since, d, t))
+    }
+
+    fn vitals_found(&self, h: &Household, since: Millis, at: Millis, t: Millis) -> Finding {
+        let fmt = |v: u8| match v {
+            VITAL_NONE => "-".to_string(),
+            v => v.to_string(),
+        };
+        let [hr, rr] = h.vitals_bad;
+        let detail = format!(
+            "heart rate {} bpm, respiration {} rpm, out of range for {} min",
+            fmt(hr),
+            fmt(rr),
+            (at - since) / 60_000
+        );
+        Finding {
+            rule: RuleRef::Windowed(RuleKind::Vitals),
+            trigger: format!("vitals_since:{since}"),
+            incident_time: since,
+            emitted_at: t,
+            evidence: vec![evidence("vitals", at, detail.clone())],
+            detail: Some(detail),
         }
     }
 }

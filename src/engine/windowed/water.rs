@@ -1,6 +1,6 @@
 //! Water: under `min_use_m3` over `window` while home (the smart water meter practice), and
-//! a meter that never stops (at least `min_flow_m3_per_h` between every pair of readings for
-//! `flowing_for`). Readings arrive in event-time order; a reset meter starts over.
+//! a meter that never stops (at least `min_flow_m3_per_h` between every pair of close
+//! readings, or of readings through the night, for `flowing_for`). Readings arrive in event-time order; a reset meter starts over.
 
 use super::super::household::RuleRef;
 use super::super::household::Water;
@@ -12,6 +12,9 @@ use crate::model::*;
 use crate::rules::{p, RuleKind};
 
 const HOUR: f64 = 3_600_000.0;
+
+/// A pair of readings further apart than this says nothing of the night's minimum flow.
+const NIGHT_PAIR_MAX: Millis = 2 * 3_600_000;
 
 impl Engine {
     pub(in crate::engine) fn water(&mut self, slot: u32, t: Millis, v: f64, out: &mut Vec<Output>) {
@@ -48,10 +51,18 @@ impl Engine {
             self.ms(RuleKind::WaterSilence, p::WINDOW, h),
             self.num(RuleKind::WaterSilence, p::MIN_USE, h),
         );
-        let (flowing_for, min_flow) = (
+        let (flowing_for, min_flow, within) = (
             self.ms(RuleKind::WaterFlow, p::FLOWING_FOR, h),
             self.num(RuleKind::WaterFlow, p::MIN_FLOW, h),
+            self.ms(RuleKind::WaterFlow, p::CONTINUOUS_WITHIN, h),
         );
+        // Use between two readings far apart by day is an elder using water now and then, not
+        // a flow that never stops: such a pair neither proves nor breaks a leak. Close readings,
+        // or readings through the night (minimum night flow, as water utilities find leaks),
+        // do; any pair without flow breaks it.
+        let flowing = used / (dt as f64 / HOUR) >= min_flow;
+        let at_night = dt <= NIGHT_PAIR_MAX && self.quiet(h, w.last_time) && self.quiet(h, t - 1);
+        let continuous = flowing && (dt <= within || at_night);
         // The window counts waking time only, as no-movement's does: a night's sleep after
         // the evening's last tap is not silence (12 h of clock time from dinner to breakfast
         // raised false tasks in the simulated city's runs over a night). Waking time only
@@ -84,7 +95,7 @@ impl Engine {
                 out,
             );
         }
-        if used / (dt as f64 / HOUR) >= min_flow {
+        if continuous {
             let since = *w.flow_since.get_or_insert(w.last_time);
             self.recurs(slot, &RuleRef::Windowed(RuleKind::WaterFlow));
             if t - since >= flowing_for && self.enabled(RuleKind::WaterFlow) {
@@ -105,7 +116,7 @@ impl Engine {
                     out,
                 );
             }
-        } else {
+        } else if !flowing {
             w.flow_since = None;
             self.resolve(slot, RuleKind::WaterFlow, t, "water flow stopped");
         }
