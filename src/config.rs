@@ -394,9 +394,10 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// An environment value as TOML: numbers and booleans typed, anything else a string.
+/// An environment value as TOML: numbers and booleans typed, anything else a string. Only a
+/// number that prints back the same is one: `007` (a password, an id) stays a string.
 fn env_value(raw: &str) -> toml::Value {
-    if let Ok(i) = raw.parse::<i64>() {
+    if let Some(i) = raw.parse::<i64>().ok().filter(|i| i.to_string() == raw) {
         toml::Value::Integer(i)
     } else if let Ok(b) = raw.parse::<bool>() {
         toml::Value::Boolean(b)
@@ -479,12 +480,16 @@ mod tests {
                     "SASL_SSL",
                 ),
                 ("CARESTREAM_TOPICS__TASK_EVENTS", "123"),
+                ("CARESTREAM_KAFKA__PROPERTIES__SASL_PASSWORD", "007"),
+                ("CARESTREAM_TOPICS__DEAD_LETTER", "0042"),
                 ("UNRELATED", "1"),
             ]),
         )
         .unwrap();
         assert_eq!(c.kafka.brokers, "env:9092");
         assert_eq!(c.kafka.group_id, "g-file");
+        assert_eq!(c.topics.dead_letter, "0042", "leading zeros kept");
+        assert_eq!(c.kafka.properties["sasl.password"], "007");
         assert_eq!(c.topics.sensor_events, "x.sensors");
         assert_eq!(
             c.topics.task_events, "123",

@@ -218,6 +218,11 @@ impl Processor {
     }
 
     fn dead_letter(&self, r: &RawRecord<'_>, reason: &'static str, error: &str, batch: &mut Batch) {
+        // Registry records hold names and phone numbers, desk updates free text: their dead
+        // letters keep neither the value nor an error text that may quote it (the source
+        // offset finds the record for whoever may read it).
+        let personal = matches!(r.kind, InputKind::Households | InputKind::TaskUpdates);
+        let error = if personal { reason } else { error };
         self.metrics
             .dead_letters
             .with_label_values(&[r.kind.label(), reason])
@@ -257,7 +262,16 @@ impl Processor {
         // Bounded, so a huge bad record cannot make its own dead letter undeliverable: what is
         // cut is told by its size and hash.
         let payload = r.payload.unwrap_or_default();
-        let headers = if payload.len() > DEAD_LETTER_MAX_VALUE {
+        let kept = if personal { 0 } else { DEAD_LETTER_MAX_VALUE };
+        let headers = if personal {
+            headers.insert(Header {
+                key: "redacted",
+                value: Some("personal data"),
+            })
+        } else {
+            headers
+        };
+        let headers = if payload.len() > kept {
             headers
                 .insert(Header {
                     key: "original_size",
@@ -278,7 +292,7 @@ impl Processor {
         batch.records.push(OutRecord {
             topic: self.config.topics.dead_letter.clone(),
             key: key[..key.len().min(DEAD_LETTER_MAX_KEY)].to_vec(),
-            payload: payload[..payload.len().min(DEAD_LETTER_MAX_VALUE)].to_vec(),
+            payload: payload[..payload.len().min(kept)].to_vec(),
             headers: Some(headers),
             ack: Ack::DeadLetter,
         });

@@ -991,7 +991,11 @@ fn read_registry(
                 Some(ids) => {
                     for p in ids {
                         match consumer.fetch_watermarks(topic, p, timeout) {
-                            Ok((_, high)) => all.push((topic.clone(), p, high)),
+                            // A partition emptied by retention (low = high > 0) has nothing to
+                            // wait for: nothing will ever be read to reach its end.
+                            Ok((low, high)) => {
+                                all.push((topic.clone(), p, if high > low { high } else { 0 }))
+                            }
                             Err(e) => missing = Some(format!("{topic}: {e}")),
                         }
                     }

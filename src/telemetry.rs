@@ -62,6 +62,7 @@ pub struct Metrics {
     pub incidents_opened: IntCounter,
     pub auto_resolved: IntCounter,
     pub timezone_fallbacks: IntCounter,
+    pub profile_fields_repaired: IntCounter,
     pub queued: IntGauge,
     pub state_bytes: IntGauge,
     pub open_by_district: prometheus::IntGaugeVec,
@@ -313,6 +314,7 @@ impl Metrics {
             incidents_opened: counter(&registry, &names, "incidents_opened_total", "Incidents opened by any rule."),
             auto_resolved: counter(&registry, &names, "incidents_auto_resolved_total", "Incidents closed because their condition cleared."),
             timezone_fallbacks: counter(&registry, &names, "timezone_fallbacks_total", "Registry entries whose time zone is unknown here; China Standard Time was used."),
+            profile_fields_repaired: counter(&registry, &names, "profile_fields_repaired_total", "Registry fields out of range (age, ability level, quiet hours) brought into range on the side of more care, instead of refusing the entry."),
             queued: gauge(&registry, &names, "event_time_queue_entries", "Events and deadlines waiting for the watermark."),
             state_bytes: gauge(&registry, &names, "state_bytes", "Approximate bytes of per-household state."),
             open_by_district: {
@@ -427,7 +429,7 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        let pairs: [(&IntCounter, u64, u64); 14] = [
+        let pairs: [(&IntCounter, u64, u64); 15] = [
             (&self.welfare_calls, now.welfare_calls, last.welfare_calls),
             (
                 &self.weather_updates,
@@ -481,6 +483,11 @@ impl Metrics {
                 &self.timezone_fallbacks,
                 now.timezone_fallbacks,
                 last.timezone_fallbacks,
+            ),
+            (
+                &self.profile_fields_repaired,
+                now.profile_fields_repaired,
+                last.profile_fields_repaired,
             ),
         ];
         for (counter, now, before) in pairs {

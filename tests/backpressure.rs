@@ -137,18 +137,34 @@ fn a_missing_dispatch_topic_stops_consumption_and_loses_nothing() {
     let desk = common::desk(&broker.bootstrap(), &t.dispatch_critical);
     let mut incidents = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while incidents.len() < alarms && Instant::now() < deadline {
+    let repeats_now = || {
+        common::metric(
+            &proc.get("/metrics").1,
+            "carestream_suppressed_repeats_total",
+        )
+        .unwrap_or(0.0) as usize
+    };
+    let mut scraped = Instant::now();
+    let mut repeats = repeats_now();
+    while incidents.len() + repeats < alarms && Instant::now() < deadline {
         if let Some(Ok(m)) = desk.poll(Duration::from_millis(200)) {
             if let Ok(Output::Task(task)) = codec.decode_output(m.payload().unwrap()) {
                 incidents.insert(task.incident_id.unwrap_or_default());
             }
         }
+        if scraped.elapsed() >= Duration::from_secs(1) {
+            scraped = Instant::now();
+            repeats = repeats_now();
+        }
     }
-    let repeats = common::metric(
-        &proc.get("/metrics").1,
-        "carestream_suppressed_repeats_total",
-    )
-    .unwrap_or(0.0) as usize;
+    // The processor's counters reach /metrics once a second: anything more shows by then.
+    std::thread::sleep(Duration::from_millis(1_500));
+    while let Some(Ok(m)) = desk.poll(Duration::from_millis(500)) {
+        if let Ok(Output::Task(task)) = codec.decode_output(m.payload().unwrap()) {
+            incidents.insert(task.incident_id.unwrap_or_default());
+        }
+    }
+    let repeats = repeats_now();
     println!(
         "{alarms} alarms produced, {} incidents on the dispatch topic, {repeats} repeats absorbed",
         incidents.len()

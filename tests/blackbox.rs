@@ -476,9 +476,11 @@ async fn alarms_and_bad_records_end_to_end() {
         next_ts(),
     )
     .await;
+    // A desk update's dead letter keeps no value: its note is free text (personal data).
+    assert!(!ghost.is_empty());
     expected_dead.insert(
         (t.task_updates.clone(), s.partition, s.offset),
-        ("unknown_task", ghost),
+        ("unknown_task", Vec::new()),
     );
 
     let want = HashMap::from([

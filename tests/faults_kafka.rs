@@ -19,6 +19,7 @@ use carestream::engine::ids;
 use carestream::model::*;
 
 const HOUR: Millis = 3_600_000;
+const PHONE: &str = "13912345678";
 
 fn now() -> Millis {
     carestream::pipeline::wall_millis()
@@ -52,6 +53,21 @@ fn button(hh: &str, event_id: &str, t: Millis) -> Input {
         DeviceKind::EMERGENCY_BUTTON,
         t,
         Reading::Alarm { active: true },
+    )
+}
+
+/// An emergency button pressed now in `hh`.
+async fn press(p: &FutureProducer, codec: &Codec, topic: &str, hh: &str, event: &str) {
+    let b = button(hh, event, now());
+    send(p, topic, hh, &common::enc(codec, &b), now()).await;
+}
+
+/// The tasks a fresh desk first finds on `topic` (waiting up to 30 s for any).
+fn first_tasks(bootstrap: &str, codec: &Codec, topic: &str) -> Vec<EscalationTask> {
+    let c = desk(bootstrap, &[topic]);
+    tasks(
+        codec,
+        &read_until(&c, Duration::from_secs(30), |m| !m.is_empty()),
     )
 }
 
@@ -191,6 +207,40 @@ async fn a_huge_bad_record_and_a_clock_a_year_ahead_do_not_stop_alarms_or_flood_
     // Motion stamped a year ahead, record timestamp and event time alike, for every home.
     let ahead = now() + 365 * 24 * HOUR;
     motion_everywhere("future", ahead).await;
+    // A registry record broken after its magic byte's place, and a desk update for a task
+    // never issued, both carrying a phone number.
+    let mut profile = carestream::simulate::household(99, 1);
+    profile.emergency_contacts[0].phone = PHONE.into();
+    let registered = Input::Household {
+        household_id: profile.household_id.clone(),
+        profile: Some(profile.clone()),
+    };
+    let mut broken = common::enc(&codec, &registered);
+    broken[0] = 7;
+    send(
+        &p,
+        &config.topics.households,
+        &profile.household_id,
+        &broken,
+        now(),
+    )
+    .await;
+    let update = Input::TaskUpdate(TaskUpdate {
+        task_id: "no-such-task".into(),
+        household_id: homes[1].clone(),
+        status: TaskUpdateStatus::RESOLVED,
+        by: "desk-7".into(),
+        at: now(),
+        note: Some(format!("son says call {PHONE}")),
+    });
+    send(
+        &p,
+        &config.topics.task_updates,
+        &homes[1],
+        &common::enc(&codec, &update),
+        now(),
+    )
+    .await;
     // Then a call for help from every home.
     for (i, hh) in homes.iter().enumerate() {
         let b = button(hh, &format!("sos-{i}"), now());
@@ -247,9 +297,43 @@ async fn a_huge_bad_record_and_a_clock_a_year_ahead_do_not_stop_alarms_or_flood_
     );
     // The bad record is dead-lettered, cut to a bounded size that says what was cut.
     let dl = desk(&broker.bootstrap(), &[&t.dead_letter]);
-    let dead = read_until(&dl, Duration::from_secs(30), |m| !m.is_empty());
-    assert_eq!(dead.len(), 1, "one dead letter");
-    let d = &dead[0];
+    let dead = read_until(&dl, Duration::from_secs(30), |m| m.len() >= 3);
+    assert_eq!(dead.len(), 3, "three dead letters");
+    // Personal data: the registry's and the desk's dead letters keep no value, and no log
+    // line, metric or dead letter carries the phone number.
+    for m in &dead {
+        let mut bytes = m.payload().unwrap_or_default().to_vec();
+        if let Some(h) = m.headers() {
+            for i in 0..h.count() {
+                bytes.extend_from_slice(h.get(i).value.unwrap_or_default());
+            }
+        }
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PHONE),
+            "a dead letter carries the phone number"
+        );
+    }
+    for (topic, reason) in [
+        (&t.households, "bad_magic_byte"),
+        (&t.task_updates, "unknown_task"),
+    ] {
+        let d = dead
+            .iter()
+            .find(|m| header(m, "source_topic").as_deref() == Some(topic.as_str()))
+            .unwrap_or_else(|| panic!("no dead letter from {topic}"));
+        assert_eq!(header(d, "error_type").as_deref(), Some(reason));
+        assert_eq!(header(d, "redacted").as_deref(), Some("personal data"));
+        assert_eq!(d.payload().map_or(0, |p| p.len()), 0);
+    }
+    assert!(
+        !proc.logs().contains(PHONE),
+        "a log line carries the phone number"
+    );
+    assert!(!scrape.contains(PHONE), "a metric carries the phone number");
+    let d = dead
+        .iter()
+        .find(|m| header(m, "source_topic").as_deref() == Some(t.sensor_events.as_str()))
+        .expect("the huge record's dead letter");
     assert_eq!(header(d, "error_type").as_deref(), Some("bad_magic_byte"));
     assert_eq!(header(d, "original_size").as_deref(), Some("1500000"));
     assert_eq!(header(d, "truncated").as_deref(), Some("true"));
@@ -307,20 +391,8 @@ async fn shutdown_ends_when_outputs_cannot_be_delivered_and_the_next_instance_re
 
     let mut first = common::Processor::start(&env);
     first.wait_ready(Duration::from_secs(60));
-    let b1 = button(&homes[0], "sos-1", now());
-    send(
-        &p,
-        &t.sensor_events,
-        &homes[0],
-        &common::enc(&codec, &b1),
-        now(),
-    )
-    .await;
-    let c = desk(&broker.bootstrap(), &[&t.dispatch_critical]);
-    let got = tasks(
-        &codec,
-        &read_until(&c, Duration::from_secs(30), |m| !m.is_empty()),
-    );
+    press(&p, &codec, &t.sensor_events, &homes[0], "sos-1").await;
+    let got = first_tasks(&broker.bootstrap(), &codec, &t.dispatch_critical);
     assert_eq!(got.len(), 1, "the first alarm's task");
     let expected_id = |hh: &str, event: &str| {
         ids::task_id(
@@ -330,19 +402,10 @@ async fn shutdown_ends_when_outputs_cannot_be_delivered_and_the_next_instance_re
         )
     };
     assert_eq!(got[0].task_id, expected_id(&homes[0], "sos-1"));
-    drop(c);
 
     // The critical topic goes away; the next alarm's task cannot be delivered.
     delete_topic(&config, &t.dispatch_critical).await;
-    let b2 = button(&homes[1], "sos-2", now());
-    send(
-        &p,
-        &t.sensor_events,
-        &homes[1],
-        &common::enc(&codec, &b2),
-        now(),
-    )
-    .await;
+    press(&p, &codec, &t.sensor_events, &homes[1], "sos-2").await;
     let start = Instant::now();
     loop {
         let (status, body) = first.get("/health");
@@ -389,15 +452,7 @@ async fn shutdown_ends_when_outputs_cannot_be_delivered_and_the_next_instance_re
     }
     let mut second = common::Processor::start(&env_long);
     second.wait_ready(Duration::from_secs(60));
-    let b3 = button(&homes[2], "sos-3", now());
-    send(
-        &p,
-        &t.sensor_events,
-        &homes[2],
-        &common::enc(&codec, &b3),
-        now(),
-    )
-    .await;
+    press(&p, &codec, &t.sensor_events, &homes[2], "sos-3").await;
     let start = Instant::now();
     while second.get("/health").0 != 503 {
         assert!(start.elapsed() < Duration::from_secs(30), "never stuck");
@@ -456,6 +511,73 @@ async fn shutdown_ends_when_outputs_cannot_be_delivered_and_the_next_instance_re
         common::tail(&third.logs(), 30)
     );
     assert!(third
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+}
+
+/// A table partition written to and then emptied (retention; here DeleteRecords) has a
+/// start offset equal to its end: nothing is left to read, and the processor must become
+/// ready all the same, and raise alarms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_partition_emptied_by_retention_does_not_keep_the_processor_from_ready() {
+    use rdkafka::{Offset, TopicPartitionList};
+    let broker = common::Broker::start();
+    let (config, env) = common::test_config(&broker.bootstrap(), "emptied");
+    carestream::admin::create_topics(&config, 2, 1)
+        .await
+        .unwrap();
+    let codec = common::codec();
+    let p = producer(&broker.bootstrap());
+    let homes = register(&p, &codec, &config, 2).await;
+    let t = config.topics.clone();
+    for (i, region) in ["420102", "420103", "420104", "420105"].iter().enumerate() {
+        let alert = Input::Weather(WeatherAlert {
+            alert_id: format!("w-{i}"),
+            region: region.to_string(),
+            kind: WeatherKind::COLD,
+            level: WeatherLevel::BLUE,
+            issued_at: now() - 2 * HOUR,
+            expires_at: now() - HOUR,
+            cancelled: false,
+        });
+        send(
+            &p,
+            &t.weather_alerts,
+            region,
+            &common::enc(&codec, &alert),
+            now(),
+        )
+        .await;
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..2 {
+        tpl.add_partition_offset(&t.weather_alerts, part, Offset::End)
+            .unwrap();
+    }
+    let deleted = admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        deleted
+            .elements()
+            .iter()
+            .any(|e| matches!(e.offset(), Offset::Offset(o) if o > 0)),
+        "nothing was deleted: {deleted:?}"
+    );
+    let mut proc = common::Processor::start(&env);
+    proc.wait_ready(Duration::from_secs(60));
+    press(&p, &codec, &t.sensor_events, &homes[0], "sos-emptied").await;
+    let got = first_tasks(&broker.bootstrap(), &codec, &t.dispatch_critical);
+    assert!(
+        got.iter().any(|t| t.household_id == homes[0]),
+        "no task for the alarm"
+    );
+    assert!(proc
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
 }

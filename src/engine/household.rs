@@ -189,6 +189,10 @@ impl<T: Copy, const N: usize> std::ops::DerefMut for InlineVec<T, N> {
     }
 }
 
+/// The latest `away_until` kept (2200-01-01): later is "away for good", and every deadline
+/// added to it stays far from overflow.
+pub const AWAY_UNTIL_MAX: Millis = 7_258_118_400_000;
+
 /// No value, in `Household::vitals_bad`.
 pub const VITAL_NONE: u8 = u8::MAX;
 
@@ -437,7 +441,11 @@ impl Household {
     }
 
     pub fn set_profile(&mut self, profile: Option<Arc<HouseholdProfile>>) {
-        self.away_until = profile.as_ref().and_then(|p| p.away_until);
+        // "Away for good" written as the end of time: deadlines are sums with it.
+        self.away_until = profile
+            .as_ref()
+            .and_then(|p| p.away_until)
+            .map(|u| u.min(AWAY_UNTIL_MAX));
         self.quiet_hours = profile.as_ref().and_then(|p| p.quiet_hours);
         self.profile = profile;
     }

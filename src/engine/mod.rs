@@ -95,6 +95,8 @@ pub struct EngineStats {
     pub auto_resolved: u64,
     pub timers_fired: u64,
     pub timezone_fallbacks: u64,
+    /// Registry fields out of range, repaired rather than the whole entry refused.
+    pub profile_fields_repaired: u64,
     pub households_forgotten: u64,
     /// A cleared condition came back before its incident resolved: no new task.
     pub flaps_absorbed: u64,
@@ -556,8 +558,10 @@ impl Engine {
                     }
                     None => u16::MAX,
                 };
+                let mut p = p.clone();
+                self.stats.profile_fields_repaired += repair_profile(&mut p);
                 let h = self.slot_mut(slot);
-                h.set_profile(Some(Arc::new(p.clone())));
+                h.set_profile(Some(Arc::new(p)));
                 h.offset = offset;
                 h.district = district;
                 self.resolve_params(slot);
@@ -610,8 +614,11 @@ impl Engine {
             (None, Some(_)) => self.slot_for(&e.household_id),
             (None, None) => return Err(EngineError::UnknownHousehold),
         };
-        // Hashed once: the dedup memory and the queue key both use it.
-        let event_hash = hash64(&e.event_id);
+        // Hashed once: the dedup memory and the queue key both use it. Event ids are unique
+        // per device only, so the device is part of the key: another device's id cannot hide
+        // an event (an alarm) as a duplicate.
+        let device = hash64(&e.device_id);
+        let event_hash = hash64(&e.event_id) ^ device.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let memory = self.rules.dedup_memory;
         if !self.slot_mut(slot).first_sighting(event_hash, memory) {
             self.stats.duplicate_events += 1;
@@ -619,7 +626,6 @@ impl Engine {
         }
         let (t, skewed) = self.event_time(e.event_time, meta.arrival);
         self.touch(slot, meta.partition, t);
-        let device = hash64(&e.device_id);
         if let Some(rule) = alarm {
             if self.slot(slot).profile.is_none() {
                 self.stats.unknown_household_alarms += 1;
@@ -821,6 +827,30 @@ fn desk_reason(u: &TaskUpdate) -> String {
         Some(_) => format!("{} by the dispatch desk (with a note)", u.status.as_str()),
         None => format!("{} by the dispatch desk", u.status.as_str()),
     }
+}
+
+/// Brings a registry entry's out-of-range fields into range, on the side of more care: a
+/// wrong age or ability level must not leave the home watched by alarms only (as refusing the
+/// entry did). Returns how many fields were changed.
+fn repair_profile(p: &mut HouseholdProfile) -> u64 {
+    let mut repaired = 0;
+    // An impossible ability level reads as the most dependent, an impossible age as the oldest.
+    if !(0..=4).contains(&p.ability_level) {
+        p.ability_level = 4;
+        repaired += 1;
+    }
+    if !(0..=130).contains(&p.age) {
+        p.age = 130;
+        repaired += 1;
+    }
+    if let Some(q) = p.quiet_hours {
+        let ok = |m: i32| (0..=1439).contains(&m);
+        if !ok(q.start_minute) || !ok(q.end_minute) {
+            p.quiet_hours = None;
+            repaired += 1;
+        }
+    }
+    repaired
 }
 
 /// The queued form of a sensor reading.

@@ -1583,3 +1583,106 @@ fn a_gateway_backlog_is_judged_the_same_however_far_time_has_moved_when_it_is_re
         );
     }
 }
+
+#[test]
+fn an_away_until_at_the_end_of_time_raises_nothing_and_does_not_overflow() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    for (i, until) in [Millis::MAX, Millis::MAX - 1, Millis::MAX / 2 + 1]
+        .iter()
+        .enumerate()
+    {
+        let hh = format!("hh-far-{i}");
+        let mut p = profile_of(&hh);
+        p.away_until = Some(*until);
+        let input = Input::Household {
+            household_id: hh.clone(),
+            profile: Some(p),
+        };
+        e.process(&input, on(0, T0), &mut out).unwrap();
+        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+    }
+    // Two days on: the devices went silent and nobody moved, but everyone is away.
+    e.tick(0, T0 + 48 * HOUR, &mut out);
+    let found = opened(&out);
+    let absence: Vec<_> = found
+        .iter()
+        .filter(|(_, r, _)| !r.starts_with("visit") && !r.starts_with("missed_daily"))
+        .collect();
+    assert!(absence.is_empty(), "{absence:?}");
+}
+
+#[test]
+fn another_devices_event_with_the_same_id_does_not_hide_an_alarm() {
+    // Event ids are unique per device: two devices may count from the same number.
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    let motion = sensor(
+        "hh-1",
+        "42",
+        DeviceKind::MOTION_PIR,
+        T0,
+        Reading::Motion { detected: true },
+    );
+    e.process(&motion, on(0, T0), &mut out).unwrap();
+    let button = sensor(
+        "hh-1",
+        "42",
+        DeviceKind::EMERGENCY_BUTTON,
+        T0 + 1_000,
+        Reading::Alarm { active: true },
+    );
+    e.process(&button, on(0, T0 + 1_000), &mut out).unwrap();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Task(t) if t.severity == Severity::CRITICAL)),
+        "the button's alarm was taken for a duplicate of the motion event"
+    );
+    // The same device's event redelivered is still a duplicate.
+    let before = out.len();
+    e.process(&button, on(0, T0 + 2_000), &mut out).unwrap();
+    assert_eq!(out.len(), before);
+    assert_eq!(e.stats().duplicate_events, 1);
+}
+
+#[test]
+fn a_registry_entry_with_fields_out_of_range_is_repaired_not_refused() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let mut p = profile_of("hh-odd");
+    p.age = 200;
+    p.ability_level = 9;
+    p.quiet_hours = Some(QuietHours {
+        start_minute: 5_000,
+        end_minute: 60,
+    });
+    let input = Input::Household {
+        household_id: "hh-odd".into(),
+        profile: Some(p),
+    };
+    crate::validate::input(&input).expect("a repairable entry passes validation");
+    e.process(&input, on(0, T0), &mut out).unwrap();
+    assert_eq!(e.stats().profile_fields_repaired, 3);
+    // Watched, not just for alarms: its motion is taken, not refused as unknown.
+    let motion = sensor(
+        "hh-odd",
+        "m1",
+        DeviceKind::MOTION_PIR,
+        T0,
+        Reading::Motion { detected: true },
+    );
+    e.process(&motion, on(0, T0), &mut out).unwrap();
+    e.process(&heartbeat("hh-odd", T0), on(0, T0), &mut out)
+        .unwrap();
+    // Living alone and (repaired) over 80: no movement after 10 h of waking time; the
+    // broken quiet hours gave way to the default night (T0 is 19:06 local: 13:06 next day).
+    e.tick(0, T0 + 18 * HOUR + 60_000, &mut out);
+    assert!(
+        opened(&out)
+            .iter()
+            .any(|(hh, r, _)| hh == "hh-odd" && r == "no_movement"),
+        "{:?}",
+        opened(&out)
+    );
+}

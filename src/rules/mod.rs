@@ -566,7 +566,7 @@ mod tests {
             "{all}"
         );
         assert!(
-            all.contains("vitals.toml:11:19: heart_rate_high: expected a number in 0..=300"),
+            all.contains("vitals.toml:19:19: heart_rate_high: expected a number in 0..=300"),
             "{all}"
         );
         assert!(
