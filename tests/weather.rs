@@ -293,3 +293,47 @@ fn a_cancelled_warning_stops_calling_and_below_min_level_calls_no_one() {
         "no calls after the cancellation"
     );
 }
+
+#[test]
+fn a_higher_warning_while_a_lower_ones_call_is_open_calls_again() {
+    let mut e = Engine::new(rules());
+    register(&mut e, 3, "420107", "hw");
+    let mut out = Vec::new();
+    let day = T0 + 24 * HOUR;
+    e.process(
+        &alert("wx-y", "420107", WeatherLevel::YELLOW, day, false),
+        at(T0),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 5 * MIN, &mut out);
+    assert_eq!(welfare(&out).len(), 3, "the YELLOW calls");
+    // A RED warning (another alert) while the YELLOW calls are still open: called again.
+    e.process(
+        &alert("wx-r", "420107", WeatherLevel::RED, day, false),
+        at(T0 + 10 * MIN),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 20 * MIN, &mut out);
+    let calls = welfare(&out);
+    assert_eq!(calls.len(), 6, "each home called again for the RED warning");
+    assert!(calls[3..].iter().all(|t| t.severity == Severity::HIGH));
+    let superseded = out
+        .iter()
+        .filter(|o| {
+            matches!(o, Output::TaskEvent(ev)
+                if ev.kind == TaskEventKind::AUTO_RESOLVED && ev.rule_id == "weather_welfare")
+        })
+        .count();
+    assert!(superseded >= 3, "the YELLOW incidents closed: {superseded}");
+    // A lower warning while the RED holds calls nobody.
+    e.process(
+        &alert("wx-o", "420107", WeatherLevel::ORANGE, day, false),
+        at(T0 + 30 * MIN),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 40 * MIN, &mut out);
+    assert_eq!(welfare(&out).len(), 6);
+}

@@ -57,19 +57,45 @@ impl Closed {
     }
 }
 
+/// How long the desk has for each rung of an open alarm whose rule was removed.
+const REMOVED_ALARM_RESPOND_WITHIN: Millis = 5 * 60_000;
+
 impl Engine {
+    /// Open alarm incidents name their rule by its place in `alarms.toml`, which a reload or
+    /// a new release may change: they are placed again by their rule id (`usize::MAX` for a
+    /// rule no longer there), so an alarm of another kind is never taken for their repeat.
+    pub(super) fn place_alarm_rules(&mut self, slot: u32) {
+        let rules = self.rules.clone();
+        for inc in self.slot_mut(slot).open.iter_mut() {
+            if let RuleRef::Alarm(i) = &mut inc.rule {
+                *i = rules
+                    .alarms
+                    .iter()
+                    .position(|a| a.rule_id == inc.rule_id)
+                    .unwrap_or(usize::MAX);
+            }
+        }
+    }
+
     pub(super) fn describe(&self, rule: &RuleRef) -> (String, Severity, Action, Millis, String) {
         match rule {
-            RuleRef::Alarm(i) => {
-                let a = &self.rules.alarms[*i];
-                (
+            RuleRef::Alarm(i) => match self.rules.alarms.get(*i) {
+                Some(a) => (
                     a.rule_id.clone(),
                     Severity::CRITICAL,
                     a.action,
                     a.respond_within,
                     a.reason.clone(),
-                )
-            }
+                ),
+                // Its rule was removed while the incident was open: it runs its course.
+                None => (
+                    "alarm.removed".into(),
+                    Severity::CRITICAL,
+                    Action::CALL_ELDER,
+                    REMOVED_ALARM_RESPOND_WITHIN,
+                    "Alarm (its rule has since been removed) / 告警（规则已删除）".into(),
+                ),
+            },
             RuleRef::Windowed(kind) => {
                 let r = self.rules.rule(*kind);
                 (

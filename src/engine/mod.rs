@@ -354,6 +354,7 @@ impl Engine {
                 // Every household's dedup memory is the rules' length (the hot path reads it
                 // from the rules, not from the household).
                 self.slot_mut(slot).resize_memory(old_memory, memory);
+                self.place_alarm_rules(slot);
                 self.resolve_params(slot);
                 self.slot_mut(slot).scheduled = [NEVER; RuleKind::ALL.len()];
                 self.schedule_all(slot);

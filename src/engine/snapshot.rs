@@ -209,6 +209,7 @@ impl Engine {
             let h = self.slot_mut(slot);
             h.restore_state(state, memory);
             h.partition = Some(p);
+            self.place_alarm_rules(slot);
             self.open_count += open;
             let h = self.slots.get(slot).expect("live slot");
             let generation = h.generation;

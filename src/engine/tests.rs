@@ -1686,3 +1686,70 @@ fn a_registry_entry_with_fields_out_of_range_is_repaired_not_refused() {
         opened(&out)
     );
 }
+
+/// The shipped rules with `alarms.toml`'s `[[alarm]]` blocks kept as `order` says (indexes
+/// into the shipped order).
+fn rules_with_alarms(tag: &str, order: &[usize]) -> Arc<RuleSet> {
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/rules"));
+    let dir = std::env::temp_dir().join(format!("carestream-alarms-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(src).unwrap().flatten() {
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    let text = std::fs::read_to_string(src.join("alarms.toml")).unwrap();
+    let mut parts = text.split("[[alarm]]");
+    let head = parts.next().unwrap().to_string();
+    let blocks: Vec<&str> = parts.collect();
+    let body: String = order
+        .iter()
+        .map(|i| format!("[[alarm]]{}", blocks[*i]))
+        .collect();
+    std::fs::write(dir.join("alarms.toml"), head + &body).unwrap();
+    let rules = RuleSet::load(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Arc::new(rules)
+}
+
+#[test]
+fn reordered_or_removed_alarm_rules_keep_open_alarms_apart_and_escalating() {
+    let leak = |id: &str, t: Millis| {
+        sensor(
+            "hh-1",
+            id,
+            DeviceKind::WATER_LEAK,
+            t,
+            Reading::Alarm { active: true },
+        )
+    };
+    // Reordered: the water leak's incident is open; the button moves to the leak's old place.
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    e.process(&leak("leak-1", T0), on(0, T0), &mut out).unwrap();
+    e.set_rules(rules_with_alarms("reorder", &[5, 1, 2, 3, 4, 0]));
+    e.process(
+        &press("hh-1", "press-1", T0 + 60_000),
+        on(0, T0 + 60_000),
+        &mut out,
+    )
+    .unwrap();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Task(t) if t.rule_id == "alarm.emergency_button")),
+        "the button press was taken for a repeat of the water leak"
+    );
+    // The leak's incident still escalates as a water leak.
+    e.tick(0, T0 + HOUR, &mut out);
+    assert!(out.iter().any(|o| matches!(o,
+        Output::TaskEvent(ev) if ev.kind == TaskEventKind::ESCALATED && ev.rule_id == "alarm.water_leak")));
+
+    // Removed: the water leak's rule is gone while its incident is open; it escalates on.
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    e.process(&leak("leak-2", T0), on(0, T0), &mut out).unwrap();
+    e.set_rules(rules_with_alarms("shrink", &[0, 1, 2]));
+    e.tick(0, T0 + HOUR, &mut out);
+    assert!(out.iter().any(|o| matches!(o,
+        Output::TaskEvent(ev) if ev.kind == TaskEventKind::ESCALATED && ev.rule_id == "alarm.water_leak")));
+}

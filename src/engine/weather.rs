@@ -106,6 +106,31 @@ impl Engine {
         if !self.calls(&a) || t >= a.expires_at || !Self::covers(&a.region, self.slot(slot)) {
             return;
         }
+        // One weather incident per household: a warning above every other one in force for
+        // it supersedes the open call (a RED after a YELLOW must reach the elder again); an
+        // equal or lower one is covered by the call already made.
+        let h = self.slot(slot);
+        if h.open_for(&RuleRef::Weather).is_some() {
+            let highest = self.alerts.iter().enumerate().all(|(i, x)| {
+                i == idx as usize
+                    || !(self.calls(&x.alert)
+                        && x.arrival <= t
+                        && t < x.alert.expires_at
+                        && Self::covers(&x.alert.region, h))
+                    || x.alert.level < a.level
+            });
+            if highest {
+                self.close_incident(
+                    slot,
+                    &RuleRef::Weather,
+                    TaskEventKind::AUTO_RESOLVED,
+                    t,
+                    "superseded by a higher weather warning",
+                    None,
+                    out,
+                );
+            }
+        }
         let w = &self.rules.weather;
         let severity = w.severity[a.level.index()];
         let summary = format!(
