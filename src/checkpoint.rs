@@ -54,7 +54,14 @@ pub struct Manifest {
     /// `ORPHANED_AFTER` before it) from those of a checkpoint still being written; never for
     /// the rules' decisions.
     pub written_at: Millis,
+    /// The checkpoint format (`FORMAT`); absent in checkpoints written before it was kept
+    /// (read as 0, the same layout). A newer format is refused, never misread.
+    #[serde(default)]
+    pub format: u32,
 }
+
+/// The checkpoint format this release writes and the newest it reads.
+pub const FORMAT: u32 = 1;
 
 fn chunk_key(group: &str, partition: i32, writer: &str, seq: u64, i: u32) -> String {
     format!("{group}/chunk/{partition}/{writer}/{seq}/{i}")
@@ -183,6 +190,7 @@ impl Writer {
             households: snapshot.households(),
             offsets,
             written_at: now,
+            format: FORMAT,
         };
         let sp = p.rem_euclid(self.state_partitions);
         let keys = manifest.chunk_keys(&self.group);
@@ -301,6 +309,8 @@ pub fn load(
         }
     }
     let mut manifests: HashMap<i32, Manifest> = HashMap::new();
+    // Partitions whose newest manifest cannot be read.
+    let mut unreadable: HashMap<i32, String> = HashMap::new();
     // Chunks by partition, then (writer, seq), then index; with the newest piece's time.
     type Pieces = HashMap<(String, u64), (BTreeMap<u32, Vec<u8>>, Millis)>;
     let mut chunks: HashMap<i32, Pieces> = HashMap::new();
@@ -340,10 +350,14 @@ pub fn load(
             if !partitions.contains(&p) {
                 continue;
             }
-            match m.payload() {
-                Some(body) => {
-                    let manifest: Manifest = serde_json::from_slice(body)
-                        .map_err(|e| CheckpointError::Damaged(p, e.to_string()))?;
+            match m.payload().map(serde_json::from_slice::<Manifest>) {
+                // Unreadable: this partition's checkpoint is damaged, the others are not.
+                Some(Err(e)) => {
+                    manifests.remove(&p);
+                    unreadable.insert(p, e.to_string());
+                }
+                Some(Ok(manifest)) => {
+                    unreadable.remove(&p);
                     // The pieces of the checkpoint this one replaces are history. (Pieces of
                     // a checkpoint still being written by another instance are kept.)
                     if let Some(old) = manifests.get(&p) {
@@ -358,6 +372,7 @@ pub fn load(
                 }
                 None => {
                     manifests.remove(&p);
+                    unreadable.remove(&p);
                 }
             }
         } else if let Some((p, writer, seq, i)) = parse_chunk_key(key) {
@@ -381,6 +396,9 @@ pub fn load(
         }
     }
     let mut out = Loaded::default();
+    for (p, e) in unreadable {
+        out.damaged.push((p, CheckpointError::Damaged(p, e)));
+    }
     for (p, manifest) in manifests {
         let mut by = chunks.remove(&p).unwrap_or_default();
         let (pieces, _) = by
@@ -423,6 +441,15 @@ fn assemble(
     manifest: &Manifest,
     pieces: BTreeMap<u32, Vec<u8>>,
 ) -> Result<PartitionSnapshot, CheckpointError> {
+    if manifest.format > FORMAT {
+        return Err(CheckpointError::Damaged(
+            p,
+            format!(
+                "written in format {} by a newer release; this one reads up to {FORMAT}",
+                manifest.format
+            ),
+        ));
+    }
     if pieces.keys().copied().ne(0..manifest.chunks) {
         return Err(CheckpointError::Damaged(
             p,
@@ -456,6 +483,7 @@ mod tests {
             households: 1,
             offsets: BTreeMap::new(),
             written_at: 0,
+            format: FORMAT,
         };
         let keys = m.chunk_keys("g");
         assert_eq!(keys, ["g/chunk/3/1a-2b/7/0", "g/chunk/3/1a-2b/7/1"]);
@@ -463,5 +491,22 @@ mod tests {
         assert_eq!(manifest_key("g", 3), "g/manifest/3");
         assert_eq!(parse_chunk_key("manifest/3"), None);
         assert_eq!(parse_chunk_key("chunk/x/w/1/0"), None);
+    }
+
+    #[test]
+    fn a_manifest_without_a_format_is_the_first_and_a_newer_one_is_refused() {
+        let old = r#"{"partition":0,"writer":"w","seq":1,"chunks":0,"bytes":0,"households":0,"offsets":{},"written_at":5}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(m.format, 0);
+        let newer = Manifest {
+            format: FORMAT + 1,
+            ..m.clone()
+        };
+        let err = assemble(0, &newer, BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("newer release"), "{err}");
+        assert!(!matches!(
+            assemble(0, &m, BTreeMap::new()),
+            Err(CheckpointError::Damaged(_, e)) if e.contains("newer")
+        ));
     }
 }

@@ -159,3 +159,40 @@ fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept()
     assert_eq!(again.restored[&0].manifest, m2);
     assert!(again.restored[&0].orphans.is_empty());
 }
+
+#[test]
+fn a_corrupt_manifest_damages_its_own_partition_only() {
+    let broker = common::Broker::start();
+    let (config, _) = common::test_config(&broker.bootstrap(), "corrupt");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(carestream::admin::create_topics(&config, 1, 1))
+        .unwrap();
+    let producer: FutureProducer =
+        carestream::sink::producer_config(&carestream::source::base_client_config(&config))
+            .create()
+            .unwrap();
+    let (topic, group) = (&config.topics.state, &config.kafka.group_id);
+    let live = engine_with_households(20);
+    let mut writer = checkpoint::Writer::new(topic, group, 1);
+    let now = carestream::pipeline::wall_millis();
+    let m0 = rt
+        .block_on(writer.write(&producer, &live.snapshot(0), BTreeMap::new(), now))
+        .unwrap();
+    // Partition 1's manifest is garbage (a bad disk, a hostile writer).
+    let key = format!("{group}/manifest/1");
+    let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+        .partition(0)
+        .key(key.as_str())
+        .payload(&b"{\"writer\": 12, not json"[..]);
+    rt.block_on(producer.send(rec, Duration::from_secs(10)))
+        .unwrap();
+    let loaded = checkpoint::load(&config, &[0, 1], Duration::from_secs(60))
+        .expect("one corrupt manifest must not fail the whole restore");
+    assert_eq!(loaded.restored[&0].manifest, m0, "partition 0 restores");
+    assert!(!loaded.restored.contains_key(&1));
+    assert_eq!(
+        loaded.damaged.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [1],
+        "only partition 1 is damaged"
+    );
+}
