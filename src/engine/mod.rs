@@ -589,8 +589,8 @@ impl Engine {
     /// Places an event in time: the device clock when it is plausible, else arrival time.
     /// Late is plausible (backlog); ahead of arrival, or older than any backlog, is not.
     fn event_time(&mut self, device_time: Millis, now: Millis) -> (Millis, bool) {
-        if device_time - now > self.rules.max_clock_skew
-            || now - device_time > self.rules.max_event_age
+        if device_time.saturating_sub(now) > self.rules.max_clock_skew
+            || now.saturating_sub(device_time) > self.rules.max_event_age
         {
             self.stats.clock_skew_clamped += 1;
             (now, true)
