@@ -82,10 +82,18 @@ fn last_values(bootstrap: &str, topic: &str) -> HashMap<String, Option<Vec<u8>>>
     last
 }
 
-#[test]
-fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept() {
+/// A broker with the topics of a config of its own (one partition each), a runtime, and a
+/// producer set up as the processor's.
+fn state_topic(
+    tag: &str,
+) -> (
+    common::Broker,
+    carestream::config::Config,
+    tokio::runtime::Runtime,
+    FutureProducer,
+) {
     let broker = common::Broker::start();
-    let (config, _) = common::test_config(&broker.bootstrap(), "orphans");
+    let (config, _) = common::test_config(&broker.bootstrap(), tag);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(carestream::admin::create_topics(&config, 1, 1))
         .unwrap();
@@ -93,6 +101,12 @@ fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept()
         carestream::sink::producer_config(&carestream::source::base_client_config(&config))
             .create()
             .unwrap();
+    (broker, config, rt, producer)
+}
+
+#[test]
+fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept() {
+    let (broker, config, rt, producer) = state_topic("orphans");
     let (topic, group) = (&config.topics.state, &config.kafka.group_id);
     let live = engine_with_households(20);
 
@@ -162,15 +176,7 @@ fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept()
 
 #[test]
 fn a_corrupt_manifest_damages_its_own_partition_only() {
-    let broker = common::Broker::start();
-    let (config, _) = common::test_config(&broker.bootstrap(), "corrupt");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(carestream::admin::create_topics(&config, 1, 1))
-        .unwrap();
-    let producer: FutureProducer =
-        carestream::sink::producer_config(&carestream::source::base_client_config(&config))
-            .create()
-            .unwrap();
+    let (_broker, config, rt, producer) = state_topic("corrupt");
     let (topic, group) = (&config.topics.state, &config.kafka.group_id);
     let live = engine_with_households(20);
     let mut writer = checkpoint::Writer::new(topic, group, 1);
