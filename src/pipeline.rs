@@ -132,9 +132,8 @@ pub struct Processor {
 const MAX_IN_FLIGHT: usize = 32;
 
 /// A dead letter keeps at most this much of the bad record's value (Kafka's default record
-/// limit is 1 MiB, headers included) and of its key.
+/// limit is 1 MiB, headers included).
 pub const DEAD_LETTER_MAX_VALUE: usize = 64 * 1024;
-const DEAD_LETTER_MAX_KEY: usize = 1024;
 
 struct InFlight {
     delivery: Option<tokio::task::JoinHandle<Result<(), crate::sink::SinkError>>>,
@@ -272,26 +271,16 @@ impl Processor {
             headers
         };
         let headers = if payload.len() > kept {
-            headers
-                .insert(Header {
-                    key: "original_size",
-                    value: Some(&payload.len().to_string()),
-                })
-                .insert(Header {
-                    key: "original_hash",
-                    value: Some(&format!("{:016x}", crate::engine::hash64_bytes(payload))),
-                })
-                .insert(Header {
-                    key: "truncated",
-                    value: Some("true"),
-                })
+            crate::sink::fingerprint(headers, payload).insert(Header {
+                key: "truncated",
+                value: Some("true"),
+            })
         } else {
             headers
         };
-        let key = r.key.unwrap_or_default();
         batch.records.push(OutRecord {
             topic: self.config.topics.dead_letter.clone(),
-            key: key[..key.len().min(DEAD_LETTER_MAX_KEY)].to_vec(),
+            key: crate::sink::bounded_key(r.key.unwrap_or_default()),
             payload: payload[..payload.len().min(kept)].to_vec(),
             headers: Some(headers),
             ack: Ack::DeadLetter,

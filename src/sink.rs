@@ -15,8 +15,26 @@ use tokio::sync::watch;
 
 use crate::model::{Millis, Severity, TaskEventKind};
 
-/// A key longer than this is cut in a stand-in dead letter (keys are household ids).
-const MAX_KEY_BYTES: usize = 256;
+/// A dead letter keeps at most this much of a key (keys are household ids).
+const DEAD_LETTER_MAX_KEY: usize = 1024;
+
+/// `key` as a dead letter keeps it.
+pub fn bounded_key(key: &[u8]) -> Vec<u8> {
+    key[..key.len().min(DEAD_LETTER_MAX_KEY)].to_vec()
+}
+
+/// `headers` with the size and hash of a value a dead letter does not carry whole.
+pub fn fingerprint(headers: OwnedHeaders, value: &[u8]) -> OwnedHeaders {
+    headers
+        .insert(Header {
+            key: "original_size",
+            value: Some(&value.len().to_string()),
+        })
+        .insert(Header {
+            key: "original_hash",
+            value: Some(&format!("{:016x}", crate::engine::hash64_bytes(value))),
+        })
+}
 
 /// What to count once a record is acknowledged.
 #[derive(Debug, Clone)]
@@ -141,21 +159,12 @@ impl Sink {
             .insert(Header {
                 key: "output_kind",
                 value: Some(r.ack.label()),
-            })
-            .insert(Header {
-                key: "original_size",
-                value: Some(&r.payload.len().to_string()),
-            })
-            .insert(Header {
-                key: "original_hash",
-                value: Some(&format!("{:016x}", crate::engine::hash64_bytes(&r.payload))),
             });
-        let key = r.key.iter().copied().take(MAX_KEY_BYTES).collect();
         Some(OutRecord {
             topic: self.dead_letter.clone(),
-            key,
+            key: bounded_key(&r.key),
             payload: Vec::new(),
-            headers: Some(headers),
+            headers: Some(fingerprint(headers, &r.payload)),
             ack: Ack::Undeliverable,
         })
     }
