@@ -102,6 +102,10 @@ pub struct PipelineConfig {
     /// ahead of another that is still delivering before its records wait for it. Keep it
     /// below the rules' `source_idle_behind`.
     pub align_ms: u64,
+    /// How long a partition's other topics wait for an input topic that has records left on
+    /// the broker but delivers none (its partition offline, its fetches failing) before they
+    /// go on without it; 0 waits without limit. While they wait, so do their alarms.
+    pub order_wait_max_ms: u64,
     /// Outputs unacknowledged for longer than this turn `/health` to 503 `stuck` (the broker
     /// unreachable, a dispatch topic missing): alarms are not reaching the desk.
     pub stuck_after_ms: u64,
@@ -207,6 +211,7 @@ impl Default for PipelineConfig {
             restore_timeout_ms: 60_000,
             fetch_queue_records: 20_000,
             align_ms: 60_000,
+            order_wait_max_ms: 120_000,
             stuck_after_ms: 60_000,
         }
     }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::checkpoint;
 use crate::codec::{Catalogue, Codec, DecodeError, RegistryClient, RegistryError};
 use crate::config::Config;
-use crate::engine::{Engine, Meta, PREFETCH_RECORDS_AHEAD};
+use crate::engine::{Engine, EngineError, Meta, PREFETCH_RECORDS_AHEAD};
 use crate::model::*;
 use crate::rules::RuleSet;
 use crate::sink::{wait_true, Ack, OutRecord, Sink};
@@ -217,6 +217,18 @@ impl Processor {
     }
 
     fn dead_letter(&self, r: &RawRecord<'_>, reason: &'static str, error: &str, batch: &mut Batch) {
+        self.dead_letter_with(r, reason, error, &[], batch)
+    }
+
+    /// A dead letter with headers of its own beyond the common ones.
+    fn dead_letter_with(
+        &self,
+        r: &RawRecord<'_>,
+        reason: &'static str,
+        error: &str,
+        extra: &[(&str, String)],
+        batch: &mut Batch,
+    ) {
         // Registry records hold names and phone numbers, desk updates free text: their dead
         // letters keep neither the value nor an error text that may quote it (the source
         // offset finds the record for whoever may read it).
@@ -258,6 +270,12 @@ impl Processor {
                 key: "error",
                 value: Some(error),
             });
+        let headers = extra.iter().fold(headers, |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        });
         // Bounded, so a huge bad record cannot make its own dead letter undeliverable: what is
         // cut is told by its size and hash.
         let payload = r.payload.unwrap_or_default();
@@ -333,8 +351,16 @@ impl Processor {
             partition: r.partition,
             arrival: now,
         };
-        if let Err(e) = self.engine.process(input, meta, &mut outputs) {
-            self.dead_letter(r, e.reason(), &e.to_string(), batch);
+        match self.engine.process(input, meta, &mut outputs) {
+            Ok(()) => {}
+            Err(e @ EngineError::TooLate { late_by, watermark }) => {
+                let extra = [
+                    ("lateness_ms", late_by.to_string()),
+                    ("watermark_ms", watermark.to_string()),
+                ];
+                self.dead_letter_with(r, e.reason(), &e.to_string(), &extra, batch);
+            }
+            Err(e) => self.dead_letter(r, e.reason(), &e.to_string(), batch),
         }
         if !matches!(r.kind, InputKind::Households | InputKind::WeatherAlerts) {
             self.last_record.insert(r.partition, Instant::now());

@@ -487,29 +487,25 @@ fn assign_static(consumer: &GroupConsumer, partitions: &[i32]) {
 
 /// Hands records over in record-time order across the input topics of each partition.
 /// Kafka fetches every topic's partition on its own, so while reading a backlog (after a
-/// restart, a rebalance, a gateway flush) one topic can arrive minutes of record time ahead
-/// of another, and librdkafka has usually fetched all of it before anyone could pause it. The
-/// engine's watermark would then take the topic behind for idle and its events for late (a
-/// flood of "home silent" findings when heartbeats trail). So, like Kafka Streams, records
-/// wait here per topic-partition ("lane") and the oldest head goes first; a record is held
-/// while another lane of its partition that is still delivering has nothing buffered and
-/// last delivered more than `limit` earlier. Whether a lane that has nothing buffered is
-/// still delivering is judged by its lag: a lane with records left on the broker (its next
-/// offset below the partition's high watermark, as the broker gave it when the partition was
-/// assigned or librdkafka heard it since, whichever is later) holds the
-/// others for up to `BEHIND_PATIENCE` without a delivery, however slowly the broker answers;
-/// a lane that has caught up holds them only for `idle` after its last record. (A first
-/// version judged by wall time alone: on a loaded machine, with fetches more than 500 ms
-/// apart, heartbeats were taken for idle and a backlog read raised 2 445 false "home
-/// silent" tasks in a CI run. A second took librdkafka's cached high watermark alone; a
-/// partition taken away and given back carries the cache from before, so its lanes looked
-/// caught up, held nothing, and one topic's backlog raced minutes of record time ahead: the
-/// engine took the other for idle and used or dropped its events as late: 347-2 391 late
-/// events in a two-member crash test against ~250-380 in its reference, 2026-12-02.) A lane
-/// with too much buffered is paused.
+/// restart, a rebalance, a gateway flush) one topic can arrive hours of record time ahead
+/// of another. The engine's watermark would then take the topic behind for idle and its
+/// events for late (false "home silent" findings when heartbeats trail). So, as in Kafka
+/// Streams since KIP-695, records wait here per topic-partition ("lane") and the oldest head
+/// goes first; a record is held while another lane of its partition has nothing buffered,
+/// is more than `limit` behind it in record time, and is still delivering. A lane with
+/// records left on the broker (its position below the partition's high watermark) is
+/// delivering and holds the others until it delivers, or until `patience` has passed
+/// without a delivery (its partition offline: alarms behind it must go on); a lane that has
+/// caught up holds them only for `idle` after its last record. Whether records are left is
+/// judged by the high watermark the broker gave when the partition was assigned or
+/// librdkafka heard since, whichever is later (a partition taken away and given back
+/// carries librdkafka's cache from before). A lane with too much buffered is paused, which
+/// bounds the memory of the wait.
 struct Merger<'a> {
     limit: i64,
     idle: Duration,
+    /// How long a lane with records left holds the others without delivering (None: always).
+    patience: Option<Duration>,
     /// Per partition, one lane per input topic (by index).
     parts: HashMap<i32, Vec<Lane<'a>>>,
     buffered: usize,
@@ -532,6 +528,8 @@ struct Lane<'a> {
     /// It stopped holding the others while records were left for it (counted once until
     /// it delivers again).
     gave_up: bool,
+    /// Since when it has held back a record of its partition (for the wait gauge).
+    holding_since: Option<Instant>,
     /// Keys and values buffered.
     bytes: usize,
 }
@@ -546,6 +544,7 @@ impl Lane<'_> {
             next: None,
             high: None,
             gave_up: false,
+            holding_since: None,
             bytes: 0,
         }
     }
@@ -561,13 +560,20 @@ impl Lane<'_> {
     /// Whether this lane, empty, makes a record at `t` wait: its own record time is more
     /// than the limit behind, and it is still delivering (records are left for it, or it
     /// delivered a moment ago).
-    fn holds(&self, t: i64, limit: i64, idle: Duration, now: Instant) -> bool {
+    fn holds(
+        &self,
+        t: i64,
+        limit: i64,
+        idle: Duration,
+        patience: Option<Duration>,
+        now: Instant,
+    ) -> bool {
         if !self.outrun(t, limit) {
             return false;
         }
         let quiet = now.duration_since(self.seen);
         if self.behind() {
-            quiet < BEHIND_PATIENCE
+            patience.is_none_or(|p| quiet < p)
         } else {
             self.last.is_some() && quiet < idle
         }
@@ -589,9 +595,6 @@ impl Lane<'_> {
 /// (2026-12-02). The worst case is this much per held lane; only a lane that others hold
 /// back fills up.
 const LANE_PAUSE_BYTES: usize = 4 << 20;
-/// How long a lane with records left on the broker holds the others without delivering
-/// (a broker that slow is failing; the others go on, and the engine counts what comes late).
-const BEHIND_PATIENCE: Duration = Duration::from_secs(10);
 /// How often the lanes' positions and high watermarks are read from librdkafka.
 const REFRESH: Duration = Duration::from_millis(50);
 
@@ -618,8 +621,9 @@ fn stamp(m: &rdkafka::message::BorrowedMessage<'_>) -> i64 {
 }
 
 impl<'a> Merger<'a> {
-    fn new(limit: i64, names: &[String]) -> Merger<'a> {
+    fn new(limit: i64, patience: Option<Duration>, names: &[String]) -> Merger<'a> {
         Merger {
+            patience,
             c_names: names
                 .iter()
                 .map(|n| std::ffi::CString::new(n.as_str()).ok())
@@ -638,16 +642,57 @@ impl<'a> Merger<'a> {
     /// librdkafka's own position is no help before the first delivery, it is unset then.)
     /// Only ever raises a lane's high watermark: the assignment's answer from the broker may be
     /// newer than librdkafka's cache until the partition's next fetch.
-    fn refresh(&mut self, consumer: &GroupConsumer) {
+    fn refresh(
+        &mut self,
+        consumer: &GroupConsumer,
+        names: &[String],
+        metrics: &crate::telemetry::Metrics,
+    ) {
         if self.refreshed.is_some_and(|r| r.elapsed() < REFRESH) {
             return;
         }
         self.refreshed = Some(Instant::now());
+        // librdkafka's position steps over what is never delivered (transaction markers,
+        // aborted records): a lane whose last record is followed by one is not behind.
+        let positions = consumer.position().ok();
         for (p, lanes) in self.parts.iter_mut() {
-            for (lane, name) in lanes.iter_mut().zip(&self.c_names) {
+            for ((lane, name), topic) in lanes.iter_mut().zip(&self.c_names).zip(names) {
                 if let (true, Some(name)) = (lane.queue.is_empty(), name) {
                     lane.high = lane.high.max(cached_high(consumer, name, *p));
+                    let at = positions
+                        .as_ref()
+                        .and_then(|tpl| tpl.find_partition(topic, *p))
+                        .and_then(|e| e.offset().to_raw())
+                        .filter(|o| *o >= 0);
+                    lane.next = lane.next.max(at);
                 }
+            }
+        }
+        self.observe_waits(metrics, names);
+    }
+
+    /// Marks the lanes that hold back a record of their partition and shows how long each
+    /// has, in the wait gauge.
+    fn observe_waits(&mut self, metrics: &crate::telemetry::Metrics, names: &[String]) {
+        let now = Instant::now();
+        let (limit, idle, patience) = (self.limit, self.idle, self.patience);
+        for (p, lanes) in self.parts.iter_mut() {
+            let head = lanes
+                .iter()
+                .filter_map(|l| l.queue.front().map(|(m, _)| stamp(m)))
+                .min();
+            for (lane, topic) in lanes.iter_mut().zip(names) {
+                let holding = head.is_some_and(|t| lane.holds(t, limit, idle, patience, now));
+                lane.holding_since = if holding {
+                    Some(lane.holding_since.unwrap_or(now))
+                } else {
+                    None
+                };
+                let waited = lane.holding_since.map_or(0.0, |s| (now - s).as_secs_f64());
+                metrics
+                    .order_wait
+                    .with_label_values(&[topic.as_str(), &p.to_string()])
+                    .set(waited);
             }
         }
     }
@@ -685,7 +730,10 @@ impl<'a> Merger<'a> {
                 .filter_map(|(i, l)| l.queue.front().map(|(m, _)| (i, stamp(m))))
                 .min_by_key(|(_, t)| *t);
             let Some((i, t)) = head else { continue };
-            if lanes.iter().any(|l| l.holds(t, self.limit, self.idle, now)) {
+            if lanes
+                .iter()
+                .any(|l| l.holds(t, self.limit, self.idle, self.patience, now))
+            {
                 continue;
             }
             if best.is_none_or(|(_, _, bt)| t < bt) {
@@ -766,7 +814,11 @@ impl<'a> Merger<'a> {
 fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Duration) {
     let ctx = consumer.context();
     let index: Vec<String> = ctx.topics.iter().map(|(n, _)| n.clone()).collect();
-    let mut merger = Merger::new(ctx.config.pipeline.align_ms as i64, &index);
+    let patience = match ctx.config.pipeline.order_wait_max_ms {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
+    let mut merger = Merger::new(ctx.config.pipeline.align_ms as i64, patience, &index);
     let mut since: Option<Instant> = None;
     let mut fetched = 0;
     if let Ok(a) = consumer.assignment() {
@@ -780,6 +832,7 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
         }));
         if ctx.rebalanced.swap(false, Ordering::Relaxed) {
             let paused = merger.clear();
+            ctx.metrics.order_wait.reset();
             if let Ok(a) = consumer.assignment() {
                 merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
                 let mut again = TopicPartitionList::new();
@@ -823,12 +876,12 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
             ctx.metrics.order_waits_expired.inc_by(merger.gave_up);
             tracing::warn!(
                 lanes = merger.gave_up,
-                "an input topic with records left on the broker was not delivered in time; its partition went on without it"
+                "an input topic with records left on the broker delivered nothing for pipeline.order_wait_max_ms; its partition went on without it"
             );
             merger.gave_up = 0;
         }
         merger.regulate(&consumer, &index);
-        merger.refresh(&consumer);
+        merger.refresh(&consumer, &index, &ctx.metrics);
         let due = full || since.is_some_and(|s| s.elapsed() >= wait) || merger.buffered == 0;
         // Counted as they come, not when handed over: the ordering may hold many for a while.
         if due || fetched >= 1_000 {
@@ -1112,24 +1165,27 @@ mod tests {
 
     const LIMIT: i64 = 60_000;
     const IDLE: Duration = Duration::from_millis(500);
+    const PATIENCE: Option<Duration> = Some(Duration::from_secs(120));
 
     #[test]
     fn a_lane_with_records_left_holds_the_others_however_slow_the_broker() {
         let now = Instant::now();
         let t = 1_000_000;
-        // Heartbeats two minutes of record time behind, 3 s since their last fetch answer,
+        // Heartbeats two minutes of record time behind, 90 s since their last fetch answer,
         // 400 records left on the broker: the sensor events wait.
-        let behind = lane(Some(t - 120_000), Some(100), Some(500), 3_000);
-        assert!(behind.holds(t, LIMIT, IDLE, now));
-        // ... but not for ever.
-        let stuck = lane(Some(t - 120_000), Some(100), Some(500), 11_000);
-        assert!(!stuck.holds(t, LIMIT, IDLE, now));
+        let behind = lane(Some(t - 120_000), Some(100), Some(500), 90_000);
+        assert!(behind.holds(t, LIMIT, IDLE, PATIENCE, now));
+        // ... up to the patience (an offline partition must not hold alarms for ever) ...
+        let stuck = lane(Some(t - 120_000), Some(100), Some(500), 121_000);
+        assert!(!stuck.holds(t, LIMIT, IDLE, PATIENCE, now));
+        // ... or for ever when asked.
+        assert!(stuck.holds(t, LIMIT, IDLE, None, now));
         // Within the limit nobody waits.
         let close = lane(Some(t - 30_000), Some(100), Some(500), 3_000);
-        assert!(!close.holds(t, LIMIT, IDLE, now));
+        assert!(!close.holds(t, LIMIT, IDLE, PATIENCE, now));
         // Not yet heard from the broker: counts as behind.
-        assert!(lane(None, None, None, 1_000).holds(t, LIMIT, IDLE, now));
-        assert!(lane(None, Some(7), None, 1_000).holds(t, LIMIT, IDLE, now));
+        assert!(lane(None, None, None, 1_000).holds(t, LIMIT, IDLE, PATIENCE, now));
+        assert!(lane(None, Some(7), None, 1_000).holds(t, LIMIT, IDLE, PATIENCE, now));
     }
 
     #[test]
@@ -1145,24 +1201,24 @@ mod tests {
             (("sensors".to_string(), 0), (500, Some(900))),
             (("heartbeats".to_string(), 0), (100, Some(140))),
         ]);
-        let mut merger = Merger::new(LIMIT, &names);
+        let mut merger = Merger::new(LIMIT, PATIENCE, &names);
         merger.expect(&tpl, &names, &starts);
         let heartbeats = &merger.parts[&0][1];
         assert_eq!((heartbeats.next, heartbeats.high), (Some(100), Some(140)));
         let now = Instant::now();
         assert!(
-            heartbeats.holds(1_000_000, LIMIT, IDLE, now),
+            heartbeats.holds(1_000_000, LIMIT, IDLE, PATIENCE, now),
             "records left on the broker: the sensor events wait for them"
         );
         // Without the broker's answer the lane would have looked caught up (librdkafka's cache
         // from before the partition went away said 100) and held nothing.
         let stale = lane(None, Some(100), Some(100), 0);
-        assert!(!stale.holds(1_000_000, LIMIT, IDLE, now));
+        assert!(!stale.holds(1_000_000, LIMIT, IDLE, PATIENCE, now));
     }
 
     #[test]
     fn a_rebalance_hands_back_the_paused_lanes_to_resume() {
-        let mut merger = Merger::new(LIMIT, &["a".to_string(), "b".to_string()]);
+        let mut merger = Merger::new(LIMIT, PATIENCE, &["a".to_string(), "b".to_string()]);
         merger.lanes(3)[1].paused = true;
         merger.lanes(5)[0].paused = true;
         merger.lanes(4);
@@ -1177,14 +1233,17 @@ mod tests {
         let now = Instant::now();
         let t = 1_000_000;
         let fresh = lane(Some(t - 120_000), Some(500), Some(500), 100);
-        assert!(fresh.holds(t, LIMIT, IDLE, now), "it may get more at once");
+        assert!(
+            fresh.holds(t, LIMIT, IDLE, PATIENCE, now),
+            "it may get more at once"
+        );
         let quiet = lane(Some(t - 120_000), Some(500), Some(500), 600);
         assert!(
-            !quiet.holds(t, LIMIT, IDLE, now),
+            !quiet.holds(t, LIMIT, IDLE, PATIENCE, now),
             "caught up and quiet: idle"
         );
         // An empty partition (start = high) never holds anyone.
-        assert!(!lane(None, Some(0), Some(0), 0).holds(t, LIMIT, IDLE, now));
-        assert!(!lane(None, Some(42), Some(42), 0).holds(t, LIMIT, IDLE, now));
+        assert!(!lane(None, Some(0), Some(0), 0).holds(t, LIMIT, IDLE, PATIENCE, now));
+        assert!(!lane(None, Some(42), Some(42), 0).holds(t, LIMIT, IDLE, PATIENCE, now));
     }
 }

@@ -57,7 +57,9 @@ pub struct Metrics {
     pub rule_reloads: IntCounterVec,
     pub late_events: IntCounter,
     pub late_dropped: IntCounter,
+    pub late_out_of_order: IntCounter,
     pub order_waits_expired: IntCounter,
+    pub order_wait: prometheus::GaugeVec,
     pub fetched_records: IntCounter,
     pub incidents_opened: IntCounter,
     pub auto_resolved: IntCounter,
@@ -308,7 +310,12 @@ impl Metrics {
                 c
             },
             late_events: counter(&registry, &names, "late_events_total", "Events behind the watermark, still used where order does not matter."),
-            late_dropped: counter(&registry, &names, "late_events_dropped_total", "Events too late to use (past the allowed lateness, or for a rule that needs order)."),
+            late_dropped: counter(&registry, &names, "late_events_dropped_total", "Events too late to use at all (behind the watermark by more than the allowed lateness); each is dead-lettered as too_late."),
+            late_out_of_order: counter(&registry, &names, "late_events_out_of_order_total", "Readings older than one already applied by a rule that needs the household's own order (vitals, bed); used as a sign of life only."),
+            order_wait: {
+                let g = prometheus::GaugeVec::new(Opts::new("input_order_wait_seconds", "How long a partition's records have been held back for one of its input topics that has records left on the broker, by that topic and partition (0: not waiting).").namespace(NAMESPACE), &["topic", "partition"]).expect("valid metric");
+                reg(&registry, &names, g)
+            },
             fetched_records: counter(&registry, &names, "fetched_records_total", "Event records taken from librdkafka by the fetch thread, before they are put in order across topics and processed."),
             order_waits_expired: counter(&registry, &names, "order_waits_expired_total", "Times an input topic of a partition, with records left on the broker, was not delivered in time and the partition's other topics went on without it (its events may then count as late)."),
             incidents_opened: counter(&registry, &names, "incidents_opened_total", "Incidents opened by any rule."),
@@ -429,7 +436,7 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        let pairs: [(&IntCounter, u64, u64); 15] = [
+        let pairs: [(&IntCounter, u64, u64); 16] = [
             (&self.welfare_calls, now.welfare_calls, last.welfare_calls),
             (
                 &self.weather_updates,
@@ -473,6 +480,11 @@ impl Metrics {
             ),
             (&self.late_events, now.late_events, last.late_events),
             (&self.late_dropped, now.late_dropped, last.late_dropped),
+            (
+                &self.late_out_of_order,
+                now.late_out_of_order,
+                last.late_out_of_order,
+            ),
             (
                 &self.incidents_opened,
                 now.incidents_opened,

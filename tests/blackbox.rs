@@ -269,7 +269,16 @@ async fn alarms_and_bad_records_end_to_end() {
         base,
         Reading::Motion { detected: true },
     );
+    // Seven hours behind the partition's watermark (past `allowed_lateness`), stamped now.
+    let ancient = common::sensor(
+        "hh-bb-1",
+        "bb-old-1",
+        DeviceKind::MOTION_PIR,
+        base - 7 * 3_600_000,
+        Reading::Motion { detected: true },
+    );
     let bad: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("too_late", &t.sensor_events, common::enc(&codec, &ancient)),
         (
             "bad_magic_byte",
             &t.sensor_events,
@@ -571,6 +580,12 @@ async fn alarms_and_bad_records_end_to_end() {
             header(m, "source_offset").parse().unwrap(),
         );
         assert!(!header(m, "error").is_empty());
+        if header(m, "error_type") == "too_late" {
+            let lateness: i64 = header(m, "lateness_ms").parse().unwrap();
+            let watermark: i64 = header(m, "watermark_ms").parse().unwrap();
+            assert!(lateness > 6 * 3_600_000, "{lateness}");
+            assert_eq!(watermark - lateness, base - 7 * 3_600_000);
+        }
         dead.insert(
             source,
             (

@@ -73,6 +73,11 @@ fn environment(broker: &common::Broker, tag: &str) -> (Config, Vec<(String, Stri
 
 /// The same input topics; a group, outputs and state topic of its own.
 fn reference_of(env: &[(String, String)]) -> (Config, Vec<(String, String)>) {
+    variant_of(env, "reference")
+}
+
+/// The same input topics; a group, outputs and state topic of its own, named by `suffix`.
+fn variant_of(env: &[(String, String)], suffix: &str) -> (Config, Vec<(String, String)>) {
     let mut env = env.to_vec();
     for (k, v) in env.iter_mut() {
         let output = [
@@ -88,7 +93,7 @@ fn reference_of(env: &[(String, String)]) -> (Config, Vec<(String, String)>) {
         .iter()
         .any(|s| k.ends_with(&format!("__{s}")));
         if output {
-            *v = format!("{v}-reference");
+            *v = format!("{v}-{suffix}");
         }
         if k == "CARESTREAM_HTTP__LISTEN" {
             *v = format!("127.0.0.1:{}", common::free_port());
@@ -134,19 +139,37 @@ enum Stop {
 /// every run crosses the day's change: plans are redrawn then and some gateways drop out,
 /// to flush their backlog late (while instances are being killed and restarted).
 fn simulated_start() -> i64 {
-    const MIN: i64 = 60_000;
-    const DAY: i64 = 24 * 60 * MIN;
-    const CST: i64 = 8 * 60 * MIN;
-    let now = std::time::SystemTime::now()
+    local_midnight_before(wall_millis()) - 20 * MIN
+}
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+fn wall_millis() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_millis() as i64;
-    now - (now + CST).rem_euclid(DAY) - 20 * MIN
+        .as_millis() as i64
+}
+
+/// The last midnight, China time, at or before `t`.
+fn local_midnight_before(t: i64) -> i64 {
+    const CST: i64 = 8 * HOUR;
+    t - (t + CST).rem_euclid(24 * HOUR)
 }
 
 fn simulator(env: &[(String, String)], secs: u32) -> std::process::Child {
     let start = simulated_start();
     eprintln!("simulated city starts at {start} ms (20 min before midnight, China time)");
+    simulator_at(env, start, 120, secs)
+}
+
+fn simulator_at(
+    env: &[(String, String)],
+    start: i64,
+    speed: u32,
+    secs: u32,
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_carestream"))
         .args([
             "simulate",
@@ -155,7 +178,7 @@ fn simulator(env: &[(String, String)], secs: u32) -> std::process::Child {
             "--households",
             "150",
             "--speed",
-            "120",
+            &speed.to_string(),
             "--incident-every-secs",
             "300",
             "--seed",
@@ -498,6 +521,15 @@ fn crash_run(
     };
     eprintln!("reference by rule: {:?}", by_rule(&want));
     eprintln!("after the kills by rule: {:?}", by_rule(&got));
+    same_tasks(&want, &got, "after the kills");
+}
+
+/// The same task ids in both, and every copy of a task in `got` the same bytes as in `want`.
+fn same_tasks(
+    want: &BTreeMap<String, BTreeSet<Vec<u8>>>,
+    got: &BTreeMap<String, BTreeSet<Vec<u8>>>,
+    what: &str,
+) {
     let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).collect();
     let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
     // What the differing tasks are: household, rule, rung and times (ids are hashes).
@@ -522,16 +554,16 @@ fn crash_run(
     };
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "{} missing:\n{}\n{} extra:\n{}",
+        "{what}: {} missing:\n{}\n{} extra:\n{}",
         missing.len(),
-        show(&missing, &want),
+        show(&missing, want),
         extra.len(),
-        show(&extra, &got)
+        show(&extra, got)
     );
-    for (id, payloads) in &got {
+    for (id, payloads) in got {
         assert_eq!(
             payloads, &want[id],
-            "task {id}: a copy differs from the reference"
+            "{what}: task {id}: a copy differs from the reference"
         );
     }
 }
@@ -566,4 +598,272 @@ fn two_group_members_leaving_and_rejoining_lose_no_task() {
     // Partitions move through the group: the leaver checkpoints on revocation, the other
     // member restores them, and back again when it rejoins.
     crash_run("leave2", 2, 3, Stop::Leave, false, BrokerFault::None);
+}
+
+/// A copy of the shipped rules whose idle timeout is a day: the wall clock then moves no
+/// partition's time, so runs that finish reading at different moments can be compared.
+fn rules_without_wall_ticks(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(common::unique(tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")).unwrap() {
+        let e = e.unwrap();
+        let mut text = std::fs::read_to_string(e.path()).unwrap();
+        if e.file_name() == "engine.toml" {
+            assert!(
+                text.contains("idle_timeout = \"1m\""),
+                "engine.toml changed"
+            );
+            text = text.replace("idle_timeout = \"1m\"", "idle_timeout = \"24h\"");
+        }
+        std::fs::write(dir.join(e.file_name()), text).unwrap();
+    }
+    dir.display().to_string()
+}
+
+fn with_rules(env: &[(String, String)], dir: &str) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    for (k, v) in env.iter_mut() {
+        if k == "CARESTREAM_RULES__DIR" {
+            *v = dir.to_string();
+        }
+    }
+    env
+}
+
+/// Input records dead-lettered as too late to use, and events the engine could not use.
+fn unusable(scrape: &str) -> f64 {
+    let too_late: f64 = scrape
+        .lines()
+        .filter(|l| l.starts_with("carestream_dead_letters_total{") && l.contains("too_late"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    too_late + common::metric(scrape, "carestream_late_events_dropped_total").unwrap_or(0.0)
+}
+
+/// The same eight simulated hours of a city read three ways: live, as it is produced; by a
+/// group whose only instance is stopped for three simulated hours mid-run and started again;
+/// and by a fresh group started once everything is on the broker, which reads the whole
+/// backlog at broker speed (heartbeats several times the sensor events, check-ins a few a
+/// day, gateways flushing late). All three must raise the same tasks, byte for byte, with
+/// nothing too late to use and no topic passed over.
+#[test]
+fn a_backlog_read_at_broker_speed_and_an_outage_of_hours_give_the_live_run_s_tasks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = common::Broker::start();
+    let (_, env) = environment(&broker, "catchup");
+    let env = with_rules(&env, &rules_without_wall_ticks("catchup-rules"));
+    let config = Config::load(None, env.clone()).unwrap();
+    let (outage_config, outage_env) = variant_of(&env, "outage");
+    let (backlog_config, backlog_env) = variant_of(&env, "backlog");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for c in [&config, &outage_config, &backlog_config] {
+        rt.block_on(carestream::admin::create_topics(c, PARTITIONS, 1))
+            .unwrap();
+    }
+    // Eight simulated hours from 20 minutes before a local midnight, all in the past.
+    let midnight = local_midnight_before(wall_millis() - 9 * HOUR);
+    let (speed, secs) = (720, 40);
+    let mut live = common::Processor::start(&env);
+    let mut outage = common::Processor::start(&outage_env);
+    live.wait_ready(Duration::from_secs(60));
+    outage.wait_ready(Duration::from_secs(60));
+    let mut sim = simulator_at(&env, midnight - 20 * MIN, speed, secs);
+    std::thread::sleep(Duration::from_secs(12));
+    let before = outage.get("/metrics").1;
+    assert!(
+        outage
+            .terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
+        "SIGTERM: {}",
+        outage.logs()
+    );
+    eprintln!("outage: stopped for 15 s = 3 simulated hours");
+    std::thread::sleep(Duration::from_secs(15));
+    let mut outage = common::Processor::start(&outage_env);
+    outage.wait_ready(Duration::from_secs(90));
+    assert!(sim.wait().unwrap().success(), "simulator");
+
+    let started = Instant::now();
+    let mut backlog = common::Processor::start(&backlog_env);
+    backlog.wait_ready(Duration::from_secs(90));
+    for (c, p, what) in [
+        (&backlog_config, &backlog, "backlog"),
+        (&config, &live, "live"),
+        (&outage_config, &outage, "outage"),
+    ] {
+        if let Err(e) = wait_caught_up(c, Duration::from_secs(240)) {
+            panic!("{what}: {e}\n{}", common::tail(&p.logs(), 60));
+        }
+    }
+    let records = common::input_records(&backlog);
+    eprintln!(
+        "backlog of {records} input records read in {:.1} s (debug build, with start-up)",
+        started.elapsed().as_secs_f64()
+    );
+    // The engine's counters reach the metrics once a second.
+    std::thread::sleep(Duration::from_millis(2_500));
+    for (what, scrapes) in [
+        ("live", vec![live.get("/metrics").1]),
+        ("outage", vec![before, outage.get("/metrics").1]),
+        ("backlog", vec![backlog.get("/metrics").1]),
+    ] {
+        let lost: f64 = scrapes.iter().map(|s| unusable(s)).sum();
+        let [used_late, _, expired] = scrapes
+            .iter()
+            .map(|s| late(s))
+            .fold([0.0; 3], |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2]]);
+        eprintln!("{what}: {used_late} events used late, {lost} unusable, {expired} waits expired");
+        assert_eq!(lost, 0.0, "{what}: events too late to use");
+        assert_eq!(
+            expired, 0.0,
+            "{what}: a topic with records left was passed over"
+        );
+    }
+    let (want, _) = read_tasks(&config);
+    let (after_outage, _) = read_tasks(&outage_config);
+    let (from_backlog, _) = read_tasks(&backlog_config);
+    let rules: BTreeSet<String> = want
+        .values()
+        .filter_map(|p| match common::codec().decode_output(p.iter().next()?) {
+            Ok(Output::Task(t)) => Some(t.rule_id),
+            _ => None,
+        })
+        .collect();
+    eprintln!("{} task ids live, rules {rules:?}", want.len());
+    assert!(want.len() >= 20, "too few tasks to compare: {}", want.len());
+    assert!(
+        rules.contains("home_silence") || rules.contains("no_movement"),
+        "no silence rule fired: the backlog's order was not exercised ({rules:?})"
+    );
+    same_tasks(&want, &after_outage, "after three simulated hours down");
+    same_tasks(&want, &from_backlog, "from the backlog at broker speed");
+    for mut p in [live, outage, backlog] {
+        assert!(p
+            .terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success()));
+    }
+}
+
+/// The heartbeats of every partition on one node of a three-node cluster (replication 1), a
+/// few simulated hours of the city on the broker, then that node killed with SIGKILL: a
+/// fresh group must hold every partition back for the heartbeats it knows are there rather
+/// than pass over them (and show the wait), then, with the node back, raise exactly the live
+/// run's tasks. A group told to wait at most 5 s goes on without them, so its alarms are not
+/// held for the whole outage.
+#[test]
+fn an_input_topic_with_records_on_an_offline_node_holds_its_partitions_back() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut broker = common::Broker::cluster(3);
+    let (_, env) = environment(&broker, "offline");
+    let env = with_rules(&env, &rules_without_wall_ticks("offline-rules"));
+    let config = Config::load(None, env.clone()).unwrap();
+    let (held_config, held_env) = variant_of(&env, "held");
+    let (brief_config, mut brief_env) = variant_of(&env, "brief");
+    brief_env.push((
+        "CARESTREAM_PIPELINE__ORDER_WAIT_MAX_MS".into(),
+        "5000".into(),
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Node 2 (broker id 3) holds every heartbeats partition, alone.
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .unwrap();
+    let on_node_2: Vec<&[i32]> = (0..PARTITIONS).map(|_| &[3][..]).collect();
+    let heartbeats = NewTopic::new(
+        &config.topics.heartbeats,
+        PARTITIONS,
+        TopicReplication::Variable(&on_node_2),
+    )
+    .set("min.insync.replicas", "1");
+    for r in rt
+        .block_on(admin.create_topics([&heartbeats], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    for c in [&config, &held_config, &brief_config] {
+        rt.block_on(carestream::admin::create_topics(c, PARTITIONS, 3))
+            .unwrap();
+    }
+    let now = wall_millis();
+    let mut live = common::Processor::start(&env);
+    live.wait_ready(Duration::from_secs(60));
+    let mut sim = simulator_at(&env, now - 6 * HOUR, 720, 20);
+    assert!(sim.wait().unwrap().success(), "simulator");
+    if let Err(e) = wait_caught_up(&config, Duration::from_secs(180)) {
+        panic!("live: {e}\n{}", common::tail(&live.logs(), 60));
+    }
+
+    eprintln!("kill -9 broker node 2 (every heartbeats partition)");
+    broker.kill_node(2);
+    let outage = Instant::now();
+    let mut held = common::Processor::start(&held_env);
+    let mut brief = common::Processor::start(&brief_env);
+    held.wait_ready(Duration::from_secs(90));
+    brief.wait_ready(Duration::from_secs(90));
+    let wait_series = |scrape: &str| -> f64 {
+        scrape
+            .lines()
+            .filter(|l| {
+                l.starts_with("carestream_input_order_wait_seconds{")
+                    && l.contains(&format!("topic=\"{}\"", config.topics.heartbeats))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max)
+    };
+    let mut longest = 0.0f64;
+    while outage.elapsed() < Duration::from_secs(30) {
+        longest = longest.max(wait_series(&held.get("/metrics").1));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let held_scrape = held.get("/metrics").1;
+    let brief_scrape = brief.get("/metrics").1;
+    let (held_tasks, _) = read_tasks(&held_config);
+    let (brief_tasks, _) = read_tasks(&brief_config);
+    eprintln!(
+        "node down 30 s: held group waited up to {longest:.1} s, {} tasks; brief group {} tasks, {} waits expired",
+        held_tasks.len(),
+        brief_tasks.len(),
+        late(&brief_scrape)[2]
+    );
+    assert!(
+        longest >= 15.0,
+        "the wait for the heartbeats was not shown (longest {longest} s)"
+    );
+    assert!(
+        held_tasks.is_empty(),
+        "the held group went on without the heartbeats: {} tasks",
+        held_tasks.len()
+    );
+    assert_eq!(late(&held_scrape)[2], 0.0, "the held group gave up waiting");
+    assert!(
+        late(&brief_scrape)[2] >= 1.0 && !brief_tasks.is_empty(),
+        "a group that may wait 5 s still held its partitions after 30 s"
+    );
+
+    broker.start_down_nodes();
+    for (c, p, what) in [
+        (&held_config, &held, "held"),
+        (&brief_config, &brief, "brief"),
+    ] {
+        if let Err(e) = wait_caught_up(c, Duration::from_secs(180)) {
+            panic!("{what}: {e}\n{}", common::tail(&p.logs(), 60));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let held_scrape = held.get("/metrics").1;
+    assert_eq!(unusable(&held_scrape), 0.0, "held: events too late to use");
+    assert_eq!(late(&held_scrape)[2], 0.0, "the held group gave up waiting");
+    let (want, _) = read_tasks(&config);
+    let (got, _) = read_tasks(&held_config);
+    eprintln!("{} task ids live", want.len());
+    assert!(want.len() >= 20, "too few tasks to compare: {}", want.len());
+    same_tasks(&want, &got, "after waiting for an offline node");
+    for mut p in [live, held, brief] {
+        assert!(p
+            .terminate(Duration::from_secs(30))
+            .is_some_and(|s| s.success()));
+    }
 }

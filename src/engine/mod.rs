@@ -65,6 +65,10 @@ pub enum EngineError {
     UnknownHousehold,
     #[error("task update for a task this processor does not know")]
     UnknownTask,
+    /// Further behind its partition's watermark than `allowed_lateness`: the household's
+    /// state has moved on and cannot take it in order.
+    #[error("{late_by} ms behind the watermark, past the allowed lateness")]
+    TooLate { late_by: Millis, watermark: Millis },
 }
 
 impl EngineError {
@@ -72,10 +76,11 @@ impl EngineError {
         match self {
             EngineError::UnknownHousehold => "unknown_household",
             EngineError::UnknownTask => "unknown_task",
+            EngineError::TooLate { .. } => "too_late",
         }
     }
 
-    pub const REASONS: [&'static str; 2] = ["unknown_household", "unknown_task"];
+    pub const REASONS: [&'static str; 3] = ["unknown_household", "unknown_task", "too_late"];
 }
 
 /// Counters the engine keeps; the pipeline turns the deltas into metrics once per batch so
@@ -89,8 +94,12 @@ pub struct EngineStats {
     pub stale_incidents: u64,
     /// Behind the watermark but used where order does not matter.
     pub late_events: u64,
-    /// Too late (beyond the allowed lateness), or late for a rule that needs order.
+    /// Too late to use at all (beyond the allowed lateness): returned as `TooLate`, so the
+    /// caller dead-letters the record.
     pub late_dropped: u64,
+    /// Older than a reading already applied by a rule that needs the household's own order
+    /// (vitals runs, bed states): used only as a sign of life.
+    pub late_out_of_order: u64,
     pub incidents_opened: u64,
     pub auto_resolved: u64,
     pub timers_fired: u64,
@@ -469,9 +478,9 @@ impl Engine {
                     kind: hb.device_kind,
                 };
                 let device = hash64(&hb.device_id);
-                self.enqueue(slot, t, p, device ^ t as u64, device, meta, out);
+                let queued = self.enqueue(slot, t, p, device ^ t as u64, device, meta, out);
                 self.advance(meta.partition, SOURCE_HEARTBEATS, t.min(meta.arrival), out);
-                Ok(())
+                queued
             }
             Input::CheckIn(c) => {
                 let slot = self
@@ -482,9 +491,9 @@ impl Engine {
                 let p = Pending::CheckIn {
                     visit: c.kind == CheckInKind::HOME_VISIT,
                 };
-                self.enqueue(slot, t, p, c.kind as u64, 0, meta, out);
+                let queued = self.enqueue(slot, t, p, c.kind as u64, 0, meta, out);
                 self.advance(meta.partition, SOURCE_CHECKINS, t.min(meta.arrival), out);
-                Ok(())
+                queued
             }
             Input::Weather(a) => {
                 self.weather(a, meta.arrival);
@@ -632,13 +641,15 @@ impl Engine {
                 self.stats.unknown_household_alarms += 1;
             }
             self.raise_alarm(slot, rule, e, t, skewed, meta.arrival, out);
-            self.enqueue(slot, t, Pending::Alive, event_hash, device, meta, out);
-        } else {
-            let p = pending(&e.reading, e.device_kind);
-            self.enqueue(slot, t, p, event_hash, device, meta, out);
+            // The alarm is used whatever its lateness; only its sign of life may be too late.
+            let _ = self.enqueue(slot, t, Pending::Alive, event_hash, device, meta, out);
+            self.advance(meta.partition, SOURCE_SENSORS, t.min(meta.arrival), out);
+            return Ok(());
         }
+        let p = pending(&e.reading, e.device_kind);
+        let queued = self.enqueue(slot, t, p, event_hash, device, meta, out);
         self.advance(meta.partition, SOURCE_SENSORS, t.min(meta.arrival), out);
-        Ok(())
+        queued
     }
 
     /// Queues an event for the watermark. One whose record arrived more than
@@ -665,7 +676,7 @@ impl Engine {
         device: u64,
         meta: Meta,
         out: &mut Vec<Output>,
-    ) {
+    ) -> Result<(), EngineError> {
         let (ooo, lateness) = (self.rules.out_of_orderness, self.rules.allowed_lateness);
         let generation = self.slot(slot).generation;
         let clock = self.clock(meta.partition);
@@ -687,17 +698,21 @@ impl Engine {
                 due,
             });
             self.stats.late_events += arrived_late as u64;
-            return;
+            return Ok(());
         }
         let behind = clock.watermark.unwrap_or(t);
         if t < behind - lateness {
             self.stats.late_dropped += 1;
-            return;
+            return Err(EngineError::TooLate {
+                late_by: behind - t,
+                watermark: behind,
+            });
         }
         self.stats.late_events += 1;
         self.late(behind, |e| {
             e.apply_pending(slot, t, p, device, Some(behind), out)
         });
+        Ok(())
     }
 
     /// Applies late data that became known at `at`. A deadline it moves is not judged before

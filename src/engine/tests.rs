@@ -707,8 +707,8 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
         let v = sensor("hh-1", id, DeviceKind::WEARABLE, t, reading);
         e.process(&v, on(0, arrival), &mut out).unwrap();
     }
-    // Seven hours late: past allowed_lateness, dropped.
-    e.process(
+    // Seven hours late: past allowed_lateness, refused for the caller to dead-letter.
+    let refused = e.process(
         &sensor(
             "hh-1",
             "old",
@@ -718,14 +718,25 @@ fn late_events_are_counted_and_used_where_order_does_not_matter() {
         ),
         on(0, T0 + HOUR),
         &mut out,
-    )
-    .unwrap();
+    );
+    let watermark = e.watermark(0).unwrap();
+    assert_eq!(
+        refused,
+        Err(EngineError::TooLate {
+            late_by: watermark - (T0 - 6 * HOUR),
+            watermark
+        })
+    );
     // Late events wait at their arrival until the watermark passes it.
     let s = e.stats();
     assert_eq!((s.late_events, s.late_dropped), (3, 1), "{s:?}");
     e.tick(0, T0 + HOUR + 1, &mut out);
     let s = e.stats();
-    assert_eq!((s.late_events, s.late_dropped), (3, 2), "{s:?}");
+    assert_eq!(
+        (s.late_events, s.late_dropped, s.late_out_of_order),
+        (3, 1, 1),
+        "{s:?}"
+    );
     // The late motion moved the no-movement deadline (10 h for this cohort) to 10 h after
     // T0 + 10 min, not after T0.
     let still = |out: &[Output]| {
@@ -812,7 +823,7 @@ fn a_wearable_whose_clock_runs_slow_still_raises_abnormal_vitals() {
     e.process(&vitals("back".into(), T0, 70), on(0, now), &mut out)
         .unwrap();
     e.tick(0, now, &mut out);
-    assert_eq!(e.stats().late_dropped, 1);
+    assert_eq!(e.stats().late_out_of_order, 1);
     assert!(
         !out.iter()
             .any(|o| matches!(o, Output::TaskEvent(t) if t.kind == TaskEventKind::RESOLVED)),
@@ -902,7 +913,8 @@ fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_no
     );
     let s = e.stats();
     assert_eq!(
-        s.late_dropped, 1,
+        (s.late_out_of_order, s.late_dropped),
+        (1, 0),
         "hh-late's exit, past its deadline: {s:?}"
     );
     assert!(s.late_events >= 6, "{s:?}");

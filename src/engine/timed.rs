@@ -47,7 +47,7 @@ impl Engine {
                 // applied is out of order.
                 let h = self.slot_mut(slot);
                 if t < h.vitals_last {
-                    self.stats.late_dropped += 1;
+                    self.stats.late_out_of_order += 1;
                 } else {
                     h.vitals_last = t;
                     if worn {

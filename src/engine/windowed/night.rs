@@ -76,7 +76,7 @@ impl Engine {
     ) {
         let h = self.slot(slot);
         if t < h.bed_last {
-            self.stats.late_dropped += 1;
+            self.stats.late_out_of_order += 1;
             return;
         }
         let changed =
@@ -96,7 +96,7 @@ impl Engine {
             h.bed_out_since = None;
             self.resolve(slot, k, t, "back in bed");
         } else if !late.is_none_or(in_time) {
-            self.stats.late_dropped += 1;
+            self.stats.late_out_of_order += 1;
         } else {
             let starts = self.enabled(k) && self.quiet(h, t) && h.bed_out_since.is_none();
             let h = self.slot_mut(slot);
