@@ -38,6 +38,10 @@ pub struct KafkaConfig {
     /// deployments, and brokers whose group coordinator does not evict a crashed member
     /// (tansu 0.6.0: see README, "Crash safety").
     pub partitions: String,
+    /// How the producers of the input topics place a household's records: `murmur2_random`
+    /// (Kafka's default, the contract's) or `consistent_random` (librdkafka's default,
+    /// CRC-32). The processor's own producers use it too.
+    pub partitioner: crate::partition::Partitioner,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -152,6 +156,7 @@ impl Default for KafkaConfig {
             auto_offset_reset: "earliest".into(),
             session_timeout_ms: 10_000,
             partitions: String::new(),
+            partitioner: Default::default(),
         }
     }
 }

@@ -48,8 +48,7 @@ pub async fn run(
     // The simulator and the printer have their own codecs, as separate services would.
     let (stop_tx, stop_rx) = watch::channel(false);
     let sim_codec = pipeline::load(&config)?.codec;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+    let producer: FutureProducer = crate::source::producer_config(&config)
         .set("linger.ms", "5")
         .create()?;
     let topics = config.topics.clone();

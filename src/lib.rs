@@ -14,6 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod model;
+pub mod partition;
 pub mod pipeline;
 pub mod rules;
 pub mod score;

@@ -281,7 +281,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Simulate { sim } => {
             let loaded = pipeline::load(&config)?;
             let producer: rdkafka::producer::FutureProducer =
-                carestream::source::base_client_config(&config)
+                carestream::source::producer_config(&config)
                     .set("linger.ms", "5")
                     .create()?;
             let (shutdown, _) = signals(grace);

@@ -179,7 +179,7 @@ impl Processor {
             std::sync::atomic::Ordering::Relaxed,
         );
         let sink = Sink::new(
-            &source::base_client_config(&config),
+            &source::producer_config(&config),
             &config.topics.dead_letter,
         )?;
         let stamp = rules_stamp(&config.rules.dir);
@@ -694,15 +694,26 @@ impl Processor {
         let topics = fetcher.topics.clone();
         self.topic_names = topics.clone();
         // Metadata look-ups block: off the async workers.
-        let state_partitions = tokio::task::block_in_place(|| {
-            source::check_copartitioned(&consumer);
-            checkpoint::state_partitions(
+        let (input_partitions, state_partitions) = tokio::task::block_in_place(|| {
+            let input = source::check_copartitioned(&consumer);
+            let state = checkpoint::state_partitions(
                 &*consumer,
                 &self.config.topics.state,
                 Duration::from_secs(30),
-            )
-        })
-        .with_context(|| format!("state topic {}", self.config.topics.state))?;
+            );
+            (input, state)
+        });
+        let state_partitions = state_partitions
+            .with_context(|| format!("state topic {}", self.config.topics.state))?;
+        match input_partitions {
+            Some(n) => self
+                .engine
+                .set_partitioning(self.config.kafka.partitioner, n),
+            None => tracing::warn!(
+                topic = self.config.topics.sensor_events,
+                "the input topic's partition count could not be read: weather calls for homes that have sent nothing go to the owner of partition 0"
+            ),
+        }
         self.writer = Some(checkpoint::Writer::new(
             &self.config.topics.state,
             &self.config.kafka.group_id,

@@ -32,6 +32,16 @@ pub fn base_client_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// A producer's settings: the client's, with the contract's partitioner unless the
+/// properties name one.
+pub fn producer_config(config: &Config) -> ClientConfig {
+    let mut c = base_client_config(config);
+    if !config.kafka.properties.contains_key("partitioner") {
+        c.set("partitioner", config.kafka.partitioner.librdkafka_name());
+    }
+    c
+}
+
 /// A record fetched by the group consumer; its key and value are in its chunk's buffer.
 #[derive(Debug, Clone)]
 pub struct FetchedRecord {
@@ -908,8 +918,9 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
 /// A household's events and its timers live on one partition, so every keyed input topic
 /// must have the same partition count (Kafka's default partitioner then puts a household on
 /// the same partition of each). Says so loudly when they differ; it does not stop the
-/// processor, which still works, with timers less tightly bound to event order.
-pub fn check_copartitioned(consumer: &GroupConsumer) {
+/// processor, which still works, with timers less tightly bound to event order. Returns the
+/// partition count of the first input topic (sensor events), if it could be read.
+pub fn check_copartitioned(consumer: &GroupConsumer) -> Option<i32> {
     let mut counts = Vec::new();
     for (topic, _) in consumer.context().topics.iter() {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
@@ -924,6 +935,11 @@ pub fn check_copartitioned(consumer: &GroupConsumer) {
             "input topics are not co-partitioned: give them the same partition count"
         );
     }
+    let first = &consumer.context().topics.first()?.0;
+    counts
+        .iter()
+        .find(|(t, _)| t == first)
+        .map(|(_, n)| *n as i32)
 }
 
 /// A registry record handed from the reader thread to the pipeline, which decodes it.

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub late_events: IntCounter,
     pub late_dropped: IntCounter,
     pub late_out_of_order: IntCounter,
+    pub partitioner_mismatches: IntCounter,
     pub order_waits_expired: IntCounter,
     pub order_wait: prometheus::GaugeVec,
     pub fetched_records: IntCounter,
@@ -312,6 +313,7 @@ impl Metrics {
             late_events: counter(&registry, &names, "late_events_total", "Events behind the watermark, still used where order does not matter."),
             late_dropped: counter(&registry, &names, "late_events_dropped_total", "Events too late to use at all (behind the watermark by more than the allowed lateness); each is dead-lettered as too_late."),
             late_out_of_order: counter(&registry, &names, "late_events_out_of_order_total", "Readings older than one already applied by a rule that needs the household's own order (vitals, bed); used as a sign of life only."),
+            partitioner_mismatches: counter(&registry, &names, "partitioner_mismatches_total", "Households first seen on another partition than kafka.partitioner puts them: the producers use another partitioner, and weather calls for homes that have sent nothing may go to another instance."),
             order_wait: {
                 let g = prometheus::GaugeVec::new(Opts::new("input_order_wait_seconds", "How long a partition's records have been held back for one of its input topics that has records left on the broker, by that topic and partition (0: not waiting).").namespace(NAMESPACE), &["topic", "partition"]).expect("valid metric");
                 reg(&registry, &names, g)
@@ -436,7 +438,7 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        let pairs: [(&IntCounter, u64, u64); 16] = [
+        let pairs: [(&IntCounter, u64, u64); 17] = [
             (&self.welfare_calls, now.welfare_calls, last.welfare_calls),
             (
                 &self.weather_updates,
@@ -484,6 +486,11 @@ impl Metrics {
                 &self.late_out_of_order,
                 now.late_out_of_order,
                 last.late_out_of_order,
+            ),
+            (
+                &self.partitioner_mismatches,
+                now.partitioner_mismatches,
+                last.partitioner_mismatches,
             ),
             (
                 &self.incidents_opened,

@@ -600,34 +600,17 @@ fn two_group_members_leaving_and_rejoining_lose_no_task() {
     crash_run("leave2", 2, 3, Stop::Leave, false, BrokerFault::None);
 }
 
-/// A copy of the shipped rules whose idle timeout is a day: the wall clock then moves no
+/// The shipped rules with an idle timeout of a day: the wall clock then moves no
 /// partition's time, so runs that finish reading at different moments can be compared.
 fn rules_without_wall_ticks(tag: &str) -> String {
-    let dir = std::env::temp_dir().join(common::unique(tag));
-    std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/rules")).unwrap() {
-        let e = e.unwrap();
-        let mut text = std::fs::read_to_string(e.path()).unwrap();
-        if e.file_name() == "engine.toml" {
-            assert!(
-                text.contains("idle_timeout = \"1m\""),
-                "engine.toml changed"
-            );
-            text = text.replace("idle_timeout = \"1m\"", "idle_timeout = \"24h\"");
-        }
-        std::fs::write(dir.join(e.file_name()), text).unwrap();
-    }
-    dir.display().to_string()
-}
-
-fn with_rules(env: &[(String, String)], dir: &str) -> Vec<(String, String)> {
-    let mut env = env.to_vec();
-    for (k, v) in env.iter_mut() {
-        if k == "CARESTREAM_RULES__DIR" {
-            *v = dir.to_string();
-        }
-    }
-    env
+    common::rules_with(
+        tag,
+        &[(
+            "engine.toml",
+            "idle_timeout = \"1m\"",
+            "idle_timeout = \"24h\"",
+        )],
+    )
 }
 
 /// Input records dead-lettered as too late to use, and events the engine could not use.
@@ -651,7 +634,7 @@ fn a_backlog_read_at_broker_speed_and_an_outage_of_hours_give_the_live_run_s_tas
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let broker = common::Broker::start();
     let (_, env) = environment(&broker, "catchup");
-    let env = with_rules(&env, &rules_without_wall_ticks("catchup-rules"));
+    let env = common::with_rules(&env, &rules_without_wall_ticks("catchup-rules"));
     let config = Config::load(None, env.clone()).unwrap();
     let (outage_config, outage_env) = variant_of(&env, "outage");
     let (backlog_config, backlog_env) = variant_of(&env, "backlog");
@@ -756,7 +739,7 @@ fn an_input_topic_with_records_on_an_offline_node_holds_its_partitions_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut broker = common::Broker::cluster(3);
     let (_, env) = environment(&broker, "offline");
-    let env = with_rules(&env, &rules_without_wall_ticks("offline-rules"));
+    let env = common::with_rules(&env, &rules_without_wall_ticks("offline-rules"));
     let config = Config::load(None, env.clone()).unwrap();
     let (held_config, held_env) = variant_of(&env, "held");
     let (brief_config, mut brief_env) = variant_of(&env, "brief");

@@ -337,3 +337,118 @@ fn a_higher_warning_while_a_lower_ones_call_is_open_calls_again() {
     e.tick(0, T0 + 40 * MIN, &mut out);
     assert_eq!(welfare(&out).len(), 6);
 }
+
+/// Two instances share four partitions. Every home of the region is called once, by the
+/// owner of the partition the producers' partitioner gives its id, whether it has sent
+/// anything or not, whether the owner took its partitions before or after the warning came,
+/// and whether the home was registered before or after the warning.
+#[test]
+fn every_registered_home_is_called_once_by_the_owner_of_its_partition() {
+    use carestream::partition::Partitioner;
+    let rules = rules();
+    let by = Partitioner::Murmur2;
+    let partition_of = |id: &str| by.partition(id.as_bytes(), 4);
+    let mut instances: Vec<Engine> = (0..2).map(|_| Engine::new(rules.clone())).collect();
+    let mut outs: Vec<Vec<Output>> = vec![Vec::new(), Vec::new()];
+    let mut homes = Vec::new();
+    for (i, e) in instances.iter_mut().enumerate() {
+        e.set_owned(Some(Vec::new()));
+        e.set_partitioning(by, 4);
+        homes = register(e, 400, "420106", "hh");
+        if i == 0 {
+            // The first takes its partitions before the warning, the second after it.
+            e.adopt(0);
+            e.adopt(1);
+        }
+    }
+    // A quarter of the homes have sent a heartbeat, each on its own partition.
+    for (k, p) in homes.iter().enumerate().filter(|(k, _)| k % 4 == 0) {
+        let part = partition_of(&p.household_id);
+        let hb = Input::Heartbeat(DeviceHeartbeat {
+            household_id: p.household_id.clone(),
+            device_id: format!("{}-gw", p.household_id),
+            device_kind: DeviceKind::MOTION_PIR,
+            event_time: T0 + k as Millis,
+            battery_pct: Some(80),
+            mains_power: None,
+        });
+        let owner = if part < 2 { 0 } else { 1 };
+        let meta = Meta {
+            partition: part,
+            arrival: T0 + k as Millis,
+        };
+        instances[owner]
+            .process(&hb, meta, &mut outs[owner])
+            .unwrap();
+    }
+    let warning = alert("wx-9", "420106", WeatherLevel::RED, T0 + 24 * HOUR, false);
+    for (e, out) in instances.iter_mut().zip(outs.iter_mut()) {
+        e.process(&warning, at(T0 + MIN), out).unwrap();
+    }
+    instances[1].adopt(2);
+    instances[1].adopt(3);
+    // Fifty more homes registered while the warning holds.
+    let mut late = Vec::new();
+    for (e, out) in instances.iter_mut().zip(outs.iter_mut()) {
+        late = (0..50)
+            .map(|i| {
+                let mut p = carestream::simulate::household(i, 7);
+                p.household_id = format!("late-{i:03}");
+                p.district = "420106".into();
+                e.process(
+                    &Input::Household {
+                        household_id: p.household_id.clone(),
+                        profile: Some(p.clone()),
+                    },
+                    at(T0 + 2 * MIN),
+                    out,
+                )
+                .unwrap();
+                p
+            })
+            .collect();
+    }
+    for (e, out) in instances.iter_mut().zip(outs.iter_mut()) {
+        for p in 0..4 {
+            e.tick(p, T0 + 2 * HOUR, out);
+        }
+    }
+    let mut called: HashMap<String, usize> = HashMap::new();
+    for (owner, out) in outs.iter().enumerate() {
+        let calls = welfare(out);
+        for t in &calls {
+            *called.entry(t.household_id.clone()).or_default() += 1;
+            let part = partition_of(&t.household_id);
+            assert_eq!(
+                part / 2,
+                owner as i32,
+                "{} (partition {part}) called by instance {owner}",
+                t.household_id
+            );
+        }
+        // Each partition's calls go most at risk first.
+        for part in 0..4 {
+            let risk: Vec<f64> = calls
+                .iter()
+                .filter(|t| !t.household_id.starts_with("late-"))
+                .filter(|t| partition_of(&t.household_id) == part)
+                .map(|t| {
+                    let p = homes.iter().find(|p| p.household_id == t.household_id);
+                    rules.weather.risk(p.unwrap())
+                })
+                .collect();
+            assert!(risk.windows(2).all(|w| w[0] >= w[1]), "risk order");
+        }
+    }
+    let everyone: Vec<&String> = homes.iter().chain(&late).map(|p| &p.household_id).collect();
+    let missing: Vec<&&String> = everyone
+        .iter()
+        .filter(|id| !called.contains_key(**id))
+        .collect();
+    assert!(missing.is_empty(), "never called: {missing:?}");
+    assert!(called.values().all(|n| *n == 1), "called twice: {called:?}");
+    assert_eq!(called.len(), 450);
+    for e in &instances {
+        assert_eq!(e.stats().partitioner_mismatches, 0);
+    }
+}

@@ -107,6 +107,10 @@ pub struct EngineStats {
     /// Registry fields out of range, repaired rather than the whole entry refused.
     pub profile_fields_repaired: u64,
     pub households_forgotten: u64,
+    /// Households first seen on another partition than the configured partitioner puts them:
+    /// the producers use another partitioner (`kafka.partitioner`), and weather calls for
+    /// homes that have sent nothing may go to the wrong instance.
+    pub partitioner_mismatches: u64,
     /// A cleared condition came back before its incident resolved: no new task.
     pub flaps_absorbed: u64,
     pub suppressed_by_window: u64,
@@ -147,6 +151,9 @@ pub struct Engine {
     fanned: HashMap<i32, std::collections::BTreeSet<u32>>,
     /// The partitions this instance owns (None: all, as in tests and single instances).
     owned: Option<std::collections::HashSet<i32>>,
+    /// The producers' partitioner and the input topics' partition count: where a household
+    /// that has sent nothing yet belongs.
+    partitioning: Option<(crate::partition::Partitioner, i32)>,
     /// Time from tier 0 to the desk's first acknowledgement, per severity, since last taken.
     ack_latencies: Vec<(Severity, Millis)>,
     /// Incidents open now (each may have several tasks).
@@ -181,6 +188,7 @@ impl Engine {
             alert_index: HashMap::new(),
             fanned: HashMap::new(),
             owned: None,
+            partitioning: None,
             ack_latencies: Vec::new(),
             open_count: 0,
             districts: Vec::new(),
@@ -243,12 +251,28 @@ impl Engine {
         self.owned = partitions.map(|p| p.into_iter().collect());
     }
 
+    /// How the producers place households on the input topics' `partitions`.
+    pub fn set_partitioning(
+        &mut self,
+        partitioner: crate::partition::Partitioner,
+        partitions: i32,
+    ) {
+        self.partitioning = (partitions > 0).then_some((partitioner, partitions));
+    }
+
+    /// The partition a household's records are on: where it was seen, else where the
+    /// producers' partitioner puts its id (0 when that is not known).
+    fn home_partition(&self, h: &Household) -> i32 {
+        h.partition.unwrap_or_else(|| {
+            self.partitioning
+                .map_or(0, |(by, n)| by.partition(h.id.as_bytes(), n))
+        })
+    }
+
     fn owns(&self, h: &Household) -> bool {
-        // Under a group, a household not yet seen on any partition is called by the owner of
-        // partition 0 (where its queue entries live), so by exactly one instance.
-        match (&self.owned, h.partition) {
-            (Some(set), p) => set.contains(&p.unwrap_or(0)),
-            (None, _) => true,
+        match &self.owned {
+            Some(set) => set.contains(&self.home_partition(h)),
+            None => true,
         }
     }
 
@@ -464,7 +488,7 @@ impl Engine {
                 household_id,
                 profile,
             } => {
-                self.apply_profile(household_id, profile.as_ref());
+                self.apply_profile(household_id, profile.as_ref(), meta.arrival);
                 Ok(())
             }
             Input::Sensor(e) => self.sensor(e, meta, out),
@@ -535,6 +559,10 @@ impl Engine {
 
     fn touch(&mut self, slot: u32, partition: i32, t: Millis) {
         self.count_district(slot);
+        let h = self.slot(slot);
+        if h.partition.is_none() && self.partitioning.is_some() {
+            self.stats.partitioner_mismatches += (self.home_partition(h) != partition) as u64;
+        }
         let h = self.slot_mut(slot);
         // The first event seen anchors the deadlines of a new household; an earlier one
         // arriving second (reordered) moves them, so they are worked out again.
@@ -547,10 +575,16 @@ impl Engine {
         }
     }
 
-    fn apply_profile(&mut self, household_id: &str, profile: Option<&HouseholdProfile>) {
+    fn apply_profile(
+        &mut self,
+        household_id: &str,
+        profile: Option<&HouseholdProfile>,
+        at: Millis,
+    ) {
         match profile {
             Some(p) => {
                 let slot = self.slot_for(household_id);
+                let new = self.slot(slot).profile.is_none();
                 let offset = match localtime::offset(&p.timezone) {
                     Some(o) => o,
                     None => {
@@ -579,6 +613,9 @@ impl Engine {
                 // Cohorts, overrides and away_until may have moved a deadline.
                 h.scheduled = [NEVER; RuleKind::ALL.len()];
                 self.schedule_all(slot);
+                if new {
+                    self.call_late_registration(slot, at);
+                }
             }
             None => {
                 // Removed from the registry: drop its state, but keep open incidents

@@ -1,5 +1,7 @@
 //! Weather warnings. A warning for a district, street or community fans out one welfare call
-//! per registered household in it that this instance owns, most at risk first, paced at
+//! per registered household in it that this instance owns (by the partition its records are
+//! on, or for a home that has sent nothing, the partition the producers' partitioner gives
+//! its id), most at risk first, paced at
 //! `calls_per_minute` in event time, once per `alert_id`. While it holds, the households it
 //! covers are in heightened mode (absence thresholds and the visit cadence tighten);
 //! cancellation and expiry end it.
@@ -71,7 +73,7 @@ impl Engine {
             .slots
             .live()
             .filter_map(|(i, h)| {
-                let here = partition.is_none_or(|p| h.partition.unwrap_or(0) == p);
+                let here = partition.is_none_or(|p| self.home_partition(h) == p);
                 (here && Self::covers(&a.region, h) && self.owns(h))
                     .then(|| (w.risk(h.profile.as_ref().expect("covered")), i))
             })
@@ -85,11 +87,47 @@ impl Engine {
         let step = 60_000.0 / w.calls_per_minute;
         for (k, (_, slot)) in who.into_iter().enumerate() {
             let h = self.slot(slot);
-            let partition = h.partition.unwrap_or(0);
+            let partition = self.home_partition(h);
             let time = arrival + (k as f64 * step) as Millis;
             let generation = h.generation;
             self.clock(partition).push(Entry {
                 time,
+                slot,
+                generation,
+                key: idx as u64,
+                device: 0,
+                due: Due::Welfare(idx),
+            });
+        }
+    }
+
+    /// A home registered after a warning in force for its region was fanned out on its
+    /// partition is called too, at `at`.
+    pub(super) fn call_late_registration(&mut self, slot: u32, at: Millis) {
+        let h = self.slot(slot);
+        if !self.owns(h) {
+            return;
+        }
+        let partition = self.home_partition(h);
+        let due: Vec<u32> = self
+            .alerts
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| {
+                self.calls(&x.alert)
+                    && at < x.alert.expires_at
+                    && Self::covers(&x.alert.region, h)
+                    && self
+                        .fanned
+                        .get(&partition)
+                        .is_some_and(|f| f.contains(&(*i as u32)))
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        let generation = h.generation;
+        for idx in due {
+            self.clock(partition).push(Entry {
+                time: at,
                 slot,
                 generation,
                 key: idx as u64,
@@ -149,6 +187,12 @@ impl Engine {
             }],
             detail: Some(summary),
         };
+        // A home that has sent nothing yet now has an incident (a ladder, a checkpoint): it
+        // lives on the partition it was called from.
+        if self.slot(slot).partition.is_none() {
+            let p = self.home_partition(self.slot(slot));
+            self.slot_mut(slot).partition = Some(p);
+        }
         if self.open_incident_as(slot, f, Some(severity), out) {
             self.stats.welfare_calls += 1;
         }

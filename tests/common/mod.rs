@@ -685,3 +685,33 @@ pub fn sensor(
 pub fn enc(codec: &Codec, input: &carestream::model::Input) -> Vec<u8> {
     codec.encode_input(input).unwrap().unwrap()
 }
+
+/// A copy of the shipped rules with some lines replaced: `(file, line, replacement)`. Each
+/// line must be there as given.
+pub fn rules_with(tag: &str, edits: &[(&str, &str, &str)]) -> String {
+    let dir = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(Path::new(MANIFEST).join("rules")).unwrap() {
+        let e = e.unwrap();
+        let mut text = std::fs::read_to_string(e.path()).unwrap();
+        for (file, line, replacement) in edits {
+            if e.file_name().to_str() == Some(*file) {
+                assert!(text.contains(line), "{file} has no line {line}");
+                text = text.replace(line, replacement);
+            }
+        }
+        std::fs::write(dir.join(e.file_name()), text).unwrap();
+    }
+    dir.display().to_string()
+}
+
+/// `env` with its rules directory replaced by `dir`.
+pub fn with_rules(env: &[(String, String)], dir: &str) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    for (k, v) in env.iter_mut() {
+        if k == "CARESTREAM_RULES__DIR" {
+            *v = dir.to_string();
+        }
+    }
+    env
+}
