@@ -18,6 +18,9 @@ pub struct Injected {
     pub rule: String,
     pub at: Millis,
     pub deadline: Millis,
+    /// Some device could see it (false: a racing heart with no watch worn and nobody on
+    /// the mattress); unobservable incidents are counted apart, neither caught nor missed.
+    pub observable: bool,
 }
 
 /// The simulator's output: injected incidents, and the city's size, start and simulated time.
@@ -35,6 +38,7 @@ pub fn read_log(text: &str) -> (Vec<Injected>, Option<(usize, Millis, Millis)>) 
                 rule: i["rule"].as_str().unwrap_or_default().to_string(),
                 at: i["at"].as_i64().unwrap_or_default(),
                 deadline: i["deadline"].as_i64().unwrap_or_default(),
+                observable: i["observable"].as_bool().unwrap_or(true),
             });
         } else if let Some(s) = v.get("simulated") {
             size = Some((
@@ -52,14 +56,22 @@ pub struct Scorecard {
     pub incidents: usize,
     pub caught_in_time: usize,
     pub caught_late: usize,
+    /// Each incident caught late: household, kind, onset, and how late past its promise.
+    pub late: Vec<String>,
     pub missed: Vec<String>,
     /// Incidents whose deadline lies after the end of the run: not judged.
     pub pending: usize,
+    /// Incidents no device could see (a task for one still counts as found, not false).
+    pub unobservable: usize,
     pub incident_tasks: usize,
     pub false_tasks: usize,
     pub false_by_rule: BTreeMap<String, usize>,
+    /// The first false tasks: household, rule, when (ms), for whoever looks into them.
+    pub false_examples: Vec<String>,
     pub household_days: f64,
     pub false_tasks_per_household_day: f64,
+    /// The budget's unit: a month is 30 days.
+    pub false_tasks_per_household_month: f64,
     pub operational_tasks: BTreeMap<String, usize>,
 }
 
@@ -95,17 +107,28 @@ pub fn score(
     };
     let mut used = vec![false; calls.len()];
     for inc in injected {
-        // A condition can only be found once it has begun; a no-movement incident is dated by
-        // its deadline, which lies after the elder's last movement before the collapse.
+        // A condition can only be found once it has begun. It is found by the first task of
+        // any rule about the elder, or of the daily round, for the household from then on (a
+        // collapse may show first as no water used, or nobody answering the round): the
+        // rule expected to catch it gives only the promise to meet.
         let found = calls
             .iter()
             .enumerate()
             .filter(|(_, t)| {
                 t.household_id == inc.household_id
-                    && t.rule_id == inc.rule
+                    && (about_the_elder(&t.rule_id) || t.rule_id == "missed_daily_round")
                     && t.emitted_at >= inc.at - 60_000
             })
             .min_by_key(|(_, t)| t.emitted_at);
+        // Every task about the elder in the day after the onset is explained by it.
+        for (i, t) in calls.iter().enumerate() {
+            if t.household_id == inc.household_id
+                && t.emitted_at >= inc.at - 60_000
+                && t.emitted_at <= inc.at + 24 * 3_600_000
+            {
+                used[i] = true;
+            }
+        }
         match found {
             Some((i, t)) => {
                 used[i] = true;
@@ -113,9 +136,17 @@ pub fn score(
                     card.caught_in_time += 1;
                 } else {
                     card.caught_late += 1;
+                    card.late.push(format!(
+                        "{} {} at {}: {} s past its promise",
+                        inc.household_id,
+                        inc.kind,
+                        inc.at,
+                        (t.emitted_at - inc.deadline) / 1000
+                    ));
                 }
             }
             None if inc.deadline > start + simulated => card.pending += 1,
+            None if !inc.observable => card.unobservable += 1,
             None => card
                 .missed
                 .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
@@ -127,6 +158,12 @@ pub fn score(
             if !used[i] {
                 card.false_tasks += 1;
                 *card.false_by_rule.entry(t.rule_id.clone()).or_default() += 1;
+                if card.false_examples.len() < 50 {
+                    card.false_examples.push(format!(
+                        "{} {} at {}",
+                        t.household_id, t.rule_id, t.emitted_at
+                    ));
+                }
             }
         } else {
             *card.operational_tasks.entry(t.rule_id.clone()).or_default() += 1;
@@ -135,6 +172,7 @@ pub fn score(
     card.household_days = households as f64 * simulated as f64 / 86_400_000.0;
     if card.household_days > 0.0 {
         card.false_tasks_per_household_day = card.false_tasks as f64 / card.household_days;
+        card.false_tasks_per_household_month = card.false_tasks_per_household_day * 30.0;
     }
     card
 }
@@ -170,9 +208,10 @@ mod tests {
 {"injected":{"household_id":"c","kind":"TACHYCARDIA","rule":"abnormal_vitals","at":1000,"deadline":5000}}
 not json
 {"injected":{"household_id":"e","kind":"COLLAPSE","rule":"no_movement","at":1000,"deadline":999999999}}
+{"injected":{"household_id":"f","kind":"TACHYCARDIA","rule":"abnormal_vitals","at":1000,"deadline":5000,"observable":false}}
 {"simulated":{"households":10,"start":0,"ms":172800000}}"#;
         let (injected, size) = read_log(log);
-        assert_eq!((injected.len(), size), (4, Some((10, 0, 172_800_000))));
+        assert_eq!((injected.len(), size), (5, Some((10, 0, 172_800_000))));
         let tasks = vec![
             task("a", "alarm.fall", Action::CALL_ELDER, 0, 1500),
             task("a", "alarm.fall", Action::NOTIFY_CONTACT, 0, 1500),
@@ -183,14 +222,24 @@ not json
         ];
         let card = score(&injected, &tasks, 10, 0, 172_800_000);
         assert_eq!(card.pending, 1, "the collapse due after the run ended");
+        assert_eq!(card.unobservable, 1, "no device could see f's racing heart");
         assert_eq!(
             (card.incidents, card.caught_in_time, card.caught_late),
-            (4, 1, 1)
+            (5, 1, 1)
         );
         assert_eq!(card.missed, vec!["c TACHYCARDIA at 1000".to_string()]);
         assert_eq!((card.incident_tasks, card.false_tasks), (3, 1));
         assert_eq!(card.household_days, 20.0);
         assert_eq!(card.false_tasks_per_household_day, 0.05);
+        assert_eq!(card.false_tasks_per_household_month, 1.5);
+        assert_eq!(
+            card.false_examples,
+            vec!["d night_door at 2000".to_string()]
+        );
+        assert_eq!(
+            card.late,
+            vec!["b COLLAPSE at 1000: 4 s past its promise".to_string()]
+        );
         assert_eq!(card.operational_tasks["device_silence"], 1);
     }
 }

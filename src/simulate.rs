@@ -301,6 +301,11 @@ impl Home {
         self.night_trip = rng.chance(0.5).then(|| day + rng.between(HOUR, 4 * HOUR));
     }
 
+    /// The device's battery is not flat.
+    fn alive(&self, k: DeviceKind) -> bool {
+        self.battery[DEVICES.iter().position(|d| *d == k).unwrap()] > 0.0
+    }
+
     fn asleep(&self, t: Millis) -> bool {
         t < self.wake || t >= self.sleep
     }
@@ -457,6 +462,8 @@ impl<'a> Simulator<'a> {
                     (i % 89) as f64 * 10.0,
                 );
                 h.plan(local_day(start), &mut rng);
+                // In bed at the start only if the day's plan has the elder asleep then.
+                h.in_bed = h.asleep(start);
                 h
             })
             .collect();
@@ -482,33 +489,43 @@ impl<'a> Simulator<'a> {
                 break;
             }
             let now = start + (elapsed.as_secs_f64() * cfg.speed * 1000.0) as Millis;
-            while let Some(inj) = script.next_if(|i| start + i.after.as_millis() as Millis <= now) {
-                let at = start + inj.after.as_millis() as Millis;
-                let hh = inj.household % cfg.households.max(1);
-                self.inject(&mut homes[hh], inj.kind, at);
-            }
-            if let (Some(at), Some(every)) = (next_random, cfg.incident_every) {
-                if at <= now && cfg.households > 0 {
+            // Everything up to `now` in simulated-time order (a tick before an incident at the
+            // same moment), so a run is the same whatever the pacing: an incident never shows
+            // in readings from before its onset, and the random draws come in one order.
+            let random_every = cfg.incident_every.filter(|_| cfg.households > 0);
+            loop {
+                let tick = ticks.peek().map(|Reverse((t, _))| *t);
+                let scripted = script.peek().map(|i| start + i.after.as_millis() as Millis);
+                let random = next_random.filter(|_| random_every.is_some());
+                let first = [tick, scripted, random, next_weather]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let Some(at) = first.filter(|at| *at <= now) else {
+                    break;
+                };
+                if tick == Some(at) {
+                    let Some(Reverse((t, i))) = ticks.pop() else {
+                        break;
+                    };
+                    self.tick(&mut homes[i], &mut rng, t, local_day(t));
+                    ticks.push(Reverse((t + MIN, i)));
+                } else if scripted == Some(at) {
+                    let Some(inj) = script.next() else { break };
+                    let hh = inj.household % cfg.households.max(1);
+                    self.inject(&mut homes[hh], inj.kind, at);
+                } else if random == Some(at) {
                     let kind =
                         IncidentKind::RANDOM[rng.below(IncidentKind::RANDOM.len() as u64) as usize];
                     let hh = rng.below(cfg.households as u64) as usize;
                     self.inject(&mut homes[hh], kind, at);
-                    next_random = Some(at + every.as_millis() as Millis);
-                }
-            }
-            if let (Some(at), Some(every)) = (next_weather, cfg.weather_every) {
-                if at <= now {
+                    next_random = random_every.map(|every| at + every.as_millis() as Millis);
+                } else {
                     self.weather(&mut rng, at);
-                    next_weather = Some(at + every.as_millis() as Millis);
+                    next_weather = cfg
+                        .weather_every
+                        .map(|every| at + every.as_millis() as Millis);
                 }
-            }
-            while let Some(Reverse((t, i))) = ticks.peek().copied() {
-                if t > now {
-                    break;
-                }
-                ticks.pop();
-                self.tick(&mut homes[i], &mut rng, t, local_day(t));
-                ticks.push(Reverse((t + MIN, i)));
             }
             self.report.simulated = now - start;
         }
@@ -550,9 +567,6 @@ impl<'a> Simulator<'a> {
             self.flush_backlog(h, t);
         }
         let id = h.profile.household_id.clone();
-        let alive = |h: &Home, k: DeviceKind| {
-            h.battery[DEVICES.iter().position(|d| *d == k).unwrap()] > 0.0
-        };
         // Heartbeats every five minutes from every live device.
         if (t / MIN) % 5 == (id.len() as Millis) % 5 {
             for (k, kind) in DEVICES.iter().enumerate() {
@@ -572,7 +586,7 @@ impl<'a> Simulator<'a> {
         }
         let (asleep, away, still) = (h.asleep(t), h.away(t), h.still(t));
         // Waking and going to bed.
-        if alive(h, DeviceKind::BED_SENSOR) && t >= h.wake && t - h.wake < MIN && !still {
+        if h.alive(DeviceKind::BED_SENSOR) && t >= h.wake && t - h.wake < MIN && !still {
             h.in_bed = false;
             self.sensor(
                 h,
@@ -581,7 +595,7 @@ impl<'a> Simulator<'a> {
                 t,
             );
         }
-        if alive(h, DeviceKind::BED_SENSOR) && t >= h.sleep && t - h.sleep < MIN && !still {
+        if h.alive(DeviceKind::BED_SENSOR) && t >= h.sleep && t - h.sleep < MIN && !still {
             h.in_bed = true;
             self.sensor(
                 h,
@@ -593,12 +607,28 @@ impl<'a> Simulator<'a> {
         // The mattress and the door contact repeat their state on a cadence of their own,
         // whatever the elder does (after a fall too): a report is not a movement.
         let phase = id.len() as Millis;
-        if alive(h, DeviceKind::BED_SENSOR) && (t / MIN) % 10 == (phase + 3) % 10 {
+        if h.alive(DeviceKind::BED_SENSOR) && (t / MIN) % 10 == (phase + 3) % 10 {
             let on_a_trip = h.night_trip.is_some_and(|n| t >= n && t < n + 8 * MIN);
             let occupied = h.in_bed && !on_a_trip;
             self.sensor(h, DeviceKind::BED_SENSOR, Reading::Bed { occupied }, t);
         }
-        if alive(h, DeviceKind::DOOR_CONTACT) && (t / MIN) % 15 == (phase + 7) % 15 {
+        // The mattress reads heart rate and breathing while someone lies on it: a racing
+        // heart at night is seen there, not on the watch (charging).
+        let on_a_trip = h.night_trip.is_some_and(|n| t >= n && t < n + 8 * MIN);
+        if h.alive(DeviceKind::BED_SENSOR) && h.in_bed && !on_a_trip && (t / MIN) % 5 == phase % 5 {
+            let hr = if t < h.tachycardia_until {
+                135
+            } else {
+                52 + ((t / MIN) % 13) as i32
+            };
+            let reading = Reading::Vitals {
+                heart_rate_bpm: Some(hr),
+                respiration_rpm: Some(12 + ((t / MIN) % 5) as i32),
+                worn: true,
+            };
+            self.sensor(h, DeviceKind::BED_SENSOR, reading, t);
+        }
+        if h.alive(DeviceKind::DOOR_CONTACT) && (t / MIN) % 15 == (phase + 7) % 15 {
             self.sensor(
                 h,
                 DeviceKind::DOOR_CONTACT,
@@ -631,13 +661,13 @@ impl<'a> Simulator<'a> {
         if let Some((a, b)) = h.out {
             if !still
                 && ((t >= a && t - a < MIN) || (t >= b && t - b < MIN))
-                && alive(h, DeviceKind::DOOR_CONTACT)
+                && h.alive(DeviceKind::DOOR_CONTACT)
             {
                 self.sensor(h, DeviceKind::DOOR_CONTACT, Reading::Door { open: true }, t);
             }
         }
         // Moving about at home while awake.
-        if !asleep && !away && !still && alive(h, DeviceKind::MOTION_PIR) && rng.chance(0.3) {
+        if !asleep && !away && !still && h.alive(DeviceKind::MOTION_PIR) && rng.chance(0.3) {
             self.sensor(
                 h,
                 DeviceKind::MOTION_PIR,
@@ -646,7 +676,7 @@ impl<'a> Simulator<'a> {
             );
         }
         // The watch: vitals every five minutes while worn (off at night, charging).
-        if !asleep && !away && alive(h, DeviceKind::WEARABLE) && (t / MIN) % 5 == 0 {
+        if !asleep && !away && h.alive(DeviceKind::WEARABLE) && (t / MIN) % 5 == 0 {
             let hr = if t < h.tachycardia_until {
                 135
             } else {
@@ -672,7 +702,7 @@ impl<'a> Simulator<'a> {
             }
             h.power += 0.02 + if !asleep && !away && !still { 0.1 } else { 0.0 };
             let (w, p) = (h.water, h.power);
-            if alive(h, DeviceKind::WATER_METER) {
+            if h.alive(DeviceKind::WATER_METER) {
                 self.sensor(
                     h,
                     DeviceKind::WATER_METER,
@@ -680,7 +710,7 @@ impl<'a> Simulator<'a> {
                     t,
                 );
             }
-            if alive(h, DeviceKind::POWER_METER) {
+            if h.alive(DeviceKind::POWER_METER) {
                 self.sensor(
                     h,
                     DeviceKind::POWER_METER,
@@ -690,8 +720,9 @@ impl<'a> Simulator<'a> {
             }
         }
         // The morning round: the elder presses I'm OK, or the centre calls.
-        if t >= h.wake + HOUR && t - h.wake - HOUR < MIN {
-            let kind = if rng.chance(0.6) && !still {
+        // An elder who has collapsed does neither: nobody answers the centre's call.
+        if t >= h.wake + HOUR && t - h.wake - HOUR < MIN && !still {
+            let kind = if rng.chance(0.6) {
                 CheckInKind::IM_OK_BUTTON
             } else {
                 CheckInKind::PHONE_ROUND
@@ -717,9 +748,19 @@ impl<'a> Simulator<'a> {
         }
         self.report.incidents += 1;
         let (rule, within) = kind.expectation(&h.profile);
+        // A racing heart is seen only by a watch on the wrist (awake, at home) or the
+        // mattress under the elder; with neither, no device can see it: scored apart.
+        let observable = match kind {
+            IncidentKind::Tachycardia => {
+                let watch = !h.asleep(at) && !h.away(at) && h.alive(DeviceKind::WEARABLE);
+                let mattress = h.in_bed && h.alive(DeviceKind::BED_SENSOR);
+                watch || mattress
+            }
+            _ => true,
+        };
         println!(
             "{}",
-            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": at + within}})
+            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": at + within, "observable": observable}})
         );
     }
 

@@ -193,64 +193,8 @@ fn simulator_at(
         .expect("start the simulator")
 }
 
-fn input_topics(config: &Config) -> Vec<String> {
-    let t = &config.topics;
-    vec![
-        t.sensor_events.clone(),
-        t.heartbeats.clone(),
-        t.checkins.clone(),
-        t.task_updates.clone(),
-    ]
-}
-
-/// Waits until the group has committed every input partition up to its end: every output
-/// of every input record has then been acknowledged.
 fn wait_caught_up(config: &Config, limit: Duration) -> Result<(), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    let timeout = Duration::from_secs(10);
-    loop {
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = HashMap::new();
-        for topic in input_topics(config) {
-            for p in 0..PARTITIONS {
-                tpl.add_partition(&topic, p);
-                if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, timeout) {
-                    ends.insert((topic.clone(), p), high);
-                }
-            }
-        }
-        let behind: i64 = match consumer.committed_offsets(tpl, timeout) {
-            Ok(c) => c
-                .elements()
-                .iter()
-                .map(|e| {
-                    let end = ends
-                        .get(&(e.topic().to_string(), e.partition()))
-                        .copied()
-                        .unwrap_or(i64::MAX);
-                    let at = match e.offset() {
-                        Offset::Offset(o) => o,
-                        _ => 0,
-                    };
-                    (end - at).max(0)
-                })
-                .sum(),
-            Err(_) => i64::MAX,
-        };
-        if behind == 0 && ends.len() == input_topics(config).len() * PARTITIONS as usize {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("still {behind} record(s) behind after {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    common::wait_caught_up(config, PARTITIONS, limit)
 }
 
 /// Every task on the dispatch topics: id → the distinct payloads seen under it, and how

@@ -4,6 +4,8 @@
 //! Registry speaking the two Confluent calls the processor uses.
 #![allow(dead_code)]
 
+pub mod budget;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -714,4 +716,68 @@ pub fn with_rules(env: &[(String, String)], dir: &str) -> Vec<(String, String)> 
         }
     }
     env
+}
+
+/// The input topics the processor's group reads.
+pub fn input_topics(config: &Config) -> Vec<String> {
+    let t = &config.topics;
+    vec![
+        t.sensor_events.clone(),
+        t.heartbeats.clone(),
+        t.checkins.clone(),
+        t.task_updates.clone(),
+    ]
+}
+
+/// Waits until the group has committed every input partition up to its end: every output
+/// of every input record has then been acknowledged.
+pub fn wait_caught_up(config: &Config, partitions: i32, limit: Duration) -> Result<(), String> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let timeout = Duration::from_secs(10);
+    loop {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for topic in input_topics(config) {
+            for p in 0..partitions {
+                tpl.add_partition(&topic, p);
+                if let Ok((_, high)) =
+                    rdkafka::consumer::Consumer::fetch_watermarks(&consumer, &topic, p, timeout)
+                {
+                    ends.insert((topic.clone(), p), high);
+                }
+            }
+        }
+        let behind: i64 =
+            match rdkafka::consumer::Consumer::committed_offsets(&consumer, tpl, timeout) {
+                Ok(c) => c
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        let end = ends
+                            .get(&(e.topic().to_string(), e.partition()))
+                            .copied()
+                            .unwrap_or(i64::MAX);
+                        let at = match e.offset() {
+                            rdkafka::Offset::Offset(o) => o,
+                            _ => 0,
+                        };
+                        (end - at).max(0)
+                    })
+                    .sum(),
+                Err(_) => i64::MAX,
+            };
+        if behind == 0 && ends.len() == input_topics(config).len() * partitions as usize {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("still {behind} record(s) behind after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
