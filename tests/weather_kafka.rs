@@ -4,7 +4,8 @@
 //! The warning comes before the processors start, while the homes send their first records,
 //! or after; one instance or two share the partitions. In every variant every home of the
 //! district is called exactly once, by the owner of its partition, most at risk first.
-//! Homes that send nothing can only be reached through the producers' partitioner.
+//! Homes that send nothing can only be reached through the producers' partitioner. The six
+//! variants run twice.
 
 mod common;
 

@@ -497,7 +497,11 @@ impl Engine {
                     .known(&hb.household_id)
                     .ok_or(EngineError::UnknownHousehold)?;
                 let (t, _) = self.event_time(hb.event_time, meta.arrival);
-                self.touch(slot, meta.partition, t);
+                if let Some(e) = self.too_late(meta.partition, t, meta.arrival) {
+                    self.stats.late_dropped += 1;
+                    return Err(e);
+                }
+                self.touch(slot, meta, t);
                 let p = Pending::Heartbeat {
                     kind: hb.device_kind,
                 };
@@ -511,7 +515,11 @@ impl Engine {
                     .known(&c.household_id)
                     .ok_or(EngineError::UnknownHousehold)?;
                 let (t, _) = self.event_time(c.event_time, meta.arrival);
-                self.touch(slot, meta.partition, t);
+                if let Some(e) = self.too_late(meta.partition, t, meta.arrival) {
+                    self.stats.late_dropped += 1;
+                    return Err(e);
+                }
+                self.touch(slot, meta, t);
                 let p = Pending::CheckIn {
                     visit: c.kind == CheckInKind::HOME_VISIT,
                 };
@@ -557,7 +565,8 @@ impl Engine {
         }
     }
 
-    fn touch(&mut self, slot: u32, partition: i32, t: Millis) {
+    fn touch(&mut self, slot: u32, meta: Meta, t: Millis) {
+        let partition = meta.partition;
         self.count_district(slot);
         let h = self.slot(slot);
         if h.partition.is_none() && self.partitioning.is_some() {
@@ -672,7 +681,13 @@ impl Engine {
             return Ok(());
         }
         let (t, skewed) = self.event_time(e.event_time, meta.arrival);
-        self.touch(slot, meta.partition, t);
+        if alarm.is_none() {
+            if let Some(e) = self.too_late(meta.partition, t, meta.arrival) {
+                self.stats.late_dropped += 1;
+                return Err(e);
+            }
+        }
+        self.touch(slot, meta, t);
         if let Some(rule) = alarm {
             if self.slot(slot).profile.is_none() {
                 self.stats.unknown_household_alarms += 1;
@@ -738,18 +753,36 @@ impl Engine {
             return Ok(());
         }
         let behind = clock.watermark.unwrap_or(t);
-        if t < behind - lateness {
+        if let Some(e) = self.too_late(meta.partition, t, meta.arrival) {
             self.stats.late_dropped += 1;
-            return Err(EngineError::TooLate {
-                late_by: behind - t,
-                watermark: behind,
-            });
+            return Err(e);
         }
         self.stats.late_events += 1;
         self.late(behind, |e| {
             e.apply_pending(slot, t, p, device, Some(behind), out)
         });
         Ok(())
+    }
+
+    /// Whether an event at `t` whose record arrived at `arrival` is too late to use at all
+    /// (see `enqueue`): checked before the event touches the household, so a refused event
+    /// changes nothing.
+    fn too_late(&self, partition: i32, t: Millis, arrival: Millis) -> Option<EngineError> {
+        let (ooo, lateness) = (self.rules.out_of_orderness, self.rules.allowed_lateness);
+        let delay = arrival.saturating_sub(t);
+        let time = if delay > ooo && delay <= lateness {
+            arrival
+        } else {
+            t
+        };
+        let clock = self.partitions.get(&partition)?;
+        let watermark = clock.watermark?;
+        (clock.is_late(time) && t < watermark.saturating_sub(lateness)).then_some(
+            EngineError::TooLate {
+                late_by: watermark - t,
+                watermark,
+            },
+        )
     }
 
     /// Applies late data that became known at `at`. A deadline it moves is not judged before
