@@ -5,7 +5,8 @@
 //! `alarms.toml` reordered and then shrunk while running, and a corrupt checkpoint manifest
 //! and piece found by the next instance. After each, an emergency button must make its task
 //! within seconds; at the end the desk must hold exactly the buttons' tasks (what the same
-//! traffic without the bad cases makes), and the processor must be ready.
+//! traffic without the bad cases makes), the processor must be ready, and the homes' phone
+//! number must be in contact notifications only.
 
 mod common;
 
@@ -26,6 +27,8 @@ use carestream::config::Config;
 use carestream::model::*;
 
 const YEAR: Millis = 365 * 24 * 3_600_000;
+/// Every home's emergency contact: personal data that only contact notifications may carry.
+const PHONE: &str = "13987654321";
 const PARTITIONS: i32 = 3;
 
 fn now() -> Millis {
@@ -125,6 +128,40 @@ fn wait_for_call(config: &Config, event: &str, limit: Duration) -> Option<Durati
     None
 }
 
+/// Records of `topic` whose key, value or headers contain the phone number.
+fn scan(config: &Config, topic: &str) -> usize {
+    use rdkafka::message::Headers;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", common::unique("hostile-scan"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let (mut found, mut quiet) = (0, 0);
+    while quiet < 10 {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                quiet = 0;
+                let mut bytes = m.key().unwrap_or_default().to_vec();
+                bytes.extend_from_slice(m.payload().unwrap_or_default());
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        bytes.extend_from_slice(h.get(i).value.unwrap_or_default());
+                    }
+                }
+                found += String::from_utf8_lossy(&bytes).contains(PHONE) as usize;
+            }
+            _ => quiet += 1,
+        }
+    }
+    found
+}
+
 /// The newest manifest of `partition` on the state topic, as JSON.
 fn manifest(config: &Config, state_partitions: i32, partition: i32) -> Option<serde_json::Value> {
     let c: BaseConsumer = ClientConfig::new()
@@ -194,7 +231,10 @@ fn every_bad_case_in_turn_leaves_alarms_working_and_adds_no_task() {
     // still open joins that incident.
     let homes: Vec<String> = (0..12)
         .map(|i| {
-            let profile = carestream::simulate::household(i, 3);
+            let mut profile = carestream::simulate::household(i, 3);
+            for c in profile.emergency_contacts.iter_mut() {
+                c.phone = PHONE.into();
+            }
             let id = profile.household_id.clone();
             let reg = Input::Household {
                 household_id: id.clone(),
@@ -434,6 +474,32 @@ fn every_bad_case_in_turn_leaves_alarms_working_and_adds_no_task() {
     }
     assert_eq!(calls.len(), pressed.len(), "{calls:?}");
     assert_eq!(proc.get("/health").0, 200);
+
+    // The phone number is in the registry and in contact notifications, nowhere else: not in
+    // tasks, task events, dead letters, checkpoints, logs or metrics.
+    let notified = scan(&config, &t.contact_notifications);
+    assert!(
+        notified > 0,
+        "no contact notification carries the number: the scan proves nothing"
+    );
+    for topic in [
+        &t.dispatch_critical,
+        &t.dispatch_high,
+        &t.dispatch_routine,
+        &t.task_events,
+        &t.dead_letter,
+        &t.state,
+    ] {
+        assert_eq!(scan(&config, topic), 0, "{topic} carries the phone number");
+    }
+    assert!(
+        !proc.logs().contains(PHONE),
+        "a log line carries the phone number"
+    );
+    assert!(
+        !proc.get("/metrics").1.contains(PHONE),
+        "a metric carries the phone number"
+    );
     assert!(proc
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));

@@ -30,9 +30,9 @@ impl Engine {
         if h.heightened_until > h.last_seen {
             let w = &self.rules.weather;
             let factor = match (kind, i) {
-                (RuleKind::NoMovement, p::AFTER)
-                | (RuleKind::HomeSilence, p::AFTER)
-                | (RuleKind::WaterSilence, p::WINDOW) => w.absence_factor,
+                (RuleKind::NoMovement, p::AFTER) | (RuleKind::HomeSilence, p::AFTER) => {
+                    w.absence_factor
+                }
                 (RuleKind::VisitCadence, p::EVERY) => w.visit_factor,
                 _ => 1.0,
             };
