@@ -4,7 +4,7 @@
 //! bench's, on a city seven times the size; this check fails on a clear regression: five
 //! times the goal, an incident missed, or more than two found late. (The incidents are drawn
 //! at random; a collapse in bed at night is found only after the quiet hours, which can be
-//! late against the no-movement promise: see README, "Known limits".)
+//! late against the no-movement promise: see README, "Not yet".)
 
 mod common;
 
