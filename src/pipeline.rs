@@ -306,18 +306,16 @@ impl Processor {
     }
 
     /// A record timestamp is the producer's clock: it may not move time past this process's
-    /// own (one record stamped a year ahead would fire every deadline of its partition), nor
-    /// stand for an arrival older than `max_event_age` (a clock reset to 1970, a year behind).
-    /// Stamps ahead by more than `max_clock_skew`, or that old, are broken clocks: the record
-    /// is taken as arriving now, and counted.
+    /// own (one record stamped a year ahead would fire every deadline of its partition).
+    /// Stamps ahead by more than `max_clock_skew` are broken clocks and counted. (One far
+    /// behind moves nothing: an event that old is refused by the engine as too late and
+    /// dead-lettered.)
     fn bound_by_wall_clock(&mut self, t: Millis) -> Millis {
         self.wall_seen = wall_millis();
-        let rules = self.engine.rules();
-        let oldest = self.wall_seen.saturating_sub(rules.max_event_age);
-        if (oldest..=self.wall_seen).contains(&t) {
+        if t <= self.wall_seen {
             return t;
         }
-        if t < oldest || t - self.wall_seen > rules.max_clock_skew {
+        if t - self.wall_seen > self.engine.rules().max_clock_skew {
             self.metrics.clock_skew_clamped.inc();
         }
         self.wall_seen
@@ -325,11 +323,8 @@ impl Processor {
 
     /// Decodes and processes one record; synchronous, no I/O.
     fn step(&mut self, r: &RawRecord<'_>, batch: &mut Batch) -> Step {
-        let oldest = self
-            .wall_seen
-            .saturating_sub(self.engine.rules().max_event_age);
-        let now = match r.timestamp {
-            Some(t) if t <= self.wall_seen && t >= oldest => t,
+        let now = match r.timestamp.filter(|t| *t > 0) {
+            Some(t) if t <= self.wall_seen => t,
             Some(t) => self.bound_by_wall_clock(t),
             None => wall_millis(),
         };

@@ -66,6 +66,10 @@ pub(crate) struct OpenIncident {
     /// The highest rung emitted (0: only the first tasks).
     pub tier: i32,
     pub acked: bool,
+    /// When the desk last acknowledged it, or when an unresolved acknowledgement last made it
+    /// climb a rung: the acknowledgement timeout counts from here.
+    #[serde(default)]
+    pub acked_at: Option<Millis>,
     /// The condition cleared at this time; auto-resolves after `clear_for` unless it returns.
     pub clearing_since: Option<Millis>,
     pub clearing_reason: Cow<'static, str>,

@@ -215,6 +215,7 @@ impl Engine {
             opened_at: f.emitted_at,
             tier: 0,
             acked: false,
+            acked_at: None,
             clearing_since: None,
             clearing_reason: "".into(),
             task_ids: Vec::new(),

@@ -16,15 +16,28 @@ impl Engine {
                 if let Some(c) = inc.clearing_since {
                     return Some(c + self.rules.clear_for);
                 }
+                let ladder = self.rules.ladder(inc.severity);
                 if inc.acked {
-                    return None;
+                    // Acknowledged: only an acknowledgement left unresolved climbs again.
+                    return Self::ack_timeout(ladder, inc);
                 }
-                let rungs = &self.rules.ladder(inc.severity).rungs;
+                let rungs = &ladder.rungs;
                 rungs
                     .get(inc.tier as usize)
                     .map(|r| inc.opened_at + r.after)
             })
             .min()
+    }
+
+    /// When an acknowledged incident with rungs left climbs again for want of a resolution.
+    fn ack_timeout(
+        ladder: &crate::rules::Ladder,
+        inc: &super::household::OpenIncident,
+    ) -> Option<Millis> {
+        if inc.clearing_since.is_some() || inc.tier as usize >= ladder.rungs.len() {
+            return None;
+        }
+        Some(inc.acked_at? + ladder.unresolved_after?)
     }
 
     pub(super) fn schedule_ladder(&mut self, slot: u32) {
@@ -81,11 +94,18 @@ impl Engine {
                 let due = rungs
                     .get(inc.tier as usize)
                     .map(|r| inc.opened_at + r.after);
+                let stale = Self::ack_timeout(self.rules.ladder(inc.severity), inc);
                 match due {
                     Some(d) if !inc.acked && inc.clearing_since.is_none() && d <= t => {
-                        self.escalate(slot, i, out)
+                        self.escalate(slot, i, None, out)
                     }
-                    _ => break,
+                    _ => match stale {
+                        Some(at) if inc.acked && at <= t => {
+                            self.escalate(slot, i, Some(at), out);
+                            break;
+                        }
+                        _ => break,
+                    },
                 }
             }
             i += 1;
@@ -93,23 +113,31 @@ impl Engine {
         self.schedule_ladder(slot);
     }
 
-    /// The next rung of incident `i`: a new task, one tier up, at the rung's deadline.
-    fn escalate(&mut self, slot: u32, i: usize, out: &mut Vec<Output>) {
+    /// The next rung of incident `i`: a new task, one tier up, at the rung's deadline; or, for
+    /// an acknowledgement left unresolved (`stale`: when its wait ran out), at that moment.
+    fn escalate(&mut self, slot: u32, i: usize, stale: Option<Millis>, out: &mut Vec<Output>) {
         let h = self.slot(slot);
         let inc = &h.open[i];
         let rungs = &self.rules.ladder(inc.severity).rungs;
         let k = inc.tier as usize;
         let rung = rungs[k].clone();
-        let at = inc.opened_at + rung.after;
-        let respond_by = match rungs.get(k + 1) {
-            Some(next) => inc.opened_at + next.after,
-            None => at + self.describe(&inc.rule).3,
+        let at = stale.unwrap_or(inc.opened_at + rung.after);
+        let respond_by = match (stale, rungs.get(k + 1)) {
+            (None, Some(next)) => inc.opened_at + next.after,
+            _ => at + self.describe(&inc.rule).3,
         };
-        let summary = format!(
-            "not acknowledged {} min after the first call: {}",
-            rung.after / 60_000,
-            rung.action
-        );
+        let summary = match (stale, inc.acked_at) {
+            (Some(at), Some(acked)) => format!(
+                "acknowledged {} min ago, still not resolved: {}",
+                (at - acked) / 60_000,
+                rung.action
+            ),
+            _ => format!(
+                "not acknowledged {} min after the first call: {}",
+                rung.after / 60_000,
+                rung.action
+            ),
+        };
         let evidence = vec![Evidence {
             event_id: format!("{}@tier{}", inc.incident_id, k + 1),
             event_time: at,
@@ -136,12 +164,16 @@ impl Engine {
         let inc = &mut self.slot_mut(slot).open[i];
         inc.task_ids.push(task.task_id.clone());
         inc.tier += 1;
+        if stale.is_some() {
+            inc.acked_at = Some(at);
+        }
         out.push(Output::Task(task));
         out.push(Output::TaskEvent(event));
         self.stats.escalations[k.min(2)] += 1;
     }
 
-    /// The desk acknowledged a task of incident `i`: the ladder stops.
+    /// The desk acknowledged a task of incident `i`: the ladder stops, until the
+    /// acknowledgement has gone `unresolved_after` without a resolution.
     pub(super) fn acknowledge(
         &mut self,
         slot: u32,
@@ -149,9 +181,15 @@ impl Engine {
         u: &TaskUpdate,
         out: &mut Vec<Output>,
     ) {
+        let watermark = self.slot(slot).partition.and_then(|p| self.watermark(p));
+        let skew = self.rules.max_clock_skew;
         let inc = &mut self.slot_mut(slot).open[i];
         let first = !inc.acked;
         inc.acked = true;
+        // The wait for a resolution counts from the desk's time, kept within the partition's
+        // event time (an update stamped far ahead would otherwise stop it for good).
+        let now = watermark.map_or(u.at, |w| u.at.clamp(w, w.saturating_add(skew)));
+        inc.acked_at = Some(inc.acked_at.map_or(now, |a| a.max(now)));
         let (severity, opened_at, incident_id, rule_id) = (
             inc.severity,
             inc.opened_at,

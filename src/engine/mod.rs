@@ -881,6 +881,7 @@ impl Engine {
         };
         if kind == TaskEventKind::ACKNOWLEDGED {
             self.acknowledge(slot, i, u, out);
+            self.schedule_ladder(slot);
             return Ok(());
         }
         let rule = self.slot(slot).open[i].rule.clone();

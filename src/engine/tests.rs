@@ -1765,3 +1765,94 @@ fn reordered_or_removed_alarm_rules_keep_open_alarms_apart_and_escalating() {
     assert!(out.iter().any(|o| matches!(o,
         Output::TaskEvent(ev) if ev.kind == TaskEventKind::ESCALATED && ev.rule_id == "alarm.water_leak")));
 }
+
+#[test]
+fn an_acknowledgement_left_unresolved_climbs_one_rung_per_hour_and_a_resolution_stops_it() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    let first = run(&mut e, &press("hh-1", "p1", T0), T0);
+    let task_id = tasks(&first)[0].task_id.clone();
+    let update = |status, at| {
+        Input::TaskUpdate(TaskUpdate {
+            task_id: task_id.clone(),
+            household_id: "hh-1".into(),
+            status,
+            by: "desk-7".into(),
+            // The desk's clock is far ahead: the wait counts in event time all the same.
+            at: at + 24 * HOUR,
+            note: None,
+        })
+    };
+    let mut out = Vec::new();
+    e.tick(0, T0 + 2 * 60_000, &mut out);
+    e.process(
+        &update(TaskUpdateStatus::ACKNOWLEDGED, T0 + 2 * 60_000),
+        on(0, T0 + 2 * 60_000),
+        &mut out,
+    )
+    .unwrap();
+    // The desk's stamp, a day ahead, counts as no later than max_clock_skew past the watermark.
+    let acked_at = e.watermark(0).unwrap() + e.rules().max_clock_skew;
+    let escalated = |out: &[Output]| {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Task(t) if t.tier > 0 => Some((
+                    t.tier,
+                    t.action,
+                    t.emitted_at,
+                    t.evidence[0].summary.clone(),
+                )),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The ladder's own rungs (5 and 20 min) stay stopped by the acknowledgement ...
+    e.tick(0, acked_at + HOUR - 1, &mut out);
+    assert!(escalated(&out).is_empty(), "{:?}", escalated(&out));
+    // ... until an hour passes with no resolution: one rung, then the wait starts again.
+    e.tick(0, acked_at + HOUR, &mut out);
+    assert_eq!(
+        escalated(&out),
+        vec![(
+            1,
+            Action::ONSITE_VISIT,
+            acked_at + HOUR,
+            "acknowledged 60 min ago, still not resolved: ONSITE_VISIT".to_string()
+        )]
+    );
+    out.clear();
+    e.tick(0, acked_at + 2 * HOUR, &mut out);
+    assert_eq!(
+        escalated(&out)
+            .iter()
+            .map(|x| (x.0, x.1))
+            .collect::<Vec<_>>(),
+        vec![(2, Action::EMERGENCY_SERVICES)]
+    );
+    // No rung is left: nothing more however long it stays open.
+    out.clear();
+    e.tick(0, acked_at + 6 * HOUR, &mut out);
+    assert!(escalated(&out).is_empty());
+
+    // Another home: acknowledged, then resolved within the hour: no climb.
+    run(&mut e, &profile("hh-2", 1), T0);
+    let first = run(&mut e, &press("hh-2", "q1", T0 + 6 * HOUR), T0 + 6 * HOUR);
+    let id = tasks(&first)[0].task_id.clone();
+    for (status, at) in [
+        (TaskUpdateStatus::ACKNOWLEDGED, T0 + 6 * HOUR + 60_000),
+        (TaskUpdateStatus::RESOLVED, T0 + 6 * HOUR + 30 * 60_000),
+    ] {
+        let u = Input::TaskUpdate(TaskUpdate {
+            task_id: id.clone(),
+            household_id: "hh-2".into(),
+            status,
+            by: "desk-7".into(),
+            at,
+            note: None,
+        });
+        e.process(&u, on(0, at), &mut out).unwrap();
+    }
+    out.clear();
+    e.tick(0, T0 + 10 * HOUR, &mut out);
+    assert!(escalated(&out).is_empty(), "{:?}", escalated(&out));
+}

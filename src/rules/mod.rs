@@ -86,6 +86,8 @@ struct EscalationFile {
 struct RawLadder {
     with_first: Vec<Spanned<String>>,
     rungs: Vec<RawRung>,
+    #[serde(default)]
+    unresolved_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +109,9 @@ pub struct Rung {
 pub struct Ladder {
     pub with_first: Vec<Action>,
     pub rungs: Vec<Rung>,
+    /// An acknowledged incident neither resolved nor clearing this long after its
+    /// acknowledgement climbs one rung, and the wait starts again (None: never).
+    pub unresolved_after: Option<Millis>,
 }
 
 /// One instant-alarm rule, ready to run.
@@ -347,6 +352,10 @@ impl RuleSet {
                         .filter_map(|a| action(a, &mut problems))
                         .collect(),
                     rungs: Vec::new(),
+                    unresolved_after: raw
+                        .unresolved_after
+                        .as_ref()
+                        .map(|d| src.duration(d, "unresolved_after", &mut problems)),
                 };
                 let mut last = 0;
                 for r in &raw.rungs {

@@ -22,22 +22,14 @@ pub fn run(broker: &Broker, b: &Budget) -> (serde_json::Value, f64) {
     let bin = env!("CARGO_BIN_EXE_carestream");
     let (_, env) = test_config(&broker.bootstrap(), "budget");
     // The wall clock must not move event time past the city's: the scorer reads the tasks
-    // after the run, whenever that is. The city is replayed from up to a week and an hour
-    // ago: records that old are not broken clocks here.
+    // after the run, whenever that is.
     let rules = rules_with(
         "budget-rules",
-        &[
-            (
-                "engine.toml",
-                "idle_timeout = \"1m\"",
-                "idle_timeout = \"24h\"",
-            ),
-            (
-                "engine.toml",
-                "max_event_age = \"7d\"",
-                "max_event_age = \"30d\"",
-            ),
-        ],
+        &[(
+            "engine.toml",
+            "idle_timeout = \"1m\"",
+            "idle_timeout = \"24h\"",
+        )],
     );
     let env = with_rules(&env, &rules);
     let config = Config::load(None, env.clone()).unwrap();
