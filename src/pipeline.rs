@@ -435,10 +435,20 @@ impl Processor {
                 .desk(&open, overdue, self.engine.household_count(), &acks);
             let mut outputs = std::mem::take(&mut self.outputs);
             for p in self.engine.partitions() {
-                let quiet = self
-                    .last_record
-                    .get(&p)
-                    .is_none_or(|t| now.duration_since(*t) >= idle);
+                // A partition whose records wait for one of its topics is not idle: its idle
+                // time starts when the wait ends.
+                let held = self
+                    .consumer
+                    .as_ref()
+                    .is_some_and(|c| c.context().holding(p));
+                if held {
+                    self.last_record.insert(p, now);
+                }
+                let quiet = !held
+                    && self
+                        .last_record
+                        .get(&p)
+                        .is_none_or(|t| now.duration_since(*t) >= idle);
                 if quiet {
                     self.engine
                         .tick(p, wall_millis() - idle.as_millis() as i64, &mut outputs);

@@ -144,6 +144,16 @@ pub struct GroupContext {
     /// Each assigned topic-partition's first offset and its high watermark when assigned
     /// (for the merger's lag).
     starts: Mutex<Starts>,
+    /// Partitions whose records the merger holds back for a topic with records left: not
+    /// idle, so the pipeline's clock must not move their time on.
+    held: Mutex<std::collections::HashSet<i32>>,
+}
+
+impl GroupContext {
+    /// Whether partition `p`'s records are being held for one of its topics.
+    pub fn holding(&self, p: i32) -> bool {
+        self.held.lock().expect("not poisoned").contains(&p)
+    }
 }
 
 impl ClientContext for GroupContext {
@@ -429,6 +439,7 @@ impl Fetcher {
             rebalanced: AtomicBool::new(false),
             starts: Mutex::new(HashMap::new()),
             warn: crate::telemetry::RateLimit::new(Duration::from_secs(10)),
+            held: Mutex::new(Default::default()),
         };
         let consumer: Arc<GroupConsumer> = Arc::new(c.create_with_context(context)?);
         let fixed = config
@@ -657,6 +668,7 @@ impl<'a> Merger<'a> {
         consumer: &GroupConsumer,
         names: &[String],
         metrics: &crate::telemetry::Metrics,
+        held: &Mutex<std::collections::HashSet<i32>>,
     ) {
         if self.refreshed.is_some_and(|r| r.elapsed() < REFRESH) {
             return;
@@ -678,14 +690,20 @@ impl<'a> Merger<'a> {
                 }
             }
         }
-        self.observe_waits(metrics, names);
+        self.observe_waits(metrics, names, held);
     }
 
-    /// Marks the lanes that hold back a record of their partition and shows how long each
-    /// has, in the wait gauge.
-    fn observe_waits(&mut self, metrics: &crate::telemetry::Metrics, names: &[String]) {
+    /// Marks the lanes that hold back a record of their partition, shows how long each has
+    /// in the wait gauge, and tells the pipeline which partitions are held.
+    fn observe_waits(
+        &mut self,
+        metrics: &crate::telemetry::Metrics,
+        names: &[String],
+        held: &Mutex<std::collections::HashSet<i32>>,
+    ) {
         let now = Instant::now();
         let (limit, idle, patience) = (self.limit, self.idle, self.patience);
+        let mut held_now = std::collections::HashSet::new();
         for (p, lanes) in self.parts.iter_mut() {
             let head = lanes
                 .iter()
@@ -694,6 +712,7 @@ impl<'a> Merger<'a> {
             for (lane, topic) in lanes.iter_mut().zip(names) {
                 let holding = head.is_some_and(|t| lane.holds(t, limit, idle, patience, now));
                 lane.holding_since = if holding {
+                    held_now.insert(*p);
                     Some(lane.holding_since.unwrap_or(now))
                 } else {
                     None
@@ -705,6 +724,7 @@ impl<'a> Merger<'a> {
                     .set(waited);
             }
         }
+        *held.lock().expect("not poisoned") = held_now;
     }
 
     fn lanes(&mut self, partition: i32) -> &mut Vec<Lane<'a>> {
@@ -891,7 +911,7 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
             merger.gave_up = 0;
         }
         merger.regulate(&consumer, &index);
-        merger.refresh(&consumer, &index, &ctx.metrics);
+        merger.refresh(&consumer, &index, &ctx.metrics, &ctx.held);
         let due = full || since.is_some_and(|s| s.elapsed() >= wait) || merger.buffered == 0;
         // Counted as they come, not when handed over: the ordering may hold many for a while.
         if due || fetched >= 1_000 {
