@@ -2,8 +2,8 @@
 //! seven ordinary days, an incident injected somewhere every two simulated hours, through
 //! `carestream run` (this build) on Apache Kafka started for the run, scored by `carestream
 //! score`: false tasks per household-month overall and by rule, and each incident's first
-//! task against its rule's promise (alarms 1 min, vitals 15 min, no movement 13 h, 7 h for the
-//! severely disabled). Goal: at most 0.1 false tasks per household-month, every incident in
+//! task against its rule's promise (alarms 1 min, vitals 15 min, no movement its household's
+//! threshold and an hour, as `rules/no_movement.toml` says). Goal: at most 0.1 false tasks per household-month, every incident in
 //! time.
 //!
 //!     cargo bench --bench false_alarms

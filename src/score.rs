@@ -66,7 +66,8 @@ pub struct Scorecard {
     pub incident_tasks: usize,
     pub false_tasks: usize,
     pub false_by_rule: BTreeMap<String, usize>,
-    /// The first false tasks: household, rule, when (ms), for whoever looks into them.
+    /// The first false tasks: household, rule, when (ms) and the rule's finding, for whoever
+    /// looks into them.
     pub false_examples: Vec<String>,
     pub household_days: f64,
     pub false_tasks_per_household_day: f64,
@@ -130,6 +131,9 @@ pub fn score(
             }
         }
         match found {
+            // Nothing at home could see it (the elder away, no device on): a later task is
+            // about something else.
+            _ if !inc.observable => card.unobservable += 1,
             Some((i, t)) => {
                 used[i] = true;
                 if t.emitted_at <= inc.deadline {
@@ -146,7 +150,6 @@ pub fn score(
                 }
             }
             None if inc.deadline > start + simulated => card.pending += 1,
-            None if !inc.observable => card.unobservable += 1,
             None => card
                 .missed
                 .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
@@ -159,8 +162,10 @@ pub fn score(
                 card.false_tasks += 1;
                 *card.false_by_rule.entry(t.rule_id.clone()).or_default() += 1;
                 if card.false_examples.len() < 50 {
+                    let why = t.evidence.first().map(|e| format!(": {}", e.summary));
+                    let why = why.unwrap_or_default();
                     card.false_examples.push(format!(
-                        "{} {} at {}",
+                        "{} {} at {}{why}",
                         t.household_id, t.rule_id, t.emitted_at
                     ));
                 }
@@ -219,6 +224,14 @@ not json
             task("b", "no_movement", Action::CALL_ELDER, 0, 9000),
             task("d", "night_door", Action::CALL_ELDER, 0, 2000),
             task("d", "device_silence", Action::DEVICE_MAINTENANCE, 0, 2000),
+            // Days after f's unseen racing heart: not its finding.
+            task(
+                "f",
+                "missed_daily_round",
+                Action::CALL_ELDER,
+                0,
+                100_000_000,
+            ),
         ];
         let card = score(&injected, &tasks, 10, 0, 172_800_000);
         assert_eq!(card.pending, 1, "the collapse due after the run ended");

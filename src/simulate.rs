@@ -90,6 +90,32 @@ impl IncidentKind {
     ];
 }
 
+/// When no movement promises to find a collapse at `at` (see `rules/no_movement.toml`): its
+/// threshold and an hour; in bed at night, the time to be up in the morning past the quiet
+/// hours' end; without a mattress, late in the evening or at night, the threshold in waking time.
+fn collapse_promise(rules: &crate::rules::RuleSet, h: &Home, at: Millis) -> Millis {
+    use crate::engine::localtime::{add_awake_time, quiet_period};
+    use crate::rules::{p, RuleKind};
+    let rule = rules.rule(RuleKind::NoMovement);
+    let param = |i| rule.ms(i, &h.profile.household_id, Some(&h.profile));
+    let after = param(p::AFTER);
+    let q = h.profile.quiet_hours.unwrap_or(rules.default_quiet_hours);
+    let Some((from, to)) = quiet_period(at, CST, q) else {
+        return at + after + HOUR;
+    };
+    let night = at >= from - param(p::BEDTIME_WINDOW);
+    let found = if !night {
+        at + after
+    } else if h.alive(DeviceKind::BED_SENSOR) && h.in_bed {
+        (at + after).max(to + param(p::STILL_IN_BED_AFTER))
+    } else if h.alive(DeviceKind::BED_SENSOR) {
+        at + after
+    } else {
+        add_awake_time(at, after, CST, q)
+    };
+    found + HOUR
+}
+
 /// An incident to inject: which household (by index), what, when (simulated time from the
 /// start).
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +161,52 @@ pub struct SimConfig {
     /// timestamps carry simulated time, so a run can be placed across a given hour, such
     /// as local midnight, when the day's plans change and gateways drop out.
     pub start: Option<Millis>,
+    pub mix: Mix,
+}
+
+/// How the city lives: which devices its homes have, how their meters report, and how its
+/// elders keep their days. The defaults are a city's, not the rules': most homes have no
+/// mattress, most meters report hourly or daily, people keep their own hours.
+#[derive(Debug, Clone, Copy)]
+pub struct Mix {
+    /// Share of homes with a bed mattress (occupancy, heart rate, breathing).
+    pub bed_sensor: f64,
+    /// Share of homes whose elder has a smart watch.
+    pub watch: f64,
+    /// Share of homes whose water and power meters report once an hour, and once a day; the
+    /// rest every 15 minutes.
+    pub meters_hourly: f64,
+    pub meters_daily: f64,
+    /// Share of elders who get up late (07:30–09:00; the others 06:00–07:30), and who go to
+    /// bed after the quiet hours begin (23:00–00:30; the others 21:30–23:00).
+    pub late_risers: f64,
+    pub night_owls: f64,
+    /// Share of elders who nap in bed after lunch on most days.
+    pub nappers: f64,
+    /// Chance a day that the watch stays on its charger.
+    pub watch_off: f64,
+    /// Chance a day that the elder goes to stay with family for one to three days (the
+    /// registry is told: `away_until`).
+    pub stays_away: f64,
+    /// Share of records the platform delivers twice.
+    pub duplicates: f64,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            bed_sensor: 0.5,
+            watch: 0.5,
+            meters_hourly: 0.5,
+            meters_daily: 0.2,
+            late_risers: 0.15,
+            night_owls: 0.15,
+            nappers: 0.4,
+            watch_off: 0.2,
+            stays_away: 0.01,
+            duplicates: 0.01,
+        }
+    }
 }
 
 impl SimConfig {
@@ -240,6 +312,13 @@ const DEVICES: [DeviceKind; 8] = [
 /// One household's day and devices.
 struct Home {
     profile: HouseholdProfile,
+    /// The devices the home has (of `DEVICES`).
+    fitted: [bool; DEVICES.len()],
+    late_riser: bool,
+    night_owl: bool,
+    napper: bool,
+    /// How often the meters report, in minutes.
+    meter_every: Millis,
     /// Device clock error (ms); a few are absurd.
     skew: Millis,
     battery: [f64; DEVICES.len()],
@@ -249,6 +328,14 @@ struct Home {
     day: Millis,
     wake: Millis,
     sleep: Millis,
+    /// Yesterday's bedtime: a night owl's falls after midnight.
+    prev_sleep: Millis,
+    nap: Option<(Millis, Millis)>,
+    watch_on: bool,
+    /// Away staying with family: leaves at the first instant, back at the second.
+    stay: Option<(Millis, Millis)>,
+    /// The `away_until` the registry is told for the stay.
+    stay_told: Millis,
     out: Option<(Millis, Millis)>,
     night_trip: Option<Millis>,
     /// What the mattress last said: it repeats that every 10 minutes, whatever happens.
@@ -273,6 +360,11 @@ impl Home {
     ) -> Home {
         Home {
             profile,
+            fitted: [true; DEVICES.len()],
+            late_riser: false,
+            night_owl: false,
+            napper: false,
+            meter_every: 15,
             skew,
             battery,
             water,
@@ -280,6 +372,11 @@ impl Home {
             day: 0,
             wake: 0,
             sleep: 0,
+            prev_sleep: 0,
+            nap: None,
+            watch_on: true,
+            stay: None,
+            stay_told: 0,
             out: None,
             night_trip: None,
             in_bed: true,
@@ -290,28 +387,65 @@ impl Home {
         }
     }
 
-    fn plan(&mut self, day: Millis, rng: &mut Rng) {
+    /// Plans the local day starting at `day`, at `now` (in it).
+    fn plan(&mut self, day: Millis, now: Millis, rng: &mut Rng, mix: &Mix) {
         self.day = day;
-        self.wake = day + rng.between(6 * HOUR, 7 * HOUR + 30 * MIN);
-        self.sleep = day + rng.between(21 * HOUR + 30 * MIN, 23 * HOUR);
+        self.prev_sleep = self.sleep;
+        self.wake = day
+            + if self.late_riser {
+                rng.between(7 * HOUR + 30 * MIN, 9 * HOUR)
+            } else {
+                rng.between(6 * HOUR, 7 * HOUR + 30 * MIN)
+            };
+        self.sleep = day
+            + if self.night_owl {
+                rng.between(23 * HOUR, 24 * HOUR + 30 * MIN)
+            } else {
+                rng.between(21 * HOUR + 30 * MIN, 23 * HOUR)
+            };
         self.out = rng.chance(0.5).then(|| {
             let start = day + rng.between(9 * HOUR, 15 * HOUR);
             (start, start + rng.between(HOUR, 3 * HOUR))
         });
-        self.night_trip = rng.chance(0.5).then(|| day + rng.between(HOUR, 4 * HOUR));
+        self.nap = (self.napper && rng.chance(0.7))
+            .then(|| {
+                let start = day + rng.between(13 * HOUR, 14 * HOUR + 30 * MIN);
+                (start, start + rng.between(30 * MIN, 90 * MIN))
+            })
+            .filter(|(a, b)| self.out.is_none_or(|(c, d)| *b <= c || d <= *a));
+        self.night_trip = rng
+            .chance(0.5)
+            .then(|| day + rng.between(HOUR, 4 * HOUR))
+            .filter(|t| self.asleep(*t) && self.asleep(t + 8 * MIN));
+        self.watch_on = !rng.chance(mix.watch_off);
+        if self.stay.is_none() && rng.chance(mix.stays_away) {
+            let leave = (day + rng.between(9 * HOUR, 11 * HOUR)).max(now + MIN);
+            self.stay_told = leave + rng.between(1, 4) * DAY;
+            self.stay = Some((leave, self.stay_told - rng.between(0, 2 * HOUR)));
+        }
     }
 
-    /// The device's battery is not flat.
+    /// The home has the device and its battery is not flat.
     fn alive(&self, k: DeviceKind) -> bool {
-        self.battery[DEVICES.iter().position(|d| *d == k).unwrap()] > 0.0
+        let i = DEVICES.iter().position(|d| *d == k).unwrap();
+        self.fitted[i] && self.battery[i] > 0.0
     }
 
     fn asleep(&self, t: Millis) -> bool {
-        t < self.wake || t >= self.sleep
+        (t >= self.prev_sleep && t < self.wake) || t >= self.sleep
     }
 
+    fn napping(&self, t: Millis) -> bool {
+        self.nap.is_some_and(|(a, b)| (a..b).contains(&t))
+    }
+
+    /// Out of the home: an outing, or a stay with family.
     fn away(&self, t: Millis) -> bool {
-        self.out.is_some_and(|(a, b)| (a..b).contains(&t))
+        self.out.is_some_and(|(a, b)| (a..b).contains(&t)) || self.staying(t)
+    }
+
+    fn staying(&self, t: Millis) -> bool {
+        self.stay.is_some_and(|(a, b)| (a..b).contains(&t))
     }
 
     fn still(&self, t: Millis) -> bool {
@@ -338,6 +472,11 @@ pub struct Simulator<'a> {
     topics: &'a Topics,
     seq: u64,
     report: SimReport,
+    mix: Mix,
+    /// Draws for redelivered duplicates (apart from the city's, so they do not change it).
+    dup_rng: Rng,
+    /// The rules, for each incident's promise (the threshold of its household's cohort).
+    rules: Option<std::sync::Arc<crate::rules::RuleSet>>,
 }
 
 impl<'a> Simulator<'a> {
@@ -348,7 +487,16 @@ impl<'a> Simulator<'a> {
             topics,
             seq: 0,
             report: SimReport::default(),
+            mix: Mix::default(),
+            dup_rng: Rng::new(0x5eed),
+            rules: None,
         }
+    }
+
+    /// Scores collapses against the rules' own thresholds, not the longest shipped one.
+    pub fn with_rules(mut self, rules: std::sync::Arc<crate::rules::RuleSet>) -> Self {
+        self.rules = Some(rules);
+        self
     }
 
     fn send(&mut self, topic: &str, key: &str, input: &Input, timestamp: Millis) {
@@ -361,6 +509,20 @@ impl<'a> Simulator<'a> {
         if let Some(p) = payload.as_deref() {
             rec = rec.payload(p);
         }
+        let twice = !matches!(input, Input::Household { .. })
+            && self.mix.duplicates > 0.0
+            && self.dup_rng.chance(self.mix.duplicates);
+        if twice {
+            let again: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+                .key(key)
+                .timestamp(timestamp)
+                .payload(payload.as_deref().unwrap_or_default());
+            self.send_record(again);
+        }
+        self.send_record(rec);
+    }
+
+    fn send_record(&mut self, mut rec: FutureRecord<'_, str, [u8]>) {
         // The producer batches; when its queue is full the city waits for it to drain, so
         // nothing is dropped (the simulated clock is behind for a moment, never ahead).
         loop {
@@ -443,6 +605,8 @@ impl<'a> Simulator<'a> {
     /// Runs the city until the duration ends or `stop` turns true.
     pub async fn stream(mut self, cfg: &SimConfig, mut stop: watch::Receiver<bool>) -> SimReport {
         self.report.households = cfg.households;
+        self.mix = cfg.mix;
+        let mix = cfg.mix;
         let mut rng = Rng::new(cfg.seed);
         let start = cfg.start();
         let local_day = |t: Millis| t - (t + CST).rem_euclid(DAY);
@@ -461,7 +625,22 @@ impl<'a> Simulator<'a> {
                     (i % 97) as f64,
                     (i % 89) as f64 * 10.0,
                 );
-                h.plan(local_day(start), &mut rng);
+                for (k, kind) in DEVICES.iter().enumerate() {
+                    h.fitted[k] = match *kind {
+                        DeviceKind::BED_SENSOR => rng.chance(mix.bed_sensor),
+                        DeviceKind::WEARABLE => rng.chance(mix.watch),
+                        _ => true,
+                    };
+                }
+                h.meter_every = match rng.next_u64() as f64 / u64::MAX as f64 {
+                    x if x < mix.meters_daily => 24 * 60,
+                    x if x < mix.meters_daily + mix.meters_hourly => 60,
+                    _ => 15,
+                };
+                h.late_riser = rng.chance(mix.late_risers);
+                h.night_owl = rng.chance(mix.night_owls);
+                h.napper = rng.chance(mix.nappers);
+                h.plan(local_day(start), start, &mut rng, &mix);
                 // In bed at the start only if the day's plan has the elder asleep then.
                 h.in_bed = h.asleep(start);
                 h
@@ -552,7 +731,8 @@ impl<'a> Simulator<'a> {
     /// One simulated minute of one home.
     fn tick(&mut self, h: &mut Home, rng: &mut Rng, t: Millis, day: Millis) {
         if day != h.day {
-            h.plan(day, rng);
+            let mix = self.mix;
+            h.plan(day, t, rng, &mix);
             // Batteries run down a little every day; a dead device goes silent.
             for b in h.battery.iter_mut() {
                 *b -= 0.5 + rng.below(10) as f64 / 10.0;
@@ -570,7 +750,7 @@ impl<'a> Simulator<'a> {
         // Heartbeats every five minutes from every live device.
         if (t / MIN) % 5 == (id.len() as Millis) % 5 {
             for (k, kind) in DEVICES.iter().enumerate() {
-                if h.battery[k] > 0.0 {
+                if h.alive(*kind) {
                     let hb = Input::Heartbeat(DeviceHeartbeat {
                         household_id: id.clone(),
                         device_id: format!("{id}-{}", kind.as_str().to_ascii_lowercase()),
@@ -584,25 +764,45 @@ impl<'a> Simulator<'a> {
                 }
             }
         }
-        let (asleep, away, still) = (h.asleep(t), h.away(t), h.still(t));
-        // Waking and going to bed.
-        if h.alive(DeviceKind::BED_SENSOR) && t >= h.wake && t - h.wake < MIN && !still {
-            h.in_bed = false;
-            self.sensor(
-                h,
-                DeviceKind::BED_SENSOR,
-                Reading::Bed { occupied: false },
-                t,
-            );
+        let (away, still, staying) = (h.away(t), h.still(t), h.staying(t));
+        let asleep = h.asleep(t) || h.napping(t);
+        // Leaving to stay with family (the registry is told until when; coming back a little
+        // earlier, it is not told again: the date passes), and coming back.
+        if let Some((leave, back)) = h.stay {
+            let at = |s: Millis| t >= s && t - s < MIN;
+            if (at(leave) || at(back)) && !still {
+                let id = h.profile.household_id.clone();
+                if at(leave) {
+                    let mut p = h.profile.clone();
+                    p.away_until = Some(h.stay_told);
+                    let topic = self.topics.households.clone();
+                    let reg = Input::Household {
+                        household_id: id.clone(),
+                        profile: Some(p),
+                    };
+                    self.send(&topic, &id, &reg, t);
+                }
+                if h.alive(DeviceKind::DOOR_CONTACT) {
+                    self.sensor(h, DeviceKind::DOOR_CONTACT, Reading::Door { open: true }, t);
+                }
+                if at(leave) {
+                    println!(
+                        "{}",
+                        serde_json::json!({"away": {"household_id": id, "from": leave, "back": back, "registry_until": h.stay_told}})
+                    );
+                } else {
+                    h.stay = None;
+                }
+            }
         }
-        if h.alive(DeviceKind::BED_SENSOR) && t >= h.sleep && t - h.sleep < MIN && !still {
-            h.in_bed = true;
-            self.sensor(
-                h,
-                DeviceKind::BED_SENSOR,
-                Reading::Bed { occupied: true },
-                t,
-            );
+        // Waking and going to bed, and the nap after lunch: the mattress tells each change.
+        let now_in_bed = asleep && !staying;
+        if now_in_bed != h.in_bed && !still {
+            h.in_bed = now_in_bed;
+            if h.alive(DeviceKind::BED_SENSOR) {
+                let occupied = now_in_bed;
+                self.sensor(h, DeviceKind::BED_SENSOR, Reading::Bed { occupied }, t);
+            }
         }
         // The mattress and the door contact repeat their state on a cadence of their own,
         // whatever the elder does (after a fall too): a report is not a movement.
@@ -637,7 +837,10 @@ impl<'a> Simulator<'a> {
             );
         }
         // A trip to the bathroom at night: out of bed, moving, back within ten minutes.
-        if let Some(trip) = h.night_trip.filter(|n| t >= *n && t - *n < MIN && !still) {
+        if let Some(trip) = h
+            .night_trip
+            .filter(|n| t >= *n && t - *n < MIN && !still && !staying)
+        {
             self.sensor(
                 h,
                 DeviceKind::BED_SENSOR,
@@ -658,7 +861,7 @@ impl<'a> Simulator<'a> {
             );
         }
         // Going out and coming back.
-        if let Some((a, b)) = h.out {
+        if let Some((a, b)) = h.out.filter(|_| !staying) {
             if !still
                 && ((t >= a && t - a < MIN) || (t >= b && t - b < MIN))
                 && h.alive(DeviceKind::DOOR_CONTACT)
@@ -675,8 +878,9 @@ impl<'a> Simulator<'a> {
                 t,
             );
         }
-        // The watch: vitals every five minutes while worn (off at night, charging).
-        if !asleep && !away && h.alive(DeviceKind::WEARABLE) && (t / MIN) % 5 == 0 {
+        // The watch: vitals every five minutes while worn (off at night, charging; some
+        // days left on the charger).
+        if !asleep && !away && h.watch_on && h.alive(DeviceKind::WEARABLE) && (t / MIN) % 5 == 0 {
             let hr = if t < h.tachycardia_until {
                 135
             } else {
@@ -689,7 +893,8 @@ impl<'a> Simulator<'a> {
             };
             self.sensor(h, DeviceKind::WEARABLE, reading, t);
         }
-        // Meters every fifteen minutes: meals and washing use water; appliances use power.
+        // Meals and washing use water, appliances power, counted every fifteen minutes; the
+        // meters report every 15 minutes, every hour or once a day (at 02:00).
         if (t / MIN) % 15 == 0 {
             let minute = (t - h.day) / MIN;
             let meal = [7 * 60 + 30, 12 * 60, 18 * 60]
@@ -702,7 +907,13 @@ impl<'a> Simulator<'a> {
             }
             h.power += 0.02 + if !asleep && !away && !still { 0.1 } else { 0.0 };
             let (w, p) = (h.water, h.power);
-            if h.alive(DeviceKind::WATER_METER) {
+            let minute_of_day = ((t + CST) / MIN).rem_euclid(24 * 60);
+            let report = match h.meter_every {
+                15 => true,
+                60 => minute_of_day % 60 < 15,
+                _ => (120..135).contains(&minute_of_day),
+            };
+            if report && h.alive(DeviceKind::WATER_METER) {
                 self.sensor(
                     h,
                     DeviceKind::WATER_METER,
@@ -710,7 +921,7 @@ impl<'a> Simulator<'a> {
                     t,
                 );
             }
-            if h.alive(DeviceKind::POWER_METER) {
+            if report && h.alive(DeviceKind::POWER_METER) {
                 self.sensor(
                     h,
                     DeviceKind::POWER_METER,
@@ -721,7 +932,7 @@ impl<'a> Simulator<'a> {
         }
         // The morning round: the elder presses I'm OK, or the centre calls.
         // An elder who has collapsed does neither: nobody answers the centre's call.
-        if t >= h.wake + HOUR && t - h.wake - HOUR < MIN && !still {
+        if t >= h.wake + HOUR && t - h.wake - HOUR < MIN && !still && !staying {
             let kind = if rng.chance(0.6) {
                 CheckInKind::IM_OK_BUTTON
             } else {
@@ -748,19 +959,29 @@ impl<'a> Simulator<'a> {
         }
         self.report.incidents += 1;
         let (rule, within) = kind.expectation(&h.profile);
+        let deadline = match (kind, &self.rules) {
+            (IncidentKind::Collapse, Some(rules)) => collapse_promise(rules, h, at),
+            _ => at + within,
+        };
         // A racing heart is seen only by a watch on the wrist (awake, at home) or the
         // mattress under the elder; with neither, no device can see it: scored apart.
         let observable = match kind {
             IncidentKind::Tachycardia => {
-                let watch = !h.asleep(at) && !h.away(at) && h.alive(DeviceKind::WEARABLE);
+                let watch = !h.asleep(at)
+                    && !h.napping(at)
+                    && !h.away(at)
+                    && h.watch_on
+                    && h.alive(DeviceKind::WEARABLE);
                 let mattress = h.in_bed && h.alive(DeviceKind::BED_SENSOR);
                 watch || mattress
             }
+            // Away from home, a collapse is for no device at home to see.
+            IncidentKind::Collapse => !h.away(at),
             _ => true,
         };
         println!(
             "{}",
-            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": at + within, "observable": observable}})
+            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": deadline, "observable": observable}})
         );
     }
 
@@ -835,12 +1056,70 @@ mod tests {
         let mut rng = Rng::new(5);
         let mut h = Home::new(household(1, 1), 0, [50.0; DEVICES.len()], 0.0, 0.0);
         let day = 1_795_104_000_000;
-        h.plan(day, &mut rng);
+        let mix = Mix::default();
+        h.plan(day, day, &mut rng, &mix);
         assert!(
             h.asleep(day + 3 * HOUR)
                 && !h.asleep(day + 10 * HOUR)
                 && h.asleep(day + 23 * HOUR + 30 * MIN)
         );
         assert!((6 * HOUR..=7 * HOUR + 30 * MIN).contains(&(h.wake - day)));
+        // A night owl's bedtime after midnight holds into the next day's plan; a late riser
+        // is up after 07:30.
+        let mut owl = Home::new(household(2, 1), 0, [50.0; DEVICES.len()], 0.0, 0.0);
+        (owl.night_owl, owl.late_riser) = (true, true);
+        let mut after_midnight = false;
+        for d in 0..20 {
+            owl.plan(day + d * DAY, day + d * DAY, &mut rng, &mix);
+            assert!(owl.wake - owl.day >= 7 * HOUR + 30 * MIN);
+            assert!(!owl.asleep(owl.day + 22 * HOUR + 59 * MIN));
+            if owl.sleep > owl.day + DAY {
+                after_midnight = true;
+                let next = owl.sleep;
+                owl.plan(day + (d + 1) * DAY, day + (d + 1) * DAY, &mut rng, &mix);
+                assert!(!owl.asleep(next - MIN) && owl.asleep(next));
+            }
+        }
+        assert!(after_midnight);
+    }
+
+    #[test]
+    fn a_collapse_is_promised_by_the_household_s_own_threshold_and_where_it_lies() {
+        let rules = crate::rules::RuleSet::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rules"
+        )))
+        .unwrap();
+        // 2026-11-20 00:00 CST; quiet hours 22:00-06:30.
+        let day = 1_795_104_000_000;
+        let mut p = household(1, 1);
+        p.cohorts = vec![Cohort::LIVING_ALONE];
+        p.age = 84;
+        let mut h = Home::new(p, 0, [50.0; DEVICES.len()], 0.0, 0.0);
+        // By day: 10 h and one.
+        assert_eq!(
+            collapse_promise(&rules, &h, day + 10 * HOUR),
+            day + 21 * HOUR
+        );
+        // In bed at night with a mattress: not before the elder would be up (09:30), nor
+        // before the threshold.
+        h.in_bed = true;
+        assert_eq!(
+            collapse_promise(&rules, &h, day + 5 * HOUR),
+            day + 16 * HOUR
+        );
+        assert_eq!(
+            collapse_promise(&rules, &h, day - 2 * HOUR + 30 * MIN),
+            day + 10 * HOUR + 30 * MIN
+        );
+        // No mattress, at 23:00: ten waking hours from 06:30.
+        h.fitted[DEVICES
+            .iter()
+            .position(|d| *d == DeviceKind::BED_SENSOR)
+            .unwrap()] = false;
+        assert_eq!(
+            collapse_promise(&rules, &h, day + 23 * HOUR),
+            day + DAY + 6 * HOUR + 30 * MIN + 10 * HOUR + HOUR
+        );
     }
 }

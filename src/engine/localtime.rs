@@ -54,6 +54,24 @@ fn in_span(of_day: Millis, from: Millis, to: Millis) -> bool {
     }
 }
 
+/// The quiet hours that `t` lies in, or else the next ones, as instants `[start, end)`; `None`
+/// when the quiet hours are empty.
+pub fn quiet_period(t: Millis, offset: Millis, q: QuietHours) -> Option<(Millis, Millis)> {
+    if q.start_minute == q.end_minute {
+        return None;
+    }
+    let (from, to) = quiet_span(q);
+    let len = (to - from).rem_euclid(DAY);
+    let mut start = local_midnight(t, offset) + from;
+    if start > t {
+        start -= DAY;
+    }
+    if t >= start + len {
+        start += DAY;
+    }
+    Some((start, start + len))
+}
+
 /// `start` plus `amount` of waking time: time inside the quiet hours (the night's sleep) does
 /// not count, so a threshold shorter than a night's sleep does not fire every night. The
 /// quiet hours' minutes are below 1440 (`validate` and the rules' loader see to it).
@@ -114,6 +132,49 @@ mod tests {
         );
         assert_eq!(local_midnight(MIDNIGHT_CST + 23 * HOUR, CST), MIDNIGHT_CST);
         assert_eq!(local_midnight(MIDNIGHT_CST - 1, CST), MIDNIGHT_CST - DAY);
+    }
+
+    #[test]
+    fn the_quiet_hours_around_or_after_an_instant() {
+        let q = QuietHours {
+            start_minute: 22 * 60,
+            end_minute: 6 * 60 + 30,
+        };
+        let night = (
+            MIDNIGHT_CST + 22 * HOUR,
+            MIDNIGHT_CST + DAY + 6 * HOUR + 30 * MINUTE,
+        );
+        for at in [
+            14 * HOUR,
+            22 * HOUR,
+            23 * HOUR,
+            DAY + 3 * HOUR,
+            DAY + 6 * HOUR + 29 * MINUTE,
+        ] {
+            assert_eq!(quiet_period(MIDNIGHT_CST + at, CST, q), Some(night), "{at}");
+        }
+        let next = (night.0 + DAY, night.1 + DAY);
+        assert_eq!(quiet_period(night.1, CST, q), Some(next));
+        let day = QuietHours {
+            start_minute: 13 * 60,
+            end_minute: 14 * 60,
+        };
+        assert_eq!(
+            quiet_period(MIDNIGHT_CST + 13 * HOUR + 5, CST, day),
+            Some((MIDNIGHT_CST + 13 * HOUR, MIDNIGHT_CST + 14 * HOUR))
+        );
+        assert_eq!(
+            quiet_period(MIDNIGHT_CST + 15 * HOUR, CST, day),
+            Some((
+                MIDNIGHT_CST + DAY + 13 * HOUR,
+                MIDNIGHT_CST + DAY + 14 * HOUR
+            ))
+        );
+        let none = QuietHours {
+            start_minute: 0,
+            end_minute: 0,
+        };
+        assert_eq!(quiet_period(MIDNIGHT_CST, CST, none), None);
     }
 
     #[test]

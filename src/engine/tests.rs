@@ -1273,6 +1273,145 @@ fn a_nights_sleep_is_not_no_movement() {
 }
 
 #[test]
+fn the_night_pauses_no_movement_only_where_the_devices_say_it_is_sleep() {
+    // Living alone, 84: 10 h. Quiet hours 22:00-06:30; `midnight` is 2026-11-20 00:00 CST.
+    let midnight = 1_795_104_000_000;
+    let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
+    let mut e = engine();
+    let mut out = Vec::new();
+    let homes = [
+        "in-bed",
+        "late-riser",
+        "up",
+        "up-moving",
+        "no-bed-day",
+        "no-bed-evening",
+    ];
+    for hh in homes {
+        let mut p = profile_of(hh);
+        p.quiet_hours = Some(QuietHours {
+            start_minute: 22 * 60,
+            end_minute: 6 * 60 + 30,
+        });
+        let registry = Input::Household {
+            household_id: hh.into(),
+            profile: Some(p),
+        };
+        e.process(&registry, on(0, at(-12, 0)), &mut out).unwrap();
+    }
+    let mut events: Vec<(Millis, &str, DeviceKind, Reading)> = vec![
+        (
+            at(-3, 0),
+            "in-bed",
+            DeviceKind::MOTION_PIR,
+            Reading::Motion { detected: true },
+        ),
+        (
+            at(-3, 0),
+            "late-riser",
+            DeviceKind::MOTION_PIR,
+            Reading::Motion { detected: true },
+        ),
+        (
+            at(9, 15),
+            "late-riser",
+            DeviceKind::BED_SENSOR,
+            Reading::Bed { occupied: false },
+        ),
+        (
+            at(-6, 0),
+            "up",
+            DeviceKind::MOTION_PIR,
+            Reading::Motion { detected: true },
+        ),
+        (
+            at(-10, 0),
+            "no-bed-day",
+            DeviceKind::MOTION_PIR,
+            Reading::Motion { detected: true },
+        ),
+        (
+            at(-3, 0),
+            "no-bed-evening",
+            DeviceKind::MOTION_PIR,
+            Reading::Motion { detected: true },
+        ),
+    ];
+    // The mattresses repeat their state every 20 minutes; one elder is up and about till 2:00.
+    for k in 0..(14 * 3) {
+        let t = at(-2, 0) + k * 20 * 60_000;
+        for (hh, occupied) in [("in-bed", true), ("up", false), ("up-moving", false)] {
+            events.push((t, hh, DeviceKind::BED_SENSOR, Reading::Bed { occupied }));
+        }
+        if t < at(9, 15) {
+            events.push((
+                t,
+                "late-riser",
+                DeviceKind::BED_SENSOR,
+                Reading::Bed { occupied: true },
+            ));
+        }
+        if t <= at(2, 0) {
+            events.push((
+                t,
+                "up-moving",
+                DeviceKind::MOTION_PIR,
+                Reading::Motion { detected: true },
+            ));
+        }
+    }
+    events.sort_by_key(|e| e.0);
+    for (i, (t, hh, kind, reading)) in events.into_iter().enumerate() {
+        let input = sensor(hh, &format!("e{i}"), kind, t, reading);
+        e.process(&input, on(0, t), &mut out).unwrap();
+    }
+    e.tick(0, at(16, 0), &mut out);
+    let mut found = no_movement_found(&out);
+    found.sort_by_key(|f| f.1);
+    assert_eq!(
+        found,
+        vec![
+            // No mattress, last seen at 14:00: the night is no reason to wait for morning.
+            ("no-bed-day".to_string(), at(0, 0)),
+            // The mattress says not in bed: three hours into the night, still for an hour.
+            ("up".to_string(), at(1, 0)),
+            // Up and about till 2:00, then not in bed and still for an hour.
+            ("up-moving".to_string(), at(3, 0)),
+            // In bed since before 21:00, not up three hours after the quiet hours ended.
+            ("in-bed".to_string(), at(9, 30)),
+            // No mattress, last seen at 21:00 as if going to bed: one waking hour before the
+            // night, nine after it.
+            ("no-bed-evening".to_string(), at(15, 30)),
+        ]
+    );
+    let summary = |hh: &str| {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Task(t) if t.household_id == hh && t.rule_id == "no_movement" => {
+                    Some(t.evidence[0].summary.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert!(
+        summary("in-bed").starts_with("still in bed 3 h after the quiet hours ended"),
+        "{}",
+        summary("in-bed")
+    );
+    assert!(
+        summary("up").starts_with("not in bed 3 h into the quiet hours"),
+        "{}",
+        summary("up")
+    );
+    assert!(
+        summary("no-bed-day").starts_with("no activity for 10 h"),
+        "{}",
+        summary("no-bed-day")
+    );
+}
+
+#[test]
 fn only_a_registered_device_reporting_after_the_silence_ends_it() {
     let mut e = engine();
     let mut out = Vec::new();

@@ -107,6 +107,10 @@ impl RuleKind {
                         max: 100.0,
                     },
                 ),
+                ("bedtime_window", Duration),
+                ("still_in_bed_after", Duration),
+                ("not_in_bed_after", Duration),
+                ("not_in_bed_still_for", Duration),
             ],
             RuleKind::Vitals => &[
                 ("heart_rate_low", BPM),
@@ -150,6 +154,10 @@ impl RuleKind {
 pub mod p {
     pub const AFTER: usize = 0;
     pub const POWER_KW: usize = 1;
+    pub const BEDTIME_WINDOW: usize = 2;
+    pub const STILL_IN_BED_AFTER: usize = 3;
+    pub const NOT_IN_BED_AFTER: usize = 4;
+    pub const NOT_IN_BED_STILL_FOR: usize = 5;
     pub const HR_LOW: usize = 0;
     pub const HR_HIGH: usize = 1;
     pub const RR_LOW: usize = 2;

@@ -96,6 +96,8 @@ pub struct Broker {
     pub port: u16,
     pub nodes: usize,
     pub dir: PathBuf,
+    /// The SCRAM password of a broker with a SASL_SSL listener (see [`Broker::secure`]).
+    secure: Option<String>,
     child: Option<Child>,
 }
 
@@ -126,10 +128,34 @@ impl Broker {
             port,
             nodes,
             dir,
+            secure: None,
             child: None,
         };
         b.spawn();
         b
+    }
+
+    /// One Apache Kafka node that also listens with SASL_SSL (TLS by its own CA,
+    /// `tls/ca.pem` in its directory; SCRAM-SHA-512 user `carestream` with `password`).
+    pub fn secure(password: &str) -> Broker {
+        let port = free_ports(1);
+        let dir = std::env::temp_dir().join(unique("carestream-kafka-tls"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b = Broker {
+            kind: BrokerKind::Kafka,
+            port,
+            nodes: 1,
+            dir,
+            secure: Some(password.to_string()),
+            child: None,
+        };
+        b.start_kafka();
+        b
+    }
+
+    /// The SASL_SSL listener's address.
+    pub fn secure_bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port + 2000)
     }
 
     fn spawn(&mut self) {
@@ -142,12 +168,15 @@ impl Broker {
     /// Starts every Kafka node that is not running (formatting only a new one) and waits
     /// until each serves.
     fn start_kafka(&self) {
-        let out = Command::new(Path::new(MANIFEST).join("scripts/start-kafka.sh"))
-            .arg(self.port.to_string())
+        let mut cmd = Command::new(Path::new(MANIFEST).join("scripts/start-kafka.sh"));
+        cmd.arg(self.port.to_string())
             .arg(&self.dir)
-            .args(["--brokers", &self.nodes.to_string()])
-            .output()
-            .expect("run scripts/start-kafka.sh");
+            .args(["--brokers", &self.nodes.to_string()]);
+        if let Some(password) = &self.secure {
+            cmd.arg("--secure")
+                .env("CARESTREAM_KAFKA_SCRAM_PASSWORD", password);
+        }
+        let out = cmd.output().expect("run scripts/start-kafka.sh");
         assert!(
             out.status.success(),
             "scripts/start-kafka.sh failed:\n{}{}",
@@ -266,16 +295,18 @@ fn kill9_and_wait(pid: u32) {
     }
 }
 
-/// A base port with `n` consecutive client ports and their controller ports (`+1000`) free.
+/// A base port with `n` consecutive client ports, their controller ports (`+1000`) and their
+/// SASL_SSL ports (`+2000`) free.
 fn free_ports(n: usize) -> u16 {
     loop {
         let base = free_port();
-        if base as usize + 1000 + n >= u16::MAX as usize {
+        if base as usize + 2000 + n >= u16::MAX as usize {
             continue;
         }
         let all_free = (0..n as u16).all(|i| {
-            TcpListener::bind(("127.0.0.1", base + i)).is_ok()
-                && TcpListener::bind(("127.0.0.1", base + 1000 + i)).is_ok()
+            [0, 1000, 2000]
+                .iter()
+                .all(|o| TcpListener::bind(("127.0.0.1", base + o + i)).is_ok())
         });
         if all_free {
             return base;

@@ -86,23 +86,25 @@ impl Engine {
             self.slot_mut(slot).bed_last = t;
             return;
         }
+        let k = RuleKind::NightBedExit;
+        let h = self.slot(slot);
+        let in_time = |w: Millis| t + self.ms(k, p::OUT_FOR, h) > w;
+        let late_exit = !occupied && !late.is_none_or(in_time);
+        if !late_exit {
+            // Before the activity: no movement reads the mattress's state as evidence.
+            self.slot_mut(slot).bed_last = t;
+        }
         self.activity(slot, t);
         let h = self.slot(slot);
-        let k = RuleKind::NightBedExit;
-        let in_time = |w: Millis| t + self.ms(k, p::OUT_FOR, h) > w;
         if occupied {
-            let h = self.slot_mut(slot);
-            h.bed_last = t;
-            h.bed_out_since = None;
+            self.slot_mut(slot).bed_out_since = None;
             self.resolve(slot, k, t, "back in bed");
-        } else if !late.is_none_or(in_time) {
+        } else if late_exit {
             self.stats.late_out_of_order += 1;
         } else {
             let starts = self.enabled(k) && self.quiet(h, t) && h.bed_out_since.is_none();
-            let h = self.slot_mut(slot);
-            h.bed_last = t;
             if starts {
-                h.bed_out_since = Some(t);
+                self.slot_mut(slot).bed_out_since = Some(t);
                 self.schedule(slot, k);
             }
         }

@@ -3,12 +3,23 @@
 
 use super::super::household::{Household, NEVER};
 use super::super::incidents::Finding;
-use super::super::localtime::add_awake_time;
+use super::super::localtime::{add_awake_time, quiet_period};
 use super::super::Engine;
 use crate::model::*;
 use crate::rules::{p, RuleKind};
 
 const HOUR: f64 = 3_600_000.0;
+
+/// What the no-movement deadline stands on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Found {
+    /// No activity for the threshold (of waking time, or of wall time when not asleep).
+    Still,
+    /// In bed, not up, this long after the quiet hours that ended at the instant given.
+    StillInBed(Millis),
+    /// Out of bed and still, this long into the quiet hours that began at the instant given.
+    NotInBed(Millis),
+}
 
 impl Engine {
     /// Something the elder did at `t`: resets the no-movement clock.
@@ -36,25 +47,57 @@ impl Engine {
         }
     }
 
-    /// The threshold counts waking time only: the quiet hours (the night's sleep) pause it,
-    /// unless the home's mattress, reporting lately, says the elder is not in bed: then the
-    /// night is not sleep, and the clock runs (a fall in the evening is found that night, not
-    /// the next day). Without a mattress, or one gone quiet, the pause holds.
-    pub(super) fn no_movement_deadline(&self, h: &Household) -> Option<Millis> {
+    /// When no movement is found, and on what evidence. The threshold counts waking time: the
+    /// night's sleep does not count, but only where it is sleep by what the devices say:
+    /// - the mattress says the elder is up: the clock runs through the night, and being out
+    ///   of bed `not_in_bed_after` into the quiet hours with nothing moving for
+    ///   `not_in_bed_still_for` is found then (a fall in the evening is found that night);
+    /// - the mattress says the elder is in bed: the night pauses the clock, and still being
+    ///   in bed without a movement `still_in_bed_after` past the end of the quiet hours is
+    ///   found then (a collapse in bed is found that morning, not the next evening);
+    /// - no mattress (or one gone quiet): the night pauses the clock if the last movement
+    ///   was within `bedtime_window` of it, as going to bed would be; a fall by day is not
+    ///   put off to the morning.
+    fn no_movement_due(&self, h: &Household) -> (Millis, Found) {
+        let k = RuleKind::NoMovement;
         let away = h.away_until().unwrap_or(NEVER);
         let base = h.last_activity.max(h.first_seen).max(away);
-        let after = self.ms(RuleKind::NoMovement, p::AFTER, h);
-        if Self::out_of_bed_by_evidence(h) {
-            return Some(base.saturating_add(after));
+        let q = self.quiet_hours(h);
+        let wall = base.saturating_add(self.ms(k, p::AFTER, h));
+        let Some((quiet_from, quiet_to)) = quiet_period(base, h.offset, q) else {
+            return (wall, Found::Still);
+        };
+        let bed = Self::bed_evidence(h);
+        if bed == Some(false) {
+            let night = (quiet_from + self.ms(k, p::NOT_IN_BED_AFTER, h))
+                .max(base.saturating_add(self.ms(k, p::NOT_IN_BED_STILL_FOR, h)));
+            if night < quiet_to && night < wall {
+                return (night, Found::NotInBed(quiet_from));
+            }
+            return (wall, Found::Still);
         }
-        Some(add_awake_time(base, after, h.offset, self.quiet_hours(h)))
+        let evening = base >= quiet_from - self.ms(k, p::BEDTIME_WINDOW, h);
+        let due = if evening {
+            add_awake_time(base, self.ms(k, p::AFTER, h), h.offset, q)
+        } else {
+            wall
+        };
+        let morning = quiet_to.saturating_add(self.ms(k, p::STILL_IN_BED_AFTER, h));
+        if bed == Some(true) && morning < due {
+            return (morning, Found::StillInBed(quiet_to));
+        }
+        (due, Found::Still)
     }
 
-    /// The mattress said "not in bed" and has reported within `BED_REPEAT_WITHIN` of the
-    /// household's newest event (its heartbeats keep that current).
-    fn out_of_bed_by_evidence(h: &Household) -> bool {
-        h.bed_occupied == Some(false)
-            && h.last_seen.saturating_sub(h.bed_last) < super::night::BED_REPEAT_WITHIN
+    pub(super) fn no_movement_deadline(&self, h: &Household) -> Option<Millis> {
+        Some(self.no_movement_due(h).0)
+    }
+
+    /// What the mattress says, if it has reported within `BED_REPEAT_WITHIN` of the
+    /// household's newest event (its heartbeats keep that current): in bed or not.
+    fn bed_evidence(h: &Household) -> Option<bool> {
+        h.bed_occupied
+            .filter(|_| h.last_seen.saturating_sub(h.bed_last) < super::night::BED_REPEAT_WITHIN)
     }
 
     pub(super) fn no_movement_finding(
@@ -65,7 +108,20 @@ impl Engine {
     ) -> Option<Finding> {
         let away = h.away_until().unwrap_or(NEVER);
         let since = h.last_activity.max(h.first_seen).max(away);
-        let summary = format!("no activity for {} h", (t - since) / 3_600_000);
+        let still = (t - since) / 60_000;
+        let summary = match self.no_movement_due(h).1 {
+            Found::Still => format!("no activity for {} h", (t - since) / 3_600_000),
+            Found::StillInBed(end) => format!(
+                "still in bed {} h after the quiet hours ended, no activity for {} h",
+                (t - end) / 3_600_000,
+                still / 60
+            ),
+            Found::NotInBed(start) => format!(
+                "not in bed {} h into the quiet hours, no activity for {} min",
+                (t - start) / 3_600_000,
+                still
+            ),
+        };
         Some(self.finding(
             RuleKind::NoMovement,
             format!("since:{since}"),
