@@ -46,6 +46,21 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     println!("{card:#}");
+    // Each kind of incident: how many found, the longest onset-to-task, the least slack left.
+    let mut kinds: std::collections::BTreeMap<String, (u32, i64, i64)> = Default::default();
+    for f in card["found"].as_array().into_iter().flatten() {
+        let (after, promise) = (
+            f["after_s"].as_i64().unwrap_or(0),
+            f["promise_s"].as_i64().unwrap_or(0),
+        );
+        let k = kinds
+            .entry(f["kind"].as_str().unwrap_or("?").to_string())
+            .or_insert((0, 0, i64::MAX));
+        *k = (k.0 + 1, k.1.max(after), k.2.min(promise - after));
+    }
+    for (kind, (n, longest, slack)) in kinds {
+        println!("{kind}: {n} found, longest {longest} s after onset, least slack {slack} s");
+    }
     let rate = card["false_tasks_per_household_month"]
         .as_f64()
         .unwrap_or(f64::NAN);

@@ -51,6 +51,17 @@ pub fn read_log(text: &str) -> (Vec<Injected>, Option<(usize, Millis, Millis)>) 
     (injected, size)
 }
 
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Found {
+    pub household_id: String,
+    pub kind: String,
+    pub at: Millis,
+    /// Onset to the first task, and to the promise, in seconds.
+    pub after_s: i64,
+    pub promise_s: i64,
+    pub by: String,
+}
+
 #[derive(Debug, Default, Serialize, PartialEq)]
 pub struct Scorecard {
     pub incidents: usize,
@@ -61,8 +72,11 @@ pub struct Scorecard {
     pub missed: Vec<String>,
     /// Incidents whose deadline lies after the end of the run: not judged.
     pub pending: usize,
-    /// Incidents no device could see (a task for one still counts as found, not false).
+    /// Incidents no device could see: counted apart, whatever task follows.
     pub unobservable: usize,
+    /// Every incident found: how long after its onset its first task came, against its
+    /// promise, and which rule found it.
+    pub found: Vec<Found>,
     pub incident_tasks: usize,
     pub false_tasks: usize,
     pub false_by_rule: BTreeMap<String, usize>,
@@ -136,6 +150,14 @@ pub fn score(
             _ if !inc.observable => card.unobservable += 1,
             Some((i, t)) => {
                 used[i] = true;
+                card.found.push(Found {
+                    household_id: inc.household_id.clone(),
+                    kind: inc.kind.clone(),
+                    at: inc.at,
+                    after_s: (t.emitted_at - inc.at) / 1000,
+                    promise_s: (inc.deadline - inc.at) / 1000,
+                    by: t.rule_id.clone(),
+                });
                 if t.emitted_at <= inc.deadline {
                     card.caught_in_time += 1;
                 } else {
@@ -241,6 +263,14 @@ not json
             (5, 1, 1)
         );
         assert_eq!(card.missed, vec!["c TACHYCARDIA at 1000".to_string()]);
+        let found = |f: &Found| (f.household_id.clone(), f.after_s, f.promise_s, f.by.clone());
+        assert_eq!(
+            card.found.iter().map(found).collect::<Vec<_>>(),
+            vec![
+                ("a".to_string(), 0, 60, "alarm.fall".to_string()),
+                ("b".to_string(), 8, 4, "no_movement".to_string()),
+            ]
+        );
         assert_eq!((card.incident_tasks, card.false_tasks), (3, 1));
         assert_eq!(card.household_days, 20.0);
         assert_eq!(card.false_tasks_per_household_day, 0.05);

@@ -494,7 +494,8 @@ async fn alarms_and_bad_records_end_to_end() {
 
     let want = HashMap::from([
         (t.dispatch_critical.as_str(), 8),
-        (t.contact_notifications.as_str(), 4),
+        // One per alarm, and one telling fx-1's contacts the smoke alarm was resolved.
+        (t.contact_notifications.as_str(), 5),
         (t.task_events.as_str(), 11),
         (t.dead_letter.as_str(), expected_dead.len()),
     ]);
@@ -516,23 +517,30 @@ async fn alarms_and_bad_records_end_to_end() {
         );
     }
 
-    // One notification per task, carrying the contacts (the only output that may).
+    // One notification per task, carrying the contacts (the only output that may), and one
+    // more when the desk resolved fx-1's smoke alarm.
+    let mut resolved = Vec::new();
     let mut notified: Vec<String> = got[&t.contact_notifications]
         .iter()
-        .map(
+        .filter_map(
             |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
                 Output::Notification(n) => {
-                    assert_eq!(n.notification_id, ids::notification_id(&n.task_id));
                     assert!(!n.contacts.is_empty());
                     if n.household_id == "hh-fx-1" {
                         assert_eq!(n.contacts[0].phone, "13912345678");
                     }
-                    n.task_id
+                    if n.notification_id == ids::resolution_notification_id(&n.task_id) {
+                        resolved.push(n.task_id);
+                        return None;
+                    }
+                    assert_eq!(n.notification_id, ids::notification_id(&n.task_id));
+                    Some(n.task_id)
                 }
                 other => panic!("{other:?}"),
             },
         )
         .collect();
+    assert_eq!(resolved, vec![task_ids["fx-smoke-1"].clone()]);
     notified.sort();
     let mut all_ids: Vec<String> = task_ids.values().cloned().collect();
     all_ids.sort();
@@ -635,7 +643,7 @@ async fn alarms_and_bad_records_end_to_end() {
         m(r#"carestream_record_to_task_ack_seconds_count{severity="CRITICAL"}"#),
         8.0
     );
-    assert_eq!(m("carestream_contact_notifications_total"), 4.0);
+    assert_eq!(m("carestream_contact_notifications_total"), 5.0);
     assert_eq!(m("carestream_duplicate_events_total"), 1.0);
     assert_eq!(m("carestream_suppressed_repeats_total"), 1.0);
     assert_eq!(m("carestream_clock_skew_clamped_total"), 1.0);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use carestream::engine::{Engine, Meta};
+use carestream::engine::{ids, Engine, Meta};
 use carestream::model::*;
 use carestream::rules::RuleSet;
 
@@ -416,18 +416,30 @@ fn golden_scenarios() {
         let timeline = expand(&sc.event, first);
         let out = run(&households, &timeline);
         let got = lifecycle(&out);
-        // Every incident notifies the contacts (once, with its first task) exactly when urgent.
+        // Every incident notifies the contacts (once, with its first task) exactly when urgent,
+        // and tells them once more when it is resolved (by the desk, or the condition
+        // clearing), never when it was superseded.
         for o in &out {
             if let Output::Task(t) = o {
                 if t.tier == 0 && t.action != Action::NOTIFY_CONTACT {
-                    let notified = out
-                        .iter()
-                        .filter(|n| matches!(n, Output::Notification(n) if n.task_id == t.task_id))
-                        .count();
+                    let notices = |id: &str| {
+                        out.iter()
+                            .filter(|n| matches!(n, Output::Notification(n) if n.task_id == t.task_id && n.notification_id == id))
+                            .count()
+                    };
+                    let urgent = matches!(t.severity, Severity::CRITICAL | Severity::HIGH);
+                    let opened = notices(&ids::notification_id(&t.task_id));
+                    assert_eq!(opened == 1, urgent, "{}: {}", path.display(), t.rule_id);
+                    let resolved = out.iter().any(|e| {
+                        matches!(e, Output::TaskEvent(e) if e.task_id == t.task_id
+                            && (e.kind == TaskEventKind::RESOLVED || e.kind == TaskEventKind::FALSE_ALARM
+                                || (e.kind == TaskEventKind::AUTO_RESOLVED && !e.reason.starts_with("superseded"))))
+                    });
+                    let told = notices(&ids::resolution_notification_id(&t.task_id));
                     assert_eq!(
-                        notified == 1,
-                        matches!(t.severity, Severity::CRITICAL | Severity::HIGH),
-                        "{}: {}",
+                        told,
+                        usize::from(urgent && resolved),
+                        "{}: {} resolution notices",
                         path.display(),
                         t.rule_id
                     );

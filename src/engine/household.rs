@@ -76,6 +76,9 @@ pub(crate) struct OpenIncident {
     /// Every task of the incident: tier 0's, then one per rung.
     pub task_ids: Vec<String>,
     pub reason: String,
+    /// The emergency contacts were told when it opened: they are told when it is resolved.
+    #[serde(default)]
+    pub told: bool,
 }
 
 /// A household's id, kept inline when short (the registry's ids are) so that the index finds

@@ -27,6 +27,11 @@ pub fn notification_id(task_id: &str) -> String {
     v5(&["notification", task_id])
 }
 
+/// The contacts' notice that the incident of `task_id` (its first task) was resolved.
+pub fn resolution_notification_id(task_id: &str) -> String {
+    v5(&["notification", task_id, "resolved"])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -220,6 +220,7 @@ impl Engine {
             clearing_reason: "".into(),
             task_ids: Vec::new(),
             reason: reason.clone(),
+            told: false,
         };
         let mut actions = vec![action];
         for a in &self.rules.ladder(severity).with_first {
@@ -236,6 +237,7 @@ impl Engine {
         let primary = inc.task_ids[0].clone();
         let urgent = matches!(severity, Severity::CRITICAL | Severity::HIGH);
         if let Some(p) = profile.filter(|p| urgent && !p.emergency_contacts.is_empty()) {
+            inc.told = true;
             let (_, _, _, _, plain) = self.describe(&inc.rule);
             out.push(Output::Notification(ContactNotification {
                 notification_id: ids::notification_id(&primary),
@@ -276,8 +278,50 @@ impl Engine {
         true
     }
 
+    /// The contacts told of `inc` when it opened are told how it ended: the condition
+    /// cleared, the desk resolved it, or found it a false alarm (never the desk's note).
+    pub(crate) fn tell_resolved(
+        &self,
+        slot: u32,
+        inc: &OpenIncident,
+        kind: TaskEventKind,
+        at: Millis,
+        out: &mut Vec<Output>,
+    ) {
+        let h = self.slot(slot);
+        let Some(p) = h
+            .profile
+            .as_ref()
+            .filter(|p| !p.emergency_contacts.is_empty())
+        else {
+            return;
+        };
+        let (Some(primary), true) = (inc.task_ids.first(), inc.told) else {
+            return;
+        };
+        let outcome = match kind {
+            TaskEventKind::AUTO_RESOLVED => "情况已解除。/ Resolved: the condition has cleared.",
+            TaskEventKind::RESOLVED => "服务中心已处理完毕。/ Resolved by the care centre.",
+            TaskEventKind::FALSE_ALARM => {
+                "经核实为误报。/ Checked by the care centre: a false alarm."
+            }
+            _ => return,
+        };
+        let (_, _, _, _, plain) = self.describe(&inc.rule);
+        out.push(Output::Notification(ContactNotification {
+            notification_id: ids::resolution_notification_id(primary),
+            task_id: primary.clone(),
+            household_id: h.id.to_string(),
+            rule_id: inc.rule_id.clone(),
+            contacts: p.emergency_contacts.clone(),
+            message: format!("【居家养老安全提醒】{plain}：{outcome}"),
+            incident_time: inc.incident_time,
+            emitted_at: at,
+        }));
+    }
+
     /// Closes the open incident of `rule` (if any): a lifecycle event of `kind` for each of
-    /// its tasks.
+    /// its tasks. Returns the incident closed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn close_incident(
         &mut self,
@@ -288,11 +332,9 @@ impl Engine {
         reason: &str,
         by: Option<&str>,
         out: &mut Vec<Output>,
-    ) {
+    ) -> Option<OpenIncident> {
         let h = self.slot_mut(slot);
-        let Some(pos) = h.open.iter().position(|i| &i.rule == rule) else {
-            return;
-        };
+        let pos = h.open.iter().position(|i| &i.rule == rule)?;
         let inc = h.open.remove(pos);
         let household_id = h.id.to_string();
         self.open_count -= 1;
@@ -315,6 +357,7 @@ impl Engine {
                 tier: Some(inc.tier_of(tier)),
             }));
         }
+        Some(inc)
     }
 
     /// A rule's condition cleared at `t`: the incident auto-resolves if it stays clear for

@@ -76,15 +76,10 @@ impl Engine {
             })
             .collect();
         for (rule, at, why) in cleared {
-            self.close_incident(
-                slot,
-                &rule,
-                TaskEventKind::AUTO_RESOLVED,
-                at,
-                &why,
-                None,
-                out,
-            );
+            let kind = TaskEventKind::AUTO_RESOLVED;
+            if let Some(inc) = self.close_incident(slot, &rule, kind, at, &why, None, out) {
+                self.tell_resolved(slot, &inc, kind, at, out);
+            }
         }
         let mut i = 0;
         while i < self.slot(slot).open.len() {

@@ -885,7 +885,10 @@ impl Engine {
             return Ok(());
         }
         let rule = self.slot(slot).open[i].rule.clone();
-        self.close_incident(slot, &rule, kind, u.at, &desk_reason(u), Some(&u.by), out);
+        let why = desk_reason(u);
+        if let Some(inc) = self.close_incident(slot, &rule, kind, u.at, &why, Some(&u.by), out) {
+            self.tell_resolved(slot, &inc, kind, u.at, out);
+        }
         let h = self.slot(slot);
         if h.profile.is_none() && h.open.is_empty() {
             self.forget(slot);

@@ -304,10 +304,76 @@ fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
         !ev.reason.contains("1380"),
         "the desk's free text is not copied"
     );
+    // The contacts told of the alarm are told it was resolved; not the desk's note.
+    let told: Vec<&ContactNotification> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notification(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "{out:?}");
+    assert_eq!(
+        (told[0].task_id.as_str(), told[0].notification_id.clone()),
+        (task_id.as_str(), ids::resolution_notification_id(&task_id))
+    );
+    assert!(told[0].message.contains("Resolved by the care centre"));
+    assert!(!told[0].message.contains("1380") && !told[0].message.contains("家属已到场"));
+    assert_eq!(told[0].contacts.len(), 2);
     let again = run(&mut e, &press("hh-1", "p5", T0 + 300_000), T0 + 300_000);
     let t = tasks(&again);
     assert_eq!(t.len(), 1);
     assert_ne!(t[0].task_id, task_id, "a new incident gets a new id");
+}
+
+#[test]
+fn contacts_told_of_an_incident_are_told_when_its_condition_clears_or_it_was_a_false_alarm() {
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 2), T0);
+    moved_at(&mut e, &["hh-1"], T0, &mut Vec::new());
+    // No movement (HIGH, told at once), then movement again: resolved after `clear_for`.
+    let mut out = Vec::new();
+    e.tick(0, T0 + 11 * HOUR, &mut out);
+    assert_eq!(no_movement_found(&out).len(), 1);
+    let first = tasks(&out)[0].task_id.clone();
+    let again = sensor(
+        "hh-1",
+        "m-again",
+        DeviceKind::MOTION_PIR,
+        T0 + 11 * HOUR,
+        Reading::Motion { detected: true },
+    );
+    e.process(&again, on(0, T0 + 11 * HOUR), &mut out).unwrap();
+    out.clear();
+    e.tick(0, T0 + 12 * HOUR, &mut out);
+    let notices: Vec<&ContactNotification> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notification(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notices.len(), 1, "{out:?}");
+    assert_eq!(
+        notices[0].notification_id,
+        ids::resolution_notification_id(&first)
+    );
+    assert!(notices[0].message.contains("the condition has cleared"));
+    // A button pressed, then found a false alarm by the desk: told so.
+    let out = run(&mut e, &press("hh-1", "p1", T0 + 13 * HOUR), T0 + 13 * HOUR);
+    let alarm = tasks(&out)[0].task_id.clone();
+    let update = Input::TaskUpdate(TaskUpdate {
+        task_id: alarm.clone(),
+        household_id: "hh-1".into(),
+        status: TaskUpdateStatus::FALSE_ALARM,
+        by: "desk-7".into(),
+        at: T0 + 13 * HOUR + 60_000,
+        note: None,
+    });
+    let out = run(&mut e, &update, T0 + 13 * HOUR + 60_000);
+    assert!(out.iter().any(|o| matches!(o, Output::Notification(n)
+        if n.notification_id == ids::resolution_notification_id(&alarm)
+            && n.message.contains("a false alarm"))));
 }
 
 #[test]
