@@ -319,7 +319,7 @@ fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
     );
     assert!(told[0].message.contains("Resolved by the care centre"));
     assert!(!told[0].message.contains("1380") && !told[0].message.contains("家属已到场"));
-    assert_eq!(told[0].contacts.len(), 2);
+    assert_eq!(told[0].contacts.len(), 1);
     let again = run(&mut e, &press("hh-1", "p5", T0 + 300_000), T0 + 300_000);
     let t = tasks(&again);
     assert_eq!(t.len(), 1);
