@@ -97,69 +97,7 @@ struct SimArgs {
     #[arg(long)]
     start_ms: Option<i64>,
     #[command(flatten)]
-    mix: MixArgs,
-}
-
-/// How the simulated city lives (shares of homes or chances a day, 0 to 1).
-#[derive(Args, Clone)]
-struct MixArgs {
-    /// Share of homes with a bed mattress.
-    #[arg(long, default_value_t = Mix::default().bed_sensor, value_parser = share)]
-    bed_sensor: f64,
-    /// Share of homes whose elder has a smart watch.
-    #[arg(long, default_value_t = Mix::default().watch, value_parser = share)]
-    watch: f64,
-    /// Share of homes whose meters report hourly (the rest of those not daily: every 15 min).
-    #[arg(long, default_value_t = Mix::default().meters_hourly, value_parser = share)]
-    meters_hourly: f64,
-    /// Share of homes whose meters report once a day.
-    #[arg(long, default_value_t = Mix::default().meters_daily, value_parser = share)]
-    meters_daily: f64,
-    /// Share of elders up late (07:30-09:00).
-    #[arg(long, default_value_t = Mix::default().late_risers, value_parser = share)]
-    late_risers: f64,
-    /// Share of elders in bed after the quiet hours begin (23:00-00:30).
-    #[arg(long, default_value_t = Mix::default().night_owls, value_parser = share)]
-    night_owls: f64,
-    /// Share of elders who nap in bed after lunch.
-    #[arg(long, default_value_t = Mix::default().nappers, value_parser = share)]
-    nappers: f64,
-    /// Chance a day the watch stays on its charger.
-    #[arg(long, default_value_t = Mix::default().watch_off, value_parser = share)]
-    watch_off: f64,
-    /// Chance a day the elder leaves to stay with family (the registry is told).
-    #[arg(long, default_value_t = Mix::default().stays_away, value_parser = share)]
-    stays_away: f64,
-    /// Share of records delivered twice.
-    #[arg(long, default_value_t = Mix::default().duplicates, value_parser = share)]
-    duplicates: f64,
-}
-
-fn share(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
-        _ => Err(format!("{s:?}: expected a share from 0 to 1")),
-    }
-}
-
-impl MixArgs {
-    fn mix(&self) -> Result<Mix, String> {
-        if self.meters_hourly + self.meters_daily > 1.0 {
-            return Err("--meters-hourly and --meters-daily add up to more than 1".into());
-        }
-        Ok(Mix {
-            bed_sensor: self.bed_sensor,
-            watch: self.watch,
-            meters_hourly: self.meters_hourly,
-            meters_daily: self.meters_daily,
-            late_risers: self.late_risers,
-            night_owls: self.night_owls,
-            nappers: self.nappers,
-            watch_off: self.watch_off,
-            stays_away: self.stays_away,
-            duplicates: self.duplicates,
-        })
-    }
+    mix: Mix,
 }
 
 impl SimArgs {
@@ -173,10 +111,13 @@ impl SimArgs {
             weather_every: self.weather_every_secs.map(Duration::from_secs_f64),
             seed: self.seed,
             start: self.start_ms,
-            mix: self.mix.mix().unwrap_or_else(|e| {
-                eprintln!("error: {e}");
-                std::process::exit(2)
-            }),
+            mix: match self.mix.check() {
+                Ok(()) => self.mix,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2)
+                }
+            },
         }
     }
 }

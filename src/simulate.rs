@@ -166,30 +166,60 @@ pub struct SimConfig {
 
 /// How the city lives: which devices its homes have, how their meters report, and how its
 /// elders keep their days. The defaults are a city's, not the rules': most homes have no
-/// mattress, most meters report hourly or daily, people keep their own hours.
-#[derive(Debug, Clone, Copy)]
+/// mattress, most meters report hourly or daily, people keep their own hours. Each is a
+/// `simulate` flag (shares of homes or chances a day, 0 to 1).
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Mix {
     /// Share of homes with a bed mattress (occupancy, heart rate, breathing).
+    #[arg(long, default_value_t = Mix::default().bed_sensor, value_parser = share)]
     pub bed_sensor: f64,
     /// Share of homes whose elder has a smart watch.
+    #[arg(long, default_value_t = Mix::default().watch, value_parser = share)]
     pub watch: f64,
-    /// Share of homes whose water and power meters report once an hour, and once a day; the
-    /// rest every 15 minutes.
+    /// Share of homes whose meters report once an hour (the rest of those not daily: every
+    /// 15 minutes).
+    #[arg(long, default_value_t = Mix::default().meters_hourly, value_parser = share)]
     pub meters_hourly: f64,
+    /// Share of homes whose meters report once a day.
+    #[arg(long, default_value_t = Mix::default().meters_daily, value_parser = share)]
     pub meters_daily: f64,
-    /// Share of elders who get up late (07:30–09:00; the others 06:00–07:30), and who go to
-    /// bed after the quiet hours begin (23:00–00:30; the others 21:30–23:00).
+    /// Share of elders who get up late (07:30-09:00; the others 06:00-07:30).
+    #[arg(long, default_value_t = Mix::default().late_risers, value_parser = share)]
     pub late_risers: f64,
+    /// Share of elders who go to bed after the quiet hours begin (23:00-00:30; the others
+    /// 21:30-23:00).
+    #[arg(long, default_value_t = Mix::default().night_owls, value_parser = share)]
     pub night_owls: f64,
     /// Share of elders who nap in bed after lunch on most days.
+    #[arg(long, default_value_t = Mix::default().nappers, value_parser = share)]
     pub nappers: f64,
     /// Chance a day that the watch stays on its charger.
+    #[arg(long, default_value_t = Mix::default().watch_off, value_parser = share)]
     pub watch_off: f64,
     /// Chance a day that the elder goes to stay with family for one to three days (the
     /// registry is told: `away_until`).
+    #[arg(long, default_value_t = Mix::default().stays_away, value_parser = share)]
     pub stays_away: f64,
     /// Share of records the platform delivers twice.
+    #[arg(long, default_value_t = Mix::default().duplicates, value_parser = share)]
     pub duplicates: f64,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?}: expected a share from 0 to 1")),
+    }
+}
+
+impl Mix {
+    /// The shares that must add up to at most one do.
+    pub fn check(&self) -> Result<(), String> {
+        if self.meters_hourly + self.meters_daily > 1.0 {
+            return Err("--meters-hourly and --meters-daily add up to more than 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Mix {

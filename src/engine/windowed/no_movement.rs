@@ -60,10 +60,10 @@ impl Engine {
     ///   put off to the morning.
     fn no_movement_due(&self, h: &Household) -> (Millis, Found) {
         let k = RuleKind::NoMovement;
-        let away = h.away_until().unwrap_or(NEVER);
-        let base = h.last_activity.max(h.first_seen).max(away);
+        let base = Self::no_movement_since(h);
         let q = self.quiet_hours(h);
-        let wall = base.saturating_add(self.ms(k, p::AFTER, h));
+        let after = self.ms(k, p::AFTER, h);
+        let wall = base.saturating_add(after);
         let Some((quiet_from, quiet_to)) = quiet_period(base, h.offset, q) else {
             return (wall, Found::Still);
         };
@@ -78,7 +78,7 @@ impl Engine {
         }
         let evening = base >= quiet_from - self.ms(k, p::BEDTIME_WINDOW, h);
         let due = if evening {
-            add_awake_time(base, self.ms(k, p::AFTER, h), h.offset, q)
+            add_awake_time(base, after, h.offset, q)
         } else {
             wall
         };
@@ -87,6 +87,13 @@ impl Engine {
             return (morning, Found::StillInBed(quiet_to));
         }
         (due, Found::Still)
+    }
+
+    /// The last sign of the elder at home: activity, first sight, or the end of a registered
+    /// absence.
+    fn no_movement_since(h: &Household) -> Millis {
+        let away = h.away_until().unwrap_or(NEVER);
+        h.last_activity.max(h.first_seen).max(away)
     }
 
     pub(super) fn no_movement_deadline(&self, h: &Household) -> Option<Millis> {
@@ -106,8 +113,7 @@ impl Engine {
         d: Millis,
         t: Millis,
     ) -> Option<Finding> {
-        let away = h.away_until().unwrap_or(NEVER);
-        let since = h.last_activity.max(h.first_seen).max(away);
+        let since = Self::no_movement_since(h);
         let still = (t - since) / 60_000;
         let summary = match self.no_movement_due(h).1 {
             Found::Still => format!("no activity for {} h", (t - since) / 3_600_000),
