@@ -43,7 +43,11 @@ voters=""
 for i in $(seq 0 $((brokers - 1))); do
   voters="${voters:+$voters,}$((i + 1))@127.0.0.1:$((port + 1000 + i))"
 done
-cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+# Base64url of 16 random bytes; one starting with '-' would read as an option to the tool.
+cluster_id=-
+while [ "${cluster_id#-}" != "$cluster_id" ]; do
+  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+done
 scram=()
 if [ "$secure" -eq 1 ]; then
   scram=(--add-scram "SCRAM-SHA-512=[name=carestream,password=${CARESTREAM_KAFKA_SCRAM_PASSWORD:-carestream-secret}]")
