@@ -253,7 +253,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 )
             })?;
             let tasks = read_tasks(&config, Duration::from_secs_f64(idle_secs)).await?;
-            let card = carestream::score::score(&injected, &tasks, households, start, simulated);
+            let rules = pipeline::load(&config)?.rules;
+            let held = rules
+                .alarms
+                .iter()
+                .map(|a| (a.rule_id.clone(), a.stale_after))
+                .collect();
+            let card =
+                carestream::score::score(&injected, &tasks, households, start, simulated, &held);
             println!("{}", serde_json::to_string_pretty(&card)?);
             Ok(())
         }

@@ -70,6 +70,8 @@ pub struct Scorecard {
     /// Each incident caught late: household, kind, onset, and how late past its promise.
     pub late: Vec<String>,
     pub missed: Vec<String>,
+    /// Alarms repeated while their incident was open: held back, the desk not told again.
+    pub repeats_of_open_alarms: Vec<String>,
     /// Incidents whose deadline lies after the end of the run: not judged.
     pub pending: usize,
     /// Incidents no device could see: counted apart, whatever task follows.
@@ -104,12 +106,15 @@ fn about_the_elder(rule: &str) -> bool {
         .contains(&rule)
 }
 
+/// `repeats_held`: per alarm rule, how long a repeat of its open incident is held back
+/// (the rules' `stale_after`).
 pub fn score(
     injected: &[Injected],
     tasks: &[EscalationTask],
     households: usize,
     start: Millis,
     simulated: Millis,
+    repeats_held: &BTreeMap<String, Millis>,
 ) -> Scorecard {
     // Each incident's first call (tier 0, not the NOTIFY_CONTACT beside it).
     let calls: Vec<&EscalationTask> = tasks
@@ -172,6 +177,20 @@ pub fn score(
                 }
             }
             None if inc.deadline > start + simulated => card.pending += 1,
+            // The same alarm again in a home whose incident for it is still open: held back
+            // as a repeat (the desk is not told again), counted apart, not as missed.
+            None if card.found.iter().any(|f| {
+                f.household_id == inc.household_id
+                    && f.kind == inc.kind
+                    && f.at < inc.at
+                    && repeats_held
+                        .get(&inc.rule)
+                        .is_some_and(|w| inc.at - f.at < *w)
+            }) =>
+            {
+                card.repeats_of_open_alarms
+                    .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at))
+            }
             None => card
                 .missed
                 .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
@@ -236,9 +255,11 @@ mod tests {
 not json
 {"injected":{"household_id":"e","kind":"COLLAPSE","rule":"no_movement","at":1000,"deadline":999999999}}
 {"injected":{"household_id":"f","kind":"TACHYCARDIA","rule":"abnormal_vitals","at":1000,"deadline":5000,"observable":false}}
+{"injected":{"household_id":"a","kind":"FALL_DETECTOR","rule":"alarm.fall","at":7201000,"deadline":7261000}}
+{"injected":{"household_id":"a","kind":"FALL_DETECTOR","rule":"alarm.fall","at":36001000,"deadline":36061000}}
 {"simulated":{"households":10,"start":0,"ms":172800000}}"#;
         let (injected, size) = read_log(log);
-        assert_eq!((injected.len(), size), (5, Some((10, 0, 172_800_000))));
+        assert_eq!((injected.len(), size), (7, Some((10, 0, 172_800_000))));
         let tasks = vec![
             task("a", "alarm.fall", Action::CALL_ELDER, 0, 1500),
             task("a", "alarm.fall", Action::NOTIFY_CONTACT, 0, 1500),
@@ -255,14 +276,27 @@ not json
                 100_000_000,
             ),
         ];
-        let card = score(&injected, &tasks, 10, 0, 172_800_000);
+        // a's fall alarm again 2 h later, its incident open: held back; 10 h later, past the
+        // 6 h it is held for, and no task: missed.
+        let held = BTreeMap::from([("alarm.fall".to_string(), 6 * 3_600_000)]);
+        let card = score(&injected, &tasks, 10, 0, 172_800_000, &held);
+        assert_eq!(
+            card.repeats_of_open_alarms,
+            vec!["a FALL_DETECTOR at 7201000".to_string()]
+        );
         assert_eq!(card.pending, 1, "the collapse due after the run ended");
         assert_eq!(card.unobservable, 1, "no device could see f's racing heart");
         assert_eq!(
             (card.incidents, card.caught_in_time, card.caught_late),
-            (5, 1, 1)
+            (7, 1, 1)
         );
-        assert_eq!(card.missed, vec!["c TACHYCARDIA at 1000".to_string()]);
+        assert_eq!(
+            card.missed,
+            vec![
+                "c TACHYCARDIA at 1000".to_string(),
+                "a FALL_DETECTOR at 36001000".to_string()
+            ]
+        );
         let found = |f: &Found| (f.household_id.clone(), f.after_s, f.promise_s, f.by.clone());
         assert_eq!(
             card.found.iter().map(found).collect::<Vec<_>>(),
