@@ -149,10 +149,24 @@ pub fn score(
                 used[i] = true;
             }
         }
+        // The same alarm again in a home whose incident for it is still open: held back as a
+        // repeat (the desk is not told again), counted apart; a later task of another rule is
+        // not its finding.
+        let repeat = card.found.iter().any(|f| {
+            f.household_id == inc.household_id
+                && f.kind == inc.kind
+                && f.at < inc.at
+                && repeats_held
+                    .get(&inc.rule)
+                    .is_some_and(|w| inc.at - f.at < *w)
+        });
         match found {
             // Nothing at home could see it (the elder away, no device on): a later task is
             // about something else.
             _ if !inc.observable => card.unobservable += 1,
+            Some((_, t)) if repeat && t.emitted_at > inc.deadline => card
+                .repeats_of_open_alarms
+                .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
             Some((i, t)) => {
                 used[i] = true;
                 card.found.push(Found {
@@ -177,20 +191,9 @@ pub fn score(
                 }
             }
             None if inc.deadline > start + simulated => card.pending += 1,
-            // The same alarm again in a home whose incident for it is still open: held back
-            // as a repeat (the desk is not told again), counted apart, not as missed.
-            None if card.found.iter().any(|f| {
-                f.household_id == inc.household_id
-                    && f.kind == inc.kind
-                    && f.at < inc.at
-                    && repeats_held
-                        .get(&inc.rule)
-                        .is_some_and(|w| inc.at - f.at < *w)
-            }) =>
-            {
-                card.repeats_of_open_alarms
-                    .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at))
-            }
+            None if repeat => card
+                .repeats_of_open_alarms
+                .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
             None => card
                 .missed
                 .push(format!("{} {} at {}", inc.household_id, inc.kind, inc.at)),
@@ -267,6 +270,8 @@ not json
             task("b", "no_movement", Action::CALL_ELDER, 0, 9000),
             task("d", "night_door", Action::CALL_ELDER, 0, 2000),
             task("d", "device_silence", Action::DEVICE_MAINTENANCE, 0, 2000),
+            // Hours after a's held-back repeat: not its finding.
+            task("a", "missed_daily_round", Action::CALL_ELDER, 0, 20_000_000),
             // Days after f's unseen racing heart: not its finding.
             task(
                 "f",
@@ -276,8 +281,9 @@ not json
                 100_000_000,
             ),
         ];
-        // a's fall alarm again 2 h later, its incident open: held back; 10 h later, past the
-        // 6 h it is held for, and no task: missed.
+        // a's fall alarm again 2 h later, its incident open: held back (the missed round hours
+        // later is not its finding); 10 h later, past the 6 h it is held for, and no task
+        // since: missed.
         let held = BTreeMap::from([("alarm.fall".to_string(), 6 * 3_600_000)]);
         let card = score(&injected, &tasks, 10, 0, 172_800_000, &held);
         assert_eq!(

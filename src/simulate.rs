@@ -74,7 +74,8 @@ impl IncidentKind {
                     13 * HOUR
                 },
             ),
-            IncidentKind::Tachycardia => ("abnormal_vitals", 15 * MIN),
+            // Worked out from the readings that show it (`Racing`).
+            IncidentKind::Tachycardia => ("abnormal_vitals", 0),
         }
     }
 
@@ -339,6 +340,40 @@ const DEVICES: [DeviceKind; 8] = [
     DeviceKind::SMOKE_ALARM,
 ];
 
+/// An injected racing heart, followed through the readings that show it: the vitals rule
+/// promises a finding `sustained_for` after the first reading out of range, or at the second
+/// if that comes later (see `rules/vitals.toml`). Fewer than two such readings (the elder goes
+/// out, or to bed with no mattress) is not a sustained condition any device could show.
+struct Racing {
+    at: Millis,
+    sustained: Millis,
+    first: Option<Millis>,
+}
+
+impl Racing {
+    /// A reading out of range at `t`; from the second on, the promised deadline.
+    fn read(&mut self, t: Millis) -> Option<Millis> {
+        match self.first {
+            None => {
+                self.first = Some(t);
+                None
+            }
+            Some(first) => Some((first + self.sustained).max(t) + DRIFT),
+        }
+    }
+
+    /// Settled at `t` with no second reading: the deadline, and whether readings still to
+    /// come (the condition not `over`) could yet show it.
+    fn unsettled(&self, t: Millis, over: bool) -> (Millis, bool) {
+        let deadline = (self.first.unwrap_or(t) + self.sustained).max(t) + DRIFT;
+        (deadline, !over)
+    }
+}
+
+/// Device clocks in the simulated city drift by up to this much (a reading's time is its
+/// device's).
+const DRIFT: Millis = 2 * MIN;
+
 /// One household's day and devices.
 struct Home {
     profile: HouseholdProfile,
@@ -373,6 +408,8 @@ struct Home {
     /// Until then the elder does not move (an injected collapse).
     collapsed_until: Millis,
     tachycardia_until: Millis,
+    /// The racing heart as the devices show it, until the rule's promise is known.
+    racing: Option<Racing>,
     /// The gateway is down until then; events pile up in `backlog`.
     gateway_down_until: Millis,
     /// Held records; their event time is in the payload. Sent when the gateway reconnects,
@@ -412,6 +449,7 @@ impl Home {
             in_bed: true,
             collapsed_until: 0,
             tachycardia_until: 0,
+            racing: None,
             gateway_down_until: 0,
             backlog: Vec::new(),
         }
@@ -741,6 +779,7 @@ impl<'a> Simulator<'a> {
         // Flush what the gateways still hold, as they would on reconnecting.
         let end = start + self.report.simulated;
         for h in &mut homes {
+            self.settle_racing(h, end);
             self.flush_backlog(h, end);
         }
         let _ = self.producer.flush(Duration::from_secs(30));
@@ -771,6 +810,9 @@ impl<'a> Simulator<'a> {
             if rng.chance(0.02) {
                 h.gateway_down_until = t + rng.between(10 * MIN, HOUR);
             }
+        }
+        if h.racing.is_some() && t >= h.tachycardia_until {
+            self.settle_racing(h, t);
         }
         if !h.backlog.is_empty() && t >= h.gateway_down_until {
             // Reconnected: hours of events arrive at once, late.
@@ -846,7 +888,8 @@ impl<'a> Simulator<'a> {
         // heart at night is seen there, not on the watch (charging).
         let on_a_trip = h.night_trip.is_some_and(|n| t >= n && t < n + 8 * MIN);
         if h.alive(DeviceKind::BED_SENSOR) && h.in_bed && !on_a_trip && (t / MIN) % 5 == phase % 5 {
-            let hr = if t < h.tachycardia_until {
+            let racing = t < h.tachycardia_until;
+            let hr = if racing {
                 135
             } else {
                 52 + ((t / MIN) % 13) as i32
@@ -857,6 +900,9 @@ impl<'a> Simulator<'a> {
                 worn: true,
             };
             self.sensor(h, DeviceKind::BED_SENSOR, reading, t);
+            if racing {
+                self.racing_read(h, t);
+            }
         }
         if h.alive(DeviceKind::DOOR_CONTACT) && (t / MIN) % 15 == (phase + 7) % 15 {
             self.sensor(
@@ -911,7 +957,8 @@ impl<'a> Simulator<'a> {
         // The watch: vitals every five minutes while worn (off at night, charging; some
         // days left on the charger).
         if !asleep && !away && h.watch_on && h.alive(DeviceKind::WEARABLE) && (t / MIN) % 5 == 0 {
-            let hr = if t < h.tachycardia_until {
+            let racing = t < h.tachycardia_until;
+            let hr = if racing {
                 135
             } else {
                 62 + rng.below(25) as i32
@@ -922,6 +969,9 @@ impl<'a> Simulator<'a> {
                 worn: true,
             };
             self.sensor(h, DeviceKind::WEARABLE, reading, t);
+            if racing {
+                self.racing_read(h, t);
+            }
         }
         // Meals and washing use water, appliances power, counted every fifteen minutes; the
         // meters report every 15 minutes, every hour or once a day (at 02:00).
@@ -980,39 +1030,68 @@ impl<'a> Simulator<'a> {
     }
 
     fn inject(&mut self, h: &mut Home, kind: IncidentKind, at: Millis) {
-        match kind {
-            IncidentKind::Alarm(device) => {
-                self.sensor(h, device, Reading::Alarm { active: true }, at)
-            }
-            IncidentKind::Collapse => h.collapsed_until = at + 20 * HOUR,
-            IncidentKind::Tachycardia => h.tachycardia_until = at + 20 * MIN,
-        }
         self.report.incidents += 1;
-        let (rule, within) = kind.expectation(&h.profile);
-        let deadline = match (kind, &self.rules) {
-            (IncidentKind::Collapse, Some(rules)) => collapse_promise(rules, h, at),
-            _ => at + within,
-        };
-        // A racing heart is seen only by a watch on the wrist (awake, at home) or the
-        // mattress under the elder; with neither, no device can see it: scored apart.
-        let observable = match kind {
-            IncidentKind::Tachycardia => {
-                let watch = !h.asleep(at)
-                    && !h.napping(at)
-                    && !h.away(at)
-                    && h.watch_on
-                    && h.alive(DeviceKind::WEARABLE);
-                let mattress = h.in_bed && h.alive(DeviceKind::BED_SENSOR);
-                watch || mattress
+        let within = kind.expectation(&h.profile).1;
+        let deadline = match kind {
+            IncidentKind::Alarm(device) => {
+                self.sensor(h, device, Reading::Alarm { active: true }, at);
+                at + within
             }
-            // Away from home, a collapse is for no device at home to see.
-            IncidentKind::Collapse => !h.away(at),
-            _ => true,
+            IncidentKind::Collapse => {
+                h.collapsed_until = at + 20 * HOUR;
+                match &self.rules {
+                    Some(rules) => collapse_promise(rules, h, at),
+                    None => at + within,
+                }
+            }
+            IncidentKind::Tachycardia => {
+                // Told once the readings show whether (and when) the rule can find it.
+                self.settle_racing(h, at);
+                h.tachycardia_until = at + 20 * MIN;
+                let sustained = self.rules.as_ref().map_or(10 * MIN, |rules| {
+                    rules.rule(crate::rules::RuleKind::Vitals).ms(
+                        crate::rules::p::SUSTAINED,
+                        &h.profile.household_id,
+                        Some(&h.profile),
+                    )
+                });
+                h.racing = Some(Racing {
+                    at,
+                    sustained,
+                    first: None,
+                });
+                return;
+            }
         };
+        // Away from home, a collapse is for no device at home to see.
+        let observable = !(kind == IncidentKind::Collapse && h.away(at));
+        self.injected(h, kind, at, deadline, observable);
+    }
+
+    fn injected(&self, h: &Home, kind: IncidentKind, at: Millis, deadline: Millis, seen: bool) {
+        let rule = kind.expectation(&h.profile).0;
         println!(
             "{}",
-            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": deadline, "observable": observable}})
+            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": deadline, "observable": seen}})
         );
+    }
+
+    /// A reading of the racing heart sent at `t`: the second one settles the rule's promise.
+    fn racing_read(&mut self, h: &mut Home, t: Millis) {
+        let Some(r) = h.racing.as_mut() else { return };
+        if let Some(deadline) = r.read(t) {
+            let at = r.at;
+            h.racing = None;
+            self.injected(h, IncidentKind::Tachycardia, at, deadline, true);
+        }
+    }
+
+    /// The racing heart is over (or the run is) at `t` without a second reading: no device
+    /// showed it sustained, unless readings still to come could.
+    fn settle_racing(&mut self, h: &mut Home, t: Millis) {
+        let Some(r) = h.racing.take() else { return };
+        let (deadline, seen) = r.unsettled(t, t >= h.tachycardia_until);
+        self.injected(h, IncidentKind::Tachycardia, r.at, deadline, seen);
     }
 
     fn weather(&mut self, rng: &mut Rng, at: Millis) {
@@ -1151,5 +1230,35 @@ mod tests {
             collapse_promise(&rules, &h, day + 23 * HOUR),
             day + DAY + 6 * HOUR + 30 * MIN + 10 * HOUR + HOUR
         );
+    }
+
+    #[test]
+    fn a_racing_heart_is_promised_from_the_readings_that_show_it() {
+        let at = 1_795_104_000_000;
+        let racing = || Racing {
+            at,
+            sustained: 10 * MIN,
+            first: None,
+        };
+        // Read on the watch every five minutes: ten minutes after the first reading.
+        let mut r = racing();
+        assert_eq!(r.read(at + 4 * MIN), None);
+        assert_eq!(r.read(at + 9 * MIN), Some(at + 14 * MIN + DRIFT));
+        // The elder lies down for a nap before the watch's first reading: the mattress's
+        // first reading, minutes on, starts the ten.
+        let mut r = racing();
+        assert_eq!(r.read(at + 8 * MIN), None);
+        assert_eq!(r.read(at + 13 * MIN), Some(at + 18 * MIN + DRIFT));
+        // A second reading only after the ten minutes: the rule decides at that reading.
+        let mut r = racing();
+        r.read(at + MIN);
+        assert_eq!(r.read(at + 16 * MIN), Some(at + 16 * MIN + DRIFT));
+        // One reading, then out of the house until it is over: nothing could show it.
+        let mut r = racing();
+        r.read(at + MIN);
+        assert!(!r.unsettled(at + 20 * MIN, true).1);
+        // The run ends with the condition still on: pending, past the run's end.
+        let (deadline, seen) = racing().unsettled(at + 3 * MIN, false);
+        assert!(seen && deadline > at + 3 * MIN);
     }
 }
