@@ -42,6 +42,12 @@ pub struct KafkaConfig {
     /// (Kafka's default, the contract's) or `consistent_random` (librdkafka's default,
     /// CRC-32). The processor's own producers use it too.
     pub partitioner: crate::partition::Partitioner,
+    /// With `pipeline.delivery = "exactly_once"`: this instance's transactional id, stable
+    /// across its restarts and unique in the group (a StatefulSet pod's name, say). A restart
+    /// under the same id aborts the transaction its crashed predecessor left open at once;
+    /// under a new one, readers wait up to the transaction timeout for it. Empty: the group
+    /// id, host name and process id.
+    pub transactional_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -113,6 +119,26 @@ pub struct PipelineConfig {
     /// Outputs unacknowledged for longer than this turn `/health` to 503 `stuck` (the broker
     /// unreachable, a dispatch topic missing): alarms are not reaching the desk.
     pub stuck_after_ms: u64,
+    /// `at_least_once` (the default): outputs are sent as they are made and input offsets
+    /// stored once they are acknowledged; after a crash, the outputs since the last commit
+    /// are sent again, with the same ids and bytes. `exactly_once`: each `commit_interval_ms`,
+    /// the outputs, the checkpoints of every partition that changed and the input offsets
+    /// are committed in one Kafka transaction, fenced by the group's generation; a desk
+    /// reading with `isolation.level=read_committed` sees each output once, up to
+    /// `commit_interval_ms` later. See README, "Delivery and failure".
+    pub delivery: Delivery,
+    /// With `exactly_once`: how often the transaction commits (also on revocation and
+    /// shutdown). Checkpoints then come with every commit and `checkpoint_interval_ms` is
+    /// not used.
+    pub commit_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -157,6 +183,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: 10_000,
             partitions: String::new(),
             partitioner: Default::default(),
+            transactional_id: String::new(),
         }
     }
 }
@@ -218,6 +245,8 @@ impl Default for PipelineConfig {
             align_ms: 60_000,
             order_wait_max_ms: 120_000,
             stuck_after_ms: 60_000,
+            delivery: Delivery::AtLeastOnce,
+            commit_interval_ms: 500,
         }
     }
 }
@@ -375,6 +404,25 @@ impl Config {
         if self.pipeline.batch_max_records == 0 || self.pipeline.batch_max_records > 100_000 {
             problems.push("pipeline.batch_max_records must be 1..=100000".to_string());
         }
+        if self.pipeline.delivery == Delivery::ExactlyOnce {
+            if !(50..=60_000).contains(&self.pipeline.commit_interval_ms) {
+                problems.push("pipeline.commit_interval_ms must be 50..=60000".to_string());
+            }
+            if !self.kafka.partitions.trim().is_empty() {
+                // Fencing a zombie needs the group's generation, which a static assignment lacks.
+                problems.push(
+                    "pipeline.delivery = exactly_once needs the consumer group: kafka.partitions must be empty"
+                        .to_string(),
+                );
+            }
+            for key in ["transactional.id", "enable.auto.commit", "isolation.level"] {
+                if self.kafka.properties.contains_key(key) {
+                    problems.push(format!(
+                        "kafka.properties.{key} is set by the processor itself with exactly_once"
+                    ));
+                }
+            }
+        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             problems.push("log.format must be text or json".to_string());
         }
@@ -531,5 +579,37 @@ mod tests {
             panic!("{err}")
         };
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn exactly_once_is_read_and_its_limits_checked() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CARESTREAM_PIPELINE__DELIVERY", "exactly_once"),
+                ("CARESTREAM_KAFKA__TRANSACTIONAL_ID", "carestream-0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.pipeline.delivery, Delivery::ExactlyOnce);
+        assert_eq!(c.kafka.transactional_id, "carestream-0");
+        let err = Config::load(
+            None,
+            env(&[
+                ("CARESTREAM_PIPELINE__DELIVERY", "exactly_once"),
+                ("CARESTREAM_PIPELINE__COMMIT_INTERVAL_MS", "5"),
+                ("CARESTREAM_KAFKA__PARTITIONS", "0,1"),
+                ("CARESTREAM_KAFKA__PROPERTIES__TRANSACTIONAL_ID", "x"),
+            ]),
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let err = Config::load(None, env(&[("CARESTREAM_PIPELINE__DELIVERY", "twice")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice"), "{err}");
     }
 }

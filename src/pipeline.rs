@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint;
 use crate::codec::{Catalogue, Codec, DecodeError, RegistryClient, RegistryError};
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::engine::{Engine, EngineError, Meta, PREFETCH_RECORDS_AHEAD};
 use crate::model::*;
 use crate::rules::RuleSet;
@@ -131,6 +131,22 @@ pub struct Processor {
 /// is small (the batch's offsets; its outputs are in the delivery task).
 const MAX_IN_FLIGHT: usize = 32;
 
+/// How long a transaction left open by a crashed instance holds back `read_committed`
+/// readers, unless an instance under the same transactional id starts first (it aborts it).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `kafka.transactional_id`, or one unique to this process.
+fn transactional_id(config: &Config) -> String {
+    let id = config.kafka.transactional_id.trim();
+    if !id.is_empty() {
+        return id.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{}-{host}-{}", config.kafka.group_id, std::process::id())
+}
+
 /// A dead letter keeps at most this much of the bad record's value (Kafka's default record
 /// limit is 1 MiB, headers included).
 pub const DEAD_LETTER_MAX_VALUE: usize = 64 * 1024;
@@ -178,10 +194,24 @@ impl Processor {
             config.pipeline.stuck_after_ms,
             std::sync::atomic::Ordering::Relaxed,
         );
-        let sink = Sink::new(
-            &source::producer_config(&config),
-            &config.topics.dead_letter,
-        )?;
+        let sink = match config.pipeline.delivery {
+            Delivery::AtLeastOnce => Sink::new(
+                &source::producer_config(&config),
+                &config.topics.dead_letter,
+            )?,
+            Delivery::ExactlyOnce => {
+                let id = transactional_id(&config);
+                tracing::info!(transactional_id = %id, "exactly-once delivery: outputs, checkpoints and offsets commit together");
+                tokio::task::block_in_place(|| {
+                    Sink::transactional(
+                        &source::producer_config(&config),
+                        &config.topics.dead_letter,
+                        &id,
+                        TRANSACTION_TIMEOUT,
+                    )
+                })?
+            }
+        };
         let stamp = rules_stamp(&config.rules.dir);
         Ok(Processor {
             registry: config
@@ -450,8 +480,15 @@ impl Processor {
                         .get(&p)
                         .is_none_or(|t| now.duration_since(*t) >= idle);
                 if quiet {
+                    let before = self.engine.watermark(p);
                     self.engine
                         .tick(p, wall_millis() - idle.as_millis() as i64, &mut outputs);
+                    // Time moved: timers may have fired, state changed.
+                    if self.engine.watermark(p) != before {
+                        if let Some(pos) = self.owned.get_mut(&p) {
+                            pos.dirty = true;
+                        }
+                    }
                 }
             }
             let _ = self.emit(&mut outputs, batch, now);
@@ -609,7 +646,9 @@ impl Processor {
             if let Some(d) = f.delivery {
                 d.await??;
             }
-            if let (Some(consumer), false) = (&self.consumer, f.offsets.is_empty()) {
+            // In a transaction the offsets go with the commit (`commit_epoch`).
+            let store = !f.offsets.is_empty() && !self.sink.is_transactional();
+            if let (Some(consumer), true) = (&self.consumer, store) {
                 let mut tpl = TopicPartitionList::new();
                 for ((topic, partition), offset) in &f.offsets {
                     let name = &self.topic_names[*topic as usize].0;
@@ -686,6 +725,7 @@ impl Processor {
                     if self.apply_registry(msg, &mut batch) == Some(true) { break; }
                     if batch.records.len() >= self.config.pipeline.batch_max_records {
                         self.complete(&mut batch, &mut hard_stop).await?;
+                        self.persist_due(false, &mut hard_stop).await?;
                     }
                 }
             }
@@ -755,7 +795,7 @@ impl Processor {
             }
             self.housekeeping(&mut batch);
             self.complete(&mut batch, &mut hard_stop).await?;
-            self.checkpoint_due(false, &mut hard_stop).await;
+            self.persist_due(false, &mut hard_stop).await?;
         }
         self.metrics.ready.set(0);
         tracing::info!("shutting down: draining what was fetched");
@@ -775,14 +815,18 @@ impl Processor {
             "checkpointing and committing"
         );
         self.settle(0).await?;
-        self.checkpoint_due(true, &mut hard_stop).await;
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing stored since the last automatic commit: nothing to do.
-            Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            ))
-            | Ok(()) => {}
-            Err(e) => tracing::warn!(error = %e, "final commit"),
+        if self.sink.is_transactional() {
+            self.commit_epoch(true, &mut hard_stop).await?;
+        } else {
+            self.checkpoint_due(true, &mut hard_stop).await;
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last automatic commit: nothing to do.
+                Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                ))
+                | Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "final commit"),
+            }
         }
         drop(fetched);
         self.consumer = None;
@@ -870,8 +914,12 @@ impl Processor {
             Fetched::Revoking { partitions, done } => {
                 self.complete(batch, hard_stop).await?;
                 self.settle(0).await?;
+                if self.sink.is_transactional() {
+                    // Still in the generation that owned them: their state and offsets commit.
+                    self.commit_epoch(true, hard_stop).await?;
+                }
                 for p in partitions {
-                    if self.owned.contains_key(&p) {
+                    if self.owned.contains_key(&p) && !self.sink.is_transactional() {
                         self.checkpoint(p, hard_stop).await;
                     }
                     self.release(p);
@@ -894,6 +942,101 @@ impl Processor {
         let _ = self.metrics.checkpoint_age.remove_label_values(&[&label]);
         let _ = self.metrics.checkpoint_bytes.remove_label_values(&[&label]);
         let _ = self.metrics.watermark_delay.remove_label_values(&[&label]);
+    }
+
+    /// Checkpoints (at least once) or commits the transaction (exactly once) when due.
+    async fn persist_due(
+        &mut self,
+        all: bool,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        if self.sink.is_transactional() {
+            self.commit_epoch(all, hard_stop).await
+        } else {
+            self.checkpoint_due(all, hard_stop).await;
+            Ok(())
+        }
+    }
+
+    /// Exactly once: every `commit_interval_ms` (or now, when `all`), the open transaction
+    /// takes the checkpoints of the partitions that changed and the input offsets, and
+    /// commits with the outputs already sent in it. Any failure is fatal: this instance's
+    /// state has moved past what is committed, so it stops, and whoever takes its partitions
+    /// restores them from the last commit.
+    async fn commit_epoch(
+        &mut self,
+        all: bool,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let interval = Duration::from_millis(self.config.pipeline.commit_interval_ms);
+        if !all && self.housekeeping.checkpointed.elapsed() < interval {
+            return Ok(());
+        }
+        self.housekeeping.checkpointed = Instant::now();
+        let timeout = Duration::from_millis(self.config.pipeline.shutdown_timeout_ms).max(interval);
+        let Some(consumer) = self.consumer.clone() else {
+            // Loading the registry: its dead letters commit on their own, within the
+            // transaction timeout however long the load takes.
+            self.settle(0).await?;
+            if self.sink.has_uncommitted() {
+                let sink = self.sink.clone();
+                tokio::task::block_in_place(|| sink.commit(None, timeout))
+                    .context("exactly-once commit")?;
+            }
+            return Ok(());
+        };
+        let started = Instant::now();
+        self.settle(0).await?;
+        let dirty: Vec<i32> = self
+            .owned
+            .iter()
+            .filter(|(_, pos)| pos.dirty)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut offsets = TopicPartitionList::new();
+        for p in &dirty {
+            let pos = &self.owned[p];
+            for (topic, next) in &pos.next {
+                offsets.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+            }
+            let snapshot = self.engine.snapshot(*p);
+            let Some(writer) = self.writer.as_mut() else {
+                break;
+            };
+            let written = tokio::select! {
+                w = writer.write(self.sink.producer(), &snapshot, pos.next.clone(), wall_millis()) => w,
+                _ = wait_true(hard_stop) => anyhow::bail!("shutdown deadline passed with a transaction open"),
+            };
+            let m = written.context("checkpoint in the transaction")?;
+            self.metrics
+                .checkpoint_bytes
+                .with_label_values(&[&p.to_string()])
+                .set(m.bytes as i64);
+        }
+        let uncommitted = self.sink.has_uncommitted();
+        if dirty.is_empty() && !uncommitted {
+            return Ok(());
+        }
+        let group = consumer
+            .group_metadata()
+            .context("the consumer group's metadata, to fence the transaction")?;
+        let sink = self.sink.clone();
+        let committed =
+            tokio::task::block_in_place(|| sink.commit(Some((&offsets, &group)), timeout));
+        if let Err(e) = committed {
+            self.metrics.checkpoints.with_label_values(&["error"]).inc();
+            return Err(e).context("exactly-once commit");
+        }
+        for p in &dirty {
+            if let Some(pos) = self.owned.get_mut(p) {
+                pos.dirty = false;
+            }
+            self.metrics.checkpoints.with_label_values(&["ok"]).inc();
+        }
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Checkpoints the owned partitions that changed, when the interval has passed (or all

@@ -81,7 +81,18 @@ pub struct Sink {
     producer: FutureProducer,
     /// Where an output that can never be delivered is reported instead.
     dead_letter: String,
+    /// Sending inside Kafka transactions (`delivery = "exactly_once"`): a failed send dooms
+    /// the transaction, so it is not retried but reported, and the transaction aborted.
+    transactional: bool,
+    /// Something was sent in the open transaction.
+    uncommitted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// A record (key, value and headers) no larger than this is accepted by Kafka's default
+/// `message.max.bytes` (1 MiB) with room for the batch framing. In a transaction a record
+/// refused for its size would doom every output beside it, so a larger one is replaced by
+/// its stand-in before it is sent.
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
 
 /// Errors that no retry cures: the record, the topic or the credentials must change first.
 pub fn is_permanent(e: &KafkaError) -> bool {
@@ -112,6 +123,8 @@ pub enum SinkError {
     Interrupted(usize),
     #[error("creating the producer: {0}")]
     Create(KafkaError),
+    #[error("the transaction cannot commit: {0}")]
+    Transaction(KafkaError),
 }
 
 /// Producer settings: idempotent, acks from all replicas, a short linger for batching.
@@ -134,6 +147,76 @@ impl Sink {
         Ok(Sink {
             producer,
             dead_letter: dead_letter.to_string(),
+            transactional: false,
+            uncommitted: Default::default(),
+        })
+    }
+
+    /// A sink whose outputs go out in transactions under `transactional_id`: fences (aborts)
+    /// whatever an earlier producer under the id left open, and begins the first transaction.
+    /// Blocking: call off the async runtime.
+    pub fn transactional(
+        config: &ClientConfig,
+        dead_letter: &str,
+        transactional_id: &str,
+        transaction_timeout: Duration,
+    ) -> Result<Sink, SinkError> {
+        let producer: FutureProducer = producer_config(config)
+            .set("transactional.id", transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                transaction_timeout.as_millis().to_string(),
+            )
+            .create()
+            .map_err(SinkError::Create)?;
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .map_err(SinkError::Transaction)?;
+        producer
+            .begin_transaction()
+            .map_err(SinkError::Transaction)?;
+        Ok(Sink {
+            producer,
+            dead_letter: dead_letter.to_string(),
+            transactional: true,
+            uncommitted: Default::default(),
+        })
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// Outputs were sent since the last commit.
+    pub fn has_uncommitted(&self) -> bool {
+        self.uncommitted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Commits the open transaction, with the consumer's `offsets` if any (fenced by the
+    /// group's generation given beside them), and begins the next. An error is fatal to this producer: the
+    /// transaction is aborted (when it can be) and the caller must stop, so that whoever
+    /// takes the partitions restores them from what was committed. Blocking.
+    pub fn commit(
+        &self,
+        offsets: Option<(
+            &rdkafka::TopicPartitionList,
+            &rdkafka::consumer::ConsumerGroupMetadata,
+        )>,
+        timeout: Duration,
+    ) -> Result<(), SinkError> {
+        let done = (|| {
+            if let Some((offsets, group)) = offsets.filter(|(o, _)| o.count() > 0) {
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, timeout)?;
+            }
+            self.producer.commit_transaction(timeout)?;
+            self.uncommitted
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.producer.begin_transaction()
+        })();
+        done.map_err(|e| {
+            let _ = self.producer.abort_transaction(timeout);
+            SinkError::Transaction(e)
         })
     }
 
@@ -190,6 +273,12 @@ impl Sink {
             let mut pending = Vec::with_capacity(records.len());
             let mut replaced = Vec::new();
             for (i, r) in records.iter().enumerate() {
+                if self.transactional && r.key.len() + r.payload.len() > MAX_RECORD_BYTES {
+                    let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+                    on_undeliverable(r, &e);
+                    replaced.extend(self.stand_in(r, &e));
+                    continue;
+                }
                 loop {
                     let mut rec = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
                     if let Some(h) = &r.headers {
@@ -197,12 +286,17 @@ impl Sink {
                     }
                     match self.producer.send_result(rec) {
                         Ok(fut) => {
+                            self.uncommitted
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
                             pending.push((i, fut));
                             break;
                         }
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             // Backpressure: librdkafka's queue is full; let it drain.
                             pause(Duration::from_millis(5), hard_stop, records.len()).await?;
+                        }
+                        Err((e, _)) if self.transactional => {
+                            return Err(SinkError::Transaction(e));
                         }
                         Err((e, _)) if is_permanent(&e) => {
                             on_undeliverable(r, &e);
@@ -225,6 +319,10 @@ impl Sink {
                 };
                 match outcome {
                     Ok(Ok(_)) => on_ack(&records[i]),
+                    Ok(Err((e, _))) if self.transactional => return Err(SinkError::Transaction(e)),
+                    Err(_canceled) if self.transactional => {
+                        return Err(SinkError::Interrupted(records.len()))
+                    }
                     Ok(Err((e, _))) if is_permanent(&e) => {
                         on_undeliverable(&records[i], &e);
                         replaced.extend(self.stand_in(&records[i], &e));

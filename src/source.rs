@@ -387,8 +387,11 @@ impl Fetcher {
     ) -> anyhow::Result<(Fetcher, mpsc::Receiver<Fetched>)> {
         let mut c = base_client_config(config);
         let session = config.kafka.session_timeout_ms;
+        // Exactly once: offsets commit only inside the output transaction.
+        let eos = config.pipeline.delivery == crate::config::Delivery::ExactlyOnce;
         c.set("group.id", &config.kafka.group_id)
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", (!eos).to_string())
+            .set("isolation.level", "read_committed")
             .set("auto.commit.interval.ms", "1000")
             // The pipeline stores an offset only when the outputs it caused are acknowledged.
             .set("enable.auto.offset.store", "false")

@@ -1,0 +1,221 @@
+//! `pipeline.delivery = "exactly_once"` on Apache Kafka, one step at a time: an instance
+//! raises tasks inside an open transaction and is killed with SIGKILL before it commits; its
+//! restart, under the same transactional id, aborts that transaction, reads the alarms again
+//! and raises the same tasks, which commit when it shuts down. A read-uncommitted reader sees
+//! both copies of each task; a read-committed desk sees each once, the same bytes. (The
+//! random kills of `tests/crash.rs` check the same against an uncrashed reference.)
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use carestream::model::{DeviceKind, Output, Reading};
+
+/// Every record of `topic` now, read with the isolation level asked for.
+fn read(bootstrap: &str, topic: &str, committed: bool) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", common::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in md.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > 0 {
+            ends.insert(p.id(), high);
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ends.is_empty() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|h| m.offset() + 1 >= *h)
+                {
+                    ends.remove(&m.partition());
+                }
+                out.push(m.payload().unwrap_or_default().to_vec());
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            // Transaction markers (and, read committed, aborted or still open records) are
+            // never handed over: where has the reader got to?
+            None => {
+                if let Ok(pos) = consumer.position() {
+                    ends.retain(|p, high| {
+                        !matches!(pos.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *high)
+                    });
+                }
+            }
+        }
+    }
+    // Read committed, records of a transaction still open are behind the stable offset:
+    // what was read by the deadline is the answer.
+    out
+}
+
+/// Task id → every copy's bytes.
+fn tasks(records: &[Vec<u8>]) -> BTreeMap<String, Vec<Vec<u8>>> {
+    let codec = common::codec();
+    let mut by_id: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for r in records {
+        match codec.decode_output(r) {
+            Ok(Output::Task(t)) => by_id.entry(t.task_id).or_default().push(r.clone()),
+            other => panic!("a dispatch record that is not a task: {other:?}"),
+        }
+    }
+    by_id
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn tasks_of_a_transaction_killed_before_its_commit_reach_the_desk_once() {
+    let broker = common::Broker::start();
+    let bootstrap = broker.bootstrap();
+    let (config, mut env) = common::test_config(&bootstrap, "eos");
+    let group = config.kafka.group_id.clone();
+    env.extend([
+        (
+            "CARESTREAM_PIPELINE__DELIVERY".to_string(),
+            "exactly_once".to_string(),
+        ),
+        // Nothing commits on its own while the test looks: only at shutdown.
+        (
+            "CARESTREAM_PIPELINE__COMMIT_INTERVAL_MS".to_string(),
+            "60000".to_string(),
+        ),
+        (
+            "CARESTREAM_KAFKA__TRANSACTIONAL_ID".to_string(),
+            format!("{group}-0"),
+        ),
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(carestream::admin::create_topics(&config, 6, 1))
+        .unwrap();
+    let mut first = common::Processor::start(&env);
+    first.wait_ready(Duration::from_secs(60));
+
+    let codec = common::codec();
+    let producer: rdkafka::producer::ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let now = carestream::pipeline::wall_millis();
+    const ALARMS: usize = 5;
+    for i in 0..ALARMS {
+        let hh = format!("hh-eos-{i}");
+        let e = common::sensor(
+            &hh,
+            &format!("press-{i}"),
+            DeviceKind::EMERGENCY_BUTTON,
+            now + i as i64,
+            Reading::Alarm { active: true },
+        );
+        common::produce(
+            &producer,
+            &config.topics.sensor_events,
+            &hh,
+            &common::enc(&codec, &e),
+            now + i as i64,
+        );
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+
+    let critical = &config.topics.dispatch_critical;
+    wait_for(
+        "the first instance's tasks, sent in its open transaction",
+        Duration::from_secs(30),
+        || tasks(&read(&bootstrap, critical, false)).len() >= ALARMS,
+    );
+    assert!(
+        read(&bootstrap, critical, true).is_empty(),
+        "a read-committed desk sees tasks of a transaction not yet committed"
+    );
+    // Each alarm's tasks (a call and, beside it, the contacts' notice) have gone out.
+    std::thread::sleep(Duration::from_secs(1));
+    let sent_first = tasks(&read(&bootstrap, critical, false));
+
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let mut second = common::Processor::start(&env);
+    second.wait_ready(Duration::from_secs(60));
+    wait_for(
+        "the restarted instance's tasks",
+        Duration::from_secs(30),
+        || {
+            tasks(&read(&bootstrap, critical, false))
+                .values()
+                .all(|copies| copies.len() == 2)
+        },
+    );
+    let status = second.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM: {status:?}\n{}",
+        second.logs()
+    );
+
+    let all = tasks(&read(&bootstrap, critical, false));
+    let desk = tasks(&read(&bootstrap, critical, true));
+    assert_eq!(
+        all.keys().collect::<Vec<_>>(),
+        sent_first.keys().collect::<Vec<_>>(),
+        "the restart raised the same tasks"
+    );
+    assert!(
+        all.values().all(|copies| copies.len() == 2),
+        "each task sent twice (once aborted): {:?}",
+        all.values().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        desk.keys().collect::<Vec<_>>(),
+        all.keys().collect::<Vec<_>>(),
+        "the desk has every task"
+    );
+    for (id, copies) in &desk {
+        assert_eq!(
+            copies.len(),
+            1,
+            "task {id} reached the desk {} times",
+            copies.len()
+        );
+        assert_eq!(
+            copies[0], sent_first[id][0],
+            "task {id}: the committed copy differs from the aborted one"
+        );
+    }
+}
