@@ -1015,6 +1015,7 @@ impl Processor {
         }
         let uncommitted = self.sink.has_uncommitted();
         if dirty.is_empty() && !uncommitted {
+            self.checkpoint_ages();
             return Ok(());
         }
         let group = consumer
@@ -1027,6 +1028,10 @@ impl Processor {
             self.metrics.checkpoints.with_label_values(&["error"]).inc();
             return Err(e).context("exactly-once commit");
         }
+        // Stored (never committed by the consumer): for the lag the client reports.
+        if let Err(e) = consumer.store_offsets(&offsets) {
+            tracing::debug!(error = %e, "storing the committed offsets");
+        }
         for p in &dirty {
             if let Some(pos) = self.owned.get_mut(p) {
                 pos.dirty = false;
@@ -1036,6 +1041,7 @@ impl Processor {
         self.metrics
             .checkpoint_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.checkpoint_ages();
         Ok(())
     }
 
@@ -1055,6 +1061,10 @@ impl Processor {
                 self.checkpoint(p, hard_stop).await;
             }
         }
+        self.checkpoint_ages();
+    }
+
+    fn checkpoint_ages(&self) {
         let wall = wall_millis();
         if let Some(w) = &self.writer {
             for p in self.owned.keys() {

@@ -164,11 +164,18 @@ impl ClientContext for GroupContext {
             };
             for (partition, p) in &t.partitions {
                 // Partition -1 is librdkafka's internal "unassigned"; lag is -1 when unknown.
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                // Offsets committed in a transaction are not the client's own commits: then
+                // the lag is to the offsets stored after each commit.
+                let lag = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else {
+                    p.consumer_lag_stored
+                };
+                if *partition >= 0 && lag >= 0 {
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[kind.label(), partition.to_string().as_str()])
-                        .set(p.consumer_lag);
+                        .set(lag);
                 }
             }
         }
