@@ -219,3 +219,142 @@ fn tasks_of_a_transaction_killed_before_its_commit_reach_the_desk_once() {
         );
     }
 }
+
+/// A paused instance (SIGSTOP: a long GC pause, a frozen VM) is evicted from the group and
+/// its partitions move; when it wakes, its transaction is refused (its group generation is
+/// gone) and it stops, without a single task of its reaching the desk twice or being lost.
+#[test]
+fn a_paused_instance_woken_after_its_partitions_moved_is_fenced() {
+    let broker = common::Broker::start();
+    let bootstrap = broker.bootstrap();
+    let (config, env) = common::test_config(&bootstrap, "eos-fence");
+    let group = config.kafka.group_id.clone();
+    let instance = |i: usize| {
+        let mut env = env.clone();
+        for (k, v) in env.iter_mut() {
+            if k == "CARESTREAM_HTTP__LISTEN" {
+                *v = format!("127.0.0.1:{}", common::free_port());
+            }
+        }
+        env.extend([
+            (
+                "CARESTREAM_PIPELINE__DELIVERY".to_string(),
+                "exactly_once".to_string(),
+            ),
+            (
+                "CARESTREAM_KAFKA__TRANSACTIONAL_ID".to_string(),
+                format!("{group}-{i}"),
+            ),
+        ]);
+        env
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(carestream::admin::create_topics(&config, 6, 1))
+        .unwrap();
+    let mut a = common::Processor::start(&instance(0));
+    a.wait_ready(Duration::from_secs(60));
+    let mut b = common::Processor::start(&instance(1));
+    b.wait_ready(Duration::from_secs(60));
+
+    let codec = common::codec();
+    let producer: rdkafka::producer::ThreadedProducer<_> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    // An alarm from a new household every 200 ms for 30 s, while `a` is paused at 5 s and
+    // woken at 20 s (its session times out after 6 s).
+    let started = Instant::now();
+    let (mut paused, mut woken) = (false, false);
+    let mut households = Vec::new();
+    for i in 0..150 {
+        let hh = format!("hh-fence-{i}");
+        let now = carestream::pipeline::wall_millis();
+        let e = common::sensor(
+            &hh,
+            &format!("press-{i}"),
+            DeviceKind::EMERGENCY_BUTTON,
+            now,
+            Reading::Alarm { active: true },
+        );
+        common::produce(
+            &producer,
+            &config.topics.sensor_events,
+            &hh,
+            &common::enc(&codec, &e),
+            now,
+        );
+        households.push(hh);
+        if !paused && started.elapsed() > Duration::from_secs(5) {
+            signal(&a, "-STOP");
+            paused = true;
+        }
+        if !woken && started.elapsed() > Duration::from_secs(20) {
+            signal(&a, "-CONT");
+            woken = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+
+    // The woken instance finds its generation gone: its commit is refused and it stops.
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = a.child.try_wait() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the fenced instance did not stop:\n{}",
+            common::tail(&a.logs(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success(), "the fenced instance exited cleanly");
+    let logs = a.logs();
+    for line in logs.lines().filter(|l| l.contains("exactly-once commit")) {
+        eprintln!("fenced: {line}");
+    }
+    assert!(
+        logs.contains("exactly-once commit"),
+        "stopped for another reason:\n{}",
+        common::tail(&logs, 30)
+    );
+    // `b` has every partition now; it commits what it raised when it shuts down.
+    wait_for("b to take in every alarm", Duration::from_secs(60), || {
+        let critical = &config.topics.dispatch_critical;
+        let codec = common::codec();
+        let mut seen = std::collections::BTreeSet::new();
+        for r in read(&bootstrap, critical, true) {
+            if let Ok(Output::Task(t)) = codec.decode_output(&r) {
+                seen.insert(t.household_id);
+            }
+        }
+        seen.len() == households.len()
+    });
+    let status = b.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", b.logs());
+    let desk = tasks(&read(&bootstrap, &config.topics.dispatch_critical, true));
+    let all = tasks(&read(&bootstrap, &config.topics.dispatch_critical, false));
+    for (id, copies) in &desk {
+        assert_eq!(
+            copies.len(),
+            1,
+            "task {id} reached the desk {} times",
+            copies.len()
+        );
+    }
+    eprintln!(
+        "{} tasks at the desk, {} records written in all (the rest aborted)",
+        desk.len(),
+        all.values().map(Vec::len).sum::<usize>()
+    );
+}
+
+fn signal(p: &common::Processor, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}

@@ -2061,3 +2061,55 @@ fn an_acknowledgement_left_unresolved_climbs_one_rung_per_hour_and_a_resolution_
     e.tick(0, T0 + 10 * HOUR, &mut out);
     assert!(escalated(&out).is_empty(), "{:?}", escalated(&out));
 }
+
+#[test]
+fn a_city_started_with_no_visit_history_is_due_its_visits_spread_over_the_cadence() {
+    // 10 000 homes seen for the first time in one hour, none with a known visit: one in five
+    // due weekly (severe disability), the rest monthly.
+    let mut e = engine();
+    let mut out = Vec::new();
+    const HOMES: usize = 10_000;
+    for i in 0..HOMES {
+        let hh = format!("hh-{i}");
+        let mut p = profile_of(&hh);
+        if i % 5 == 0 {
+            p.cohorts = vec![Cohort::SEVERE_DISABILITY];
+        }
+        let input = Input::Household {
+            household_id: hh.clone(),
+            profile: Some(p),
+        };
+        e.process(&input, on(0, T0), &mut out).unwrap();
+        let t = T0 + (i as Millis * HOUR) / HOMES as Millis;
+        e.process(&heartbeat(&hh, t), on(0, t), &mut out).unwrap();
+    }
+    use crate::engine::localtime::DAY;
+    let mut per_day = [0usize; 60];
+    for day in 1..=60 {
+        // (The first day's count starts with what came due while the city was registering.)
+        e.tick(0, T0 + day * DAY, &mut out);
+        for (_, rule, at) in opened(&out) {
+            if rule == "visit_overdue" {
+                per_day[((at - T0) / DAY) as usize] += 1;
+            }
+        }
+        out.clear();
+    }
+    assert_eq!(
+        per_day.iter().sum::<usize>(),
+        HOMES,
+        "every home is due its first visit within its cadence"
+    );
+    // Weekly homes over 7 days and monthly over 30: ~552 a day in the first week, ~267 after.
+    let rate = (HOMES / 5) as f64 / 7.0 + (HOMES * 4 / 5) as f64 / 30.0;
+    let busiest = *per_day.iter().max().unwrap();
+    assert!(
+        (busiest as f64) < 1.3 * rate,
+        "{busiest} visits due on one day (mean {rate:.0}): {per_day:?}"
+    );
+    // Seen within the first hour: all due by the first hour of day 30.
+    assert!(
+        per_day[31..].iter().all(|n| *n == 0),
+        "none later than one cadence: {per_day:?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The policy's rounds: a check-in of any kind every day by `due_by` (MZ/T 234-2024's daily
 //! remote round), and a home visit every `every` (monthly; weekly for the most vulnerable).
 
-use super::super::household::{Household, NEVER};
+use super::super::household::{hash64, Household, NEVER};
 use super::super::incidents::Finding;
 use super::super::localtime::{local_midnight, DAY};
 use super::super::Engine;
@@ -65,8 +65,14 @@ impl Engine {
     }
 
     pub(super) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
-        let base = h.last_visit.max(h.first_seen);
-        let due = base + self.ms(RuleKind::VisitCadence, p::EVERY, h);
+        let every = self.ms(RuleKind::VisitCadence, p::EVERY, h).max(1);
+        let due = if h.last_visit == NEVER {
+            // No visit known: the first falls due somewhere in the first cadence, placed by a
+            // stable hash of the id, so a city started in one day is not all due on one day.
+            h.first_seen + (hash64(&h.id) % every as u64) as Millis
+        } else {
+            h.last_visit.max(h.first_seen) + every
+        };
         Some(due.max(h.away_until().unwrap_or(NEVER)))
     }
 
