@@ -246,6 +246,14 @@ fn a_paused_instance_woken_after_its_partitions_moved_is_fenced() {
                 format!("{group}-{i}"),
             ),
         ]);
+        // `a` commits only on a rebalance or at shutdown, so its transaction is sure to hold
+        // tasks when it is paused (with nothing to commit, a woken instance just rejoins).
+        if i == 0 {
+            env.push((
+                "CARESTREAM_PIPELINE__COMMIT_INTERVAL_MS".to_string(),
+                "60000".to_string(),
+            ));
+        }
         env
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -343,10 +351,14 @@ fn a_paused_instance_woken_after_its_partitions_moved_is_fenced() {
             copies.len()
         );
     }
+    let written = all.values().map(Vec::len).sum::<usize>();
     eprintln!(
-        "{} tasks at the desk, {} records written in all (the rest aborted)",
-        desk.len(),
-        all.values().map(Vec::len).sum::<usize>()
+        "{} tasks at the desk, {written} records written in all (the rest aborted)",
+        desk.len()
+    );
+    assert!(
+        written > desk.len(),
+        "the paused instance's open transaction held no task: nothing was fenced"
     );
 }
 
