@@ -2113,3 +2113,46 @@ fn a_city_started_with_no_visit_history_is_due_its_visits_spread_over_the_cadenc
         "none later than one cadence: {per_day:?}"
     );
 }
+
+#[test]
+fn a_mattress_s_first_report_of_not_in_bed_at_night_is_not_a_night_exit() {
+    // Quiet hours 22:00-06:30 (2026-11-20, CST); the city starts at 21:58. hh-up's mattress
+    // first reports at 22:02 "not in bed", and every 10 min after: still up, not leaving bed.
+    // hh-out reports "in bed" at 22:02, then "not in bed" at 23:00 and never back: an exit.
+    let midnight = 1_795_104_000_000;
+    let at = |h: i64, m: i64| midnight - 24 * HOUR + h * HOUR + m * 60_000;
+    let mut e = engine();
+    let mut out = Vec::new();
+    for hh in ["hh-up", "hh-out"] {
+        e.process(&sleeping_nights(hh), on(0, at(21, 58)), &mut out)
+            .unwrap();
+    }
+    let bed = |hh: &str, id: String, t: Millis, occupied: bool| {
+        sensor(
+            hh,
+            &id,
+            DeviceKind::BED_SENSOR,
+            t,
+            Reading::Bed { occupied },
+        )
+    };
+    for k in 0..12 {
+        let t = at(22, 2) + k * 10 * 60_000;
+        e.process(&bed("hh-up", format!("u{k}"), t, false), on(0, t), &mut out)
+            .unwrap();
+        let occupied = t < at(23, 0);
+        e.process(
+            &bed("hh-out", format!("o{k}"), t, occupied),
+            on(0, t),
+            &mut out,
+        )
+        .unwrap();
+    }
+    e.tick(0, at(24, 30), &mut out);
+    let exits: Vec<String> = opened(&out)
+        .into_iter()
+        .filter(|(_, r, _)| r == "night_bed_exit")
+        .map(|(hh, _, _)| hh)
+        .collect();
+    assert_eq!(exits, ["hh-out"]);
+}

@@ -3,6 +3,7 @@
 
 use super::super::household::Household;
 use super::super::incidents::Finding;
+use super::super::localtime::quiet_period;
 use super::super::Engine;
 use crate::model::*;
 use crate::rules::{p, RuleKind};
@@ -79,6 +80,12 @@ impl Engine {
             self.stats.late_out_of_order += 1;
             return;
         }
+        // The mattress's first report: whether the elder was in bed tonight is unknown. Early
+        // in the quiet hours "not in bed" is someone still up (a city started, or a home
+        // registered, at bedtime); from `BED_REPEAT_WITHIN` into them, a leaving.
+        let known = h.bed_occupied.is_some()
+            || quiet_period(t, h.offset, self.quiet_hours(h))
+                .is_some_and(|(from, _)| t >= from && t - from >= BED_REPEAT_WITHIN);
         let changed =
             h.bed_occupied != Some(occupied) || t.saturating_sub(h.bed_last) >= BED_REPEAT_WITHIN;
         self.slot_mut(slot).bed_occupied = Some(occupied);
@@ -102,7 +109,7 @@ impl Engine {
         } else if late_exit {
             self.stats.late_out_of_order += 1;
         } else {
-            let starts = self.enabled(k) && self.quiet(h, t) && h.bed_out_since.is_none();
+            let starts = known && self.enabled(k) && self.quiet(h, t) && h.bed_out_since.is_none();
             if starts {
                 self.slot_mut(slot).bed_out_since = Some(t);
                 self.schedule(slot, k);
