@@ -994,15 +994,17 @@ impl Processor {
             .map(|(p, _)| *p)
             .collect();
         let mut offsets = TopicPartitionList::new();
+        // Set with the consumer: offsets never commit without their partition's state.
+        let writer = self
+            .writer
+            .as_mut()
+            .context("exactly-once commit before the checkpoint writer exists")?;
         for p in &dirty {
             let pos = &self.owned[p];
             for (topic, next) in &pos.next {
                 offsets.add_partition_offset(topic, *p, Offset::Offset(*next))?;
             }
             let snapshot = self.engine.snapshot(*p);
-            let Some(writer) = self.writer.as_mut() else {
-                break;
-            };
             let written = tokio::select! {
                 w = writer.write(self.sink.producer(), &snapshot, pos.next.clone(), wall_millis()) => w,
                 _ = wait_true(hard_stop) => anyhow::bail!("shutdown deadline passed with a transaction open"),

@@ -94,6 +94,25 @@ fn tasks(records: &[Vec<u8>]) -> BTreeMap<String, Vec<Vec<u8>>> {
     by_id
 }
 
+/// Household `hh`'s emergency button pressed at `t` (its `i`-th press).
+fn press(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    config: &carestream::config::Config,
+    hh: &str,
+    i: usize,
+    t: i64,
+) {
+    let e = common::sensor(
+        hh,
+        &format!("press-{i}"),
+        DeviceKind::EMERGENCY_BUTTON,
+        t,
+        Reading::Alarm { active: true },
+    );
+    let bytes = common::enc(&common::codec(), &e);
+    common::produce(producer, &config.topics.sensor_events, hh, &bytes, t);
+}
+
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -129,7 +148,6 @@ fn tasks_of_a_transaction_killed_before_its_commit_reach_the_desk_once() {
     let mut first = common::Processor::start(&env);
     first.wait_ready(Duration::from_secs(60));
 
-    let codec = common::codec();
     let producer: rdkafka::producer::ThreadedProducer<_> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()
@@ -137,19 +155,11 @@ fn tasks_of_a_transaction_killed_before_its_commit_reach_the_desk_once() {
     let now = carestream::pipeline::wall_millis();
     const ALARMS: usize = 5;
     for i in 0..ALARMS {
-        let hh = format!("hh-eos-{i}");
-        let e = common::sensor(
-            &hh,
-            &format!("press-{i}"),
-            DeviceKind::EMERGENCY_BUTTON,
-            now + i as i64,
-            Reading::Alarm { active: true },
-        );
-        common::produce(
+        press(
             &producer,
-            &config.topics.sensor_events,
-            &hh,
-            &common::enc(&codec, &e),
+            &config,
+            &format!("hh-eos-{i}"),
+            i,
             now + i as i64,
         );
     }
@@ -264,7 +274,6 @@ fn a_paused_instance_woken_after_its_partitions_moved_is_fenced() {
     let mut b = common::Processor::start(&instance(1));
     b.wait_ready(Duration::from_secs(60));
 
-    let codec = common::codec();
     let producer: rdkafka::producer::ThreadedProducer<_> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()
@@ -276,20 +285,12 @@ fn a_paused_instance_woken_after_its_partitions_moved_is_fenced() {
     let mut households = Vec::new();
     for i in 0..150 {
         let hh = format!("hh-fence-{i}");
-        let now = carestream::pipeline::wall_millis();
-        let e = common::sensor(
-            &hh,
-            &format!("press-{i}"),
-            DeviceKind::EMERGENCY_BUTTON,
-            now,
-            Reading::Alarm { active: true },
-        );
-        common::produce(
+        press(
             &producer,
-            &config.topics.sensor_events,
+            &config,
             &hh,
-            &common::enc(&codec, &e),
-            now,
+            i,
+            carestream::pipeline::wall_millis(),
         );
         households.push(hh);
         if !paused && started.elapsed() > Duration::from_secs(5) {
