@@ -91,7 +91,25 @@ symbols!(TaskUpdateStatus {
     ACKNOWLEDGED,
     RESOLVED,
     FALSE_ALARM,
+    ESCALATE,
+    SNOOZE,
+    REASSIGN,
 });
+
+symbols!(
+    /// How the desk closed an incident: what the family is told, instead of the desk's note.
+    TaskOutcome {
+        VISITED_OK,
+        CALLED_OK,
+        FAMILY_ATTENDED,
+        HOSPITAL,
+        EMERGENCY_SERVICES,
+        NO_ANSWER,
+        DEVICE_FAULT,
+        FALSE_ALARM,
+        OTHER,
+    }
+);
 
 symbols!(Severity {
     CRITICAL,
@@ -115,6 +133,9 @@ symbols!(TaskEventKind {
     AUTO_RESOLVED,
     RESOLVED,
     FALSE_ALARM,
+    REPEATED,
+    SNOOZED,
+    REASSIGNED,
 });
 
 /// The `reading` union of a sensor event, one variant per record of the union.
@@ -232,6 +253,12 @@ pub struct TaskUpdate {
     pub by: String,
     pub at: Millis,
     pub note: Option<String>,
+    /// With RESOLVED or FALSE_ALARM.
+    pub outcome: Option<TaskOutcome>,
+    /// With SNOOZE: the ladder waits until then.
+    pub snooze_until: Option<Millis>,
+    /// With REASSIGN: the team that takes the incident over.
+    pub assign_to: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -258,6 +285,11 @@ pub struct EscalationTask {
     pub incident_time: Millis,
     pub emitted_at: Millis,
     pub respond_by: Millis,
+    /// Set when the task is sent again because its alarm was raised again while open: how
+    /// many times since it opened. The same `task_id`, a newer `repeat_count`.
+    pub repeat_count: Option<i32>,
+    /// The team the desk reassigned the incident to.
+    pub assigned_to: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -284,6 +316,13 @@ pub struct TaskEvent {
     pub reason: String,
     pub by: Option<String>,
     pub tier: Option<i32>,
+    pub outcome: Option<TaskOutcome>,
+    /// REPEATED: how many times the alarm was raised again since the incident opened.
+    pub repeat_count: Option<i32>,
+    /// SNOOZED: until when.
+    pub until: Option<Millis>,
+    /// REASSIGNED: to which team.
+    pub assigned_to: Option<String>,
 }
 
 /// The six input streams of the contract.

@@ -525,6 +525,9 @@ impl Processor {
     fn out_record(&self, o: &Output, payload: Vec<u8>, received: Instant) -> OutRecord {
         let t = &self.config.topics;
         let (topic, ack) = match o {
+            Output::Task(task) if task.repeat_count.is_some() => {
+                (t.dispatch(task.severity).to_string(), Ack::Resend)
+            }
             Output::Task(task) => (
                 t.dispatch(task.severity).to_string(),
                 Ack::Task {
@@ -1147,6 +1150,7 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
                 .observe(received.elapsed().as_secs_f64());
         }
         Ack::Notification => m.notifications.inc(),
+        Ack::Resend => m.task_resends.inc(),
         Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
         Ack::DeadLetter | Ack::Undeliverable => {}
     }

@@ -70,7 +70,7 @@ pub struct Scorecard {
     /// Each incident caught late: household, kind, onset, and how late past its promise.
     pub late: Vec<String>,
     pub missed: Vec<String>,
-    /// Alarms repeated while their incident was open: held back, the desk not told again.
+    /// Alarms repeated while their incident was open: appended to it, not new incidents.
     pub repeats_of_open_alarms: Vec<String>,
     /// Incidents whose deadline lies after the end of the run: not judged.
     pub pending: usize,
@@ -116,10 +116,11 @@ pub fn score(
     simulated: Millis,
     repeats_held: &BTreeMap<String, Millis>,
 ) -> Scorecard {
-    // Each incident's first call (tier 0, not the NOTIFY_CONTACT beside it).
+    // Each incident's first call (tier 0, not the NOTIFY_CONTACT beside it, nor the same task
+    // sent again for a repeated alarm).
     let calls: Vec<&EscalationTask> = tasks
         .iter()
-        .filter(|t| t.tier == 0 && t.action != Action::NOTIFY_CONTACT)
+        .filter(|t| t.tier == 0 && t.action != Action::NOTIFY_CONTACT && t.repeat_count.is_none())
         .collect();
     let mut card = Scorecard {
         incidents: injected.len(),
@@ -149,9 +150,9 @@ pub fn score(
                 used[i] = true;
             }
         }
-        // The same alarm again in a home whose incident for it is still open: held back as a
-        // repeat (the desk is not told again), counted apart; a later task of another rule is
-        // not its finding.
+        // The same alarm again in a home whose incident for it is still open: a repeat
+        // appended to that incident, counted apart; a later task of another rule is not its
+        // finding.
         let repeat = card.found.iter().any(|f| {
             f.household_id == inc.household_id
                 && f.kind == inc.kind
@@ -247,6 +248,8 @@ mod tests {
             incident_time: emitted,
             emitted_at: emitted,
             respond_by: emitted,
+            repeat_count: None,
+            assigned_to: None,
         }
     }
 

@@ -48,6 +48,8 @@ pub enum Ack {
         received: std::time::Instant,
     },
     Notification,
+    /// A task sent again (its alarm repeated while open): not a new task.
+    Resend,
     TaskEvent(TaskEventKind),
     DeadLetter,
     /// The stand-in dead letter of an output that could not be delivered.
@@ -60,6 +62,7 @@ impl Ack {
         match self {
             Ack::Task { .. } => "task",
             Ack::Notification => "notification",
+            Ack::Resend => "task_resend",
             Ack::TaskEvent(_) => "task_event",
             Ack::DeadLetter => "dead_letter",
             Ack::Undeliverable => "undeliverable",

@@ -107,7 +107,11 @@ fn ids(input: &Input) -> Result<(), DecodeError> {
         }
         Input::TaskUpdate(u) => {
             id("task_id", &u.task_id)?;
-            id("household_id", &u.household_id)
+            id("household_id", &u.household_id)?;
+            match &u.assign_to {
+                Some(team) => id("assign_to", team),
+                None => Ok(()),
+            }
         }
     }
 }
@@ -158,7 +162,8 @@ pub fn values(input: &Input) -> Result<(), DecodeError> {
             }
             Ok(())
         }
-        Input::CheckIn(_) | Input::TaskUpdate(_) => Ok(()),
+        Input::CheckIn(_) => Ok(()),
+        Input::TaskUpdate(u) => desk_update(u),
         // Out-of-range fields of a registry entry are repaired by the engine, counted, not
         // refused: refusing the entry would leave the home with alarms only.
         Input::Household { .. } => Ok(()),
@@ -169,6 +174,39 @@ pub fn values(input: &Input) -> Result<(), DecodeError> {
             Ok(())
         }
     }
+}
+
+/// A desk update carries the fields of its status and no others: a snooze says until when, a
+/// reassignment to whom, an outcome closes.
+fn desk_update(u: &TaskUpdate) -> Result<(), DecodeError> {
+    use TaskUpdateStatus::*;
+    let closes = matches!(u.status, RESOLVED | FALSE_ALARM);
+    if u.outcome.is_some() && !closes {
+        return Err(invalid(format!("an outcome with {}", u.status)));
+    }
+    if u.snooze_until.is_some() != (u.status == SNOOZE) {
+        return Err(invalid(format!(
+            "snooze_until is {} with {}",
+            if u.snooze_until.is_some() {
+                "given"
+            } else {
+                "missing"
+            },
+            u.status
+        )));
+    }
+    if u.assign_to.is_some() != (u.status == REASSIGN) {
+        return Err(invalid(format!(
+            "assign_to is {} with {}",
+            if u.assign_to.is_some() {
+                "given"
+            } else {
+                "missing"
+            },
+            u.status
+        )));
+    }
+    Ok(())
 }
 
 /// Which readings each kind of device can send: a smoke alarm that reports a heart rate
@@ -248,5 +286,63 @@ mod tests {
         }
         assert!(!printable_ascii("é".as_bytes()));
         assert!(printable_ascii(b""));
+    }
+
+    #[test]
+    fn a_desk_update_carries_the_fields_of_its_status_and_no_others() {
+        use TaskUpdateStatus::*;
+        let u = |status, f: fn(&mut TaskUpdate)| {
+            let mut u = TaskUpdate {
+                task_id: "t-1".into(),
+                household_id: "hh-1".into(),
+                status,
+                by: "desk-1".into(),
+                at: 0,
+                note: None,
+                outcome: None,
+                snooze_until: None,
+                assign_to: None,
+            };
+            f(&mut u);
+            Input::TaskUpdate(u)
+        };
+        let good = [
+            u(ACKNOWLEDGED, |_| {}),
+            u(RESOLVED, |u| u.outcome = Some(TaskOutcome::VISITED_OK)),
+            u(FALSE_ALARM, |_| {}),
+            u(ESCALATE, |_| {}),
+            u(SNOOZE, |u| u.snooze_until = Some(60_000)),
+            u(REASSIGN, |u| u.assign_to = Some("team-east".into())),
+        ];
+        for ok in good {
+            assert!(input(&ok).is_ok(), "{ok:?}");
+        }
+        for (bad, says) in [
+            (
+                u(ACKNOWLEDGED, |u| u.outcome = Some(TaskOutcome::HOSPITAL)),
+                "an outcome",
+            ),
+            (u(SNOOZE, |_| {}), "snooze_until is missing"),
+            (
+                u(RESOLVED, |u| u.snooze_until = Some(1)),
+                "snooze_until is given",
+            ),
+            (u(REASSIGN, |_| {}), "assign_to is missing"),
+            (
+                u(REASSIGN, |u| u.assign_to = Some(String::new())),
+                "assign_to is empty",
+            ),
+            (
+                u(REASSIGN, |u| u.assign_to = Some("x".repeat(300))),
+                "assign_to is 300",
+            ),
+            (
+                u(ESCALATE, |u| u.assign_to = Some("team".into())),
+                "assign_to is given",
+            ),
+        ] {
+            let err = input(&bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 }

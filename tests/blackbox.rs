@@ -317,11 +317,12 @@ async fn alarms_and_bad_records_end_to_end() {
         sensor_records += 1;
     }
 
-    // The desk sees four incidents: each a call and (CRITICAL ladder) a NOTIFY_CONTACT.
+    // The desk sees four incidents: each a call and (CRITICAL ladder) a NOTIFY_CONTACT; and
+    // bb-1's call once more, for the button pressed again.
     let tasks_seen = collect(
         &config,
         &[&t.dispatch_critical],
-        &HashMap::from([(t.dispatch_critical.as_str(), 8)]),
+        &HashMap::from([(t.dispatch_critical.as_str(), 9)]),
         Duration::from_millis(500),
     )
     .await;
@@ -375,6 +376,8 @@ async fn alarms_and_bad_records_end_to_end() {
             180_000,
         ),
     ];
+    let (resent, tasks): (Vec<EscalationTask>, Vec<EscalationTask>) =
+        tasks.into_iter().partition(|x| x.repeat_count.is_some());
     let (tasks, notify): (Vec<EscalationTask>, Vec<EscalationTask>) = tasks
         .into_iter()
         .partition(|x| x.action != Action::NOTIFY_CONTACT);
@@ -426,6 +429,18 @@ async fn alarms_and_bad_records_end_to_end() {
         assert_eq!(task.evidence[0].event_id, event);
         task_ids.insert(event, id);
     }
+    // The press again, 30 s on: the same task sent again with the count and the new press.
+    let [again] = &resent[..] else {
+        panic!("one task sent again: {resent:#?}")
+    };
+    assert_eq!(
+        (
+            again.task_id.as_str(),
+            again.repeat_count,
+            again.evidence[0].event_id.as_str()
+        ),
+        (task_ids["bb-press-1"].as_str(), Some(1), "bb-press-2")
+    );
     let fx_task = tasks.iter().find(|t| t.household_id == "hh-fx-1").unwrap();
     assert_eq!(
         (
@@ -438,19 +453,20 @@ async fn alarms_and_bad_records_end_to_end() {
 
     // The desk answers: acknowledges one task, resolves another, and sends one for a task
     // that does not exist.
+    let desk_update = |task_id: &str, hh: &str, status| TaskUpdate {
+        task_id: task_id.into(),
+        household_id: hh.into(),
+        status,
+        by: "desk-3".into(),
+        at: base,
+        // The desk's free text carries personal data; it must go nowhere.
+        note: Some("家属李秀英已到场，电话 13912345678".into()),
+        outcome: None,
+        snooze_until: None,
+        assign_to: None,
+    };
     let update = |task_id: &str, hh: &str, status| {
-        common::enc(
-            &codec,
-            &Input::TaskUpdate(TaskUpdate {
-                task_id: task_id.into(),
-                household_id: hh.into(),
-                status,
-                by: "desk-3".into(),
-                at: base,
-                // The desk's free text carries personal data; it must go nowhere.
-                note: Some("家属李秀英已到场，电话 13912345678".into()),
-            }),
-        )
+        common::enc(&codec, &Input::TaskUpdate(desk_update(task_id, hh, status)))
     };
     send(
         &producer,
@@ -491,12 +507,45 @@ async fn alarms_and_bad_records_end_to_end() {
         (t.task_updates.clone(), s.partition, s.offset),
         ("unknown_task", Vec::new()),
     );
+    // Desk actions on bb-1's open incident: a snooze far past CRITICAL's 30 min and a
+    // reassignment naming no team are refused and change nothing; a reassignment to a team
+    // is recorded.
+    let mut snooze = desk_update(&task_ids["bb-press-1"], "hh-bb-1", TaskUpdateStatus::SNOOZE);
+    snooze.snooze_until = Some(base + 2 * 3_600_000);
+    let nobody = desk_update(
+        &task_ids["bb-press-1"],
+        "hh-bb-1",
+        TaskUpdateStatus::REASSIGN,
+    );
+    let mut east = nobody.clone();
+    east.assign_to = Some("team-east".into());
+    for (u, refused) in [
+        (snooze, Some("bad_task_update")),
+        (nobody, Some("invalid_value")),
+        (east, None),
+    ] {
+        let bytes = common::enc(&codec, &Input::TaskUpdate(u));
+        let s = send(
+            &producer,
+            &t.task_updates,
+            "hh-bb-1",
+            Some(&bytes),
+            next_ts(),
+        )
+        .await;
+        if let Some(reason) = refused {
+            expected_dead.insert(
+                (t.task_updates.clone(), s.partition, s.offset),
+                (reason, Vec::new()),
+            );
+        }
+    }
 
     let want = HashMap::from([
-        (t.dispatch_critical.as_str(), 8),
+        (t.dispatch_critical.as_str(), 9),
         // One per alarm, and one telling fx-1's contacts the smoke alarm was resolved.
         (t.contact_notifications.as_str(), 5),
-        (t.task_events.as_str(), 11),
+        (t.task_events.as_str(), 13),
         (t.dead_letter.as_str(), expected_dead.len()),
     ]);
     let all = [
@@ -546,8 +595,9 @@ async fn alarms_and_bad_records_end_to_end() {
     all_ids.sort();
     assert_eq!(notified, all_ids);
 
-    // Lifecycle: two OPENED per incident, one ACKNOWLEDGED (the acknowledged call, by the
-    // desk), and RESOLVED for both tasks of the resolved incident.
+    // Lifecycle: two OPENED per incident, one REPEATED (bb-1's press again), one ACKNOWLEDGED
+    // (the acknowledged call, by the desk), RESOLVED for both tasks of the resolved incident,
+    // and bb-1's reassignment.
     let mut lifecycle: Vec<(String, TaskEventKind, Option<String>)> = got[&t.task_events]
         .iter()
         .map(
@@ -575,7 +625,21 @@ async fn alarms_and_bad_records_end_to_end() {
         TaskEventKind::RESOLVED,
         desk.clone(),
     ));
-    want_lifecycle.push((notify_id("fx-smoke-1"), TaskEventKind::RESOLVED, desk));
+    want_lifecycle.push((
+        notify_id("fx-smoke-1"),
+        TaskEventKind::RESOLVED,
+        desk.clone(),
+    ));
+    want_lifecycle.push((
+        task_ids["bb-press-1"].clone(),
+        TaskEventKind::REPEATED,
+        None,
+    ));
+    want_lifecycle.push((
+        task_ids["bb-press-1"].clone(),
+        TaskEventKind::REASSIGNED,
+        desk,
+    ));
     want_lifecycle.sort();
     assert_eq!(lifecycle, want_lifecycle);
 
@@ -624,7 +688,7 @@ async fn alarms_and_bad_records_end_to_end() {
     );
     assert_eq!(
         m(r#"carestream_input_records_total{stream="task_updates"}"#),
-        3.0
+        6.0
     );
     assert_eq!(
         m(r#"carestream_tasks_emitted_total{rule="alarm.emergency_button",severity="CRITICAL"}"#),
@@ -646,11 +710,14 @@ async fn alarms_and_bad_records_end_to_end() {
     assert_eq!(m("carestream_contact_notifications_total"), 5.0);
     assert_eq!(m("carestream_duplicate_events_total"), 1.0);
     assert_eq!(m("carestream_suppressed_repeats_total"), 1.0);
+    assert_eq!(m("carestream_task_resends_total"), 1.0);
     assert_eq!(m("carestream_clock_skew_clamped_total"), 1.0);
     for (reason, stream) in [
         ("bad_magic_byte", "sensor_events"),
         ("unknown_household", "sensor_events"),
         ("unknown_task", "task_updates"),
+        ("bad_task_update", "task_updates"),
+        ("invalid_value", "task_updates"),
         ("malformed_avro", "sensor_events"),
     ] {
         assert_eq!(
@@ -1113,6 +1180,9 @@ async fn the_dispatch_desk_loop_and_a_weather_warning() {
                 by: "desk-9".into(),
                 at,
                 note: None,
+                outcome: None,
+                snooze_until: None,
+                assign_to: None,
             }),
         )
     };

@@ -148,12 +148,18 @@ enum Stop {
     Leave,
 }
 
-/// The simulated city starts 20 simulated minutes before the last midnight, China time, so
-/// every run crosses the day's change: plans are redrawn then and some gateways drop out,
-/// to flush their backlog late (while instances are being killed and restarted).
-fn simulated_start() -> i64 {
-    local_midnight_before(wall_millis()) - 20 * MIN
+/// The simulated city starts 20 simulated minutes before a midnight, China time, so every run
+/// crosses the day's change: plans are redrawn then and some gateways drop out, to flush
+/// their backlog late (while instances are being killed and restarted). The midnight is one
+/// whose run of `secs` ends an hour before now: a simulated time ahead of the processors'
+/// clocks would be taken as the time of arrival, which differs from run to run.
+fn simulated_start(secs: u32) -> i64 {
+    let span = secs as i64 * SPEED as i64 * 1000;
+    local_midnight_before(wall_millis() - span - HOUR) - 20 * MIN
 }
+
+/// Simulated seconds per second.
+const SPEED: u32 = 120;
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -172,9 +178,9 @@ fn local_midnight_before(t: i64) -> i64 {
 }
 
 fn simulator(env: &[(String, String)], secs: u32) -> std::process::Child {
-    let start = simulated_start();
+    let start = simulated_start(secs);
     eprintln!("simulated city starts at {start} ms (20 min before midnight, China time)");
-    simulator_at(env, start, 120, secs)
+    simulator_at(env, start, SPEED, secs)
 }
 
 fn simulator_at(
@@ -275,7 +281,10 @@ fn read_tasks(config: &Config) -> (BTreeMap<String, BTreeSet<Vec<u8>>>, usize) {
             panic!("a dispatch record that is not a task");
         };
         records += 1;
-        tasks.entry(task.task_id).or_default().insert(payload);
+        tasks
+            .entry(common::desk_key(&task))
+            .or_default()
+            .insert(payload);
     }
     (tasks, records)
 }
@@ -494,7 +503,7 @@ fn crash_run(
     // far it got by the last record depends on how the topics were interleaved on the way
     // there, by up to that much plus `out_of_orderness`. A rung due in that last stretch
     // fired in the crashed group and not in the reference (2026-12-04).
-    let end = simulated_start() + sim_secs as i64 * 120_000 - 6 * MIN;
+    let end = simulated_start(sim_secs) + sim_secs as i64 * SPEED as i64 * 1000 - 6 * MIN;
     let before_end = |tasks: &BTreeMap<String, BTreeSet<Vec<u8>>>| {
         let codec = common::codec();
         tasks

@@ -87,7 +87,10 @@ fn tasks(records: &[Vec<u8>]) -> BTreeMap<String, Vec<Vec<u8>>> {
     let mut by_id: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for r in records {
         match codec.decode_output(r) {
-            Ok(Output::Task(t)) => by_id.entry(t.task_id).or_default().push(r.clone()),
+            Ok(Output::Task(t)) => by_id
+                .entry(common::desk_key(&t))
+                .or_default()
+                .push(r.clone()),
             other => panic!("a dispatch record that is not a task: {other:?}"),
         }
     }

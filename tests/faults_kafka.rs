@@ -232,6 +232,9 @@ async fn a_huge_bad_record_and_a_clock_a_year_ahead_do_not_stop_alarms_or_flood_
         by: "desk-7".into(),
         at: now(),
         note: Some(format!("son says call {PHONE}")),
+        outcome: None,
+        snooze_until: None,
+        assign_to: None,
     });
     send(
         &p,

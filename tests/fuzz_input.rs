@@ -45,6 +45,9 @@ fn seeds() -> Vec<(InputKind, Vec<u8>)> {
         by: "desk".into(),
         at: workload::T0,
         note: Some("note".into()),
+        outcome: None,
+        snooze_until: None,
+        assign_to: None,
     });
     out.push((
         InputKind::TaskUpdates,

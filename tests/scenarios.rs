@@ -338,6 +338,9 @@ fn run(households: &[Input], timeline: &[(Millis, Millis, Step)]) -> Vec<Output>
                     by: "desk-1".into(),
                     at: *at,
                     note: None,
+                    outcome: None,
+                    snooze_until: None,
+                    assign_to: None,
                 });
                 engine
                     .process(

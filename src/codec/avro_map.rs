@@ -105,6 +105,17 @@ impl Rec {
         enum_symbol(name, v, parse)
     }
 
+    pub(super) fn opt_symbol<T>(
+        &mut self,
+        name: &'static str,
+        parse: fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, DecodeError> {
+        match unwrap_union(self.take(name)?) {
+            Value::Null => Ok(None),
+            v => enum_symbol(name, v, parse).map(Some),
+        }
+    }
+
     pub(super) fn array(&mut self, name: &'static str) -> Result<Vec<Value>, DecodeError> {
         match unwrap_union(self.take(name)?) {
             Value::Array(items) => Ok(items),

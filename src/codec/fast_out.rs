@@ -111,6 +111,8 @@ pub fn write(output: &Output, out: &mut Vec<u8>) {
             long(out, t.incident_time);
             long(out, t.emitted_at);
             long(out, t.respond_by);
+            optional(out, t.repeat_count, |out, n| long(out, n.into()));
+            optional(out, t.assigned_to.as_deref(), string);
         }
         Output::Notification(n) => {
             string(out, &n.notification_id);
@@ -136,6 +138,10 @@ pub fn write(output: &Output, out: &mut Vec<u8>) {
             string(out, &e.reason);
             optional(out, e.by.as_deref(), string);
             optional(out, e.tier, |out, t| long(out, t.into()));
+            optional(out, e.outcome, |out, o| long(out, o.index() as i64));
+            optional(out, e.repeat_count, |out, n| long(out, n.into()));
+            optional(out, e.until, long);
+            optional(out, e.assigned_to.as_deref(), string);
         }
     }
 }
@@ -174,9 +180,14 @@ mod tests {
             writes([Some(&more), Some(&note), Some(&event)]),
             [false, true, true]
         );
-        // The v1 task event (no incident id, no tier) is not what this module writes.
+        // Older versions of the task and the task event are not what this module writes.
         let v1 = parse(include_str!("../../schemas/history/task_event.v1.avsc"));
-        assert_eq!(writes([None, None, Some(&v1)]), [false; 3]);
+        let v2 = parse(include_str!("../../schemas/history/task_event.v2.avsc"));
+        let task_v1 = parse(include_str!(
+            "../../schemas/history/escalation_task.v1.avsc"
+        ));
+        assert_eq!(writes([Some(&task_v1), None, Some(&v1)]), [false; 3]);
+        assert_eq!(writes([None, None, Some(&v2)]), [false; 3]);
     }
 
     #[test]
@@ -188,6 +199,10 @@ mod tests {
             let f = r.fields.iter().find(|f| f.name == field).unwrap();
             match &f.schema {
                 Schema::Enum(e) => e.symbols.clone(),
+                Schema::Union(u) => match u.variants().last() {
+                    Some(Schema::Enum(e)) => e.symbols.clone(),
+                    other => panic!("{field}: {other:?}"),
+                },
                 other => panic!("{field}: {other:?}"),
             }
         };
@@ -198,5 +213,7 @@ mod tests {
         assert_eq!(symbols(TASK, "severity"), names(&severities));
         assert_eq!(symbols(TASK, "action"), names(&actions));
         assert_eq!(symbols(TASK_EVENT, "kind"), names(&kinds));
+        let outcomes: Vec<_> = TaskOutcome::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(symbols(TASK_EVENT, "outcome"), names(&outcomes));
     }
 }

@@ -357,6 +357,9 @@ impl Codec {
                 by: r.string("by")?,
                 at: r.millis("at")?,
                 note: r.opt_string("note")?,
+                outcome: r.opt_symbol("outcome", TaskOutcome::from_symbol)?,
+                snooze_until: r.opt_millis("snooze_until")?,
+                assign_to: r.opt_string("assign_to")?,
             }),
         };
         Ok(input)
@@ -447,6 +450,12 @@ impl Codec {
                     ("by", e_str(&u.by)),
                     ("at", e_ts(u.at)),
                     ("note", e_opt(u.note.as_deref(), e_str)),
+                    (
+                        "outcome",
+                        e_opt(u.outcome, |o| e_sym(o.index(), o.as_str())),
+                    ),
+                    ("snooze_until", e_opt(u.snooze_until, e_ts)),
+                    ("assign_to", e_opt(u.assign_to.as_deref(), e_str)),
                 ]),
             ),
         };
@@ -497,6 +506,13 @@ impl Codec {
                     ("reason", e_str(&e.reason)),
                     ("by", e_opt(e.by.as_deref(), e_str)),
                     ("tier", e_opt(e.tier, Value::Int)),
+                    (
+                        "outcome",
+                        e_opt(e.outcome, |o| e_sym(o.index(), o.as_str())),
+                    ),
+                    ("repeat_count", e_opt(e.repeat_count, Value::Int)),
+                    ("until", e_opt(e.until, e_ts)),
+                    ("assigned_to", e_opt(e.assigned_to.as_deref(), e_str)),
                 ]),
             ),
         }
@@ -541,6 +557,8 @@ impl Codec {
                     incident_time: r.millis("incident_time")?,
                     emitted_at: r.millis("emitted_at")?,
                     respond_by: r.millis("respond_by")?,
+                    repeat_count: r.opt_int("repeat_count")?,
+                    assigned_to: r.opt_string("assigned_to")?,
                 }))
             }
             "ContactNotification" => {
@@ -569,6 +587,10 @@ impl Codec {
                     reason: r.string("reason")?,
                     by: r.opt_string("by")?,
                     tier: r.opt_int("tier")?,
+                    outcome: r.opt_symbol("outcome", TaskOutcome::from_symbol)?,
+                    repeat_count: r.opt_int("repeat_count")?,
+                    until: r.opt_millis("until")?,
+                    assigned_to: r.opt_string("assigned_to")?,
                 }))
             }
             other => Err(DecodeError::Shape(format!(
@@ -680,6 +702,8 @@ fn task_value(t: &EscalationTask) -> Value {
         ("incident_time", e_ts(t.incident_time)),
         ("emitted_at", e_ts(t.emitted_at)),
         ("respond_by", e_ts(t.respond_by)),
+        ("repeat_count", e_opt(t.repeat_count, Value::Int)),
+        ("assigned_to", e_opt(t.assigned_to.as_deref(), e_str)),
     ])
 }
 

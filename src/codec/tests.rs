@@ -85,6 +85,9 @@ fn sample_inputs() -> Vec<(InputKind, Input)> {
                 by: "desk-1".into(),
                 at: 99,
                 note: Some("误报".into()),
+                outcome: None,
+                snooze_until: None,
+                assign_to: None,
             }),
         ),
     ]
@@ -128,6 +131,8 @@ fn every_output_round_trips() {
             incident_time: 1,
             emitted_at: 2,
             respond_by: 3,
+            repeat_count: None,
+            assigned_to: None,
         }),
         Output::Notification(ContactNotification {
             notification_id: "n".into(),
@@ -153,6 +158,10 @@ fn every_output_round_trips() {
             by: None,
             incident_id: Some("i".into()),
             tier: Some(1),
+            outcome: None,
+            repeat_count: None,
+            until: None,
+            assigned_to: None,
         }),
     ];
     for o in outputs {
@@ -325,8 +334,9 @@ fn older_writer_schema_resolves_to_the_current_reader() {
 fn current_ids_are_the_catalogues() {
     let c = codec();
     assert_eq!(c.catalogue().current_id("SensorEvent"), 2);
-    assert_eq!(c.catalogue().current_id("EscalationTask"), 8);
-    assert_eq!(c.catalogue().current_id("TaskEvent"), 11);
+    assert_eq!(c.catalogue().current_id("EscalationTask"), 13);
+    assert_eq!(c.catalogue().current_id("TaskEvent"), 14);
+    assert_eq!(c.catalogue().current_id("TaskUpdate"), 12);
     let bytes = c.encode_input(&sample_inputs()[0].1).unwrap().unwrap();
     assert_eq!(&bytes[..5], &[0, 0, 0, 0, 2]);
 }
@@ -676,6 +686,8 @@ mod fast_encoder {
                         incident_time,
                         emitted_at,
                         respond_by,
+                        repeat_count: None,
+                        assigned_to: None,
                     })
                 },
             )
@@ -735,6 +747,10 @@ mod fast_encoder {
                         reason,
                         by,
                         tier,
+                        outcome: None,
+                        repeat_count: None,
+                        until: None,
+                        assigned_to: None,
                     })
                 },
             )
@@ -793,6 +809,8 @@ mod fast_encoder {
             incident_time: 1,
             emitted_at: 2,
             respond_by: 3,
+            repeat_count: None,
+            assigned_to: None,
         });
         let bytes = c.encode_output(&task).unwrap();
         assert_eq!(bytes, c.encode_output_generic(&task).unwrap());

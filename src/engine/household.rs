@@ -79,6 +79,20 @@ pub(crate) struct OpenIncident {
     /// The emergency contacts were told when it opened: they are told when it is resolved.
     #[serde(default)]
     pub told: bool,
+    /// Times its alarm was raised again while it was open.
+    #[serde(default)]
+    pub repeats: u32,
+    /// When its task was last sent to the desk again for a repeat, and how many times.
+    #[serde(default)]
+    pub resent_at: Option<Millis>,
+    #[serde(default)]
+    pub resends: u32,
+    /// The desk snoozed it: acknowledged until then, when it climbs a rung unless resolved.
+    #[serde(default)]
+    pub snoozed_until: Option<Millis>,
+    /// The team the desk reassigned it to; its later tasks carry it.
+    #[serde(default)]
+    pub assigned_to: Option<String>,
 }
 
 /// A household's id, kept inline when short (the registry's ids are) so that the index finds

@@ -152,6 +152,8 @@ impl Engine {
             incident_time: inc.incident_time,
             emitted_at,
             respond_by,
+            repeat_count: None,
+            assigned_to: inc.assigned_to.clone(),
         }
     }
 
@@ -221,6 +223,11 @@ impl Engine {
             task_ids: Vec::new(),
             reason: reason.clone(),
             told: false,
+            repeats: 0,
+            resent_at: None,
+            resends: 0,
+            snoozed_until: None,
+            assigned_to: None,
         };
         let mut actions = vec![action];
         for a in &self.rules.ladder(severity).with_first {
@@ -261,6 +268,10 @@ impl Engine {
                 reason: reason.clone(),
                 by: None,
                 tier: Some(0),
+                outcome: None,
+                repeat_count: None,
+                until: None,
+                assigned_to: None,
             }));
             self.tasks.insert(
                 task_id.clone(),
@@ -279,12 +290,14 @@ impl Engine {
     }
 
     /// The contacts told of `inc` when it opened are told how it ended: the condition
-    /// cleared, the desk resolved it, or found it a false alarm (never the desk's note).
+    /// cleared, the desk resolved it (with its outcome code), or found it a false alarm; never
+    /// the desk's note.
     pub(crate) fn tell_resolved(
         &self,
         slot: u32,
         inc: &OpenIncident,
         kind: TaskEventKind,
+        outcome: Option<TaskOutcome>,
         at: Millis,
         out: &mut Vec<Output>,
     ) {
@@ -299,10 +312,13 @@ impl Engine {
         let (Some(primary), true) = (inc.task_ids.first(), inc.told) else {
             return;
         };
-        let outcome = match kind {
-            TaskEventKind::AUTO_RESOLVED => "情况已解除。/ Resolved: the condition has cleared.",
-            TaskEventKind::RESOLVED => "服务中心已处理完毕。/ Resolved by the care centre.",
-            TaskEventKind::FALSE_ALARM => {
+        let outcome = match (kind, outcome) {
+            (TaskEventKind::AUTO_RESOLVED, _) => {
+                "情况已解除。/ Resolved: the condition has cleared."
+            }
+            (TaskEventKind::RESOLVED | TaskEventKind::FALSE_ALARM, Some(o)) => told_outcome(o),
+            (TaskEventKind::RESOLVED, None) => "服务中心已处理完毕。/ Resolved by the care centre.",
+            (TaskEventKind::FALSE_ALARM, None) => {
                 "经核实为误报。/ Checked by the care centre: a false alarm."
             }
             _ => return,
@@ -321,7 +337,7 @@ impl Engine {
     }
 
     /// Closes the open incident of `rule` (if any): a lifecycle event of `kind` for each of
-    /// its tasks. Returns the incident closed.
+    /// its tasks (`desk`: who closed it, with what outcome). Returns the incident closed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn close_incident(
         &mut self,
@@ -330,7 +346,7 @@ impl Engine {
         kind: TaskEventKind,
         at: Millis,
         reason: &str,
-        by: Option<&str>,
+        desk: Option<super::ladder::Desk>,
         out: &mut Vec<Output>,
     ) -> Option<OpenIncident> {
         let h = self.slot_mut(slot);
@@ -353,8 +369,12 @@ impl Engine {
                 kind,
                 at,
                 reason: reason.to_string(),
-                by: by.map(str::to_string),
+                by: desk.as_ref().map(|d| d.by.to_string()),
                 tier: Some(inc.tier_of(tier)),
+                outcome: desk.as_ref().and_then(|d| d.outcome),
+                repeat_count: None,
+                until: None,
+                assigned_to: None,
             }));
         }
         Some(inc)
@@ -393,5 +413,24 @@ impl Engine {
     /// A desk update for a task that is no longer open: recorded, not dead-lettered.
     pub(crate) fn closed_task(&self, task_id: &str) -> Option<&TaskRef> {
         self.closed.get(task_id)
+    }
+}
+
+/// What the family is told of the desk's outcome code: the code's meaning, never the desk's note.
+fn told_outcome(o: TaskOutcome) -> &'static str {
+    match o {
+        TaskOutcome::VISITED_OK => "工作人员已上门，老人平安。/ A care worker visited: all is well.",
+        TaskOutcome::CALLED_OK => "已电话联系，老人平安。/ Reached by phone: all is well.",
+        TaskOutcome::FAMILY_ATTENDED => "家属已到场。/ The family is with the elder.",
+        TaskOutcome::HOSPITAL => "老人已送医。/ The elder has been taken to hospital.",
+        TaskOutcome::EMERGENCY_SERVICES => {
+            "已交由急救/消防等部门处置。/ Handed to the emergency services."
+        }
+        TaskOutcome::NO_ANSWER => {
+            "多次联系未果，服务中心将继续跟进。/ No answer after several tries; the care centre will follow up."
+        }
+        TaskOutcome::DEVICE_FAULT => "经核实为设备故障。/ Checked: a device fault, not an emergency.",
+        TaskOutcome::FALSE_ALARM => "经核实为误报。/ Checked by the care centre: a false alarm.",
+        TaskOutcome::OTHER => "服务中心已处理完毕。/ Resolved by the care centre.",
     }
 }

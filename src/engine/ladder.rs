@@ -5,7 +5,7 @@
 
 use super::clock::{Due, Entry};
 use super::household::{Household, NEVER};
-use super::Engine;
+use super::{Engine, EngineError};
 use crate::model::*;
 
 impl Engine {
@@ -36,6 +36,9 @@ impl Engine {
     ) -> Option<Millis> {
         if inc.clearing_since.is_some() || inc.tier as usize >= ladder.rungs.len() {
             return None;
+        }
+        if let Some(until) = inc.snoozed_until {
+            return Some(until);
         }
         Some(inc.acked_at? + ladder.unresolved_after?)
     }
@@ -78,7 +81,7 @@ impl Engine {
         for (rule, at, why) in cleared {
             let kind = TaskEventKind::AUTO_RESOLVED;
             if let Some(inc) = self.close_incident(slot, &rule, kind, at, &why, None, out) {
-                self.tell_resolved(slot, &inc, kind, at, out);
+                self.tell_resolved(slot, &inc, kind, None, at, out);
             }
         }
         let mut i = 0;
@@ -92,11 +95,15 @@ impl Engine {
                 let stale = Self::ack_timeout(self.rules.ladder(inc.severity), inc);
                 match due {
                     Some(d) if !inc.acked && inc.clearing_since.is_none() && d <= t => {
-                        self.escalate(slot, i, None, out)
+                        self.escalate(slot, i, Climb::Rung, out)
                     }
                     _ => match stale {
                         Some(at) if inc.acked && at <= t => {
-                            self.escalate(slot, i, Some(at), out);
+                            let why = match inc.snoozed_until {
+                                Some(_) => Climb::Snoozed(at),
+                                None => Climb::Unresolved(at),
+                            };
+                            self.escalate(slot, i, why, out);
                             break;
                         }
                         _ => break,
@@ -108,25 +115,32 @@ impl Engine {
         self.schedule_ladder(slot);
     }
 
-    /// The next rung of incident `i`: a new task, one tier up, at the rung's deadline; or, for
-    /// an acknowledgement left unresolved (`stale`: when its wait ran out), at that moment.
-    fn escalate(&mut self, slot: u32, i: usize, stale: Option<Millis>, out: &mut Vec<Output>) {
+    /// The next rung of incident `i`: a new task, one tier up, at the rung's deadline; or, when
+    /// an acknowledgement or a snooze ran out or the desk asked for it, at that moment.
+    fn escalate(&mut self, slot: u32, i: usize, why: Climb, out: &mut Vec<Output>) {
         let h = self.slot(slot);
         let inc = &h.open[i];
         let rungs = &self.rules.ladder(inc.severity).rungs;
         let k = inc.tier as usize;
         let rung = rungs[k].clone();
-        let at = stale.unwrap_or(inc.opened_at + rung.after);
-        let respond_by = match (stale, rungs.get(k + 1)) {
-            (None, Some(next)) => inc.opened_at + next.after,
+        let at = match why {
+            Climb::Rung => inc.opened_at + rung.after,
+            Climb::Unresolved(at) | Climb::Snoozed(at) | Climb::Desk(at, _) => at,
+        };
+        let respond_by = match (&why, rungs.get(k + 1)) {
+            (Climb::Rung, Some(next)) => inc.opened_at + next.after,
             _ => at + self.describe(&inc.rule).3,
         };
-        let summary = match (stale, inc.acked_at) {
-            (Some(at), Some(acked)) => format!(
+        let summary = match (&why, inc.acked_at) {
+            (Climb::Unresolved(at), Some(acked)) => format!(
                 "acknowledged {} min ago, still not resolved: {}",
                 (at - acked) / 60_000,
                 rung.action
             ),
+            (Climb::Snoozed(_), _) => {
+                format!("snoozed by the desk, still not resolved: {}", rung.action)
+            }
+            (Climb::Desk(..), _) => format!("escalated by the dispatch desk: {}", rung.action),
             _ => format!(
                 "not acknowledged {} min after the first call: {}",
                 rung.after / 60_000,
@@ -147,8 +161,15 @@ impl Engine {
             kind: TaskEventKind::ESCALATED,
             at,
             reason: summary,
-            by: None,
+            by: match &why {
+                Climb::Desk(_, by) => Some(by.clone()),
+                _ => None,
+            },
             tier: Some(k as i32 + 1),
+            outcome: None,
+            repeat_count: None,
+            until: None,
+            assigned_to: None,
         };
         let task_ref = super::TaskRef {
             household_id: h.id.to_string(),
@@ -159,7 +180,8 @@ impl Engine {
         let inc = &mut self.slot_mut(slot).open[i];
         inc.task_ids.push(task.task_id.clone());
         inc.tier += 1;
-        if stale.is_some() {
+        inc.snoozed_until = None;
+        if !matches!(why, Climb::Rung) {
             inc.acked_at = Some(at);
         }
         out.push(Output::Task(task));
@@ -167,49 +189,138 @@ impl Engine {
         self.stats.escalations[k.min(2)] += 1;
     }
 
+    /// The desk's time for an update of `slot`'s incidents, kept within the partition's event
+    /// time (an update stamped far ahead would otherwise stop the ladder for good).
+    fn desk_time(&self, slot: u32, at: Millis) -> Millis {
+        let watermark = self.slot(slot).partition.and_then(|p| self.watermark(p));
+        let skew = self.rules.max_clock_skew;
+        watermark.map_or(at, |w| at.clamp(w, w.saturating_add(skew)))
+    }
+
     /// The desk acknowledged a task of incident `i`: the ladder stops, until the
-    /// acknowledgement has gone `unresolved_after` without a resolution.
+    /// acknowledgement has gone `unresolved_after` without a resolution, or, snoozed, until
+    /// `until`.
     pub(super) fn acknowledge(
         &mut self,
         slot: u32,
         i: usize,
         u: &TaskUpdate,
+        until: Option<Millis>,
         out: &mut Vec<Output>,
     ) {
-        let watermark = self.slot(slot).partition.and_then(|p| self.watermark(p));
-        let skew = self.rules.max_clock_skew;
+        let now = self.desk_time(slot, u.at);
         let inc = &mut self.slot_mut(slot).open[i];
         let first = !inc.acked;
         inc.acked = true;
-        // The wait for a resolution counts from the desk's time, kept within the partition's
-        // event time (an update stamped far ahead would otherwise stop it for good).
-        let now = watermark.map_or(u.at, |w| u.at.clamp(w, w.saturating_add(skew)));
         inc.acked_at = Some(inc.acked_at.map_or(now, |a| a.max(now)));
-        let (severity, opened_at, incident_id, rule_id) = (
-            inc.severity,
-            inc.opened_at,
-            inc.incident_id.clone(),
-            inc.rule_id.clone(),
-        );
-        let tier = inc
+        inc.snoozed_until = until;
+        let latency = (inc.severity, (u.at - inc.opened_at).max(0));
+        if first {
+            self.ack_latencies.push(latency);
+        }
+        let mut event = desk_event(&self.slot(slot).open[i], u);
+        event.until = until;
+        out.push(Output::TaskEvent(event));
+    }
+
+    /// SNOOZE: acknowledged until `snooze_until`, at most the severity's `max_snooze` ahead of
+    /// the desk's time; then it climbs a rung unless resolved.
+    pub(super) fn snooze(
+        &mut self,
+        slot: u32,
+        i: usize,
+        u: &TaskUpdate,
+        out: &mut Vec<Output>,
+    ) -> Result<(), EngineError> {
+        let until = u
+            .snooze_until
+            .ok_or(EngineError::BadUpdate("a snooze without snooze_until"))?;
+        let now = self.desk_time(slot, u.at);
+        let max = self
+            .rules
+            .ladder(self.slot(slot).open[i].severity)
+            .max_snooze;
+        if until <= now {
+            return Err(EngineError::BadUpdate(
+                "snooze_until is not after the update",
+            ));
+        }
+        if until - now > max {
+            return Err(EngineError::BadUpdate(
+                "snooze_until is further ahead than max_snooze allows",
+            ));
+        }
+        self.acknowledge(slot, i, u, Some(until), out);
+        Ok(())
+    }
+
+    /// ESCALATE: the next rung now, whatever the ladder's deadline.
+    pub(super) fn escalate_now(
+        &mut self,
+        slot: u32,
+        i: usize,
+        u: &TaskUpdate,
+        out: &mut Vec<Output>,
+    ) -> Result<(), EngineError> {
+        let inc = &self.slot(slot).open[i];
+        if inc.tier as usize >= self.rules.ladder(inc.severity).rungs.len() {
+            return Err(EngineError::BadUpdate("no rung left to escalate to"));
+        }
+        let now = self.desk_time(slot, u.at);
+        self.escalate(slot, i, Climb::Desk(now, u.by.clone()), out);
+        Ok(())
+    }
+
+    /// REASSIGN: the incident's later tasks carry the team.
+    pub(super) fn reassign(&mut self, slot: u32, i: usize, u: &TaskUpdate, out: &mut Vec<Output>) {
+        let inc = &mut self.slot_mut(slot).open[i];
+        inc.assigned_to = u.assign_to.clone();
+        out.push(Output::TaskEvent(desk_event(inc, u)));
+    }
+}
+
+/// The lifecycle event of a desk update `u` of incident `inc`, of the update's kind.
+fn desk_event(inc: &super::household::OpenIncident, u: &TaskUpdate) -> TaskEvent {
+    let kind = match u.status {
+        TaskUpdateStatus::SNOOZE => TaskEventKind::SNOOZED,
+        TaskUpdateStatus::REASSIGN => TaskEventKind::REASSIGNED,
+        _ => TaskEventKind::ACKNOWLEDGED,
+    };
+    TaskEvent {
+        task_id: u.task_id.clone(),
+        incident_id: Some(inc.incident_id.clone()),
+        household_id: u.household_id.clone(),
+        rule_id: inc.rule_id.clone(),
+        kind,
+        at: u.at,
+        reason: super::desk_reason(u),
+        by: Some(u.by.clone()),
+        tier: inc
             .task_ids
             .iter()
             .position(|t| t == &u.task_id)
-            .map(|p| inc.tier_of(p));
-        if first {
-            self.ack_latencies
-                .push((severity, (u.at - opened_at).max(0)));
-        }
-        out.push(Output::TaskEvent(TaskEvent {
-            task_id: u.task_id.clone(),
-            incident_id: Some(incident_id),
-            household_id: u.household_id.clone(),
-            rule_id,
-            kind: TaskEventKind::ACKNOWLEDGED,
-            at: u.at,
-            reason: super::desk_reason(u),
-            by: Some(u.by.clone()),
-            tier,
-        }));
+            .map(|p| inc.tier_of(p)),
+        outcome: None,
+        repeat_count: None,
+        until: None,
+        assigned_to: inc.assigned_to.clone(),
     }
+}
+
+/// Why an incident climbs a rung.
+enum Climb {
+    /// The rung's deadline passed unacknowledged.
+    Rung,
+    /// The acknowledgement went `unresolved_after` without a resolution (then).
+    Unresolved(Millis),
+    /// The desk's snooze ran out (then).
+    Snoozed(Millis),
+    /// The desk asked for it (then, by whom).
+    Desk(Millis, String),
+}
+
+/// Who closed an incident from the desk, and with what outcome.
+pub(crate) struct Desk<'a> {
+    pub by: &'a str,
+    pub outcome: Option<TaskOutcome>,
 }

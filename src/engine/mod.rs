@@ -69,6 +69,9 @@ pub enum EngineError {
     /// state has moved on and cannot take it in order.
     #[error("{late_by} ms behind the watermark, past the allowed lateness")]
     TooLate { late_by: Millis, watermark: Millis },
+    /// A desk update that cannot be carried out as sent; nothing is changed.
+    #[error("task update refused: {0}")]
+    BadUpdate(&'static str),
 }
 
 impl EngineError {
@@ -77,10 +80,16 @@ impl EngineError {
             EngineError::UnknownHousehold => "unknown_household",
             EngineError::UnknownTask => "unknown_task",
             EngineError::TooLate { .. } => "too_late",
+            EngineError::BadUpdate(_) => "bad_task_update",
         }
     }
 
-    pub const REASONS: [&'static str; 3] = ["unknown_household", "unknown_task", "too_late"];
+    pub const REASONS: [&'static str; 4] = [
+        "unknown_household",
+        "unknown_task",
+        "too_late",
+        "bad_task_update",
+    ];
 }
 
 /// Counters the engine keeps; the pipeline turns the deltas into metrics once per batch so
@@ -838,11 +847,6 @@ impl Engine {
     }
 
     fn task_update(&mut self, u: &TaskUpdate, out: &mut Vec<Output>) -> Result<(), EngineError> {
-        let kind = match u.status {
-            TaskUpdateStatus::ACKNOWLEDGED => TaskEventKind::ACKNOWLEDGED,
-            TaskUpdateStatus::RESOLVED => TaskEventKind::RESOLVED,
-            TaskUpdateStatus::FALSE_ALARM => TaskEventKind::FALSE_ALARM,
-        };
         let open = self
             .tasks
             .get(&u.task_id)
@@ -857,14 +861,34 @@ impl Engine {
                 .position(|inc| inc.incident_id == r.incident_id)?;
             Some((slot, i))
         });
+        let kind = match u.status {
+            TaskUpdateStatus::ACKNOWLEDGED => TaskEventKind::ACKNOWLEDGED,
+            TaskUpdateStatus::RESOLVED => TaskEventKind::RESOLVED,
+            TaskUpdateStatus::FALSE_ALARM => TaskEventKind::FALSE_ALARM,
+            TaskUpdateStatus::ESCALATE => TaskEventKind::ESCALATED,
+            TaskUpdateStatus::SNOOZE => TaskEventKind::SNOOZED,
+            TaskUpdateStatus::REASSIGN => TaskEventKind::REASSIGNED,
+        };
         let Some((slot, i)) = found else {
-            // A task closed already (auto-resolved, or by another update): kept in the record.
-            let Some(r) = self
+            let closed = self
                 .closed_task(&u.task_id)
                 .filter(|t| t.household_id == u.household_id)
-                .cloned()
-            else {
-                return Err(EngineError::UnknownTask);
+                .cloned();
+            // A task closed already (auto-resolved, or by another update): a status kept in
+            // the record; an action on it (escalate, snooze, reassign) cannot be carried out.
+            let r = match closed {
+                None => return Err(EngineError::UnknownTask),
+                Some(_)
+                    if !matches!(
+                        kind,
+                        TaskEventKind::ACKNOWLEDGED
+                            | TaskEventKind::RESOLVED
+                            | TaskEventKind::FALSE_ALARM
+                    ) =>
+                {
+                    return Err(EngineError::BadUpdate("the incident has closed already"))
+                }
+                Some(r) => r,
             };
             out.push(Output::TaskEvent(TaskEvent {
                 task_id: u.task_id.clone(),
@@ -876,25 +900,40 @@ impl Engine {
                 reason: format!("{}, after the incident had closed", desk_reason(u)),
                 by: Some(u.by.clone()),
                 tier: None,
+                outcome: u.outcome,
+                repeat_count: None,
+                until: None,
+                assigned_to: None,
             }));
             return Ok(());
         };
-        if kind == TaskEventKind::ACKNOWLEDGED {
-            self.acknowledge(slot, i, u, out);
-            self.schedule_ladder(slot);
-            return Ok(());
+        match u.status {
+            TaskUpdateStatus::ACKNOWLEDGED => self.acknowledge(slot, i, u, None, out),
+            TaskUpdateStatus::SNOOZE => self.snooze(slot, i, u, out)?,
+            TaskUpdateStatus::ESCALATE => self.escalate_now(slot, i, u, out)?,
+            TaskUpdateStatus::REASSIGN => self.reassign(slot, i, u, out),
+            TaskUpdateStatus::RESOLVED | TaskUpdateStatus::FALSE_ALARM => {
+                let rule = self.slot(slot).open[i].rule.clone();
+                let why = desk_reason(u);
+                let desk = ladder::Desk {
+                    by: &u.by,
+                    outcome: u.outcome,
+                };
+                if let Some(inc) =
+                    self.close_incident(slot, &rule, kind, u.at, &why, Some(desk), out)
+                {
+                    self.tell_resolved(slot, &inc, kind, u.outcome, u.at, out);
+                }
+                let h = self.slot(slot);
+                if h.profile.is_none() && h.open.is_empty() {
+                    self.forget(slot);
+                } else {
+                    self.schedule_all(slot);
+                }
+                return Ok(());
+            }
         }
-        let rule = self.slot(slot).open[i].rule.clone();
-        let why = desk_reason(u);
-        if let Some(inc) = self.close_incident(slot, &rule, kind, u.at, &why, Some(&u.by), out) {
-            self.tell_resolved(slot, &inc, kind, u.at, out);
-        }
-        let h = self.slot(slot);
-        if h.profile.is_none() && h.open.is_empty() {
-            self.forget(slot);
-        } else {
-            self.schedule_all(slot);
-        }
+        self.schedule_ladder(slot);
         Ok(())
     }
 }

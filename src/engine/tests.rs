@@ -148,6 +148,8 @@ fn button_press_raises_critical_task_notification_and_opened_event() {
             incident_time: T0 + 1_000,
             emitted_at: T0 + 1_200,
             respond_by: T0 + 1_200 + 300_000,
+            repeat_count: None,
+            assigned_to: None,
         }
     );
     let Output::Notification(n) = &out[2] else {
@@ -238,13 +240,40 @@ fn every_instant_alarm_kind_fires_and_other_readings_do_not() {
 }
 
 #[test]
-fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
+fn a_repeat_while_open_is_appended_and_sent_again_and_fires_anew_after_resolution() {
     let mut e = engine();
     run(&mut e, &profile("hh-1", 1), T0);
     let first = run(&mut e, &press("hh-1", "p1", T0), T0);
     let task_id = tasks(&first)[0].task_id.clone();
-    assert!(run(&mut e, &press("hh-1", "p2", T0 + 60_000), T0 + 60_000).is_empty());
-    assert!(run(&mut e, &press("hh-1", "p3", T0 + 120_000), T0 + 120_000).is_empty());
+    // Pressed again a minute later: appended to the incident with the count, and the same
+    // task sent to the desk again.
+    let out = run(&mut e, &press("hh-1", "p2", T0 + 60_000), T0 + 60_000);
+    let [Output::TaskEvent(ev), Output::Task(t)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (ev.kind, ev.task_id.as_str(), ev.repeat_count),
+        (TaskEventKind::REPEATED, task_id.as_str(), Some(1))
+    );
+    assert_eq!(
+        (t.task_id.as_str(), t.tier, t.repeat_count, t.emitted_at),
+        (task_id.as_str(), 0, Some(1), T0 + 60_000)
+    );
+    assert_eq!(t.evidence[0].event_id, "p2");
+    // Again a minute on: appended, but the next re-send waits twice as long (a stuck device
+    // must not flood the desk).
+    let out = run(&mut e, &press("hh-1", "p3", T0 + 120_000), T0 + 120_000);
+    assert!(
+        matches!(
+            &out[..],
+            [Output::TaskEvent(TaskEvent {
+                kind: TaskEventKind::REPEATED,
+                repeat_count: Some(2),
+                ..
+            })]
+        ),
+        "{out:?}"
+    );
     assert_eq!(e.stats().suppressed_repeats, 2);
     // A different alarm in the same home is a different incident.
     assert_eq!(
@@ -270,6 +299,9 @@ fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
         by: "desk-7".into(),
         at: T0 + 130_000,
         note: None,
+        outcome: None,
+        snooze_until: None,
+        assign_to: None,
     });
     let out = run(&mut e, &ack, T0 + 130_000);
     assert!(matches!(
@@ -279,9 +311,26 @@ fn repeats_are_dropped_while_open_and_fire_again_after_resolution() {
             ..
         })]
     ));
+    let out = run(&mut e, &press("hh-1", "p4", T0 + 140_000), T0 + 140_000);
     assert!(
-        run(&mut e, &press("hh-1", "p4", T0 + 140_000), T0 + 140_000).is_empty(),
-        "acknowledged is still open"
+        matches!(
+            &out[..],
+            [Output::TaskEvent(TaskEvent {
+                kind: TaskEventKind::REPEATED,
+                repeat_count: Some(3),
+                ..
+            })]
+        ),
+        "acknowledged is still open: {out:?}"
+    );
+    // Two minutes after the last re-send, the desk is told again.
+    let out = run(&mut e, &press("hh-1", "p4b", T0 + 180_000), T0 + 180_000);
+    assert_eq!(
+        tasks(&out)
+            .iter()
+            .map(|t| t.repeat_count)
+            .collect::<Vec<_>>(),
+        [Some(4)]
     );
 
     let resolve = Input::TaskUpdate(TaskUpdate {
@@ -369,6 +418,9 @@ fn contacts_told_of_an_incident_are_told_when_its_condition_clears_or_it_was_a_f
         by: "desk-7".into(),
         at: T0 + 13 * HOUR + 60_000,
         note: None,
+        outcome: None,
+        snooze_until: None,
+        assign_to: None,
     });
     let out = run(&mut e, &update, T0 + 13 * HOUR + 60_000);
     assert!(out.iter().any(|o| matches!(o, Output::Notification(n)
@@ -415,6 +467,9 @@ fn duplicate_event_ids_are_dropped() {
             by: "desk".into(),
             at: T0,
             note: None,
+            outcome: None,
+            snooze_until: None,
+            assign_to: None,
         }),
         m(T0),
         &mut Vec::new(),
@@ -517,6 +572,9 @@ fn task_updates_for_unknown_tasks_are_rejected() {
             by: "desk".into(),
             at: T0,
             note: None,
+            outcome: None,
+            snooze_until: None,
+            assign_to: None,
         })
     };
     assert_eq!(
@@ -584,6 +642,9 @@ fn registry_removal_drops_state_but_open_tasks_stay_answerable() {
         by: "desk".into(),
         at: T0,
         note: None,
+        outcome: None,
+        snooze_until: None,
+        assign_to: None,
     });
     // Resolving closes both of the incident's tasks (the call and NOTIFY_CONTACT).
     assert_eq!(run(&mut e, &resolve, T0).len(), 2);
@@ -1986,6 +2047,9 @@ fn an_acknowledgement_left_unresolved_climbs_one_rung_per_hour_and_a_resolution_
             // The desk's clock is far ahead: the wait counts in event time all the same.
             at: at + 24 * HOUR,
             note: None,
+            outcome: None,
+            snooze_until: None,
+            assign_to: None,
         })
     };
     let mut out = Vec::new();
@@ -2054,6 +2118,9 @@ fn an_acknowledgement_left_unresolved_climbs_one_rung_per_hour_and_a_resolution_
             by: "desk-7".into(),
             at,
             note: None,
+            outcome: None,
+            snooze_until: None,
+            assign_to: None,
         });
         e.process(&u, on(0, at), &mut out).unwrap();
     }
@@ -2155,4 +2222,139 @@ fn a_mattress_s_first_report_of_not_in_bed_at_night_is_not_a_night_exit() {
         .map(|(hh, _, _)| hh)
         .collect();
     assert_eq!(exits, ["hh-out"]);
+}
+
+fn desk(task_id: &str, status: TaskUpdateStatus, at: Millis) -> TaskUpdate {
+    TaskUpdate {
+        task_id: task_id.into(),
+        household_id: "hh-1".into(),
+        status,
+        by: "desk-7".into(),
+        at,
+        note: Some("张先生 13800000000".into()),
+        outcome: None,
+        snooze_until: None,
+        assign_to: None,
+    }
+}
+
+#[test]
+fn the_desk_reassigns_snoozes_escalates_and_closes_with_an_outcome_and_bad_updates_change_nothing()
+{
+    use TaskUpdateStatus::*;
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
+    e.process(&press("hh-1", "p1", T0), on(0, T0), &mut out)
+        .unwrap();
+    let task_id = tasks(&out)[0].task_id.clone();
+    let apply = |e: &mut Engine, u: TaskUpdate| {
+        let mut out = Vec::new();
+        e.tick(0, u.at, &mut out);
+        let r = e.process(&Input::TaskUpdate(u.clone()), on(0, u.at), &mut out);
+        (r, out)
+    };
+    let events = |out: &[Output]| -> Vec<TaskEvent> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::TaskEvent(ev) => Some(ev.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+
+    // Reassigned to a team: recorded, and the incident's later tasks carry it.
+    let mut u = desk(&task_id, REASSIGN, T0 + 60_000);
+    u.assign_to = Some("team-east".into());
+    let (r, out) = apply(&mut e, u);
+    r.unwrap();
+    let ev = &events(&out)[0];
+    assert_eq!(
+        (ev.kind, ev.assigned_to.as_deref(), ev.by.as_deref()),
+        (TaskEventKind::REASSIGNED, Some("team-east"), Some("desk-7"))
+    );
+    assert!(!ev.reason.contains("1380"), "the desk's note is not copied");
+
+    // A snooze of a CRITICAL incident is bounded (30 min) and must lie ahead: refused,
+    // nothing changes.
+    for until in [T0 + 2 * HOUR, T0 + 60_000] {
+        let mut u = desk(&task_id, SNOOZE, T0 + 2 * 60_000);
+        u.snooze_until = Some(until);
+        let (r, out) = apply(&mut e, u);
+        assert!(
+            matches!(r, Err(EngineError::BadUpdate(_))),
+            "{until}: {r:?}"
+        );
+        assert!(events(&out).is_empty(), "{out:?}");
+    }
+    // Snoozed for 20 minutes: the 5-minute rung waits; when the snooze runs out unresolved,
+    // one rung, for the team.
+    let mut u = desk(&task_id, SNOOZE, T0 + 2 * 60_000);
+    u.snooze_until = Some(T0 + 22 * 60_000);
+    let (r, out) = apply(&mut e, u);
+    r.unwrap();
+    let ev = &events(&out)[0];
+    assert_eq!(
+        (ev.kind, ev.until),
+        (TaskEventKind::SNOOZED, Some(T0 + 22 * 60_000))
+    );
+    let mut out = Vec::new();
+    e.tick(0, T0 + 22 * 60_000 - 1, &mut out);
+    assert!(tasks(&out).is_empty(), "{out:?}");
+    e.tick(0, T0 + 22 * 60_000, &mut out);
+    let climbed: Vec<_> = tasks(&out)
+        .iter()
+        .map(|t| (t.tier, t.action, t.emitted_at, t.assigned_to.clone()))
+        .collect();
+    assert_eq!(
+        climbed,
+        [(
+            1,
+            Action::ONSITE_VISIT,
+            T0 + 22 * 60_000,
+            Some("team-east".into())
+        )]
+    );
+    assert!(tasks(&out)[0].evidence[0].summary.starts_with("snoozed"));
+
+    // Escalated by the desk: the last rung at once; then none is left.
+    let (r, out) = apply(&mut e, desk(&task_id, ESCALATE, T0 + 25 * 60_000));
+    r.unwrap();
+    let t = tasks(&out);
+    assert_eq!(
+        (t.len(), t[0].tier, t[0].action, t[0].emitted_at),
+        (1, 2, Action::EMERGENCY_SERVICES, T0 + 25 * 60_000)
+    );
+    assert_eq!(events(&out)[0].by.as_deref(), Some("desk-7"));
+    let (r, out) = apply(&mut e, desk(&task_id, ESCALATE, T0 + 26 * 60_000));
+    assert!(matches!(r, Err(EngineError::BadUpdate(_))), "{r:?}");
+    assert!(out.is_empty(), "{out:?}");
+
+    // Resolved with an outcome: every task's event carries it, and the family is told it.
+    let mut u = desk(&task_id, RESOLVED, T0 + 40 * 60_000);
+    u.outcome = Some(TaskOutcome::HOSPITAL);
+    let (r, out) = apply(&mut e, u);
+    r.unwrap();
+    let closed = events(&out);
+    assert_eq!(closed.len(), 4, "{closed:?}"); // tier 0's two, and one per rung
+    assert!(closed
+        .iter()
+        .all(|ev| ev.kind == TaskEventKind::RESOLVED && ev.outcome == Some(TaskOutcome::HOSPITAL)));
+    let told: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Notification(n) => Some(n.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 1);
+    assert!(told[0].contains("taken to hospital") && !told[0].contains("1380"));
+
+    // Closed: an action on it is refused; a late status is kept in the record.
+    let (r, out) = apply(&mut e, desk(&task_id, ESCALATE, T0 + 41 * 60_000));
+    assert!(matches!(r, Err(EngineError::BadUpdate(_))), "{r:?}");
+    assert!(out.is_empty());
+    let (r, out) = apply(&mut e, desk(&task_id, ACKNOWLEDGED, T0 + 42 * 60_000));
+    r.unwrap();
+    assert_eq!(events(&out).len(), 1);
 }

@@ -88,6 +88,8 @@ struct RawLadder {
     rungs: Vec<RawRung>,
     #[serde(default)]
     unresolved_after: Option<Spanned<String>>,
+    #[serde(default)]
+    max_snooze: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +114,13 @@ pub struct Ladder {
     /// An acknowledged incident neither resolved nor clearing this long after its
     /// acknowledgement climbs one rung, and the wait starts again (None: never).
     pub unresolved_after: Option<Millis>,
+    /// The longest the desk may snooze an incident of this severity.
+    pub max_snooze: Millis,
+}
+
+impl Ladder {
+    /// `max_snooze` when `escalation.toml` does not say.
+    pub const DEFAULT_MAX_SNOOZE: Millis = 3_600_000;
 }
 
 /// One instant-alarm rule, ready to run.
@@ -356,6 +365,12 @@ impl RuleSet {
                         .unresolved_after
                         .as_ref()
                         .map(|d| src.duration(d, "unresolved_after", &mut problems)),
+                    max_snooze: raw
+                        .max_snooze
+                        .as_ref()
+                        .map_or(Ladder::DEFAULT_MAX_SNOOZE, |d| {
+                            src.duration(d, "max_snooze", &mut problems)
+                        }),
                 };
                 let mut last = 0;
                 for r in &raw.rungs {

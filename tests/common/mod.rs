@@ -689,6 +689,15 @@ pub fn desk(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
     consumer
 }
 
+/// What a desk de-duplicates a task on: its id, and for a task sent again because its alarm
+/// repeated, the repeat count.
+pub fn desk_key(t: &carestream::model::EscalationTask) -> String {
+    match t.repeat_count {
+        Some(n) => format!("{}#{n}", t.task_id),
+        None => t.task_id.clone(),
+    }
+}
+
 /// The last `lines` lines of `text` (a processor's log, for a failure message).
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
