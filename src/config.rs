@@ -64,6 +64,9 @@ pub struct Topics {
     pub dispatch_routine: String,
     pub contact_notifications: String,
     pub task_events: String,
+    /// The desk's view: one record per open incident, keyed by incident id, tombstoned when
+    /// it closes (compacted).
+    pub incidents: String,
     pub dead_letter: String,
     /// The processor's own compacted topic of partition checkpoints (not in the contract:
     /// nobody else reads it).
@@ -202,6 +205,7 @@ impl Default for Topics {
             dispatch_routine: "care.dispatch.routine".into(),
             contact_notifications: "care.contact-notifications".into(),
             task_events: "care.task-events".into(),
+            incidents: "care.incidents".into(),
             dead_letter: "care.dead-letter".into(),
             state: "carestream.state".into(),
         }
@@ -296,6 +300,7 @@ impl Topics {
             (&self.dispatch_routine, false),
             (&self.contact_notifications, false),
             (&self.task_events, false),
+            (&self.incidents, true),
             (&self.dead_letter, false),
             (&self.state, true),
         ]
@@ -517,8 +522,8 @@ mod tests {
                 .iter()
                 .filter(|(_, compact)| *compact)
                 .count(),
-            2,
-            "the registry and the processor's state"
+            3,
+            "the registry, the open incidents and the processor's state"
         );
     }
 

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod desk;
 pub mod engine;
 pub mod http;
 pub mod model;

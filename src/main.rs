@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use carestream::config::Config;
+use carestream::model::TaskUpdateStatus;
 use carestream::simulate::{Injection, Mix, SimConfig, Simulator};
 use carestream::telemetry::{self, Metrics};
 use carestream::{admin, demo, pipeline};
@@ -62,6 +63,52 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         idle_secs: f64,
     },
+    /// Print the tasks on the dispatch topics as the desk sees them (read committed).
+    Tail {
+        /// From the start of the topics (default: tasks from now on).
+        #[arg(long)]
+        from_beginning: bool,
+        /// Exit after this many seconds with no new task (default: run until interrupted).
+        #[arg(long)]
+        idle_secs: Option<f64>,
+    },
+    /// The desk acknowledges a task: the ladder stops (until `unresolved_after`).
+    Ack {
+        #[command(flatten)]
+        task: DeskTask,
+    },
+    /// The desk resolves a task's incident, with an outcome code told to the family.
+    Resolve {
+        #[command(flatten)]
+        task: DeskTask,
+        /// VISITED_OK, CALLED_OK, FAMILY_ATTENDED, HOSPITAL, EMERGENCY_SERVICES, NO_ANSWER,
+        /// DEVICE_FAULT, FALSE_ALARM or OTHER.
+        #[arg(long, value_parser = outcome)]
+        outcome: Option<carestream::model::TaskOutcome>,
+        /// Close it as a false alarm (status FALSE_ALARM) rather than RESOLVED.
+        #[arg(long)]
+        false_alarm: bool,
+    },
+    /// The desk escalates a task's incident to its next rung now.
+    Escalate {
+        #[command(flatten)]
+        task: DeskTask,
+    },
+    /// The desk snoozes a task's incident: acknowledged for this many minutes (at most the
+    /// severity's `max_snooze`), then it climbs a rung unless resolved.
+    Snooze {
+        #[command(flatten)]
+        task: DeskTask,
+        #[arg(long)]
+        minutes: u32,
+    },
+    /// The desk hands a task's incident to a team.
+    Reassign {
+        #[command(flatten)]
+        task: DeskTask,
+        #[arg(long)]
+        team: String,
+    },
     /// Create the contract's topics (idempotent).
     CreateTopics {
         #[arg(long, default_value_t = 6)]
@@ -69,6 +116,48 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+}
+
+/// The task a desk command acts on, and who acts.
+#[derive(Args, Clone)]
+struct DeskTask {
+    /// The task id (as `carestream tail` prints it).
+    task_id: String,
+    /// The task's household (the update's key).
+    #[arg(long)]
+    household: String,
+    /// Who acts: the desk operator's or team's id (no names).
+    #[arg(long, default_value = "desk-cli")]
+    by: String,
+    /// The update's time, ms since the epoch (default: now).
+    #[arg(long)]
+    at_ms: Option<i64>,
+}
+
+impl DeskTask {
+    fn update(&self, status: carestream::model::TaskUpdateStatus) -> carestream::model::TaskUpdate {
+        carestream::model::TaskUpdate {
+            task_id: self.task_id.clone(),
+            household_id: self.household.clone(),
+            status,
+            by: self.by.clone(),
+            at: self.at_ms.unwrap_or_else(pipeline::wall_millis),
+            note: None,
+            outcome: None,
+            snooze_until: None,
+            assign_to: None,
+        }
+    }
+}
+
+fn outcome(s: &str) -> Result<carestream::model::TaskOutcome, String> {
+    carestream::model::TaskOutcome::from_symbol(s).ok_or_else(|| {
+        let all: Vec<_> = carestream::model::TaskOutcome::ALL
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+        format!("one of {}", all.join(", "))
+    })
 }
 
 #[derive(Args, Clone)]
@@ -93,7 +182,8 @@ struct SimArgs {
     weather_every_secs: Option<f64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Simulated time at the start, ms since the epoch (default: now).
+    /// Simulated time at the start, ms since the epoch (default: far enough back that the
+    /// simulated clock does not pass the wall clock during `--duration-secs`, or a day back).
     #[arg(long)]
     start_ms: Option<i64>,
     #[command(flatten)]
@@ -110,7 +200,10 @@ impl SimArgs {
             incident_every: self.incident_every_secs.map(Duration::from_secs_f64),
             weather_every: self.weather_every_secs.map(Duration::from_secs_f64),
             seed: self.seed,
-            start: self.start_ms,
+            start: Some(self.start_ms.unwrap_or_else(|| {
+                let duration = self.duration_secs.map(Duration::from_secs_f64);
+                carestream::simulate::default_start(self.speed, duration)
+            })),
             mix: match self.mix.check() {
                 Ok(()) => self.mix,
                 Err(e) => {
@@ -263,6 +356,45 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 carestream::score::score(&injected, &tasks, households, start, simulated, &held);
             println!("{}", serde_json::to_string_pretty(&card)?);
             Ok(())
+        }
+        Command::Tail {
+            from_beginning,
+            idle_secs,
+        } => {
+            let (shutdown, _) = signals(grace);
+            let idle = idle_secs.map(Duration::from_secs_f64);
+            carestream::desk::tail(&config, from_beginning, idle, shutdown).await
+        }
+        Command::Ack { task } => {
+            let u = task.update(TaskUpdateStatus::ACKNOWLEDGED);
+            carestream::desk::send_update(&config, u).await
+        }
+        Command::Resolve {
+            task,
+            outcome,
+            false_alarm,
+        } => {
+            let status = match false_alarm {
+                true => TaskUpdateStatus::FALSE_ALARM,
+                false => TaskUpdateStatus::RESOLVED,
+            };
+            let mut u = task.update(status);
+            u.outcome = outcome;
+            carestream::desk::send_update(&config, u).await
+        }
+        Command::Escalate { task } => {
+            let u = task.update(TaskUpdateStatus::ESCALATE);
+            carestream::desk::send_update(&config, u).await
+        }
+        Command::Snooze { task, minutes } => {
+            let mut u = task.update(TaskUpdateStatus::SNOOZE);
+            u.snooze_until = Some(u.at + minutes as i64 * 60_000);
+            carestream::desk::send_update(&config, u).await
+        }
+        Command::Reassign { task, team } => {
+            let mut u = task.update(TaskUpdateStatus::REASSIGN);
+            u.assign_to = Some(team);
+            carestream::desk::send_update(&config, u).await
         }
         Command::CreateTopics {
             partitions,

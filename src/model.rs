@@ -325,6 +325,32 @@ pub struct TaskEvent {
     pub assigned_to: Option<String>,
 }
 
+/// An open incident as the desk sees it (`care.incidents`, `GET /incidents`): no personal data,
+/// the rule's reason and the household's region codes only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    pub incident_id: String,
+    pub household_id: String,
+    pub rule_id: String,
+    pub severity: Severity,
+    /// The highest rung reached (0: the first calls only).
+    pub tier: i32,
+    pub district: String,
+    pub street: String,
+    pub community: String,
+    pub incident_time: Millis,
+    pub opened_at: Millis,
+    pub acknowledged_at: Option<Millis>,
+    pub snoozed_until: Option<Millis>,
+    pub assigned_to: Option<String>,
+    /// Times its alarm was raised again while open.
+    pub repeats: i32,
+    /// The condition cleared then; it auto-resolves unless it comes back.
+    pub clearing_since: Option<Millis>,
+    pub task_ids: Vec<String>,
+    pub reason: String,
+}
+
 /// The six input streams of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InputKind {

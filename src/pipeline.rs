@@ -55,6 +55,7 @@ pub async fn register_schemas(
         config.topics.contact_notifications.clone(),
     ));
     wanted.push(("TaskEvent", config.topics.task_events.clone()));
+    wanted.push(("Incident", config.topics.incidents.clone()));
     for (record, topic) in wanted {
         let text = codec
             .catalogue()
@@ -414,7 +415,20 @@ impl Processor {
         received: Instant,
     ) -> Result<(), crate::codec::EncodeError> {
         let mut failed = Ok(());
+        // Incidents with a lifecycle event among the outputs: their view on `care.incidents`
+        // is written once, as it stands after the outputs (a tombstone once closed).
+        let mut changed: Vec<(String, String)> = Vec::new();
         for o in outputs.drain(..) {
+            if let Output::TaskEvent(TaskEvent {
+                incident_id: Some(id),
+                household_id,
+                ..
+            }) = &o
+            {
+                if !changed.iter().any(|(_, i)| i == id) {
+                    changed.push((household_id.clone(), id.clone()));
+                }
+            }
             match self.codec.encode_output(&o) {
                 Ok(payload) => batch.records.push(self.out_record(&o, payload, received)),
                 Err(e) => {
@@ -423,6 +437,27 @@ impl Processor {
                     failed = Err(e);
                 }
             }
+        }
+        for (household_id, incident_id) in changed {
+            let view = self.engine.incident_view(&household_id, &incident_id);
+            let payload = match view.map(|v| self.codec.encode_incident(&v)) {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "an incident could not be encoded");
+                    failed = Err(e);
+                    continue;
+                }
+                None => Vec::new(),
+            };
+            batch.records.push(OutRecord {
+                topic: self.config.topics.incidents.clone(),
+                key: incident_id.into_bytes(),
+                ack: Ack::Incident {
+                    open: !payload.is_empty(),
+                },
+                payload,
+                headers: None,
+            });
         }
         failed
     }
@@ -460,6 +495,7 @@ impl Processor {
                 .map_or(0.0, |s| now.duration_since(s).as_secs_f64());
             self.metrics.outputs_stuck_seconds.set(stuck);
             let (open, overdue) = self.engine.open_summary();
+            self.metrics.set_incidents(self.engine.incident_views());
             let acks = self.engine.take_ack_latencies();
             self.metrics
                 .desk(&open, overdue, self.engine.household_count(), &acks);
@@ -1151,6 +1187,7 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
         }
         Ack::Notification => m.notifications.inc(),
         Ack::Resend => m.task_resends.inc(),
+        Ack::Incident { .. } => {}
         Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
         Ack::DeadLetter | Ack::Undeliverable => {}
     }

@@ -240,6 +240,18 @@ impl Default for Mix {
     }
 }
 
+/// Where a city run from the command line starts by default: far enough back that its
+/// simulated clock, running `speed` times faster, does not pass the wall clock during a run of
+/// `duration` (a day back for a run without end). The processor takes no record's time past its
+/// own clock, so a city ahead of it would be judged by arrival times, not its own.
+pub fn default_start(speed: f64, duration: Option<Duration>) -> Millis {
+    let lead = match duration {
+        Some(d) => ((speed - 1.0).max(0.0) * d.as_secs_f64() * 1000.0) as Millis,
+        None => DAY,
+    };
+    wall_millis() - lead - MIN
+}
+
 impl SimConfig {
     fn start(&self) -> Millis {
         self.start.unwrap_or_else(wall_millis)
@@ -522,9 +534,13 @@ impl Home {
 }
 
 /// What the simulator has sent.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct SimReport {
     pub households: usize,
+    /// Simulated time at the start, ms.
+    pub start: Millis,
+    /// Every incident injected, as printed (for a run scored in process, as the demo does).
+    pub injected: Vec<crate::score::Injected>,
     pub events: u64,
     pub incidents: u64,
     pub weather_alerts: u64,
@@ -775,6 +791,7 @@ impl<'a> Simulator<'a> {
                 }
             }
             self.report.simulated = now - start;
+            self.report.start = start;
         }
         // Flush what the gateways still hold, as they would on reconnecting.
         let end = start + self.report.simulated;
@@ -1068,8 +1085,16 @@ impl<'a> Simulator<'a> {
         self.injected(h, kind, at, deadline, observable);
     }
 
-    fn injected(&self, h: &Home, kind: IncidentKind, at: Millis, deadline: Millis, seen: bool) {
+    fn injected(&mut self, h: &Home, kind: IncidentKind, at: Millis, deadline: Millis, seen: bool) {
         let rule = kind.expectation(&h.profile).0;
+        self.report.injected.push(crate::score::Injected {
+            household_id: h.profile.household_id.clone(),
+            kind: kind.name().to_string(),
+            rule: rule.to_string(),
+            at,
+            deadline,
+            observable: seen,
+        });
         println!(
             "{}",
             serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": deadline, "observable": seen}})

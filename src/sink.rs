@@ -50,6 +50,11 @@ pub enum Ack {
     Notification,
     /// A task sent again (its alarm repeated while open): not a new task.
     Resend,
+    /// The desk's view of an incident on `care.incidents`; `open: false` is its tombstone (no
+    /// value), which the topic's compaction keeps until `delete.retention.ms` and then drops.
+    Incident {
+        open: bool,
+    },
     TaskEvent(TaskEventKind),
     DeadLetter,
     /// The stand-in dead letter of an output that could not be delivered.
@@ -63,6 +68,7 @@ impl Ack {
             Ack::Task { .. } => "task",
             Ack::Notification => "notification",
             Ack::Resend => "task_resend",
+            Ack::Incident { .. } => "incident",
             Ack::TaskEvent(_) => "task_event",
             Ack::DeadLetter => "dead_letter",
             Ack::Undeliverable => "undeliverable",
@@ -283,7 +289,11 @@ impl Sink {
                     continue;
                 }
                 loop {
-                    let mut rec = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
+                    let mut rec: FutureRecord<'_, Vec<u8>, Vec<u8>> =
+                        FutureRecord::to(&r.topic).key(&r.key);
+                    if !matches!(r.ack, Ack::Incident { open: false }) {
+                        rec = rec.payload(&r.payload);
+                    }
                     if let Some(h) = &r.headers {
                         rec = rec.headers(h.clone());
                     }

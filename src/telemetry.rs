@@ -18,6 +18,19 @@ use crate::model::{InputKind, Severity, TaskEventKind};
 pub const NAMESPACE: &str = "carestream";
 
 impl Metrics {
+    /// Replaces the open incidents `GET /incidents` shows.
+    pub fn set_incidents(&self, views: Vec<crate::model::Incident>) {
+        *self.incidents.lock().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(views);
+    }
+
+    /// The open incidents last set.
+    pub fn incidents(&self) -> std::sync::Arc<Vec<crate::model::Incident>> {
+        self.incidents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Outputs have waited for the broker longer than `pipeline.stuck_after_ms`.
     pub fn outputs_stuck(&self) -> bool {
         let limit = self
@@ -29,6 +42,9 @@ impl Metrics {
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The open incidents of the partitions this instance owns, refreshed once a second, for
+    /// `GET /incidents`.
+    pub incidents: Mutex<std::sync::Arc<Vec<crate::model::Incident>>>,
     /// Pre-resolved per stream: the hot path indexes an array, it never looks up labels.
     input_records: Vec<IntCounter>,
     pub dead_letters: IntCounterVec,
@@ -247,6 +263,7 @@ impl Metrics {
         }
 
         Metrics {
+            incidents: Mutex::new(Default::default()),
             input_records,
             dead_letters,
             decode_errors,

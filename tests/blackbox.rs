@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -733,6 +733,92 @@ async fn alarms_and_bad_records_end_to_end() {
         1.0
     );
     assert_eq!(m("carestream_ready"), 1.0);
+
+    // The desk's view: the three incidents still open, bb-1's with what the desk did to it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let open = loop {
+        let (status, body) = proc.get("/incidents?severity=CRITICAL");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let bb1 = v["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["incident_id"] == incidents["bb-press-1"].as_str())
+            .cloned();
+        if bb1
+            .as_ref()
+            .is_some_and(|i| i["assigned_to"] == "team-east")
+            || std::time::Instant::now() > deadline
+        {
+            break (v, bb1);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut ids: Vec<&str> = open.0["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["incident_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want_open = vec![
+        incidents["fx-btn-1"].as_str(),
+        incidents["bb-press-1"].as_str(),
+        incidents["bb-gas-1"].as_str(),
+    ];
+    want_open.sort();
+    assert_eq!(ids, want_open);
+    let bb1 = open.1.expect("bb-1's incident is open");
+    assert_eq!(
+        (
+            &bb1["repeats"],
+            &bb1["assigned_to"],
+            bb1["acknowledged_at"].is_i64()
+        ),
+        (&serde_json::json!(1), &serde_json::json!("team-east"), true)
+    );
+    let (_, body) = proc.get("/incidents?district=420106");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["matching"], 1, "fx-1's button alone is in 420106: {body}");
+    assert_eq!(proc.get("/incidents?severity=SOON").0, 400);
+    // The same view on the compacted care.incidents: the last record of each incident, a
+    // tombstone for the one resolved.
+    let got = collect(
+        &config,
+        &[&t.incidents],
+        &HashMap::from([(t.incidents.as_str(), 4)]),
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut last: BTreeMap<String, Option<Incident>> = BTreeMap::new();
+    for m in &got[&t.incidents] {
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        let view = m.payload().map(|p| codec.decode_incident(p).unwrap());
+        if let Some(v) = &view {
+            assert_eq!(v.incident_id, key, "keyed by incident");
+        }
+        last.insert(key, view);
+    }
+    let want_keys: BTreeSet<&str> = ["fx-btn-1", "fx-smoke-1", "bb-press-1", "bb-gas-1"]
+        .iter()
+        .map(|e| incidents[e].as_str())
+        .collect();
+    assert_eq!(
+        last.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        want_keys
+    );
+    assert_eq!(last[&incidents["fx-smoke-1"]], None, "closed: a tombstone");
+    let bb1 = last[&incidents["bb-press-1"]].clone().expect("open");
+    assert_eq!(
+        (
+            bb1.repeats,
+            bb1.assigned_to.as_deref(),
+            bb1.acknowledged_at.is_some()
+        ),
+        (1, Some("team-east"), true)
+    );
+    assert!(last[&incidents["bb-gas-1"]].is_some() && last[&incidents["fx-btn-1"]].is_some());
     // The scrape follows Prometheus conventions (promtool's linter finds nothing).
     let mut lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -1205,14 +1291,39 @@ async fn the_dispatch_desk_loop_and_a_weather_warning() {
     for m in [10, 15, 20, 25] {
         beats(base + m * min).await;
     }
-    send(
-        &producer,
-        &t.task_updates,
+    // Resolved from the command line, with an outcome code.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_carestream"))
+            .args(args)
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("the carestream binary runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), text, err)
+    };
+    let resolved_at = (base + 26 * min).to_string();
+    let resolve = [
+        "resolve",
+        call.as_str(),
+        "--household",
         "hh-d-1",
-        Some(&update(TaskUpdateStatus::RESOLVED, base + 26 * min)),
-        base + 26 * min,
-    )
-    .await;
+        "--by",
+        "desk-9",
+        "--outcome",
+        "CALLED_OK",
+        "--at-ms",
+        &resolved_at,
+    ];
+    // A mistyped outcome is refused before anything is sent.
+    let mut typo = resolve;
+    typo[7] = "CALLED";
+    let (ok, _, err) = cli(&typo);
+    assert!(!ok && err.contains("CALLED_OK"), "{err}");
+    let (ok, text, err) = cli(&resolve);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("RESOLVED hh-d-1"), "{text}");
 
     // A YELLOW heat warning for 420106: one welfare call for each of its two households.
     let warning = Input::Weather(WeatherAlert {
@@ -1304,6 +1415,12 @@ async fn the_dispatch_desk_loop_and_a_weather_warning() {
         .filter_map(
             |m| match codec.decode_output(m.payload().unwrap()).unwrap() {
                 Output::TaskEvent(e) if e.incident_id.as_deref() == Some(incident.as_str()) => {
+                    let closing = matches!(e.kind, TaskEventKind::RESOLVED);
+                    assert_eq!(
+                        e.outcome,
+                        closing.then_some(TaskOutcome::CALLED_OK),
+                        "{e:?}"
+                    );
                     Some((e.kind, e.tier.unwrap(), e.by, e.at))
                 }
                 _ => None,
@@ -1341,6 +1458,24 @@ async fn the_dispatch_desk_loop_and_a_weather_warning() {
         2.0,
     )
     .await;
+    // What `carestream tail` shows the desk: every task, with the id and household to act on.
+    let (ok, text, err) = cli(&["tail", "--from-beginning", "--idle-secs", "3"]);
+    assert!(ok, "{err}");
+    for m in got[&t.dispatch_critical]
+        .iter()
+        .chain(&got[&t.dispatch_routine])
+    {
+        let Ok(Output::Task(x)) = codec.decode_output(m.payload().unwrap()) else {
+            panic!()
+        };
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&x.task_id) && l.contains(&x.household_id)),
+            "{} not in:\n{text}",
+            x.task_id
+        );
+    }
+    assert_eq!(text.lines().count(), 5, "{text}");
     let status = proc
         .terminate(Duration::from_secs(20))
         .expect("exits on SIGTERM");

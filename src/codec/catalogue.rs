@@ -11,6 +11,9 @@ use serde::Deserialize;
 /// The records the processor writes; their ids are what the encoder puts on the wire.
 pub const OUTPUT_RECORDS: [&str; 3] = ["EscalationTask", "ContactNotification", "TaskEvent"];
 
+/// The record of `care.incidents`, written apart from the engine's outputs.
+pub const INCIDENT_RECORD: &str = "Incident";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
     #[error("{path}: {message}")]
@@ -164,6 +167,7 @@ impl Catalogue {
             .map(|k| k.record_name())
             .collect();
         wanted.extend(OUTPUT_RECORDS);
+        wanted.push(INCIDENT_RECORD);
         for record in wanted {
             if !readers.contains_key(record) {
                 problems.push(format!(

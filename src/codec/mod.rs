@@ -518,6 +518,68 @@ impl Codec {
         }
     }
 
+    /// Encodes the desk's view of an open incident for `care.incidents` (not on the hot path:
+    /// once per change of an incident).
+    pub fn encode_incident(&self, i: &Incident) -> Result<Vec<u8>, EncodeError> {
+        let value = record(vec![
+            ("incident_id", e_str(&i.incident_id)),
+            ("household_id", e_str(&i.household_id)),
+            ("rule_id", e_str(&i.rule_id)),
+            ("severity", e_sym(i.severity.index(), i.severity.as_str())),
+            ("tier", Value::Int(i.tier)),
+            ("district", e_str(&i.district)),
+            ("street", e_str(&i.street)),
+            ("community", e_str(&i.community)),
+            ("incident_time", e_ts(i.incident_time)),
+            ("opened_at", e_ts(i.opened_at)),
+            ("acknowledged_at", e_opt(i.acknowledged_at, e_ts)),
+            ("snoozed_until", e_opt(i.snoozed_until, e_ts)),
+            ("assigned_to", e_opt(i.assigned_to.as_deref(), e_str)),
+            ("repeats", Value::Int(i.repeats)),
+            ("clearing_since", e_opt(i.clearing_since, e_ts)),
+            (
+                "task_ids",
+                Value::Array(i.task_ids.iter().map(|t| e_str(t)).collect()),
+            ),
+            ("reason", e_str(&i.reason)),
+        ]);
+        self.frame(catalogue::INCIDENT_RECORD, value)
+    }
+
+    /// Decodes a record of `care.incidents` (the desk's side, tests).
+    pub fn decode_incident(&self, payload: &[u8]) -> Result<Incident, DecodeError> {
+        let mut r = Rec::from_value(
+            self.decode_value(catalogue::INCIDENT_RECORD, payload)?,
+            "incident",
+        )?;
+        Ok(Incident {
+            incident_id: r.string("incident_id")?,
+            household_id: r.string("household_id")?,
+            rule_id: r.string("rule_id")?,
+            severity: r.symbol("severity", Severity::from_symbol)?,
+            tier: r.int("tier")?,
+            district: r.string("district")?,
+            street: r.string("street")?,
+            community: r.string("community")?,
+            incident_time: r.millis("incident_time")?,
+            opened_at: r.millis("opened_at")?,
+            acknowledged_at: r.opt_millis("acknowledged_at")?,
+            snoozed_until: r.opt_millis("snoozed_until")?,
+            assigned_to: r.opt_string("assigned_to")?,
+            repeats: r.int("repeats")?,
+            clearing_since: r.opt_millis("clearing_since")?,
+            task_ids: r
+                .array("task_ids")?
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(DecodeError::Shape("task_ids: expected strings".into())),
+                })
+                .collect::<Result<_, _>>()?,
+            reason: r.string("reason")?,
+        })
+    }
+
     /// Decodes a record from one of the output topics (the dispatch desk's side, tests,
     /// the embedded demo's printer). The writer id says which record it is.
     pub fn decode_output(&self, payload: &[u8]) -> Result<Output, DecodeError> {

@@ -321,6 +321,23 @@ impl Engine {
         (by, overdue)
     }
 
+    /// Every open incident, as the desk's view shows it: most severe, then oldest, first.
+    pub fn incident_views(&self) -> Vec<Incident> {
+        let mut all = Vec::with_capacity(self.open_count);
+        for h in self.slots.iter() {
+            all.extend(h.open.iter().map(|inc| view(h, inc)));
+        }
+        all.sort_by_key(|i| (i.severity, i.opened_at));
+        all
+    }
+
+    /// Incident `incident_id` of `household_id` as it stands, if it is open.
+    pub fn incident_view(&self, household_id: &str, incident_id: &str) -> Option<Incident> {
+        let h = self.slot(self.lookup(household_id)?);
+        let inc = h.open.iter().find(|i| i.incident_id == incident_id)?;
+        Some(view(h, inc))
+    }
+
     /// The end of the maintenance window holding `rule` for this household at `t`, if any.
     fn suppressed_until(&self, slot: u32, rule: &household::RuleRef, t: Millis) -> Option<Millis> {
         let household::RuleRef::Windowed(kind) = rule else {
@@ -935,6 +952,34 @@ impl Engine {
         }
         self.schedule_ladder(slot);
         Ok(())
+    }
+}
+
+/// The desk's view of an open incident of `h`.
+fn view(h: &Household, inc: &household::OpenIncident) -> Incident {
+    let (district, street, community) = h
+        .profile
+        .as_ref()
+        .map(|p| (p.district.as_str(), p.street.as_str(), p.community.as_str()))
+        .unwrap_or_default();
+    Incident {
+        incident_id: inc.incident_id.clone(),
+        household_id: h.id.to_string(),
+        rule_id: inc.rule_id.clone(),
+        severity: inc.severity,
+        tier: inc.tier,
+        district: district.to_string(),
+        street: street.to_string(),
+        community: community.to_string(),
+        incident_time: inc.incident_time,
+        opened_at: inc.opened_at,
+        acknowledged_at: inc.acked.then_some(inc.acked_at).flatten(),
+        snoozed_until: inc.snoozed_until,
+        assigned_to: inc.assigned_to.clone(),
+        repeats: inc.repeats.min(i32::MAX as u32) as i32,
+        clearing_since: inc.clearing_since,
+        task_ids: inc.task_ids.clone(),
+        reason: inc.reason.clone(),
     }
 }
 

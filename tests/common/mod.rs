@@ -366,6 +366,7 @@ pub fn test_config(bootstrap: &str, tag: &str) -> (Config, Vec<(String, String)>
         "dispatch_routine",
         "contact_notifications",
         "task_events",
+        "incidents",
         "dead_letter",
         "state",
     ] {
