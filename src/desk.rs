@@ -19,7 +19,7 @@ use crate::model::{EscalationTask, Input, Millis, Output, TaskUpdate};
 pub async fn send_update(config: &Config, update: TaskUpdate) -> anyhow::Result<()> {
     let input = Input::TaskUpdate(update);
     crate::validate::input(&input).context("the update would be refused")?;
-    let codec = crate::pipeline::load(config)?.codec;
+    let codec = crate::pipeline::load_registered(config).await?.codec;
     let payload = codec
         .encode_input(&input)?
         .expect("a task update is never a tombstone");
@@ -57,7 +57,7 @@ pub async fn tail(
     idle: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let codec = crate::pipeline::load(config)?.codec;
+    let codec = crate::pipeline::load_registered(config).await?.codec;
     let group = format!(
         "carestream-tail-{}-{}",
         std::process::id(),

@@ -278,7 +278,7 @@ async fn read_tasks(
 ) -> anyhow::Result<Vec<carestream::model::EscalationTask>> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message;
-    let codec = pipeline::load(config)?.codec;
+    let codec = pipeline::load_registered(config).await?.codec;
     let consumer: StreamConsumer = carestream::source::base_client_config(config)
         .set(
             "group.id",
@@ -405,11 +405,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => {
-            let mut loaded = pipeline::load(&config)?;
-            if let Some(url) = &config.schemas.registry_url {
-                let client = carestream::codec::RegistryClient::new(url);
-                pipeline::register_schemas(&mut loaded.codec, &config, &client).await?;
-            }
+            let loaded = pipeline::load_registered(&config).await?;
             let metrics = Arc::new(Metrics::new(&loaded.rules.rule_ids()));
             let (shutdown, hard_stop) = signals(grace);
             let (addr, _http) =
@@ -438,7 +434,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             .await
         }
         Command::Simulate { sim } => {
-            let loaded = pipeline::load(&config)?;
+            let loaded = pipeline::load_registered(&config).await?;
             let producer: rdkafka::producer::FutureProducer =
                 carestream::source::producer_config(&config)
                     .set("linger.ms", "5")

@@ -38,6 +38,17 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
     })
 }
 
+/// `load`, then, with a Schema Registry configured, the current schemas registered and the
+/// registry's ids adopted: what any command writes or reads then agrees with the processor.
+pub async fn load_registered(config: &Config) -> anyhow::Result<Loaded> {
+    let mut loaded = load(config)?;
+    if let Some(url) = &config.schemas.registry_url {
+        let client = RegistryClient::new(url);
+        register_schemas(&mut loaded.codec, config, &client).await?;
+    }
+    Ok(loaded)
+}
+
 /// Registers the current schemas with the Schema Registry and adopts its ids.
 pub async fn register_schemas(
     codec: &mut Codec,

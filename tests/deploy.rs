@@ -61,20 +61,30 @@ fn compose_file_is_valid_and_its_mounts_exist() {
         }
     }
     assert_eq!(
-        mounts, 4,
-        "prometheus config, alerts, grafana provisioning and dashboards: {resolved}"
+        mounts, 5,
+        "prometheus config, alerts, alertmanager config, grafana provisioning and dashboards: {resolved}"
     );
     for service in [
         "kafka:",
+        "registry:",
         "topics:",
         "processor:",
         "simulator:",
         "prometheus:",
+        "alertmanager:",
         "grafana:",
     ] {
         assert!(resolved.contains(service), "no {service} service");
     }
     assert!(resolved.contains("replicas: 2"), "two processor replicas");
+    // The processor and the simulator share the registry's ids.
+    assert_eq!(
+        resolved
+            .matches("CARESTREAM_SCHEMAS__REGISTRY_URL: http://registry:8081")
+            .count(),
+        2,
+        "{resolved}"
+    );
     assert!(
         resolved.contains("KAFKA_PROCESS_ROLES: broker,controller"),
         "Kafka in KRaft mode"
@@ -88,12 +98,17 @@ fn compose_file_is_valid_and_its_mounts_exist() {
 }
 
 #[test]
-fn prometheus_config_and_alerting_rules_pass_promtool() {
+fn prometheus_config_alerting_rules_and_alertmanager_pass_their_checkers() {
     let deploy = format!("{ROOT}/deploy");
     run("promtool", &["check", "config", "prometheus.yml"], &deploy);
     let rules = run("promtool", &["check", "rules", "alerts.yml"], &deploy);
-    assert!(rules.contains("SUCCESS: 11 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 12 rules found"), "{rules}");
     run("promtool", &["test", "rules", "alerts_test.yml"], &deploy);
+    // Prometheus sends its alerts to the Alertmanager of the compose file, whose routes parse.
+    let prometheus = std::fs::read_to_string(format!("{deploy}/prometheus.yml")).unwrap();
+    assert!(prometheus.contains("alertmanager:9093"), "{prometheus}");
+    let am = run("amtool", &["check-config", "alertmanager.yml"], &deploy);
+    assert!(am.contains("SUCCESS") && am.contains("2 receivers"), "{am}");
 }
 
 fn metric_names(text: &str) -> BTreeSet<String> {
