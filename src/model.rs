@@ -232,6 +232,8 @@ pub struct HouseholdProfile {
     pub quiet_hours: Option<QuietHours>,
     pub away_until: Option<Millis>,
     pub timezone: String,
+    /// The last home visit the platform knows of (v2).
+    pub last_visit_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -337,6 +337,7 @@ pub fn household(i: usize, seed: u64) -> HouseholdProfile {
         }),
         away_until: None,
         timezone: "Asia/Shanghai".into(),
+        last_visit_at: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn profiles() -> Vec<Input> {
                 quiet_hours: None,
                 away_until: None,
                 timezone: "Asia/Shanghai".into(),
+                last_visit_at: None,
             }),
         })
         .collect()

@@ -39,6 +39,7 @@ fn profile(i: usize) -> Input {
             quiet_hours: None,
             away_until: None,
             timezone: "Asia/Shanghai".into(),
+            last_visit_at: None,
         }),
     }
 }

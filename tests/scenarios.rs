@@ -158,6 +158,7 @@ fn profile(h: &HouseholdSpec) -> Input {
             quiet_hours: quiet,
             away_until: h.away_until.as_deref().map(time),
             timezone: "Asia/Shanghai".into(),
+            last_visit_at: None,
         }),
     }
 }

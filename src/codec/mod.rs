@@ -335,6 +335,7 @@ impl Codec {
                     quiet_hours: quiet_hours(r.value("quiet_hours")?)?,
                     away_until: r.opt_millis("away_until")?,
                     timezone: r.string("timezone")?,
+                    last_visit_at: r.opt_millis("last_visit_at")?,
                 };
                 Input::Household {
                     household_id: profile.household_id.clone(),
@@ -730,6 +731,7 @@ fn profile_value(p: &HouseholdProfile) -> Value {
         ),
         ("away_until", e_opt(p.away_until, e_ts)),
         ("timezone", e_str(&p.timezone)),
+        ("last_visit_at", e_opt(p.last_visit_at, e_ts)),
     ])
 }
 

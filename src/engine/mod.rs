@@ -639,7 +639,16 @@ impl Engine {
                 };
                 let mut p = p.clone();
                 self.stats.profile_fields_repaired += repair_profile(&mut p);
+                // The registry's last visit counts as a visit then; one stamped after the
+                // registry record came is not made yet, and is left out.
+                if p.last_visit_at.is_some_and(|v| v > at) {
+                    p.last_visit_at = None;
+                    self.stats.profile_fields_repaired += 1;
+                }
                 let h = self.slot_mut(slot);
+                if let Some(v) = p.last_visit_at {
+                    h.last_visit = h.last_visit.max(v);
+                }
                 h.set_profile(Some(Arc::new(p)));
                 h.offset = offset;
                 h.district = district;

@@ -35,6 +35,7 @@ fn profile(id: &str, contacts: usize) -> Input {
             }),
             away_until: None,
             timezone: "Asia/Shanghai".into(),
+            last_visit_at: None,
         }),
     }
 }
@@ -2357,4 +2358,58 @@ fn the_desk_reassigns_snoozes_escalates_and_closes_with_an_outcome_and_bad_updat
     let (r, out) = apply(&mut e, desk(&task_id, ACKNOWLEDGED, T0 + 42 * 60_000));
     r.unwrap();
     assert_eq!(events(&out).len(), 1);
+}
+
+#[test]
+fn the_registry_s_last_visit_places_the_next_one_and_an_old_one_spreads_the_backlog() {
+    use crate::engine::localtime::DAY;
+    let mut e = engine();
+    let mut out = Vec::new();
+    // Monthly homes: visited 20 days before the start, 40 days before (overdue), and one
+    // whose registry says "tomorrow" (not made yet: left out, as if none were known).
+    let homes = [
+        ("hh-20", Some(T0 - 20 * DAY)),
+        ("hh-40", Some(T0 - 40 * DAY)),
+        ("hh-future", Some(T0 + DAY)),
+    ];
+    for (hh, last) in homes {
+        let mut p = profile_of(hh);
+        p.last_visit_at = last;
+        let input = Input::Household {
+            household_id: hh.into(),
+            profile: Some(p),
+        };
+        e.process(&input, on(0, T0), &mut out).unwrap();
+        e.process(&heartbeat(hh, T0), on(0, T0), &mut out).unwrap();
+    }
+    assert_eq!(
+        e.stats().profile_fields_repaired,
+        1,
+        "the visit not made yet"
+    );
+    let mut due = std::collections::BTreeMap::new();
+    for hour in 1..=40 * 24 {
+        e.tick(0, T0 + hour * HOUR, &mut out);
+        for (hh, rule, at) in opened(&out) {
+            if rule == "visit_overdue" {
+                due.entry(hh).or_insert(at);
+            }
+        }
+        out.clear();
+    }
+    assert_eq!(
+        due["hh-20"],
+        T0 + 10 * DAY,
+        "30 days after the registry's visit"
+    );
+    assert!(
+        due["hh-40"] < T0 + 30 * DAY / 4,
+        "overdue at the start: due within the first quarter of a cadence, {} days in",
+        (due["hh-40"] - T0) / DAY
+    );
+    assert!(
+        due["hh-future"] < T0 + 30 * DAY,
+        "{}",
+        due["hh-future"] - T0
+    );
 }

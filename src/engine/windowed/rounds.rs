@@ -66,12 +66,18 @@ impl Engine {
 
     pub(super) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
         let every = self.ms(RuleKind::VisitCadence, p::EVERY, h).max(1);
+        // Placed by a stable hash of the id within `span`, so a city started in one day is not
+        // all due on one day.
+        let spread = |span: Millis| (hash64(&h.id) % span.max(1) as u64) as Millis;
         let due = if h.last_visit == NEVER {
-            // No visit known: the first falls due somewhere in the first cadence, placed by a
-            // stable hash of the id, so a city started in one day is not all due on one day.
-            h.first_seen + (hash64(&h.id) % every as u64) as Millis
+            // No visit known: the first falls due somewhere in the first cadence.
+            h.first_seen + spread(every)
+        } else if h.last_visit + every < h.first_seen {
+            // Overdue already when first seen (the registry's last visit is old): the backlog
+            // falls due over the first quarter of a cadence, not all at the start.
+            h.first_seen + spread(every / 4)
         } else {
-            h.last_visit.max(h.first_seen) + every
+            h.last_visit + every
         };
         Some(due.max(h.away_until().unwrap_or(NEVER)))
     }
