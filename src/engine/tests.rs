@@ -2413,3 +2413,58 @@ fn the_registry_s_last_visit_places_the_next_one_and_an_old_one_spreads_the_back
         due["hh-future"] - T0
     );
 }
+
+#[test]
+fn a_festival_brings_visits_forward_spread_over_its_window() {
+    use crate::engine::localtime::DAY;
+    let mut e = engine();
+    // A week-long festival 20 days after the start, visits every 10 days within it.
+    let cst = 8 * HOUR;
+    let from = crate::engine::localtime::local_midnight(T0, cst) + 20 * DAY + cst;
+    let mut rules = (**e.rules()).clone();
+    rules.holidays = vec![crate::rules::Holiday {
+        name: "festival".into(),
+        from,
+        to: from + 7 * DAY,
+        every: 10 * DAY,
+    }];
+    e.set_rules(Arc::new(rules));
+    let mut out = Vec::new();
+    // 200 monthly homes visited 5 days before the start: due on day 25 without the festival.
+    const HOMES: usize = 200;
+    for i in 0..HOMES {
+        let hh = format!("hh-{i}");
+        let mut p = profile_of(&hh);
+        p.last_visit_at = Some(T0 - 5 * DAY);
+        let input = Input::Household {
+            household_id: hh.clone(),
+            profile: Some(p),
+        };
+        e.process(&input, on(0, T0), &mut out).unwrap();
+        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+    }
+    let mut due = Vec::new();
+    for hour in 1..=30 * 24 {
+        e.tick(0, T0 + hour * HOUR, &mut out);
+        for (_, rule, at) in opened(&out) {
+            if rule == "visit_overdue" {
+                due.push(at);
+            }
+        }
+        out.clear();
+    }
+    let window = (from - cst)..(from - cst + 7 * DAY);
+    assert_eq!(due.len(), HOMES);
+    assert!(
+        due.iter().all(|d| window.contains(d)),
+        "every visit falls within the festival, not on day 25"
+    );
+    let mut per_day = [0usize; 7];
+    for d in &due {
+        per_day[((d - window.start) / DAY) as usize] += 1;
+    }
+    assert!(
+        per_day.iter().all(|n| *n < HOMES / 7 * 2),
+        "spread over the window: {per_day:?}"
+    );
+}

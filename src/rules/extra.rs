@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{windowed::RuleKind, Source};
+use super::{parse_duration, windowed::RuleKind, Source};
 use crate::model::{Cohort, HouseholdProfile, Millis, Severity, WeatherLevel};
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +204,71 @@ impl Suppression {
                 end,
                 rules,
                 reason: w.reason.clone(),
+            });
+        }
+        out
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HolidayFile {
+    holiday: Vec<RawHoliday>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHoliday {
+    name: String,
+    from: Spanned<String>,
+    to: Spanned<String>,
+    every: Spanned<String>,
+}
+
+/// A festival around which home visits come more often: within `[from, to)` (local dates,
+/// the household's time zone) a home is due a visit once its last is older than `every`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holiday {
+    pub name: String,
+    /// The first day's midnight, UTC: a household's local midnight is this less its offset.
+    pub from: Millis,
+    /// The midnight after the last day, UTC.
+    pub to: Millis,
+    pub every: Millis,
+}
+
+impl Holiday {
+    pub(super) fn load_all(
+        f: &HolidayFile,
+        src: &Source,
+        problems: &mut Vec<String>,
+    ) -> Vec<Holiday> {
+        let mut out = Vec::new();
+        for h in &f.holiday {
+            let day = |s: &Spanned<String>, problems: &mut Vec<String>| {
+                let d = parse_rfc3339(&format!("{}T00:00:00Z", s.get_ref()));
+                if d.is_none() {
+                    problems.push(src.at(s.span(), "expected a date like \"2027-02-06\""));
+                }
+                d
+            };
+            let (from, last) = (day(&h.from, problems), day(&h.to, problems));
+            let (from, last) = (from.unwrap_or(0), last.unwrap_or(from.unwrap_or(0)));
+            if last < from {
+                problems.push(src.at(h.to.span(), "to must not be before from"));
+            }
+            let every = parse_duration(h.every.get_ref()).unwrap_or_else(|| {
+                problems.push(src.at(h.every.span(), "expected a duration like \"14d\""));
+                0
+            });
+            if every <= 0 {
+                problems.push(src.at(h.every.span(), "every must be positive"));
+            }
+            out.push(Holiday {
+                name: h.name.clone(),
+                from,
+                to: last + 86_400_000,
+                every,
             });
         }
         out

@@ -12,17 +12,18 @@ use toml::Spanned;
 
 use crate::model::{Action, DeviceKind, HouseholdProfile, Millis, QuietHours, Severity};
 
-pub use extra::{parse_rfc3339, Suppression, WeatherRules};
+pub use extra::{parse_rfc3339, Holiday, Suppression, WeatherRules};
 pub use windowed::{p, RuleKind, WindowedRule};
 
 /// The files `rules/` holds besides one per windowed rule; anything else there is a mistake
 /// worth stopping for.
-pub const FILES: [&str; 5] = [
+pub const FILES: [&str; 6] = [
     "engine.toml",
     "alarms.toml",
     "escalation.toml",
     "weather.toml",
     "suppressions.toml",
+    "holidays.toml",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,8 @@ pub struct RuleSet {
     pub clear_for: Millis,
     pub weather: WeatherRules,
     pub suppressions: Vec<Suppression>,
+    /// Festivals that tighten the visit cadence (`holidays.toml`).
+    pub holidays: Vec<Holiday>,
     /// Index into `alarms` by `DeviceKind::index()`.
     alarm_by_kind: [Option<usize>; 12],
 }
@@ -252,6 +255,7 @@ impl RuleSet {
             clear_for: 0,
             weather: WeatherRules::default(),
             suppressions: Vec::new(),
+            holidays: Vec::new(),
             alarm_by_kind: [None; 12],
         };
         if let Some((e, src)) = &engine {
@@ -393,6 +397,9 @@ impl RuleSet {
             parse::<extra::SuppressionFile>(dir, "suppressions.toml", &mut problems)
         {
             set.suppressions = Suppression::load_all(&f, &src, &mut problems);
+        }
+        if let Some((f, src)) = parse::<extra::HolidayFile>(dir, "holidays.toml", &mut problems) {
+            set.holidays = Holiday::load_all(&f, &src, &mut problems);
         }
         for kind in RuleKind::ALL {
             let path = dir.join(kind.file());
@@ -536,6 +543,12 @@ mod tests {
         );
         assert!(set.alarm_for(DeviceKind::MOTION_PIR).is_none());
         assert_eq!(set.max_clock_skew, 10 * 60_000);
+        assert_eq!(set.holidays.len(), 2);
+        assert_eq!(
+            set.holidays[0].to - set.holidays[0].from,
+            15 * 86_400_000,
+            "the Spring Festival's window, both days included"
+        );
     }
 
     #[test]
@@ -576,9 +589,19 @@ mod tests {
             "cohorts = [\"VERY_OLD\"]",
         );
         write(&dir, "typo.toml", "");
+        edit(
+            &dir,
+            "holidays.toml",
+            "to = \"2027-02-13\"",
+            "to = \"13 Feb\"",
+        );
         let err = RuleSet::load(&dir).unwrap_err();
         let all = err.0.join("\n");
-        assert_eq!(err.0.len(), 8, "{all}");
+        assert_eq!(err.0.len(), 9, "{all}");
+        assert!(
+            all.contains("holidays.toml:11:6: expected a date like"),
+            "{all}"
+        );
         assert!(all.contains("engine.toml:5:18: max_clock_skew"), "{all}");
         assert!(all.contains("engine.toml:12:16: dedup_memory"), "{all}");
         assert!(

@@ -79,6 +79,30 @@ impl Engine {
         } else {
             h.last_visit + every
         };
+        // A festival tightens the cadence within its window: due once the last visit is older
+        // than its `every`, spread over the window.
+        let last = if h.last_visit == NEVER {
+            h.first_seen
+        } else {
+            h.last_visit
+        };
+        let festival = self
+            .rules
+            .holidays
+            .iter()
+            // (What of a window came before the home was first seen does not count.)
+            .map(|f| {
+                (
+                    (f.from - h.offset).max(h.first_seen),
+                    f.to - h.offset,
+                    f.every,
+                )
+            })
+            .map(|(from, to, e)| ((last + e).max(from + spread(to - from)), to))
+            .filter(|(d, to)| d < to)
+            .map(|(d, _)| d)
+            .min();
+        let due = festival.map_or(due, |f| f.min(due));
         Some(due.max(h.away_until().unwrap_or(NEVER)))
     }
 
