@@ -67,6 +67,8 @@ pub struct Topics {
     /// The desk's view: one record per open incident, keyed by incident id, tombstoned when
     /// it closes (compacted).
     pub incidents: String,
+    /// The daily visit plans per community.
+    pub visit_plans: String,
     pub dead_letter: String,
     /// The processor's own compacted topic of partition checkpoints (not in the contract:
     /// nobody else reads it).
@@ -206,6 +208,7 @@ impl Default for Topics {
             contact_notifications: "care.contact-notifications".into(),
             task_events: "care.task-events".into(),
             incidents: "care.incidents".into(),
+            visit_plans: "care.visit-plans".into(),
             dead_letter: "care.dead-letter".into(),
             state: "carestream.state".into(),
         }
@@ -301,6 +304,7 @@ impl Topics {
             (&self.contact_notifications, false),
             (&self.task_events, false),
             (&self.incidents, true),
+            (&self.visit_plans, false),
             (&self.dead_letter, false),
             (&self.state, true),
         ]

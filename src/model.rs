@@ -353,6 +353,36 @@ pub struct Incident {
     pub reason: String,
 }
 
+/// A home in a day's visit plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlannedVisit {
+    pub household_id: String,
+    /// When its visit falls due (before the plan's day: overdue).
+    pub due_at: Millis,
+    /// Its risk score (weather.toml's weights): the tie-break after how overdue it is.
+    pub risk: f64,
+}
+
+/// One community's visit plan for a day, as drawn by one input partition (`part` of `parts`;
+/// each plans its households with its share of the community's capacity).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VisitPlan {
+    pub plan_id: String,
+    pub district: String,
+    pub street: String,
+    pub community: String,
+    /// The planned day's local midnight.
+    pub day: Millis,
+    pub part: i32,
+    pub parts: i32,
+    pub capacity: i32,
+    /// The homes to visit, in order.
+    pub visits: Vec<PlannedVisit>,
+    /// Homes overdue by the end of the day that did not fit in the capacity.
+    pub beyond_capacity: Vec<PlannedVisit>,
+    pub drawn_at: Millis,
+}
+
 /// The six input streams of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InputKind {

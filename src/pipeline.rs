@@ -67,6 +67,7 @@ pub async fn register_schemas(
     ));
     wanted.push(("TaskEvent", config.topics.task_events.clone()));
     wanted.push(("Incident", config.topics.incidents.clone()));
+    wanted.push(("VisitPlan", config.topics.visit_plans.clone()));
     for (record, topic) in wanted {
         let text = codec
             .catalogue()
@@ -507,6 +508,21 @@ impl Processor {
             self.metrics.outputs_stuck_seconds.set(stuck);
             let (open, overdue) = self.engine.open_summary();
             self.metrics.set_incidents(self.engine.incident_views());
+            for plan in self.engine.draw_visit_plans() {
+                match self.codec.encode_visit_plan(&plan) {
+                    Ok(payload) => batch.records.push(OutRecord {
+                        topic: self.config.topics.visit_plans.clone(),
+                        key: plan.community.clone().into_bytes(),
+                        payload,
+                        headers: None,
+                        ack: Ack::VisitPlan {
+                            planned: plan.visits.len(),
+                            beyond: plan.beyond_capacity.len(),
+                        },
+                    }),
+                    Err(e) => tracing::error!(error = %e, "a visit plan could not be encoded"),
+                }
+            }
             let acks = self.engine.take_ack_latencies();
             self.metrics
                 .desk(&open, overdue, self.engine.household_count(), &acks);
@@ -1199,6 +1215,10 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
         Ack::Notification => m.notifications.inc(),
         Ack::Resend => m.task_resends.inc(),
         Ack::Incident { .. } => {}
+        Ack::VisitPlan { planned, beyond } => {
+            m.visits_planned.inc_by(*planned as u64);
+            m.visits_beyond_capacity.inc_by(*beyond as u64);
+        }
         Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
         Ack::DeadLetter | Ack::Undeliverable => {}
     }

@@ -55,6 +55,11 @@ pub enum Ack {
     Incident {
         open: bool,
     },
+    /// A community's visit plan for a day: homes planned, and overdue ones beyond capacity.
+    VisitPlan {
+        planned: usize,
+        beyond: usize,
+    },
     TaskEvent(TaskEventKind),
     DeadLetter,
     /// The stand-in dead letter of an output that could not be delivered.
@@ -69,6 +74,7 @@ impl Ack {
             Ack::Notification => "notification",
             Ack::Resend => "task_resend",
             Ack::Incident { .. } => "incident",
+            Ack::VisitPlan { .. } => "visit_plan",
             Ack::TaskEvent(_) => "task_event",
             Ack::DeadLetter => "dead_letter",
             Ack::Undeliverable => "undeliverable",

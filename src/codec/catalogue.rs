@@ -14,6 +14,9 @@ pub const OUTPUT_RECORDS: [&str; 3] = ["EscalationTask", "ContactNotification", 
 /// The record of `care.incidents`, written apart from the engine's outputs.
 pub const INCIDENT_RECORD: &str = "Incident";
 
+/// The record of `care.visit-plans`.
+pub const VISIT_PLAN_RECORD: &str = "VisitPlan";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
     #[error("{path}: {message}")]
@@ -168,6 +171,7 @@ impl Catalogue {
             .collect();
         wanted.extend(OUTPUT_RECORDS);
         wanted.push(INCIDENT_RECORD);
+        wanted.push(VISIT_PLAN_RECORD);
         for record in wanted {
             if !readers.contains_key(record) {
                 problems.push(format!(

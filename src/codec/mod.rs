@@ -547,6 +547,69 @@ impl Codec {
         self.frame(catalogue::INCIDENT_RECORD, value)
     }
 
+    /// Encodes a day's visit plan for `care.visit-plans` (once a day per community).
+    pub fn encode_visit_plan(&self, p: &VisitPlan) -> Result<Vec<u8>, EncodeError> {
+        let visits = |v: &[PlannedVisit]| {
+            Value::Array(
+                v.iter()
+                    .map(|v| {
+                        record(vec![
+                            ("household_id", e_str(&v.household_id)),
+                            ("due_at", e_ts(v.due_at)),
+                            ("risk", Value::Double(v.risk)),
+                        ])
+                    })
+                    .collect(),
+            )
+        };
+        let value = record(vec![
+            ("plan_id", e_str(&p.plan_id)),
+            ("district", e_str(&p.district)),
+            ("street", e_str(&p.street)),
+            ("community", e_str(&p.community)),
+            ("day", e_ts(p.day)),
+            ("part", Value::Int(p.part)),
+            ("parts", Value::Int(p.parts)),
+            ("capacity", Value::Int(p.capacity)),
+            ("visits", visits(&p.visits)),
+            ("beyond_capacity", visits(&p.beyond_capacity)),
+            ("drawn_at", e_ts(p.drawn_at)),
+        ]);
+        self.frame(catalogue::VISIT_PLAN_RECORD, value)
+    }
+
+    /// Decodes a record of `care.visit-plans` (the planners' side, tests).
+    pub fn decode_visit_plan(&self, payload: &[u8]) -> Result<VisitPlan, DecodeError> {
+        let v = self.decode_value(catalogue::VISIT_PLAN_RECORD, payload)?;
+        let mut r = Rec::from_value(v, "visit plan")?;
+        let visits = |items: Vec<Value>| -> Result<Vec<PlannedVisit>, DecodeError> {
+            items
+                .into_iter()
+                .map(|v| {
+                    let mut v = Rec::from_value(v, "planned visit")?;
+                    Ok(PlannedVisit {
+                        household_id: v.string("household_id")?,
+                        due_at: v.millis("due_at")?,
+                        risk: v.double("risk")?,
+                    })
+                })
+                .collect()
+        };
+        Ok(VisitPlan {
+            plan_id: r.string("plan_id")?,
+            district: r.string("district")?,
+            street: r.string("street")?,
+            community: r.string("community")?,
+            day: r.millis("day")?,
+            part: r.int("part")?,
+            parts: r.int("parts")?,
+            capacity: r.int("capacity")?,
+            visits: visits(r.array("visits")?)?,
+            beyond_capacity: visits(r.array("beyond_capacity")?)?,
+            drawn_at: r.millis("drawn_at")?,
+        })
+    }
+
     /// Decodes a record of `care.incidents` (the desk's side, tests).
     pub fn decode_incident(&self, payload: &[u8]) -> Result<Incident, DecodeError> {
         let mut r = Rec::from_value(

@@ -32,6 +32,16 @@ pub fn resolution_notification_id(task_id: &str) -> String {
     v5(&["notification", task_id, "resolved"])
 }
 
+/// One community's visit plan for a day (its local midnight), as drawn by one partition.
+pub fn visit_plan_id(community: &str, day: crate::model::Millis, partition: i32) -> String {
+    v5(&[
+        "visit_plan",
+        community,
+        &day.to_string(),
+        &partition.to_string(),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ pub mod ids;
 mod incidents;
 mod ladder;
 pub mod localtime;
+mod plan;
 mod prefetch;
 mod siphash;
 mod slots;
@@ -153,6 +154,8 @@ pub struct Engine {
     tasks: HashMap<String, TaskRef>,
     closed: incidents::Closed,
     partitions: fasthash::FastMap<i32, Clock>,
+    /// The day (local midnight) of each partition's last visit plan.
+    planned: HashMap<i32, Millis>,
     stats: EngineStats,
     alerts: Vec<weather::Alert>,
     alert_index: HashMap<String, usize>,
@@ -192,6 +195,7 @@ impl Engine {
             tasks: HashMap::new(),
             closed: incidents::Closed::default(),
             partitions: Default::default(),
+            planned: HashMap::new(),
             stats: EngineStats::default(),
             alerts: Vec::new(),
             alert_index: HashMap::new(),

@@ -148,6 +148,7 @@ impl Engine {
         }
         self.partitions.remove(&partition);
         self.fanned.remove(&partition);
+        self.planned.remove(&partition);
         let slots: Vec<u32> = self
             .slots
             .live()

@@ -2468,3 +2468,89 @@ fn a_festival_brings_visits_forward_spread_over_its_window() {
         "spread over the window: {per_day:?}"
     );
 }
+
+#[test]
+fn the_daily_visit_plan_takes_the_most_overdue_within_capacity_and_reports_the_rest() {
+    use crate::engine::localtime::{local_midnight, DAY};
+    let mut e = engine();
+    let capacity = e.rules().visit_plan.capacity as usize;
+    assert_eq!(capacity, 20, "the shipped rules");
+    let mut out = Vec::new();
+    // Community X: 50 homes whose monthly visit falls due tomorrow (a minute apart, the older
+    // first), 10 due in three weeks; community Y: 5 due tomorrow.
+    let mut homes = Vec::new();
+    for i in 0..65 {
+        let (community, last) = match i {
+            0..50 => ("X", T0 - 29 * DAY + i * 60_000),
+            50..60 => ("X", T0 - 9 * DAY),
+            _ => ("Y", T0 - 29 * DAY),
+        };
+        let hh = format!("hh-{i:02}");
+        let mut p = profile_of(&hh);
+        p.community = community.into();
+        p.last_visit_at = Some(last);
+        let input = Input::Household {
+            household_id: hh.clone(),
+            profile: Some(p),
+        };
+        e.process(&input, on(0, T0), &mut out).unwrap();
+        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+        homes.push(hh);
+    }
+    let mut plans = e.draw_visit_plans();
+    assert!(
+        plans.is_empty(),
+        "first sight: the day's plan was its owner's"
+    );
+    let day1 = local_midnight(T0, 8 * HOUR) + DAY;
+    let mut by_day: std::collections::BTreeMap<Millis, Vec<VisitPlan>> = Default::default();
+    let mut visited = false;
+    for hour in 1..=48 {
+        let t = T0 + hour * HOUR;
+        e.process(&heartbeat("hh-00", t), on(0, t), &mut out)
+            .unwrap();
+        e.tick(0, t, &mut out);
+        plans.extend(e.draw_visit_plans());
+        for p in plans.drain(..) {
+            by_day.entry(p.day).or_default().push(p);
+        }
+        // The day's planned visits are made by noon.
+        if t >= day1 + 12 * HOUR && !visited {
+            visited = true;
+            for p in &by_day[&day1] {
+                for v in &p.visits {
+                    let visit = Input::CheckIn(CheckIn {
+                        household_id: v.household_id.clone(),
+                        event_time: t,
+                        kind: CheckInKind::HOME_VISIT,
+                        visitor_id: Some("v-1".into()),
+                    });
+                    e.process(&visit, on(0, t), &mut out).unwrap();
+                }
+            }
+        }
+    }
+    assert_eq!(
+        by_day.keys().copied().collect::<Vec<_>>(),
+        [day1, day1 + DAY]
+    );
+    let first = &by_day[&day1];
+    let x = first.iter().find(|p| p.community == "X").unwrap();
+    let y = first.iter().find(|p| p.community == "Y").unwrap();
+    let ids = |v: &[PlannedVisit]| v.iter().map(|v| v.household_id.clone()).collect::<Vec<_>>();
+    // The 20 most overdue, in order; the other 30 due tomorrow reported beyond capacity; those
+    // due in three weeks not planned.
+    assert_eq!(ids(&x.visits), homes[..capacity].to_vec());
+    assert_eq!(ids(&x.beyond_capacity), homes[capacity..50].to_vec());
+    assert_eq!((x.capacity, x.parts, x.day), (20, 1, day1));
+    assert_eq!(ids(&y.visits), homes[60..].to_vec());
+    assert!(y.beyond_capacity.is_empty());
+    // The next day: the homes visited are not due; the next 20 are planned.
+    let x2 = by_day[&(day1 + DAY)]
+        .iter()
+        .find(|p| p.community == "X")
+        .unwrap();
+    assert_eq!(ids(&x2.visits), homes[capacity..2 * capacity].to_vec());
+    assert_eq!(x2.beyond_capacity.len(), 10);
+    assert_ne!(x.plan_id, x2.plan_id);
+}

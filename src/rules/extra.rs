@@ -275,6 +275,80 @@ impl Holiday {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VisitPlanFile {
+    enabled: bool,
+    plan_at: Spanned<String>,
+    timezone: Spanned<String>,
+    capacity: Spanned<i64>,
+    horizon: Spanned<String>,
+}
+
+/// The daily visit plan per community (`visit_plan.toml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisitPlanRules {
+    pub enabled: bool,
+    /// Local minute of the day the day's plan is drawn.
+    pub plan_at: i64,
+    /// The city's offset from UTC (the plan's day and hour are the city's).
+    pub offset: Millis,
+    /// Visits a community's workers make in a day, all partitions together.
+    pub capacity: i64,
+    /// Homes due up to this long after the planned day are planned too.
+    pub horizon: Millis,
+}
+
+impl Default for VisitPlanRules {
+    fn default() -> Self {
+        VisitPlanRules {
+            enabled: false,
+            plan_at: 6 * 60,
+            offset: 8 * 3_600_000,
+            capacity: 0,
+            horizon: 0,
+        }
+    }
+}
+
+impl VisitPlanRules {
+    pub(super) fn load(
+        f: &VisitPlanFile,
+        src: &Source,
+        problems: &mut Vec<String>,
+    ) -> VisitPlanRules {
+        let mut r = VisitPlanRules {
+            enabled: f.enabled,
+            ..VisitPlanRules::default()
+        };
+        match f.plan_at.get_ref().split_once(':').and_then(|(h, m)| {
+            let (h, m) = (h.parse::<i64>().ok()?, m.parse::<i64>().ok()?);
+            ((0..24).contains(&h) && (0..60).contains(&m)).then_some(h * 60 + m)
+        }) {
+            Some(m) => r.plan_at = m,
+            None => {
+                problems.push(src.at(f.plan_at.span(), "expected a time of day like \"06:00\""))
+            }
+        }
+        match crate::engine::localtime::offset(f.timezone.get_ref()) {
+            Some(o) => r.offset = o,
+            None => problems.push(src.at(f.timezone.span(), "unknown time zone")),
+        }
+        r.capacity = *f.capacity.get_ref();
+        if !(1..=10_000).contains(&r.capacity) {
+            problems.push(src.at(f.capacity.span(), "capacity must be 1..=10000"));
+        }
+        match parse_duration(f.horizon.get_ref()) {
+            Some(h) if h <= 30 * 86_400_000 => r.horizon = h,
+            _ => problems.push(src.at(
+                f.horizon.span(),
+                "expected a duration up to 30 days, like \"2d\"",
+            )),
+        }
+        r
+    }
+}
+
 /// "2026-11-25T08:00:00+08:00" (or "Z") → milliseconds since the epoch.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
     let s = s.trim();

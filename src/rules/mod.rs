@@ -12,18 +12,19 @@ use toml::Spanned;
 
 use crate::model::{Action, DeviceKind, HouseholdProfile, Millis, QuietHours, Severity};
 
-pub use extra::{parse_rfc3339, Holiday, Suppression, WeatherRules};
+pub use extra::{parse_rfc3339, Holiday, Suppression, VisitPlanRules, WeatherRules};
 pub use windowed::{p, RuleKind, WindowedRule};
 
 /// The files `rules/` holds besides one per windowed rule; anything else there is a mistake
 /// worth stopping for.
-pub const FILES: [&str; 6] = [
+pub const FILES: [&str; 7] = [
     "engine.toml",
     "alarms.toml",
     "escalation.toml",
     "weather.toml",
     "suppressions.toml",
     "holidays.toml",
+    "visit_plan.toml",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +163,8 @@ pub struct RuleSet {
     pub suppressions: Vec<Suppression>,
     /// Festivals that tighten the visit cadence (`holidays.toml`).
     pub holidays: Vec<Holiday>,
+    /// The daily visit plan (`visit_plan.toml`).
+    pub visit_plan: VisitPlanRules,
     /// Index into `alarms` by `DeviceKind::index()`.
     alarm_by_kind: [Option<usize>; 12],
 }
@@ -256,6 +259,7 @@ impl RuleSet {
             weather: WeatherRules::default(),
             suppressions: Vec::new(),
             holidays: Vec::new(),
+            visit_plan: VisitPlanRules::default(),
             alarm_by_kind: [None; 12],
         };
         if let Some((e, src)) = &engine {
@@ -400,6 +404,10 @@ impl RuleSet {
         }
         if let Some((f, src)) = parse::<extra::HolidayFile>(dir, "holidays.toml", &mut problems) {
             set.holidays = Holiday::load_all(&f, &src, &mut problems);
+        }
+        if let Some((f, src)) = parse::<extra::VisitPlanFile>(dir, "visit_plan.toml", &mut problems)
+        {
+            set.visit_plan = VisitPlanRules::load(&f, &src, &mut problems);
         }
         for kind in RuleKind::ALL {
             let path = dir.join(kind.file());

@@ -84,9 +84,53 @@ pub fn run(broker: &Broker, b: &Budget) -> (serde_json::Value, f64) {
         String::from_utf8_lossy(&score.stderr)
     );
     let card: serde_json::Value = serde_json::from_slice(&score.stdout).unwrap();
+    check_visit_plans(&broker.bootstrap(), &config);
     let events = input_records(&processor);
     assert!(processor
         .terminate(Duration::from_secs(30))
         .is_some_and(|s| s.success()));
     (card, events)
+}
+
+/// The daily visit plans the run left on the broker: some were drawn, each community's day
+/// once per partition, none over its share of the capacity, each home planned due by the
+/// horizon and listed once.
+fn check_visit_plans(bootstrap: &str, config: &Config) {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::Message;
+    let desk = desk(bootstrap, &config.topics.visit_plans);
+    let codec = codec();
+    let (mut ids, mut planned, mut beyond) = (std::collections::HashSet::new(), 0, 0);
+    let horizon = carestream::rules::RuleSet::load(std::path::Path::new(&config.rules.dir))
+        .unwrap()
+        .visit_plan
+        .horizon;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = std::time::Instant::now();
+    while std::time::Instant::now() < deadline
+        && (ids.is_empty() || last.elapsed() < Duration::from_secs(3))
+    {
+        let Some(m) = desk.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        last = std::time::Instant::now();
+        let plan = codec
+            .decode_visit_plan(m.unwrap().payload().unwrap())
+            .unwrap();
+        assert!(ids.insert(plan.plan_id.clone()), "drawn twice: {plan:?}");
+        assert!(plan.visits.len() <= plan.capacity as usize, "{plan:?}");
+        let mut homes = std::collections::HashSet::new();
+        for v in plan.visits.iter().chain(&plan.beyond_capacity) {
+            assert!(homes.insert(&v.household_id), "listed twice: {plan:?}");
+            assert!(v.due_at < plan.day + 86_400_000 + horizon, "{plan:?}");
+        }
+        planned += plan.visits.len();
+        beyond += plan.beyond_capacity.len();
+    }
+    desk.unsubscribe();
+    eprintln!(
+        "{} visit plans: {planned} visits planned, {beyond} overdue beyond capacity",
+        ids.len()
+    );
+    assert!(!ids.is_empty(), "no visit plan in the run");
 }

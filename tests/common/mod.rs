@@ -367,6 +367,7 @@ pub fn test_config(bootstrap: &str, tag: &str) -> (Config, Vec<(String, String)>
         "contact_notifications",
         "task_events",
         "incidents",
+        "visit_plans",
         "dead_letter",
         "state",
     ] {

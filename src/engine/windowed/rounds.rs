@@ -64,7 +64,7 @@ impl Engine {
         self.schedule(slot, RuleKind::DailyRound);
     }
 
-    pub(super) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
+    pub(in crate::engine) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
         let every = self.ms(RuleKind::VisitCadence, p::EVERY, h).max(1);
         // Placed by a stable hash of the id within `span`, so a city started in one day is not
         // all due on one day.
