@@ -85,6 +85,9 @@ pub struct Metrics {
     pub auto_resolved: IntCounter,
     pub timezone_fallbacks: IntCounter,
     pub profile_fields_repaired: IntCounter,
+    pub timers_fired: IntCounter,
+    pub households_forgotten: IntCounter,
+    pub reopen_refused: IntCounter,
     pub queued: IntGauge,
     pub state_bytes: IntGauge,
     pub open_by_district: prometheus::IntGaugeVec,
@@ -356,6 +359,9 @@ impl Metrics {
             auto_resolved: counter(&registry, &names, "incidents_auto_resolved_total", "Incidents closed because their condition cleared."),
             timezone_fallbacks: counter(&registry, &names, "timezone_fallbacks_total", "Registry entries whose time zone is unknown here; China Standard Time was used."),
             profile_fields_repaired: counter(&registry, &names, "profile_fields_repaired_total", "Registry fields out of range (age, ability level, quiet hours) brought into range on the side of more care, instead of refusing the entry."),
+            timers_fired: counter(&registry, &names, "timers_fired_total", "Rule deadlines that came due and were judged."),
+            households_forgotten: counter(&registry, &names, "households_forgotten_total", "Households dropped from state: left the registry and silent for state_ttl."),
+            reopen_refused: counter(&registry, &names, "reopen_refused_total", "Findings of an incident that had closed under the same id: not opened again."),
             queued: gauge(&registry, &names, "event_time_queue_entries", "Events and deadlines waiting for the watermark."),
             state_bytes: gauge(&registry, &names, "state_bytes", "Approximate bytes of per-household state."),
             open_by_district: {
@@ -470,7 +476,18 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        let pairs: [(&IntCounter, u64, u64); 17] = [
+        let pairs: [(&IntCounter, u64, u64); 20] = [
+            (&self.timers_fired, now.timers_fired, last.timers_fired),
+            (
+                &self.households_forgotten,
+                now.households_forgotten,
+                last.households_forgotten,
+            ),
+            (
+                &self.reopen_refused,
+                now.reopen_refused,
+                last.reopen_refused,
+            ),
             (&self.welfare_calls, now.welfare_calls, last.welfare_calls),
             (
                 &self.weather_updates,
@@ -660,4 +677,26 @@ pub fn init_logging(format: &str, filter: &str) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every counter the engine keeps reaches a metric: each field set alone changes a scrape.
+    #[test]
+    fn every_engine_counter_is_exported() {
+        let fields = serde_json::to_value(EngineStats::default()).unwrap();
+        for (name, zero) in fields.as_object().unwrap() {
+            let m = Metrics::new(&[]);
+            let before = m.render();
+            let mut one = fields.clone();
+            one[name] = match zero {
+                serde_json::Value::Array(a) => serde_json::json!(vec![1; a.len()]),
+                _ => serde_json::json!(1),
+            };
+            m.engine_stats(serde_json::from_value(one).unwrap(), 0, 0);
+            assert_ne!(m.render(), before, "engine counter {name} is in no metric");
+        }
+    }
 }

@@ -95,7 +95,7 @@ impl EngineError {
 
 /// Counters the engine keeps; the pipeline turns the deltas into metrics once per batch so
 /// the hot path never touches the metrics registry.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineStats {
     pub duplicate_events: u64,
     pub suppressed_repeats: u64,
