@@ -54,7 +54,7 @@ impl Engine {
             if h.first_seen == NEVER || self.home_partition(h) != p {
                 continue;
             }
-            let Some(due) = self.visit_deadline(h) else {
+            let Some(due) = self.visit_due(h) else {
                 continue;
             };
             if due < horizon_end {

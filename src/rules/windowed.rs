@@ -122,7 +122,7 @@ impl RuleKind {
             RuleKind::DeviceSilence => &[("after", Duration)],
             RuleKind::HomeSilence => &[("after", Duration)],
             RuleKind::DailyRound => &[("due_by", TimeOfDay)],
-            RuleKind::VisitCadence => &[("every", Duration)],
+            RuleKind::VisitCadence => &[("every", Duration), ("grace", Duration)],
             RuleKind::NightBedExit => &[("out_for", Duration)],
             RuleKind::NightDoor => &[("no_motion_for", Duration)],
             RuleKind::WaterSilence => &[
@@ -165,6 +165,7 @@ pub mod p {
     pub const SUSTAINED: usize = 4;
     pub const DUE_BY: usize = 0;
     pub const EVERY: usize = 0;
+    pub const GRACE: usize = 1;
     pub const OUT_FOR: usize = 0;
     pub const NO_MOTION_FOR: usize = 0;
     pub const WINDOW: usize = 0;

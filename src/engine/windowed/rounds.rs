@@ -64,7 +64,14 @@ impl Engine {
         self.schedule(slot, RuleKind::DailyRound);
     }
 
-    pub(in crate::engine) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
+    /// When the ONSITE_VISIT task goes out: `grace` after the visit falls due.
+    pub(super) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
+        let grace = self.ms(RuleKind::VisitCadence, p::GRACE, h);
+        Some(self.visit_due(h)? + grace)
+    }
+
+    /// When the home's next visit falls due (what the daily plan goes by).
+    pub(in crate::engine) fn visit_due(&self, h: &Household) -> Option<Millis> {
         let every = self.ms(RuleKind::VisitCadence, p::EVERY, h).max(1);
         // Placed by a stable hash of the id within `span`, so a city started in one day is not
         // all due on one day.
@@ -108,6 +115,7 @@ impl Engine {
 
     pub(super) fn visit_finding(&self, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
         let every = self.ms(RuleKind::VisitCadence, p::EVERY, h);
+        let grace = self.ms(RuleKind::VisitCadence, p::GRACE, h);
         let last = if h.last_visit == NEVER {
             "none recorded".to_string()
         } else {
@@ -115,7 +123,7 @@ impl Engine {
         };
         Some(self.finding(
             RuleKind::VisitCadence,
-            format!("visit_after:{}", d - every),
+            format!("visit_after:{}", d - grace - every),
             d,
             t,
             format!("last home visit: {last}"),
