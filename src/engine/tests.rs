@@ -2558,3 +2558,63 @@ fn the_daily_visit_plan_takes_the_most_overdue_within_capacity_and_reports_the_r
     assert_eq!(x2.beyond_capacity.len(), 10);
     assert_ne!(x.plan_id, x2.plan_id);
 }
+
+#[test]
+fn a_city_with_no_visit_history_visited_by_its_plans_gets_no_visit_task_in_two_months() {
+    // 10 000 homes in 49 communities, none with a known visit, one in five weekly in each:
+    // about 12 visits fall due a day in each community, within its capacity of 20. The workers
+    // make each day's planned visits that day.
+    let mut e = engine();
+    let capacity = e.rules().visit_plan.capacity as usize;
+    let mut out = Vec::new();
+    const HOMES: usize = 10_000;
+    for i in 0..HOMES {
+        let hh = format!("hh-{i}");
+        let mut p = profile_of(&hh);
+        p.community = format!("c-{}", i % 49);
+        if i % 5 == 0 {
+            p.cohorts = vec![Cohort::SEVERE_DISABILITY];
+        }
+        let input = Input::Household {
+            household_id: hh.clone(),
+            profile: Some(p),
+        };
+        e.process(&input, on(0, T0), &mut out).unwrap();
+        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+    }
+    e.draw_visit_plans();
+    let (mut tasks, mut planned, mut busiest, mut beyond) = (0, 0, 0, 0);
+    for hour in 1..=60 * 24 {
+        let t = T0 + hour * HOUR;
+        e.tick(0, t, &mut out);
+        tasks += opened(&out)
+            .iter()
+            .filter(|(_, rule, _)| rule == "visit_overdue")
+            .count();
+        out.clear();
+        for plan in e.draw_visit_plans() {
+            assert!(plan.visits.len() <= capacity, "{plan:?}");
+            // A busy day's overdue homes wait for the next days' plans, within the grace.
+            beyond += plan.beyond_capacity.len();
+            busiest = busiest.max(plan.visits.len());
+            planned += plan.visits.len();
+            for v in &plan.visits {
+                let visit = Input::CheckIn(CheckIn {
+                    household_id: v.household_id.clone(),
+                    event_time: plan.day + 14 * HOUR,
+                    kind: CheckInKind::HOME_VISIT,
+                    visitor_id: None,
+                });
+                e.process(&visit, on(0, t), &mut out).unwrap();
+            }
+        }
+    }
+    // Every home visited at least once (the monthly ones once or twice, the weekly ones about
+    // eight times), none past its grace.
+    assert!(planned >= HOMES, "{planned} visits planned");
+    assert_eq!(tasks, 0, "visit tasks in a city whose plans are followed");
+    eprintln!(
+        "{planned} visits planned in 60 days, at most {busiest} a day in a community, \
+         {beyond} overdue homes put off to a later day"
+    );
+}
