@@ -397,7 +397,17 @@ impl Processor {
             arrival: now,
         };
         match self.engine.process(input, meta, &mut outputs) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Input::CheckIn(c) = input {
+                    if c.kind == crate::model::CheckInKind::HOME_VISIT {
+                        let community = self.engine.community_of(&c.household_id).unwrap_or("");
+                        self.metrics
+                            .visits_done
+                            .with_label_values(&[community])
+                            .inc();
+                    }
+                }
+            }
             Err(e @ EngineError::TooLate { late_by, watermark }) => {
                 let extra = [
                     ("lateness_ms", late_by.to_string()),
@@ -516,6 +526,7 @@ impl Processor {
                         payload,
                         headers: None,
                         ack: Ack::VisitPlan {
+                            community: plan.community.clone(),
                             planned: plan.visits.len(),
                             beyond: plan.beyond_capacity.len(),
                         },
@@ -525,7 +536,7 @@ impl Processor {
             }
             let acks = self.engine.take_ack_latencies();
             self.metrics
-                .desk(&open, overdue, self.engine.household_count(), &acks);
+                .desk(&open, &overdue, self.engine.household_count(), &acks);
             let mut outputs = std::mem::take(&mut self.outputs);
             for p in self.engine.partitions() {
                 // A partition whose records wait for one of its topics is not idle: its idle
@@ -1215,9 +1226,17 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
         Ack::Notification => m.notifications.inc(),
         Ack::Resend => m.task_resends.inc(),
         Ack::Incident { .. } => {}
-        Ack::VisitPlan { planned, beyond } => {
-            m.visits_planned.inc_by(*planned as u64);
-            m.visits_beyond_capacity.inc_by(*beyond as u64);
+        Ack::VisitPlan {
+            community,
+            planned,
+            beyond,
+        } => {
+            m.visits_planned
+                .with_label_values(&[community])
+                .inc_by(*planned as u64);
+            m.visits_beyond_capacity
+                .with_label_values(&[community])
+                .inc_by(*beyond as u64);
         }
         Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
         Ack::DeadLetter | Ack::Undeliverable => {}

@@ -57,6 +57,7 @@ pub enum Ack {
     },
     /// A community's visit plan for a day: homes planned, and overdue ones beyond capacity.
     VisitPlan {
+        community: String,
         planned: usize,
         beyond: usize,
     },

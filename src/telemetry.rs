@@ -52,8 +52,10 @@ pub struct Metrics {
     pub tasks: IntCounterVec,
     pub notifications: IntCounter,
     pub task_resends: IntCounter,
-    pub visits_planned: IntCounter,
-    pub visits_beyond_capacity: IntCounter,
+    pub visits_planned: IntCounterVec,
+    pub visits_beyond_capacity: IntCounterVec,
+    pub visits_done: IntCounterVec,
+    pub visits_overdue_by_community: prometheus::IntGaugeVec,
     pub task_events: IntCounterVec,
     pub incident_to_ack: HistogramVec,
     pub received_to_ack: HistogramVec,
@@ -281,14 +283,25 @@ impl Metrics {
                 "contact_notifications_total",
                 "Contact notifications acknowledged by the broker.",
             ),
-            visits_planned: counter(&registry, &names,
+            visits_planned: counter_vec(&registry, &names,
                 "visits_planned_total",
                 "Home visits put in a community's daily plan (care.visit-plans).",
+                &["community"],
             ),
-            visits_beyond_capacity: counter(&registry, &names,
+            visits_beyond_capacity: counter_vec(&registry, &names,
                 "visits_beyond_capacity_total",
                 "Overdue home visits a community's daily plan had no capacity for (listed in the plan).",
+                &["community"],
             ),
+            visits_done: counter_vec(&registry, &names,
+                "visits_done_total",
+                "Home visits made (HOME_VISIT check-ins), by community.",
+                &["community"],
+            ),
+            visits_overdue_by_community: {
+                let g = prometheus::IntGaugeVec::new(Opts::new("visits_overdue", "Households whose home visit is overdue past its grace (a visit task is out), by community.").namespace(NAMESPACE), &["community"]).expect("valid metric");
+                reg(&registry, &names, g)
+            },
             task_resends: counter(&registry, &names,
                 "task_resends_total",
                 "Tasks sent to the desk again, same task id, because their alarm was raised again while open.",
@@ -580,7 +593,7 @@ impl Metrics {
     pub fn desk(
         &self,
         open: &std::collections::HashMap<(Severity, String), usize>,
-        overdue: usize,
+        overdue_by_community: &std::collections::HashMap<String, usize>,
         households: usize,
         acks: &[(Severity, i64)],
     ) {
@@ -590,6 +603,13 @@ impl Metrics {
                 .with_label_values(&[severity.as_str(), district])
                 .set(*n as i64);
         }
+        self.visits_overdue_by_community.reset();
+        for (community, n) in overdue_by_community {
+            self.visits_overdue_by_community
+                .with_label_values(&[community])
+                .set(*n as i64);
+        }
+        let overdue: usize = overdue_by_community.values().sum();
         self.visit_overdue.set(overdue as i64);
         if households > 0 {
             self.visit_met_ratio

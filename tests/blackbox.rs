@@ -1458,6 +1458,28 @@ async fn the_dispatch_desk_loop_and_a_weather_warning() {
         2.0,
     )
     .await;
+    // A home visit, counted by the household's community.
+    let community = carestream::simulate::household(1, 3).community;
+    let visit = Input::CheckIn(CheckIn {
+        household_id: "hh-d-2".into(),
+        event_time: base + 28 * min,
+        kind: CheckInKind::HOME_VISIT,
+        visitor_id: Some("v-7".into()),
+    });
+    send(
+        &producer,
+        &t.checkins,
+        "hh-d-2",
+        Some(&common::enc(&codec, &visit)),
+        base + 28 * min,
+    )
+    .await;
+    wait_metric(
+        &proc,
+        &format!(r#"carestream_visits_done_total{{community="{community}"}}"#),
+        1.0,
+    )
+    .await;
     // What `carestream tail` shows the desk: every task, with the id and household to act on.
     let (ok, text, err) = cli(&["tail", "--from-beginning", "--idle-secs", "3"]);
     assert!(ok, "{err}");

@@ -306,10 +306,11 @@ impl Engine {
         std::mem::take(&mut self.ack_latencies)
     }
 
-    /// Open incidents by severity and district, and households with a visit overdue.
-    pub fn open_summary(&self) -> (HashMap<(Severity, String), usize>, usize) {
+    /// Open incidents by severity and district, and households with a visit overdue (past
+    /// its grace) by community.
+    pub fn open_summary(&self) -> (HashMap<(Severity, String), usize>, HashMap<String, usize>) {
         let mut by = HashMap::new();
-        let mut overdue = 0;
+        let mut overdue = HashMap::new();
         for h in self.slots.iter() {
             let district = h
                 .profile
@@ -318,11 +319,18 @@ impl Engine {
             for inc in &h.open {
                 *by.entry((inc.severity, district.clone())).or_insert(0) += 1;
                 if inc.rule == household::RuleRef::Windowed(RuleKind::VisitCadence) {
-                    overdue += 1;
+                    let community = h.profile.as_ref().map_or("", |p| p.community.as_str());
+                    *overdue.entry(community.to_string()).or_insert(0) += 1;
                 }
             }
         }
         (by, overdue)
+    }
+
+    /// The community of a household in the registry.
+    pub fn community_of(&self, household_id: &str) -> Option<&str> {
+        let h = self.slot(self.lookup(household_id)?);
+        h.profile.as_deref().map(|p| p.community.as_str())
     }
 
     /// Every open incident, as the desk's view shows it: most severe, then oldest, first.
