@@ -163,6 +163,42 @@ fn every_output_round_trips() {
             until: None,
             assigned_to: None,
         }),
+        // The fields of the desk's lifecycle (v3), all set.
+        Output::TaskEvent(TaskEvent {
+            task_id: "t".into(),
+            household_id: "hh".into(),
+            rule_id: "r".into(),
+            kind: TaskEventKind::RESOLVED,
+            at: 5,
+            reason: "r".into(),
+            by: Some("desk-1".into()),
+            incident_id: Some("i".into()),
+            tier: Some(0),
+            outcome: Some(TaskOutcome::HOSPITAL),
+            repeat_count: Some(3),
+            until: Some(6),
+            assigned_to: Some("team-east".into()),
+        }),
+        // A task sent again for a repeated alarm, reassigned.
+        Output::Task(EscalationTask {
+            task_id: "t".into(),
+            incident_id: Some("i".into()),
+            household_id: "hh".into(),
+            rule_id: "alarm.emergency_button".into(),
+            severity: Severity::CRITICAL,
+            action: Action::CALL_ELDER,
+            tier: 0,
+            district: "d".into(),
+            street: "s".into(),
+            community: "c".into(),
+            reason: "r".into(),
+            evidence: vec![],
+            incident_time: 1,
+            emitted_at: 2,
+            respond_by: 3,
+            repeat_count: Some(2),
+            assigned_to: Some("team-east".into()),
+        }),
     ];
     for o in outputs {
         let bytes = c.encode_output(&o).unwrap();
@@ -328,6 +364,56 @@ fn older_writer_schema_resolves_to_the_current_reader() {
         (e.event_id.as_str(), e.gateway_id, e.reading),
         ("old-1", None, Reading::Alarm { active: true })
     );
+}
+
+#[test]
+fn the_desk_s_view_and_the_visit_plans_round_trip() {
+    let c = codec();
+    let incident = Incident {
+        incident_id: "i".into(),
+        household_id: "hh".into(),
+        rule_id: "alarm.gas".into(),
+        severity: Severity::CRITICAL,
+        tier: 1,
+        district: "420106".into(),
+        street: "420106004".into(),
+        community: "420106004012".into(),
+        incident_time: 1,
+        opened_at: 2,
+        acknowledged_at: Some(3),
+        snoozed_until: None,
+        assigned_to: Some("team-east".into()),
+        repeats: 2,
+        clearing_since: None,
+        task_ids: vec!["t0".into(), "t1".into()],
+        reason: "燃气报警".into(),
+    };
+    let bytes = c.encode_incident(&incident).unwrap();
+    assert_eq!(&bytes[1..5], &15u32.to_be_bytes());
+    assert_eq!(c.decode_incident(&bytes).unwrap(), incident);
+    let visit = |hh: &str, due_at| PlannedVisit {
+        household_id: hh.into(),
+        due_at,
+        risk: 12.5,
+    };
+    let plan = VisitPlan {
+        plan_id: "p".into(),
+        district: "420106".into(),
+        street: "420106004".into(),
+        community: "420106004012".into(),
+        day: 10,
+        part: 2,
+        parts: 6,
+        capacity: 4,
+        visits: vec![visit("hh-1", 1), visit("hh-2", 2)],
+        beyond_capacity: vec![visit("hh-3", 3)],
+        drawn_at: 11,
+    };
+    let bytes = c.encode_visit_plan(&plan).unwrap();
+    assert_eq!(&bytes[1..5], &17u32.to_be_bytes());
+    assert_eq!(c.decode_visit_plan(&bytes).unwrap(), plan);
+    // Each on its own: a plan is not taken for an incident.
+    assert!(c.decode_incident(&bytes).is_err());
 }
 
 #[test]
