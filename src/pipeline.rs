@@ -516,8 +516,6 @@ impl Processor {
                 .and_then(|f| f.started)
                 .map_or(0.0, |s| now.duration_since(s).as_secs_f64());
             self.metrics.outputs_stuck_seconds.set(stuck);
-            let (open, overdue) = self.engine.open_summary();
-            self.metrics.set_incidents(self.engine.incident_views());
             for plan in self.engine.draw_visit_plans() {
                 match self.codec.encode_visit_plan(&plan) {
                     Ok(payload) => batch.records.push(OutRecord {
@@ -535,8 +533,11 @@ impl Processor {
                 }
             }
             let acks = self.engine.take_ack_latencies();
-            self.metrics
-                .desk(&open, &overdue, self.engine.household_count(), &acks);
+            self.metrics.desk(
+                self.engine.incident_views(),
+                self.engine.household_count(),
+                &acks,
+            );
             let mut outputs = std::mem::take(&mut self.outputs);
             for p in self.engine.partitions() {
                 // A partition whose records wait for one of its topics is not idle: its idle

@@ -589,28 +589,40 @@ impl Metrics {
         self.open_incidents.set(open as i64);
     }
 
-    /// The desk's side: open incidents by severity and district, visits, acknowledgements.
+    /// The desk's side, from the open incidents as `GET /incidents` shows them: open incidents
+    /// by severity and district, visits overdue by community, acknowledgements. Keeps the
+    /// incidents for `GET /incidents`.
     pub fn desk(
         &self,
-        open: &std::collections::HashMap<(Severity, String), usize>,
-        overdue_by_community: &std::collections::HashMap<String, usize>,
+        incidents: Vec<crate::model::Incident>,
         households: usize,
         acks: &[(Severity, i64)],
     ) {
+        let mut open: HashMap<(Severity, &str), i64> = HashMap::new();
+        let mut overdue_by_community: HashMap<&str, i64> = HashMap::new();
+        let visit = crate::rules::RuleKind::VisitCadence.rule_id();
+        for i in &incidents {
+            *open.entry((i.severity, i.district.as_str())).or_insert(0) += 1;
+            if i.rule_id == visit {
+                *overdue_by_community
+                    .entry(i.community.as_str())
+                    .or_insert(0) += 1;
+            }
+        }
         self.open_by_district.reset();
         for ((severity, district), n) in open {
             self.open_by_district
                 .with_label_values(&[severity.as_str(), district])
-                .set(*n as i64);
+                .set(n);
         }
         self.visits_overdue_by_community.reset();
-        for (community, n) in overdue_by_community {
+        for (community, n) in &overdue_by_community {
             self.visits_overdue_by_community
                 .with_label_values(&[community])
-                .set(*n as i64);
+                .set(*n);
         }
-        let overdue: usize = overdue_by_community.values().sum();
-        self.visit_overdue.set(overdue as i64);
+        let overdue: i64 = overdue_by_community.values().sum();
+        self.visit_overdue.set(overdue);
         if households > 0 {
             self.visit_met_ratio
                 .set(1.0 - overdue as f64 / households as f64);
@@ -620,6 +632,7 @@ impl Metrics {
                 .with_label_values(&[severity.as_str()])
                 .observe(*ms as f64 / 1000.0);
         }
+        self.set_incidents(incidents);
     }
 
     /// Folds the engine's per-district event counts into the metric.

@@ -75,7 +75,7 @@ impl Engine {
         now: Millis,
         out: &mut Vec<Output>,
     ) {
-        let respond_within = self.describe(rule).3;
+        let (_, _, action, respond_within, _) = self.describe(rule);
         let h = self.slot_mut(slot);
         let Some(i) = h.open.iter().position(|inc| &inc.rule == rule) else {
             return;
@@ -119,7 +119,6 @@ impl Engine {
                 event_time: e.event_time,
                 summary: what,
             }];
-            let action = self.describe(rule).2;
             let mut task = self.task(h, inc, 0, action, now, now + respond_within, evidence);
             task.task_id = primary;
             task.repeat_count = Some(count);

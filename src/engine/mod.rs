@@ -306,27 +306,6 @@ impl Engine {
         std::mem::take(&mut self.ack_latencies)
     }
 
-    /// Open incidents by severity and district, and households with a visit overdue (past
-    /// its grace) by community.
-    pub fn open_summary(&self) -> (HashMap<(Severity, String), usize>, HashMap<String, usize>) {
-        let mut by = HashMap::new();
-        let mut overdue = HashMap::new();
-        for h in self.slots.iter() {
-            let district = h
-                .profile
-                .as_ref()
-                .map_or_else(String::new, |p| p.district.clone());
-            for inc in &h.open {
-                *by.entry((inc.severity, district.clone())).or_insert(0) += 1;
-                if inc.rule == household::RuleRef::Windowed(RuleKind::VisitCadence) {
-                    let community = h.profile.as_ref().map_or("", |p| p.community.as_str());
-                    *overdue.entry(community.to_string()).or_insert(0) += 1;
-                }
-            }
-        }
-        (by, overdue)
-    }
-
     /// The community of a household in the registry.
     pub fn community_of(&self, household_id: &str) -> Option<&str> {
         let h = self.slot(self.lookup(household_id)?);

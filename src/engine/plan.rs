@@ -29,12 +29,12 @@ impl Engine {
             } else {
                 today - DAY
             };
-            match self.planned.insert(p, day) {
-                Some(last) if last < day => plans.extend(self.plan(p, day, w)),
-                Some(last) => {
-                    self.planned.insert(p, last);
+            let last = self.planned.get(&p).copied();
+            if last.is_none_or(|last| last < day) {
+                self.planned.insert(p, day);
+                if last.is_some() {
+                    plans.extend(self.plan(p, day, w));
                 }
-                None => {}
             }
         }
         plans

@@ -698,6 +698,17 @@ fn heartbeat(hh: &str, t: Millis) -> Input {
     })
 }
 
+/// Registers `p` at T0 and hears from its home at `t` (a heartbeat), so its rules run.
+fn register_seen(e: &mut Engine, p: HouseholdProfile, t: Millis, out: &mut Vec<Output>) {
+    let hh = p.household_id.clone();
+    let input = Input::Household {
+        household_id: hh.clone(),
+        profile: Some(p),
+    };
+    e.process(&input, on(0, T0), out).unwrap();
+    e.process(&heartbeat(&hh, t), on(0, t), out).unwrap();
+}
+
 /// Incidents opened: one entry per incident, however many tier-0 tasks it has.
 fn opened(out: &[Output]) -> Vec<(String, String, Millis)> {
     let mut seen = std::collections::HashSet::new();
@@ -1874,12 +1885,7 @@ fn an_away_until_at_the_end_of_time_raises_nothing_and_does_not_overflow() {
         let hh = format!("hh-far-{i}");
         let mut p = profile_of(&hh);
         p.away_until = Some(*until);
-        let input = Input::Household {
-            household_id: hh.clone(),
-            profile: Some(p),
-        };
-        e.process(&input, on(0, T0), &mut out).unwrap();
-        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+        register_seen(&mut e, p, T0, &mut out);
     }
     // Two days on: the devices went silent and nobody moved, but everyone is away.
     e.tick(0, T0 + 48 * HOUR, &mut out);
@@ -2143,13 +2149,8 @@ fn a_city_started_with_no_visit_history_is_due_its_visits_spread_over_the_cadenc
         if i % 5 == 0 {
             p.cohorts = vec![Cohort::SEVERE_DISABILITY];
         }
-        let input = Input::Household {
-            household_id: hh.clone(),
-            profile: Some(p),
-        };
-        e.process(&input, on(0, T0), &mut out).unwrap();
         let t = T0 + (i as Millis * HOUR) / HOMES as Millis;
-        e.process(&heartbeat(&hh, t), on(0, t), &mut out).unwrap();
+        register_seen(&mut e, p, t, &mut out);
     }
     use crate::engine::localtime::DAY;
     let mut per_day = [0usize; 60];
@@ -2375,12 +2376,7 @@ fn the_registry_s_last_visit_places_the_next_one_and_an_old_one_spreads_the_back
     for (hh, last) in homes {
         let mut p = profile_of(hh);
         p.last_visit_at = last;
-        let input = Input::Household {
-            household_id: hh.into(),
-            profile: Some(p),
-        };
-        e.process(&input, on(0, T0), &mut out).unwrap();
-        e.process(&heartbeat(hh, T0), on(0, T0), &mut out).unwrap();
+        register_seen(&mut e, p, T0, &mut out);
     }
     assert_eq!(
         e.stats().profile_fields_repaired,
@@ -2438,12 +2434,7 @@ fn a_festival_brings_visits_forward_spread_over_its_window() {
         let hh = format!("hh-{i}");
         let mut p = profile_of(&hh);
         p.last_visit_at = Some(T0 - 5 * DAY);
-        let input = Input::Household {
-            household_id: hh.clone(),
-            profile: Some(p),
-        };
-        e.process(&input, on(0, T0), &mut out).unwrap();
-        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+        register_seen(&mut e, p, T0, &mut out);
     }
     let mut due = Vec::new();
     for hour in 1..=30 * 24 {
@@ -2493,12 +2484,7 @@ fn the_daily_visit_plan_takes_the_most_overdue_within_capacity_and_reports_the_r
         let mut p = profile_of(&hh);
         p.community = community.into();
         p.last_visit_at = Some(last);
-        let input = Input::Household {
-            household_id: hh.clone(),
-            profile: Some(p),
-        };
-        e.process(&input, on(0, T0), &mut out).unwrap();
-        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+        register_seen(&mut e, p, T0, &mut out);
         homes.push(hh);
     }
     let mut plans = e.draw_visit_plans();
@@ -2575,12 +2561,7 @@ fn a_city_with_no_visit_history_visited_by_its_plans_gets_no_visit_task_in_two_m
         if i % 5 == 0 {
             p.cohorts = vec![Cohort::SEVERE_DISABILITY];
         }
-        let input = Input::Household {
-            household_id: hh.clone(),
-            profile: Some(p),
-        };
-        e.process(&input, on(0, T0), &mut out).unwrap();
-        e.process(&heartbeat(&hh, T0), on(0, T0), &mut out).unwrap();
+        register_seen(&mut e, p, T0, &mut out);
     }
     e.draw_visit_plans();
     let (mut tasks, mut planned, mut busiest, mut beyond) = (0, 0, 0, 0);
