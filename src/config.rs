@@ -69,6 +69,8 @@ pub struct Topics {
     pub incidents: String,
     /// The daily visit plans per community.
     pub visit_plans: String,
+    /// Storm control's table (compacted; the processor writes and reads it).
+    pub area_signals: String,
     pub dead_letter: String,
     /// The processor's own compacted topic of partition checkpoints (not in the contract:
     /// nobody else reads it).
@@ -209,6 +211,7 @@ impl Default for Topics {
             task_events: "care.task-events".into(),
             incidents: "care.incidents".into(),
             visit_plans: "care.visit-plans".into(),
+            area_signals: "care.area-signals".into(),
             dead_letter: "care.dead-letter".into(),
             state: "carestream.state".into(),
         }
@@ -277,6 +280,7 @@ impl Topics {
             Households => &self.households,
             WeatherAlerts => &self.weather_alerts,
             TaskUpdates => &self.task_updates,
+            AreaSignals => &self.area_signals,
         }
     }
 
@@ -305,6 +309,7 @@ impl Topics {
             (&self.task_events, false),
             (&self.incidents, true),
             (&self.visit_plans, false),
+            (&self.area_signals, true),
             (&self.dead_letter, false),
             (&self.state, true),
         ]
@@ -526,8 +531,8 @@ mod tests {
                 .iter()
                 .filter(|(_, compact)| *compact)
                 .count(),
-            3,
-            "the registry, the open incidents and the processor's state"
+            4,
+            "the registry, the open incidents, the area table and the processor's state"
         );
     }
 

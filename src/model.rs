@@ -383,7 +383,7 @@ pub struct VisitPlan {
     pub drawn_at: Millis,
 }
 
-/// The six input streams of the contract.
+/// The six input streams of the contract, and the processor's own area table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum InputKind {
     SensorEvents,
@@ -392,17 +392,28 @@ pub enum InputKind {
     Households,
     WeatherAlerts,
     TaskUpdates,
+    /// `care.area-signals`: storm control's table, written and read by the processor.
+    AreaSignals,
 }
 
 impl InputKind {
-    pub const ALL: [InputKind; 6] = [
+    pub const ALL: [InputKind; 7] = [
         InputKind::SensorEvents,
         InputKind::Heartbeats,
         InputKind::CheckIns,
         InputKind::Households,
         InputKind::WeatherAlerts,
         InputKind::TaskUpdates,
+        InputKind::AreaSignals,
     ];
+
+    /// Read whole by every instance, outside the consumer group.
+    pub fn is_table(self) -> bool {
+        matches!(
+            self,
+            InputKind::Households | InputKind::WeatherAlerts | InputKind::AreaSignals
+        )
+    }
 
     /// The Avro record name a value on this stream must resolve to.
     pub fn record_name(self) -> &'static str {
@@ -413,6 +424,7 @@ impl InputKind {
             InputKind::Households => "HouseholdProfile",
             InputKind::WeatherAlerts => "WeatherAlert",
             InputKind::TaskUpdates => "TaskUpdate",
+            InputKind::AreaSignals => "AreaSignal",
         }
     }
 
@@ -425,6 +437,7 @@ impl InputKind {
             InputKind::Households => "households",
             InputKind::WeatherAlerts => "weather_alerts",
             InputKind::TaskUpdates => "task_updates",
+            InputKind::AreaSignals => "area_signals",
         }
     }
 
@@ -446,6 +459,54 @@ pub enum Input {
     },
     Weather(WeatherAlert),
     TaskUpdate(TaskUpdate),
+    /// A record of `care.area-signals` by its key; `None` is a tombstone.
+    Area {
+        key: AreaKey,
+        signal: Option<AreaSignal>,
+    },
+}
+
+/// The key of a `care.area-signals` record: a home's silence (`m:` and the household id) or
+/// an area's grouped incident (`a:` and the area).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AreaKey {
+    Member(String),
+    Area(String),
+}
+
+impl AreaKey {
+    pub fn parse(key: &[u8]) -> Option<AreaKey> {
+        let key = std::str::from_utf8(key).ok()?;
+        match key.split_at_checked(2)? {
+            ("m:", id) if !id.is_empty() => Some(AreaKey::Member(id.to_string())),
+            ("a:", area) if !area.is_empty() => Some(AreaKey::Area(area.to_string())),
+            _ => None,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            AreaKey::Member(id) => format!("m:{id}").into_bytes(),
+            AreaKey::Area(area) => format!("a:{area}").into_bytes(),
+        }
+    }
+}
+
+/// Storm control's table (`care.area-signals`, compacted, the processor's own): a home found
+/// silent, reported to its area, or an area's grouped incident, open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AreaSignal {
+    pub area: String,
+    /// The home (a member record); `None` on the area's own record.
+    pub household_id: Option<String>,
+    /// When the home went silent; for the area, its earliest home.
+    pub silent_since: Millis,
+    /// When it was found (event time of the partition that found it).
+    pub at: Millis,
+    /// The area's grouped incident.
+    pub incident_id: Option<String>,
+    /// Homes silent when the area's incident opened.
+    pub homes: i32,
 }
 
 /// The four output streams of the contract.

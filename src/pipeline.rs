@@ -417,7 +417,7 @@ impl Processor {
             }
             Err(e) => self.dead_letter(r, e.reason(), &e.to_string(), batch),
         }
-        if !matches!(r.kind, InputKind::Households | InputKind::WeatherAlerts) {
+        if !r.kind.is_table() {
             self.last_record.insert(r.partition, Instant::now());
         }
         if let Err(e) = self.emit(&mut outputs, batch, r.received) {
@@ -431,7 +431,7 @@ impl Processor {
     /// `received`: when what caused the outputs came in (a record's hand-over by the Kafka
     /// client, or the clock tick that released a deadline).
     fn emit(
-        &self,
+        &mut self,
         outputs: &mut Vec<Output>,
         batch: &mut Batch,
         received: Instant,
@@ -477,6 +477,32 @@ impl Processor {
                 ack: Ack::Incident {
                     open: !payload.is_empty(),
                 },
+                payload,
+                headers: None,
+            });
+        }
+        for p in self.engine.take_area_partitions() {
+            if let Some(pos) = self.owned.get_mut(&p) {
+                pos.dirty = true;
+            }
+        }
+        for (key, signal) in self.engine.take_area_signals() {
+            let tombstone = signal.is_none();
+            let payload = match self.codec.encode_input(&Input::Area {
+                key: key.clone(),
+                signal,
+            }) {
+                Ok(p) => p.unwrap_or_default(),
+                Err(e) => {
+                    tracing::error!(error = %e, "an area signal could not be encoded");
+                    failed = Err(e);
+                    continue;
+                }
+            };
+            batch.records.push(OutRecord {
+                topic: self.config.topics.area_signals.clone(),
+                key: key.to_bytes(),
+                ack: Ack::AreaSignal { tombstone },
                 payload,
                 headers: None,
             });
@@ -566,6 +592,9 @@ impl Processor {
                     }
                 }
             }
+            // Areas whose partition this instance took on since, or whose homes came back
+            // while another owned it, are judged here.
+            self.engine.judge_areas(wall_millis(), &mut outputs);
             let _ = self.emit(&mut outputs, batch, now);
             self.outputs = outputs;
         }
@@ -748,7 +777,13 @@ impl Processor {
 
     fn apply_registry(&mut self, msg: RegistryMsg, batch: &mut Batch) -> Option<bool> {
         match msg {
-            RegistryMsg::CaughtUp => Some(true),
+            RegistryMsg::CaughtUp => {
+                let mut outputs = std::mem::take(&mut self.outputs);
+                self.engine.areas_caught_up(wall_millis(), &mut outputs);
+                let _ = self.emit(&mut outputs, batch, Instant::now());
+                self.outputs = outputs;
+                Some(true)
+            }
             RegistryMsg::Record {
                 kind,
                 partition,
@@ -790,6 +825,7 @@ impl Processor {
     ) -> anyhow::Result<()> {
         // Weather calls go out only for partitions this instance has taken on.
         self.engine.set_owned(Some(Vec::new()));
+        self.engine.areas_wait_for_table();
         let (reader, mut registry_rx): (RegistryReader, mpsc::Receiver<RegistryMsg>) =
             RegistryReader::start(&self.config)?;
         let mut batch = Batch::default();
@@ -1226,7 +1262,7 @@ fn on_ack(m: &Metrics, r: &OutRecord) {
         }
         Ack::Notification => m.notifications.inc(),
         Ack::Resend => m.task_resends.inc(),
-        Ack::Incident { .. } => {}
+        Ack::Incident { .. } | Ack::AreaSignal { .. } => {}
         Ack::VisitPlan {
             community,
             planned,

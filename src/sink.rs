@@ -61,6 +61,10 @@ pub enum Ack {
         planned: usize,
         beyond: usize,
     },
+    /// Storm control's table (`care.area-signals`); a tombstone has no value.
+    AreaSignal {
+        tombstone: bool,
+    },
     TaskEvent(TaskEventKind),
     DeadLetter,
     /// The stand-in dead letter of an output that could not be delivered.
@@ -76,6 +80,7 @@ impl Ack {
             Ack::Resend => "task_resend",
             Ack::Incident { .. } => "incident",
             Ack::VisitPlan { .. } => "visit_plan",
+            Ack::AreaSignal { .. } => "area_signal",
             Ack::TaskEvent(_) => "task_event",
             Ack::DeadLetter => "dead_letter",
             Ack::Undeliverable => "undeliverable",
@@ -298,7 +303,10 @@ impl Sink {
                 loop {
                     let mut rec: FutureRecord<'_, Vec<u8>, Vec<u8>> =
                         FutureRecord::to(&r.topic).key(&r.key);
-                    if !matches!(r.ack, Ack::Incident { open: false }) {
+                    if !matches!(
+                        r.ack,
+                        Ack::Incident { open: false } | Ack::AreaSignal { tombstone: true }
+                    ) {
                         rec = rec.payload(&r.payload);
                     }
                     if let Some(h) = &r.headers {

@@ -1,8 +1,8 @@
 //! Kafka sources. The event streams are read by one consumer group, household-keyed, with
-//! offsets stored only by the pipeline once outputs are acknowledged. The household registry
-//! and the weather warnings are read as global tables: every instance reads all of
-//! `care.households` and `care.weather-alerts` from the start (on its own thread, outside the
-//! group), so a partition that moves between instances never finds its new owner without the
+//! offsets stored only by the pipeline once outputs are acknowledged. The household registry,
+//! the weather warnings and storm control's area table are read as global tables: every
+//! instance reads all of `care.households`, `care.weather-alerts` and `care.area-signals` from
+//! the start (on its own thread, outside the group), so a partition that moves between instances never finds its new owner without the
 //! profiles it needs, and every instance knows every warning for the households it owns;
 //! processing starts once both have caught up.
 
@@ -1034,6 +1034,10 @@ impl RegistryReader {
             (
                 config.topics.weather_alerts.clone(),
                 crate::model::InputKind::WeatherAlerts,
+            ),
+            (
+                config.topics.area_signals.clone(),
+                crate::model::InputKind::AreaSignals,
             ),
         ];
         let (tx, rx) = mpsc::channel(10_000);

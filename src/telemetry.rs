@@ -101,6 +101,9 @@ pub struct Metrics {
     pub weather_updates: IntCounter,
     pub flaps_absorbed: IntCounter,
     pub suppressed_by_window: IntCounter,
+    pub area_homes_reported: IntCounter,
+    pub area_homes_released: IntCounter,
+    pub area_incidents: IntCounter,
     pub consumer_lag: prometheus::IntGaugeVec,
     pub rebalances: IntCounterVec,
     pub table_restore_seconds: prometheus::Gauge,
@@ -413,6 +416,9 @@ impl Metrics {
             weather_updates: counter(&registry, &names, "weather_alert_updates_total", "Updates and re-sends of a known warning (nobody called twice)."),
             flaps_absorbed: counter(&registry, &names, "flaps_absorbed_total", "Conditions that came back while their incident was clearing: no new task."),
             suppressed_by_window: counter(&registry, &names, "suppressed_by_window_total", "Findings not raised inside a maintenance window."),
+            area_homes_reported: counter(&registry, &names, "area_homes_reported_total", "Silent homes reported to their area (storm control) before their own task."),
+            area_homes_released: counter(&registry, &names, "area_homes_released_total", "Reported silent homes whose own task went out after the wait or the hold."),
+            area_incidents: counter(&registry, &names, "area_incidents_total", "Grouped incidents opened for an area with many homes silent at once."),
             consumer_lag: {
                 let g = prometheus::IntGaugeVec::new(Opts::new("consumer_lag_records", "Records between the end of each assigned input partition and the group's committed offset, which follows the acknowledged outputs within a second (librdkafka statistics, every 5 s).").namespace(NAMESPACE), &["stream", "partition"]).expect("valid metric");
                 reg(&registry, &names, g.clone());
@@ -489,7 +495,7 @@ impl Metrics {
     /// Folds the engine's counters into the metrics (once per batch).
     pub fn engine_stats(&self, now: EngineStats, households: usize, open: usize) {
         let mut last = self.last_stats.lock().expect("not poisoned");
-        let pairs: [(&IntCounter, u64, u64); 20] = [
+        let pairs: [(&IntCounter, u64, u64); 23] = [
             (&self.timers_fired, now.timers_fired, last.timers_fired),
             (
                 &self.households_forgotten,
@@ -516,6 +522,21 @@ impl Metrics {
                 &self.suppressed_by_window,
                 now.suppressed_by_window,
                 last.suppressed_by_window,
+            ),
+            (
+                &self.area_homes_reported,
+                now.area_homes_reported,
+                last.area_homes_reported,
+            ),
+            (
+                &self.area_homes_released,
+                now.area_homes_released,
+                last.area_homes_released,
+            ),
+            (
+                &self.area_incidents,
+                now.area_incidents,
+                last.area_incidents,
             ),
             (
                 &self.duplicate_events,

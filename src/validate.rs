@@ -105,6 +105,22 @@ fn ids(input: &Input) -> Result<(), DecodeError> {
             id("alert_id", &w.alert_id)?;
             id("region", &w.region)
         }
+        Input::Area { key, signal } => {
+            match key {
+                AreaKey::Member(h) => id("key", h)?,
+                AreaKey::Area(a) => id("key", a)?,
+            }
+            match signal {
+                Some(a) => {
+                    id("area", &a.area)?;
+                    match &a.household_id {
+                        Some(h) => id("household_id", h),
+                        None => Ok(()),
+                    }
+                }
+                None => Ok(()),
+            }
+        }
         Input::TaskUpdate(u) => {
             id("task_id", &u.task_id)?;
             id("household_id", &u.household_id)?;
@@ -164,6 +180,13 @@ pub fn values(input: &Input) -> Result<(), DecodeError> {
         }
         Input::CheckIn(_) => Ok(()),
         Input::TaskUpdate(u) => desk_update(u),
+        Input::Area {
+            signal: Some(a), ..
+        } if a.at < a.silent_since || a.homes < 0 => Err(invalid(format!(
+            "area signal found at {} before its silence began at {}",
+            a.at, a.silent_since
+        ))),
+        Input::Area { .. } => Ok(()),
         // Out-of-range fields of a registry entry are repaired by the engine, counted, not
         // refused: refusing the entry would leave the home with alarms only.
         Input::Household { .. } => Ok(()),

@@ -18,6 +18,7 @@ fn as_json(input: &Input) -> serde_json::Value {
         Input::Household { profile, .. } => serde_json::to_value(profile.as_ref().unwrap()),
         Input::Weather(w) => serde_json::to_value(w),
         Input::TaskUpdate(u) => serde_json::to_value(u),
+        Input::Area { .. } => panic!("the fixtures hold no area signal (the processor's own)"),
     }
     .unwrap()
 }

@@ -64,15 +64,19 @@ impl Rng {
 /// timeout: the simulated city runs hours behind the wall clock, and a partition left quiet
 /// for a minute (at the end, or while an instance restarts) would have its time moved to the
 /// wall clock, firing what the reference, read at another moment, does not.
-fn environment(broker: &common::Broker, tag: &str) -> (Config, Vec<(String, String)>) {
+fn environment(
+    broker: &common::Broker,
+    tag: &str,
+) -> (Config, Vec<(String, String)>, common::RulesDir) {
     let (_, env) = common::test_config(&broker.bootstrap(), tag);
-    let mut env = common::with_rules(&env, &rules_without_wall_ticks(&format!("{tag}-rules")));
+    let rules = rules_without_wall_ticks(&format!("{tag}-rules"));
+    let mut env = common::with_rules(&env, &rules);
     env.push((
         "CARESTREAM_PIPELINE__CHECKPOINT_INTERVAL_MS".into(),
         "3000".into(),
     ));
     let config = Config::load(None, env.clone()).unwrap();
-    (config, env)
+    (config, env, rules)
 }
 
 /// The same input topics; a group, outputs and state topic of its own.
@@ -337,7 +341,7 @@ fn crash_run(
         BrokerFault::KillOneOfThree => (common::Broker::cluster(3), 3),
         _ => (common::Broker::start(), 1),
     };
-    let (config, mut env) = environment(&broker, tag);
+    let (config, mut env, _rules) = environment(&broker, tag);
     env.push(("CARESTREAM_PIPELINE__DELIVERY".into(), delivery.into()));
     let exactly_once = delivery == "exactly_once";
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -644,7 +648,7 @@ fn exactly_once_three_instances_killed_at_random_a_read_committed_desk_sees_each
 
 /// The shipped rules with an idle timeout of a day: the wall clock then moves no
 /// partition's time, so runs that finish reading at different moments can be compared.
-fn rules_without_wall_ticks(tag: &str) -> String {
+fn rules_without_wall_ticks(tag: &str) -> common::RulesDir {
     common::rules_with(
         tag,
         &[(
@@ -675,7 +679,7 @@ fn unusable(scrape: &str) -> f64 {
 fn a_backlog_read_at_broker_speed_and_an_outage_of_hours_give_the_live_run_s_tasks() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let broker = common::Broker::start();
-    let (_, env) = environment(&broker, "catchup");
+    let (_, env, _rules) = environment(&broker, "catchup");
     let config = Config::load(None, env.clone()).unwrap();
     let (outage_config, outage_env) = variant_of(&env, "outage");
     let (backlog_config, backlog_env) = variant_of(&env, "backlog");
@@ -779,7 +783,7 @@ fn an_input_topic_with_records_on_an_offline_node_holds_its_partitions_back() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut broker = common::Broker::cluster(3);
-    let (_, env) = environment(&broker, "offline");
+    let (_, env, _rules) = environment(&broker, "offline");
     let config = Config::load(None, env.clone()).unwrap();
     let (held_config, held_env) = variant_of(&env, "held");
     let (brief_config, mut brief_env) = variant_of(&env, "brief");

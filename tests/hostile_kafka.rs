@@ -278,7 +278,7 @@ fn every_bad_case_in_turn_leaves_alarms_working_and_adds_no_task() {
     };
 
     let (head, blocks) = alarm_blocks();
-    let alarms_file = std::path::Path::new(&rules).join("alarms.toml");
+    let alarms_file = std::path::Path::new(&*rules).join("alarms.toml");
     let reloads = |proc: &common::Processor| {
         common::metric(
             &proc.get("/metrics").1,

@@ -366,9 +366,11 @@ fn a_backlog_after_a_home_silence_raises_it_once() {
         .filter(|at| *at < from + 4 * 3_600_000)
         .collect();
     // One incident (its call and the contact's task), found 30 min after the last heartbeat
-    // before the outage; none made of the backlog's first records.
+    // before the outage and sent once its area's wait is over; none made of the backlog's
+    // first records.
+    let wait = engine(&mut Vec::new()).rules().area.group_wait;
     let found = from - 53_000 + 1_800_000;
-    assert_eq!(opened, [found, found], "{out:#?}");
+    assert_eq!(opened, [found + wait, found + wait], "{out:#?}");
     assert!(
         out.iter()
             .any(|l| l.contains("AUTO_RESOLVED") && l.contains("home_silence")),

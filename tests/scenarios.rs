@@ -282,6 +282,25 @@ fn rules() -> Arc<RuleSet> {
     Arc::new(RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap())
 }
 
+/// Reads back what the engine wrote to `care.area-signals`, as every instance reads that table.
+fn read_areas(engine: &mut Engine, arrival: Millis, out: &mut Vec<Output>) {
+    loop {
+        let records = engine.take_area_signals();
+        if records.is_empty() {
+            return;
+        }
+        for (key, signal) in records {
+            let meta = Meta {
+                partition: 0,
+                arrival,
+            };
+            engine
+                .process(&Input::Area { key, signal }, meta, out)
+                .unwrap();
+        }
+    }
+}
+
 /// Runs a timeline; returns every output.
 fn run(households: &[Input], timeline: &[(Millis, Millis, Step)]) -> Vec<Output> {
     let mut engine = Engine::new(rules());
@@ -355,6 +374,7 @@ fn run(households: &[Input], timeline: &[(Millis, Millis, Step)]) -> Vec<Output>
                     .unwrap();
             }
         }
+        read_areas(&mut engine, *arrive, &mut out);
     }
     out
 }
@@ -422,10 +442,17 @@ fn golden_scenarios() {
         let got = lifecycle(&out);
         // Every incident notifies the contacts (once, with its first task) exactly when urgent,
         // and tells them once more when it is resolved (by the desk, or the condition
-        // clearing), never when it was superseded.
+        // clearing), never when it was superseded. An area's incident has no family: it
+        // notifies no one.
         for o in &out {
             if let Output::Task(t) = o {
-                if t.tier == 0 && t.action != Action::NOTIFY_CONTACT {
+                if t.household_id.starts_with(carestream::engine::AREA_PREFIX) {
+                    let told = out
+                        .iter()
+                        .filter(|n| matches!(n, Output::Notification(n) if n.task_id == t.task_id))
+                        .count();
+                    assert_eq!(told, 0, "{}: an area's task told someone", path.display());
+                } else if t.tier == 0 && t.action != Action::NOTIFY_CONTACT {
                     let notices = |id: &str| {
                         out.iter()
                             .filter(|n| matches!(n, Output::Notification(n) if n.task_id == t.task_id && n.notification_id == id))

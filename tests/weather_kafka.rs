@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use carestream::config::Config;
 use carestream::model::*;
 use carestream::partition::Partitioner;
 use carestream::rules::RuleSet;
@@ -35,13 +34,6 @@ enum When {
     DuringFirstRecords,
     /// After every such home has sent records for a while.
     AfterFirstRecords,
-}
-
-fn now() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as Millis
 }
 
 fn homes() -> Vec<HouseholdProfile> {
@@ -134,37 +126,13 @@ fn variant(broker: &common::Broker, when: When, instances: usize) {
             ),
         ],
     );
-    let rules = RuleSet::load(std::path::Path::new(&rules_dir)).unwrap();
-    let (_, env) = common::test_config(&broker.bootstrap(), "wx");
-    let env = common::with_rules(&env, &rules_dir);
-    let config = Config::load(None, env.clone()).unwrap();
+    let rules = RuleSet::load(std::path::Path::new(&*rules_dir)).unwrap();
+    let (config, env) = common::environment_with_topics(broker, "wx", &rules_dir, PARTITIONS);
     let t = config.topics.clone();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(carestream::admin::create_topics(&config, PARTITIONS, 1))
-        .unwrap();
-    // The platform's producers: the contract's partitioner.
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let producer = common::platform_producer(&broker.bootstrap());
     let codec = common::codec();
     let homes = homes();
-    let start = now();
-    for p in &homes {
-        let reg = Input::Household {
-            household_id: p.household_id.clone(),
-            profile: Some(p.clone()),
-        };
-        common::produce(
-            &producer,
-            &t.households,
-            &p.household_id,
-            &common::enc(&codec, &reg),
-            start,
-        );
-    }
+    common::register(&producer, &config, &homes, common::now());
     let warn = |at: Millis| {
         let alert = Input::Weather(WeatherAlert {
             alert_id: format!("wx-{}", common::unique("alert")),
@@ -185,29 +153,16 @@ fn variant(broker: &common::Broker, when: When, instances: usize) {
         producer.flush(Duration::from_secs(10)).unwrap();
     };
     if when == When::BeforeStart {
-        warn(now());
+        warn(common::now());
     }
     producer.flush(Duration::from_secs(10)).unwrap();
-    let mut procs: Vec<common::Processor> = (0..instances)
-        .map(|_| {
-            let mut env = env.clone();
-            for (k, v) in env.iter_mut() {
-                if k == "CARESTREAM_HTTP__LISTEN" {
-                    *v = format!("127.0.0.1:{}", common::free_port());
-                }
-            }
-            common::Processor::start(&env)
-        })
-        .collect();
-    for p in procs.iter_mut() {
-        p.wait_ready(Duration::from_secs(60));
-    }
+    let mut procs = common::start_instances(&env, instances);
     let senders: Vec<usize> = (0..homes.len()).filter(|i| i % 3 != 2).collect();
     let began = Instant::now();
     let mut warned = when == When::BeforeStart;
     let mut round = 0;
     while began.elapsed() < Duration::from_secs(12) {
-        let at = now();
+        let at = common::now();
         let elapsed = began.elapsed();
         // During: half of the senders start first, the warning, then the rest.
         let active = match when {

@@ -77,6 +77,12 @@ impl DecodeError {
     ];
 }
 
+/// The key of a `care.area-signals` record, which says what the record is about.
+fn area_key(key: Option<&[u8]>) -> Result<AreaKey, DecodeError> {
+    key.and_then(AreaKey::parse)
+        .ok_or_else(|| DecodeError::Invalid("an area signal needs an m: or a: key".into()))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("encoding {record}: {message}")]
 pub struct EncodeError {
@@ -294,6 +300,12 @@ impl Codec {
                     profile: None,
                 });
             }
+            _ if kind == InputKind::AreaSignals => {
+                return Ok(Input::Area {
+                    key: area_key(key)?,
+                    signal: None,
+                })
+            }
             _ => return Err(DecodeError::Empty),
         };
         let value = self.decode_value(kind.record_name(), payload)?;
@@ -362,6 +374,17 @@ impl Codec {
                 snooze_until: r.opt_millis("snooze_until")?,
                 assign_to: r.opt_string("assign_to")?,
             }),
+            InputKind::AreaSignals => Input::Area {
+                key: area_key(key)?,
+                signal: Some(AreaSignal {
+                    area: r.string("area")?,
+                    household_id: r.opt_string("household_id")?,
+                    silent_since: r.millis("silent_since")?,
+                    at: r.millis("at")?,
+                    incident_id: r.opt_string("incident_id")?,
+                    homes: r.int("homes")?,
+                }),
+            },
         };
         Ok(input)
     }
@@ -457,6 +480,20 @@ impl Codec {
                     ),
                     ("snooze_until", e_opt(u.snooze_until, e_ts)),
                     ("assign_to", e_opt(u.assign_to.as_deref(), e_str)),
+                ]),
+            ),
+            Input::Area { signal: None, .. } => return Ok(None),
+            Input::Area {
+                signal: Some(a), ..
+            } => (
+                "AreaSignal",
+                record(vec![
+                    ("area", e_str(&a.area)),
+                    ("household_id", e_opt(a.household_id.as_deref(), e_str)),
+                    ("silent_since", e_ts(a.silent_since)),
+                    ("at", e_ts(a.at)),
+                    ("incident_id", e_opt(a.incident_id.as_deref(), e_str)),
+                    ("homes", Value::Int(a.homes)),
                 ]),
             ),
         };

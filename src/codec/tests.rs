@@ -917,3 +917,79 @@ mod fast_encoder {
         files
     }
 }
+
+#[test]
+fn area_signals_round_trip_by_their_key_and_a_bad_key_is_refused() {
+    let c = codec();
+    let member = Input::Area {
+        key: AreaKey::Member("hh-000042".into()),
+        signal: Some(AreaSignal {
+            area: "420102001003".into(),
+            household_id: Some("hh-000042".into()),
+            silent_since: 1_795_000_000_000,
+            at: 1_795_001_800_000,
+            incident_id: None,
+            homes: 0,
+        }),
+    };
+    let area = Input::Area {
+        key: AreaKey::Area("420102001003".into()),
+        signal: Some(AreaSignal {
+            area: "420102001003".into(),
+            household_id: None,
+            silent_since: 1_795_000_000_000,
+            at: 1_795_001_900_000,
+            incident_id: Some("inc-1".into()),
+            homes: 37,
+        }),
+    };
+    for input in [&member, &area] {
+        let Input::Area { key, .. } = input else {
+            unreachable!()
+        };
+        let bytes = c.encode_input(input).unwrap().unwrap();
+        let back = c
+            .decode_input(InputKind::AreaSignals, Some(&key.to_bytes()), Some(&bytes))
+            .unwrap();
+        assert_eq!(&back, input);
+    }
+    // A tombstone is read by its key alone.
+    let gone = Input::Area {
+        key: AreaKey::Member("hh-000042".into()),
+        signal: None,
+    };
+    assert_eq!(c.encode_input(&gone).unwrap(), None);
+    assert_eq!(
+        c.decode_input(InputKind::AreaSignals, Some(b"m:hh-000042"), None),
+        Ok(gone)
+    );
+    for bad in [None, Some(&b"hh-000042"[..]), Some(b"m:"), Some(b"x:1")] {
+        assert_eq!(
+            c.decode_input(InputKind::AreaSignals, bad, None)
+                .map_err(|e| e.reason()),
+            Err("invalid_value"),
+            "{bad:?}"
+        );
+    }
+    // Found before its silence began: refused.
+    let Input::Area {
+        signal: Some(mut s),
+        key,
+    } = member
+    else {
+        unreachable!()
+    };
+    s.at = s.silent_since - 1;
+    let bytes = c
+        .encode_input(&Input::Area {
+            key: key.clone(),
+            signal: Some(s),
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c.decode_input(InputKind::AreaSignals, Some(&key.to_bytes()), Some(&bytes))
+            .map_err(|e| e.reason()),
+        Err("invalid_value")
+    );
+}

@@ -106,6 +106,16 @@ impl Engine {
                     r.reason.clone(),
                 )
             }
+            RuleRef::Area => {
+                let r = &self.rules.area;
+                (
+                    RuleRef::AREA_ID.to_string(),
+                    r.severity,
+                    r.action,
+                    r.respond_within,
+                    r.reason.clone(),
+                )
+            }
             RuleRef::Weather => {
                 let w = &self.rules.weather;
                 (
@@ -131,11 +141,7 @@ impl Engine {
         respond_by: Millis,
         evidence: Vec<Evidence>,
     ) -> EscalationTask {
-        let (district, street, community) = h
-            .profile
-            .as_ref()
-            .map(|p| (p.district.clone(), p.street.clone(), p.community.clone()))
-            .unwrap_or_default();
+        let (district, street, community) = self.place(h);
         EscalationTask {
             task_id: ids::task_id(&inc.incident_id, tier, action),
             incident_id: Some(inc.incident_id.clone()),
@@ -193,7 +199,8 @@ impl Engine {
             reason.push_str(" — ");
             reason.push_str(d);
         }
-        if profile.is_none() {
+        let area = f.rule == RuleRef::Area;
+        if profile.is_none() && !area {
             reason.push_str(" [household not in the registry: address unknown]");
         }
         let household_id = h.id.to_string();
@@ -230,7 +237,14 @@ impl Engine {
             assigned_to: None,
         };
         let mut actions = vec![action];
-        for a in &self.rules.ladder(severity).with_first {
+        // An area has no family to tell: its task goes alone.
+        for a in self
+            .rules
+            .ladder(severity)
+            .with_first
+            .iter()
+            .filter(|_| !area)
+        {
             if !actions.contains(a) {
                 actions.push(*a);
             }
@@ -376,6 +390,9 @@ impl Engine {
                 until: None,
                 assigned_to: None,
             }));
+        }
+        if *rule == RuleRef::Area {
+            self.area_closed(&household_id, out);
         }
         Some(inc)
     }

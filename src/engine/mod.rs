@@ -10,6 +10,7 @@
 //! deadline per household in the same queue.
 
 mod alarms;
+mod area;
 mod clock;
 pub(crate) mod fasthash;
 mod household;
@@ -30,6 +31,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+pub use area::AREA_PREFIX;
 pub use siphash::hash64_bytes;
 pub use snapshot::PartitionSnapshot;
 
@@ -130,6 +132,11 @@ pub struct EngineStats {
     pub welfare_calls: u64,
     /// A closed incident found again under the same id (the same trigger): not reopened.
     pub reopen_refused: u64,
+    /// Storm control: silent homes reported to their area, those of them whose own task
+    /// went out after the wait or the hold, and grouped area incidents opened.
+    pub area_homes_reported: u64,
+    pub area_homes_released: u64,
+    pub area_incidents: u64,
 }
 
 /// Where an open task lives, for the desk's updates.
@@ -181,6 +188,8 @@ pub struct Engine {
     /// While late data is being applied: no deadline is queued before this (see
     /// `Engine::late`). `Millis::MIN` otherwise.
     floor: Millis,
+    /// Storm control's view of the areas (`care.area-signals`).
+    areas: area::Areas,
 }
 
 impl Engine {
@@ -210,6 +219,7 @@ impl Engine {
             param_ids: HashMap::new(),
             param_offsets: RuleSet::param_offsets(),
             floor: Millis::MIN,
+            areas: area::Areas::new(true),
         }
         .with_default_params()
     }
@@ -316,7 +326,7 @@ impl Engine {
     pub fn incident_views(&self) -> Vec<Incident> {
         let mut all = Vec::with_capacity(self.open_count);
         for h in self.slots.iter() {
-            all.extend(h.open.iter().map(|inc| view(h, inc)));
+            all.extend(h.open.iter().map(|inc| view(h, inc, self.place(h))));
         }
         all.sort_by_key(|i| (i.severity, i.opened_at));
         all
@@ -326,7 +336,15 @@ impl Engine {
     pub fn incident_view(&self, household_id: &str, incident_id: &str) -> Option<Incident> {
         let h = self.slot(self.lookup(household_id)?);
         let inc = h.open.iter().find(|i| i.incident_id == incident_id)?;
-        Some(view(h, inc))
+        Some(view(h, inc, self.place(h)))
+    }
+
+    /// District, street and community of a household: its registry entry's, or an area's.
+    fn place(&self, h: &Household) -> (String, String, String) {
+        match &h.profile {
+            Some(p) => (p.district.clone(), p.street.clone(), p.community.clone()),
+            None => self.area_place(&h.id).unwrap_or_default(),
+        }
     }
 
     /// The end of the maintenance window holding `rule` for this household at `t`, if any.
@@ -549,6 +567,10 @@ impl Engine {
                 Ok(())
             }
             Input::TaskUpdate(u) => self.task_update(u, out),
+            Input::Area { key, signal } => {
+                self.area_record(key, signal.as_ref(), meta.arrival, out);
+                Ok(())
+            }
         }
     }
 
@@ -607,6 +629,7 @@ impl Engine {
         profile: Option<&HouseholdProfile>,
         at: Millis,
     ) {
+        self.areas.registry_changed();
         match profile {
             Some(p) => {
                 let slot = self.slot_for(household_id);
@@ -956,21 +979,17 @@ impl Engine {
 }
 
 /// The desk's view of an open incident of `h`.
-fn view(h: &Household, inc: &household::OpenIncident) -> Incident {
-    let (district, street, community) = h
-        .profile
-        .as_ref()
-        .map(|p| (p.district.as_str(), p.street.as_str(), p.community.as_str()))
-        .unwrap_or_default();
+fn view(h: &Household, inc: &household::OpenIncident, place: (String, String, String)) -> Incident {
+    let (district, street, community) = place;
     Incident {
         incident_id: inc.incident_id.clone(),
         household_id: h.id.to_string(),
         rule_id: inc.rule_id.clone(),
         severity: inc.severity,
         tier: inc.tier,
-        district: district.to_string(),
-        street: street.to_string(),
-        community: community.to_string(),
+        district,
+        street,
+        community,
         incident_time: inc.incident_time,
         opened_at: inc.opened_at,
         acknowledged_at: inc.acked.then_some(inc.acked_at).flatten(),

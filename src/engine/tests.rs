@@ -1557,13 +1557,16 @@ fn only_a_registered_device_reporting_after_the_silence_ends_it() {
     e.process(&profile("hh-1", 1), on(0, T0), &mut out).unwrap();
     e.process(&heartbeat("hh-1", T0), on(0, T0), &mut out)
         .unwrap();
+    let wait = e.rules().area.group_wait;
     e.tick(0, T0 + 31 * 60_000, &mut out);
+    assert_eq!(opened(&out), vec![], "reported to its area, waiting");
+    e.tick(0, T0 + 30 * 60_000 + wait, &mut out);
     assert_eq!(
         opened(&out),
         vec![(
             "hh-1".to_string(),
             "home_silence".to_string(),
-            T0 + 30 * 60_000
+            T0 + 30 * 60_000 + wait
         )]
     );
     // A motion sensor that never sent a heartbeat, and an old heartbeat: the silence stands.
@@ -1582,19 +1585,19 @@ fn only_a_registered_device_reporting_after_the_silence_ends_it() {
         &mut out,
     )
     .unwrap();
-    e.tick(0, T0 + 60 * 60_000, &mut out);
+    e.tick(0, T0 + 60 * 60_000 + wait, &mut out);
     let closed = |out: &[Output]| {
         out.iter().filter(|o| matches!(o, Output::TaskEvent(ev) if ev.kind == TaskEventKind::AUTO_RESOLVED && ev.rule_id == "home_silence")).count()
     };
     assert_eq!(closed(&out), 0, "{out:#?}");
     // The registered device reports: clear, then resolved 10 min later, and not reopened.
     e.process(
-        &heartbeat("hh-1", T0 + 61 * 60_000),
-        on(0, T0 + 61 * 60_000),
+        &heartbeat("hh-1", T0 + 61 * 60_000 + wait),
+        on(0, T0 + 61 * 60_000 + wait),
         &mut out,
     )
     .unwrap();
-    e.tick(0, T0 + 75 * 60_000, &mut out);
+    e.tick(0, T0 + 75 * 60_000 + wait, &mut out);
     assert_eq!(
         closed(&out),
         3,
@@ -1856,9 +1859,11 @@ fn a_gateway_backlog_is_judged_the_same_however_far_time_has_moved_when_it_is_re
         .into_iter()
         .filter(|(_, r, _)| r == "home_silence")
         .collect();
+    // Found at 30 min; its task goes out once its area's wait is over (storm control).
+    let wait = engine().rules().area.group_wait;
     assert_eq!(
         silences,
-        [("hh-1".into(), "home_silence".into(), T0 + 30 * MIN)],
+        [("hh-1".into(), "home_silence".into(), T0 + 30 * MIN + wait)],
         "{:?}",
         opened(&reference)
     );
@@ -2598,4 +2603,416 @@ fn a_city_with_no_visit_history_visited_by_its_plans_gets_no_visit_task_in_two_m
         "{planned} visits planned in 60 days, at most {busiest} a day in a community, \
          {beyond} overdue homes put off to a later day"
     );
+}
+
+/// Storm control across instances: two engines, each owning one of two partitions, every area
+/// signal either writes read by both (as `care.area-signals` is, whole, on every instance).
+mod storm {
+    use super::*;
+    use crate::partition::Partitioner;
+
+    const MIN: Millis = 60_000;
+    const AREA: &str = "420102001003";
+
+    struct City {
+        engines: Vec<Engine>,
+        out: Vec<Output>,
+        /// Every area record written, in order, as the compacted topic would hold it.
+        table: Vec<(AreaKey, Option<AreaSignal>)>,
+    }
+
+    impl City {
+        /// `homes` homes of the community, home `i` on partition `i % 2`, its last heartbeat
+        /// at `T0 + i * 20 s`; and `hh-other`, alone in another community, on partition 0.
+        fn new(homes: usize) -> City {
+            let mut engines: Vec<Engine> = (0..2).map(|_| engine()).collect();
+            let mut out = Vec::new();
+            for (p, e) in engines.iter_mut().enumerate() {
+                e.set_owned(Some(vec![p as i32]));
+                e.set_partitioning(Partitioner::Murmur2, 2);
+                for i in 0..homes {
+                    e.process(&profile(&home(i), 1), on(0, T0), &mut out)
+                        .unwrap();
+                }
+                let mut other = profile("hh-other", 1);
+                if let Input::Household {
+                    profile: Some(p), ..
+                } = &mut other
+                {
+                    p.community = "420102001009".into();
+                }
+                e.process(&other, on(0, T0), &mut out).unwrap();
+            }
+            for i in 0..homes {
+                let t = T0 + i as Millis * 20_000;
+                let p = (i % 2) as i32;
+                engines[p as usize]
+                    .process(&heartbeat(&home(i), t), on(p, t), &mut out)
+                    .unwrap();
+            }
+            engines[0]
+                .process(&heartbeat("hh-other", T0), on(0, T0), &mut out)
+                .unwrap();
+            let mut city = City {
+                engines,
+                out,
+                table: Vec::new(),
+            };
+            city.exchange(T0);
+            city
+        }
+
+        /// Delivers every area record written to both engines, until none is left.
+        fn exchange(&mut self, at: Millis) {
+            loop {
+                let records: Vec<_> = self
+                    .engines
+                    .iter_mut()
+                    .flat_map(|e| e.take_area_signals())
+                    .collect();
+                if records.is_empty() {
+                    return;
+                }
+                for (key, signal) in records {
+                    let input = Input::Area {
+                        key: key.clone(),
+                        signal: signal.clone(),
+                    };
+                    for e in &mut self.engines {
+                        e.process(&input, on(0, at), &mut self.out).unwrap();
+                    }
+                    self.table.push((key, signal));
+                }
+            }
+        }
+
+        /// Both partitions' time moves to `to` a minute at a time, the table read in between.
+        fn run_to(&mut self, from: Millis, to: Millis) {
+            let mut t = from;
+            while t < to {
+                t = (t + MIN).min(to);
+                for (p, e) in self.engines.iter_mut().enumerate() {
+                    e.tick(p as i32, t, &mut self.out);
+                }
+                self.exchange(t);
+            }
+        }
+
+        fn heartbeat(&mut self, i: usize, t: Millis) {
+            let p = i % 2;
+            self.engines[p]
+                .process(&heartbeat(&home(i), t), on(p as i32, t), &mut self.out)
+                .unwrap();
+            self.exchange(t);
+        }
+
+        fn tasks(&self, rule: &str) -> Vec<&EscalationTask> {
+            self.out
+                .iter()
+                .filter_map(|o| match o {
+                    // `hh-other` is alone in its community.
+                    Output::Task(t) if t.rule_id == rule && t.household_id != "hh-other" => Some(t),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn notified(&self, hh: &str) -> usize {
+            self.out
+                .iter()
+                .filter(|o| matches!(o, Output::Notification(n) if n.household_id == hh))
+                .count()
+        }
+    }
+
+    fn home(i: usize) -> String {
+        format!("hh-{i:02}")
+    }
+
+    fn homes_in_evidence(t: &EscalationTask) -> Vec<String> {
+        t.evidence[1..].iter().map(|e| e.event_id.clone()).collect()
+    }
+
+    #[test]
+    fn a_community_going_dark_is_one_task_and_its_homes_still_dark_are_released_after() {
+        let mut c = City::new(12);
+        // Every home of the community silent from its last heartbeat: power cut at T0+4 min.
+        c.run_to(T0, T0 + 40 * MIN);
+        let area = c.tasks("area_silence");
+        assert_eq!(area.len(), 1, "one grouped task: {area:#?}");
+        let a = area[0];
+        assert_eq!(a.household_id, format!("area:{AREA}"));
+        assert_eq!(
+            (a.severity, a.action),
+            (Severity::HIGH, Action::ONSITE_VISIT)
+        );
+        assert_eq!(
+            (a.district.as_str(), a.community.as_str()),
+            ("420102", AREA)
+        );
+        assert!(
+            a.evidence[0].summary.contains("of 12 registered homes"),
+            "{:?}",
+            a.evidence[0]
+        );
+        let named = homes_in_evidence(a);
+        assert!(named.len() >= 5, "{named:?}");
+        assert!(
+            c.tasks("home_silence").is_empty(),
+            "{:#?}",
+            c.tasks("home_silence")
+        );
+        for i in 0..12 {
+            assert_eq!(
+                c.notified(&home(i)),
+                0,
+                "no family told while the area holds it"
+            );
+        }
+        // The area's owner opened it once, whichever instance found its homes.
+        let stats: Vec<EngineStats> = c.engines.iter().map(|e| e.stats()).collect();
+        assert_eq!(stats.iter().map(|s| s.area_incidents).sum::<u64>(), 1);
+        // The community's 12 and `hh-other`, whose own task went out after its wait.
+        assert_eq!(stats.iter().map(|s| s.area_homes_reported).sum::<u64>(), 13);
+        assert_eq!(stats.iter().map(|s| s.area_homes_released).sum::<u64>(), 1);
+
+        // Power back for 8 homes at 60 min; 4 still silent.
+        for i in 0..8 {
+            c.heartbeat(i, T0 + 60 * MIN);
+        }
+        c.run_to(T0 + 60 * MIN, T0 + 62 * MIN);
+        let closed: Vec<_> = c
+            .out
+            .iter()
+            .filter(|o| matches!(o, Output::TaskEvent(e) if e.rule_id == "area_silence" && e.kind == TaskEventKind::AUTO_RESOLVED))
+            .collect();
+        assert_eq!(closed.len(), 1, "the area's incident resolved itself");
+        let mut released: Vec<(String, Millis)> = c
+            .tasks("home_silence")
+            .iter()
+            .filter(|t| t.action == Action::CALL_ELDER)
+            .map(|t| (t.household_id.clone(), t.incident_time))
+            .collect();
+        released.sort();
+        let expected: Vec<(String, Millis)> = (8..12)
+            .map(|i| (home(i), T0 + i as Millis * 20_000 + 30 * MIN))
+            .collect();
+        assert_eq!(
+            released, expected,
+            "the homes still dark, each from when it was found"
+        );
+        for i in 8..12 {
+            assert_eq!(
+                c.notified(&home(i)),
+                1,
+                "the family of a home released is told"
+            );
+        }
+        let stats: Vec<EngineStats> = c.engines.iter().map(|e| e.stats()).collect();
+        assert_eq!(
+            stats.iter().map(|s| s.area_homes_released).sum::<u64>(),
+            1 + 4
+        );
+        // The table ends with no area record, and the homes still silent: the 4, and
+        // `hh-other`.
+        let mut live = HashMap::new();
+        for (k, v) in &c.table {
+            match v {
+                Some(v) => live.insert(k.clone(), v.clone()),
+                None => live.remove(k),
+            };
+        }
+        let mut left: Vec<_> = live.keys().cloned().collect();
+        left.sort_by_key(|k| format!("{k:?}"));
+        let mut expected: Vec<AreaKey> = (8..12).map(|i| AreaKey::Member(home(i))).collect();
+        expected.push(AreaKey::Member("hh-other".into()));
+        assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn a_home_silent_alone_gets_its_own_task_after_the_wait_and_alarms_never_wait() {
+        let mut c = City::new(3);
+        c.run_to(T0, T0 + 40 * MIN);
+        assert!(c.tasks("area_silence").is_empty());
+        let wait = c.engines[0].rules().area.group_wait;
+        let mut own: Vec<(String, Millis, Millis)> = c
+            .tasks("home_silence")
+            .iter()
+            .filter(|t| t.action == Action::CALL_ELDER)
+            .map(|t| (t.household_id.clone(), t.incident_time, t.emitted_at))
+            .collect();
+        own.sort();
+        // Three homes are under `min_homes`.
+        assert_eq!(own.len(), 3, "{own:?}");
+        for (hh, found, sent) in &own {
+            assert!(
+                *sent >= found + wait && *sent <= found + wait + MIN,
+                "{hh}: {found} {sent}"
+            );
+        }
+        // A storm in progress never holds back an alarm.
+        let mut c = City::new(12);
+        c.run_to(T0, T0 + 40 * MIN);
+        assert_eq!(c.tasks("area_silence").len(), 1);
+        let t = T0 + 41 * MIN;
+        c.engines[1]
+            .process(&press(&home(11), "p-1", t), on(1, t), &mut c.out)
+            .unwrap();
+        let sos = c.tasks("alarm.emergency_button");
+        assert!(!sos.is_empty(), "the alarm goes out at once");
+        assert!(sos.iter().all(|t| t.emitted_at == t.incident_time));
+    }
+
+    #[test]
+    fn a_home_is_held_no_longer_than_max_hold_and_the_desk_closing_the_area_releases_the_rest() {
+        let mut c = City::new(12);
+        c.run_to(T0, T0 + 40 * MIN);
+        assert_eq!(c.tasks("area_silence").len(), 1);
+        let max_hold = c.engines[0].rules().area.max_hold;
+        // Nobody comes back: each home gets its own task `max_hold` after it was found.
+        c.run_to(T0 + 40 * MIN, T0 + 30 * MIN + max_hold + 5 * MIN);
+        let own = c.tasks("home_silence");
+        let calls: Vec<_> = own
+            .iter()
+            .filter(|t| t.action == Action::CALL_ELDER)
+            .collect();
+        assert_eq!(calls.len(), 12);
+        for t in &calls {
+            assert!(t.emitted_at >= t.incident_time + max_hold, "{t:?}");
+        }
+
+        // Another city: the desk resolves the area's task; homes still dark get their own.
+        let mut c = City::new(12);
+        c.run_to(T0, T0 + 40 * MIN);
+        let area = c.tasks("area_silence")[0].clone();
+        let owner = c
+            .engines
+            .iter()
+            .position(|e| {
+                e.incident_view(&area.household_id, area.incident_id.as_deref().unwrap())
+                    .is_some()
+            })
+            .expect("the owner has it");
+        let resolve = Input::TaskUpdate(TaskUpdate {
+            task_id: area.task_id.clone(),
+            household_id: area.household_id.clone(),
+            status: TaskUpdateStatus::RESOLVED,
+            by: "desk-1".into(),
+            at: T0 + 45 * MIN,
+            note: None,
+            outcome: Some(TaskOutcome::VISITED_OK),
+            snooze_until: None,
+            assign_to: None,
+        });
+        let before = c.tasks("home_silence").len();
+        c.engines[owner]
+            .process(&resolve, on(0, T0 + 45 * MIN), &mut c.out)
+            .unwrap();
+        c.exchange(T0 + 45 * MIN);
+        c.run_to(T0 + 45 * MIN, T0 + 47 * MIN);
+        let calls = c.tasks("home_silence")[before..]
+            .iter()
+            .filter(|t| t.action == Action::CALL_ELDER)
+            .count();
+        assert_eq!(calls, 12, "released when the desk closed the area");
+    }
+
+    #[test]
+    fn a_restarted_instance_reading_the_table_again_opens_nothing_twice() {
+        let mut c = City::new(12);
+        c.run_to(T0, T0 + 40 * MIN);
+        let first = c.tasks("area_silence")[0].clone();
+        let owner = Partitioner::Murmur2.partition(first.household_id.as_bytes(), 2);
+        // Each instance restarts: its checkpoint gives its partition back (the owner's holds
+        // the area's incident), then the table is read from the start, its decisions waiting
+        // until the end. Nothing is opened, closed or written again.
+        let restart = |c: &City, p: i32, with_checkpoint: bool| {
+            let mut e = engine();
+            e.set_owned(Some(vec![p]));
+            e.set_partitioning(Partitioner::Murmur2, 2);
+            e.areas_wait_for_table();
+            let mut out = Vec::new();
+            for i in 0..12 {
+                e.process(&profile(&home(i), 1), on(0, T0), &mut out)
+                    .unwrap();
+            }
+            if with_checkpoint {
+                e.restore(c.engines[p as usize].snapshot(p));
+            }
+            for (key, signal) in &c.table {
+                let input = Input::Area {
+                    key: key.clone(),
+                    signal: signal.clone(),
+                };
+                e.process(&input, on(0, T0 + 41 * MIN), &mut out).unwrap();
+            }
+            e.areas_caught_up(T0 + 41 * MIN, &mut out);
+            (e, out)
+        };
+        for p in 0..2 {
+            let (mut e, out) = restart(&c, p, true);
+            assert!(out.is_empty(), "{out:#?}");
+            assert!(e.take_area_signals().is_empty());
+            assert!(e.area_open(AREA));
+        }
+        // The owner without its checkpoint (older than the incident): the area's record is
+        // taken back, not left holding its homes with no incident; judged again, the same
+        // incident opens under the same ids, which the desk has already.
+        let (mut e, out) = restart(&c, owner, false);
+        assert!(out.is_empty(), "{out:#?}");
+        assert_eq!(
+            e.take_area_signals(),
+            vec![(AreaKey::Area(AREA.into()), None)]
+        );
+        let mut out = Vec::new();
+        e.judge_areas(T0 + 41 * MIN, &mut out);
+        let again: Vec<&EscalationTask> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Task(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].task_id, first.task_id);
+    }
+
+    #[test]
+    fn held_homes_move_with_their_partition_and_are_released_by_their_new_owner() {
+        let mut c = City::new(12);
+        c.run_to(T0, T0 + 40 * MIN);
+        assert_eq!(c.tasks("area_silence").len(), 1);
+        // Partition 1 moves to a new instance: its checkpoint, and the table read whole.
+        let snapshot = c.engines[1].snapshot(1);
+        let mut e = engine();
+        e.set_owned(Some(vec![1]));
+        e.set_partitioning(Partitioner::Murmur2, 2);
+        e.areas_wait_for_table();
+        for i in 0..12 {
+            e.process(&profile(&home(i), 1), on(0, T0), &mut c.out)
+                .unwrap();
+        }
+        e.restore(snapshot);
+        for (key, signal) in &c.table {
+            let input = Input::Area {
+                key: key.clone(),
+                signal: signal.clone(),
+            };
+            e.process(&input, on(0, T0 + 41 * MIN), &mut c.out).unwrap();
+        }
+        e.areas_caught_up(T0 + 41 * MIN, &mut c.out);
+        c.engines[1] = e;
+        for i in 0..8 {
+            c.heartbeat(i, T0 + 60 * MIN);
+        }
+        c.run_to(T0 + 60 * MIN, T0 + 62 * MIN);
+        let mut released: Vec<String> = c
+            .tasks("home_silence")
+            .iter()
+            .filter(|t| t.action == Action::CALL_ELDER)
+            .map(|t| t.household_id.clone())
+            .collect();
+        released.sort();
+        assert_eq!(released, (8..12).map(home).collect::<Vec<_>>());
+    }
 }

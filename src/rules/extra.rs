@@ -6,7 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{parse_duration, windowed::RuleKind, Source};
-use crate::model::{Cohort, HouseholdProfile, Millis, Severity, WeatherLevel};
+use crate::model::{Action, Cohort, HouseholdProfile, Millis, Severity, WeatherLevel};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -403,5 +403,129 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AreaFile {
+    enabled: bool,
+    area: Spanned<String>,
+    window: Spanned<String>,
+    min_homes: Spanned<i64>,
+    min_fraction: Spanned<f64>,
+    group_wait: Spanned<String>,
+    max_hold: Spanned<String>,
+    release_fraction: Spanned<f64>,
+    severity: Spanned<String>,
+    action: Spanned<String>,
+    respond_within: Spanned<String>,
+    reason: String,
+}
+
+/// The registry field that names a home's area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AreaLevel {
+    Community,
+    District,
+}
+
+/// Storm control for home silence (`area_silence.toml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AreaRules {
+    pub enabled: bool,
+    pub level: AreaLevel,
+    /// Homes count together when their silences began this close.
+    pub window: Millis,
+    pub min_homes: usize,
+    pub min_fraction: f64,
+    /// How long a silent home waits for its area's verdict before its own task goes out.
+    pub group_wait: Millis,
+    /// A home is held back no longer than this.
+    pub max_hold: Millis,
+    /// The area's incident resolves once at most this fraction of its most homes are silent.
+    pub release_fraction: f64,
+    pub severity: Severity,
+    pub action: Action,
+    pub respond_within: Millis,
+    pub reason: String,
+}
+
+impl Default for AreaRules {
+    fn default() -> Self {
+        AreaRules {
+            enabled: false,
+            level: AreaLevel::Community,
+            window: 15 * 60_000,
+            min_homes: 5,
+            min_fraction: 0.1,
+            group_wait: 3 * 60_000,
+            max_hold: 4 * 3_600_000,
+            release_fraction: 0.5,
+            severity: Severity::HIGH,
+            action: Action::ONSITE_VISIT,
+            respond_within: 3_600_000,
+            reason: String::new(),
+        }
+    }
+}
+
+impl AreaRules {
+    pub(super) fn load(f: &AreaFile, src: &Source, problems: &mut Vec<String>) -> AreaRules {
+        let mut r = AreaRules {
+            enabled: f.enabled,
+            window: src.duration(&f.window, "window", problems),
+            group_wait: src.duration(&f.group_wait, "group_wait", problems),
+            max_hold: src.duration(&f.max_hold, "max_hold", problems),
+            respond_within: src.duration(&f.respond_within, "respond_within", problems),
+            reason: f.reason.trim().to_string(),
+            ..AreaRules::default()
+        };
+        match f.area.get_ref().as_str() {
+            "community" => r.level = AreaLevel::Community,
+            "district" => r.level = AreaLevel::District,
+            _ => problems.push(src.at(f.area.span(), "area must be \"community\" or \"district\"")),
+        }
+        let min_homes = *f.min_homes.get_ref();
+        if !(2..=100_000).contains(&min_homes) {
+            problems.push(src.at(f.min_homes.span(), "min_homes must be 2..=100000"));
+        }
+        r.min_homes = min_homes.clamp(2, 100_000) as usize;
+        for (v, name) in [
+            (&f.min_fraction, "min_fraction"),
+            (&f.release_fraction, "release_fraction"),
+        ] {
+            if !(0.0..=1.0).contains(v.get_ref()) {
+                problems.push(src.at(v.span(), &format!("{name} must be in [0, 1]")));
+            }
+        }
+        r.min_fraction = f.min_fraction.get_ref().clamp(0.0, 1.0);
+        r.release_fraction = f.release_fraction.get_ref().clamp(0.0, 1.0);
+        if r.group_wait >= r.max_hold {
+            problems.push(src.at(
+                f.group_wait.span(),
+                "group_wait must be shorter than max_hold",
+            ));
+        }
+        match Severity::from_symbol(f.severity.get_ref()) {
+            Some(s) => r.severity = s,
+            None => problems.push(src.at(
+                f.severity.span(),
+                &format!("severity must be one of {:?}", Severity::ALL),
+            )),
+        }
+        match Action::from_symbol(f.action.get_ref()) {
+            Some(a) => r.action = a,
+            None => problems.push(src.at(f.action.span(), "unknown action")),
+        }
+        r
+    }
+
+    /// The area a registry entry puts a home in.
+    pub fn area_of<'p>(&self, p: &'p HouseholdProfile) -> &'p str {
+        match self.level {
+            AreaLevel::Community => &p.community,
+            AreaLevel::District => &p.district,
+        }
     }
 }

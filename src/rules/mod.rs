@@ -12,12 +12,14 @@ use toml::Spanned;
 
 use crate::model::{Action, DeviceKind, HouseholdProfile, Millis, QuietHours, Severity};
 
-pub use extra::{parse_rfc3339, Holiday, Suppression, VisitPlanRules, WeatherRules};
+pub use extra::{
+    parse_rfc3339, AreaLevel, AreaRules, Holiday, Suppression, VisitPlanRules, WeatherRules,
+};
 pub use windowed::{p, RuleKind, WindowedRule};
 
 /// The files `rules/` holds besides one per windowed rule; anything else there is a mistake
 /// worth stopping for.
-pub const FILES: [&str; 7] = [
+pub const FILES: [&str; 8] = [
     "engine.toml",
     "alarms.toml",
     "escalation.toml",
@@ -25,6 +27,7 @@ pub const FILES: [&str; 7] = [
     "suppressions.toml",
     "holidays.toml",
     "visit_plan.toml",
+    "area_silence.toml",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +168,8 @@ pub struct RuleSet {
     pub holidays: Vec<Holiday>,
     /// The daily visit plan (`visit_plan.toml`).
     pub visit_plan: VisitPlanRules,
+    /// Storm control for home silence (`area_silence.toml`).
+    pub area: AreaRules,
     /// Index into `alarms` by `DeviceKind::index()`.
     alarm_by_kind: [Option<usize>; 12],
 }
@@ -260,6 +265,7 @@ impl RuleSet {
             suppressions: Vec::new(),
             holidays: Vec::new(),
             visit_plan: VisitPlanRules::default(),
+            area: AreaRules::default(),
             alarm_by_kind: [None; 12],
         };
         if let Some((e, src)) = &engine {
@@ -408,6 +414,9 @@ impl RuleSet {
         if let Some((f, src)) = parse::<extra::VisitPlanFile>(dir, "visit_plan.toml", &mut problems)
         {
             set.visit_plan = VisitPlanRules::load(&f, &src, &mut problems);
+        }
+        if let Some((f, src)) = parse::<extra::AreaFile>(dir, "area_silence.toml", &mut problems) {
+            set.area = AreaRules::load(&f, &src, &mut problems);
         }
         for kind in RuleKind::ALL {
             let path = dir.join(kind.file());

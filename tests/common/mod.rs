@@ -368,6 +368,7 @@ pub fn test_config(bootstrap: &str, tag: &str) -> (Config, Vec<(String, String)>
         "task_events",
         "incidents",
         "visit_plans",
+        "area_signals",
         "dead_letter",
         "state",
     ] {
@@ -730,9 +731,25 @@ pub fn enc(codec: &Codec, input: &carestream::model::Input) -> Vec<u8> {
     codec.encode_input(input).unwrap().unwrap()
 }
 
+/// A directory of rules for a test, removed when dropped; reads as its path.
+pub struct RulesDir(String);
+
+impl std::ops::Deref for RulesDir {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for RulesDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A copy of the shipped rules with some lines replaced: `(file, line, replacement)`. Each
 /// line must be there as given.
-pub fn rules_with(tag: &str, edits: &[(&str, &str, &str)]) -> String {
+pub fn rules_with(tag: &str, edits: &[(&str, &str, &str)]) -> RulesDir {
     let dir = std::env::temp_dir().join(unique(tag));
     std::fs::create_dir_all(&dir).unwrap();
     for e in std::fs::read_dir(Path::new(MANIFEST).join("rules")).unwrap() {
@@ -746,7 +763,7 @@ pub fn rules_with(tag: &str, edits: &[(&str, &str, &str)]) -> String {
         }
         std::fs::write(dir.join(e.file_name()), text).unwrap();
     }
-    dir.display().to_string()
+    RulesDir(dir.display().to_string())
 }
 
 /// `env` with its rules directory replaced by `dir`.
@@ -822,4 +839,83 @@ pub fn wait_caught_up(config: &Config, partitions: i32, limit: Duration) -> Resu
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The platform's producer: the contract's partitioner, records batched for 5 ms.
+pub fn platform_producer(
+    bootstrap: &str,
+) -> rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// Puts every home in the registry, stamped `at`.
+pub fn register(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    config: &Config,
+    homes: &[carestream::model::HouseholdProfile],
+    at: i64,
+) {
+    let codec = codec();
+    for p in homes {
+        let reg = carestream::model::Input::Household {
+            household_id: p.household_id.clone(),
+            profile: Some(p.clone()),
+        };
+        produce(
+            producer,
+            &config.topics.households,
+            &p.household_id,
+            &enc(&codec, &reg),
+            at,
+        );
+    }
+}
+
+/// `n` instances of one group, each with an HTTP port of its own, ready.
+pub fn start_instances(env: &[(String, String)], n: usize) -> Vec<Processor> {
+    let mut procs: Vec<Processor> = (0..n)
+        .map(|_| {
+            let mut env = env.to_vec();
+            for (k, v) in env.iter_mut() {
+                if k == "CARESTREAM_HTTP__LISTEN" {
+                    *v = format!("127.0.0.1:{}", free_port());
+                }
+            }
+            Processor::start(&env)
+        })
+        .collect();
+    for p in procs.iter_mut() {
+        p.wait_ready(Duration::from_secs(60));
+    }
+    procs
+}
+
+/// A run's environment with the rules in `rules_dir`, and its topics created on `broker`
+/// with `partitions` each.
+pub fn environment_with_topics(
+    broker: &Broker,
+    tag: &str,
+    rules_dir: &str,
+    partitions: i32,
+) -> (Config, Vec<(String, String)>) {
+    let (_, env) = test_config(&broker.bootstrap(), tag);
+    let env = with_rules(&env, rules_dir);
+    let config = Config::load(None, env.clone()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(carestream::admin::create_topics(&config, partitions, 1))
+        .unwrap();
+    (config, env)
+}
+
+/// The wall clock, ms since the epoch: event time in the tests that run live.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

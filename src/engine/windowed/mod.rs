@@ -121,6 +121,9 @@ impl Engine {
             RuleKind::WaterSilence | RuleKind::WaterFlow => None,
         };
         if let Some(f) = f {
+            if kind == RuleKind::HomeSilence && self.area_report(slot, f.incident_time, t) {
+                return;
+            }
             self.open_incident(slot, f, out);
         }
     }

@@ -37,8 +37,8 @@ impl Engine {
     pub(in crate::engine) fn power(&mut self, slot: u32, t: Millis, v: f64) {
         let h = self.slot(slot);
         let threshold = self.num(RuleKind::NoMovement, p::POWER_KW, h);
-        let last = h.power_last;
-        self.slot_mut(slot).power_last = Some((t, v));
+        let last = Some(h.power_last).filter(|l| l.0 != NEVER);
+        self.slot_mut(slot).power_last = (t, v);
         if let Some((t0, v0)) = last {
             if t > t0 && v >= v0 && (v - v0) / ((t - t0) as f64 / HOUR) >= threshold {
                 // As with water: the draw was somewhere after the previous reading.

@@ -14,6 +14,9 @@ impl Engine {
     /// silence began, ends a home silence: an older or unregistered report proves nothing
     /// about whether the home came back.
     pub(in crate::engine) fn device_alive(&mut self, slot: u32, t: Millis, registered: bool) {
+        if registered {
+            self.area_heard(slot, t);
+        }
         let h = self.slot(slot);
         let after = self.ms(RuleKind::HomeSilence, p::AFTER, h);
         let silent_since = h
@@ -46,6 +49,8 @@ impl Engine {
             RuleKind::DeviceSilence if h.devices.len() >= 2 => {
                 h.devices.iter().map(|d| d.last).min().map(|m| m + after)
             }
+            // Reported to its area: its wait or hold ends first.
+            RuleKind::HomeSilence if self.area_reported(h) => Some(self.area_deadline(h)),
             RuleKind::HomeSilence => {
                 let newest = h.devices.iter().map(|d| d.last).max()?;
                 Some(newest.max(h.away_until().unwrap_or(NEVER)) + after)
@@ -63,6 +68,12 @@ impl Engine {
     ) -> Option<Finding> {
         let after = self.ms(kind, p::AFTER, h);
         if kind == RuleKind::HomeSilence {
+            // After a wait or hold for its area: the silence found then.
+            let d = if self.area_reported(h) {
+                h.area_hold
+            } else {
+                d
+            };
             let summary = format!(
                 "all {} device(s) silent: power or network loss?",
                 h.devices.len()
