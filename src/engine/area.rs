@@ -40,9 +40,6 @@ pub(crate) struct Areas {
     /// Partitions whose state a table record changed (an area's incident opened or closed
     /// there): the caller checkpoints them, as it does partitions that read a record.
     touched: Vec<i32>,
-    /// Households here with `area_hold` set (never less): while 0, an event need not read
-    /// that field, in a cache line the hot path does not otherwise touch.
-    pub(super) reported_here: usize,
 }
 
 impl Areas {
@@ -404,7 +401,7 @@ impl Engine {
         let held: Vec<u32> = self
             .slots
             .live()
-            .filter(|(_, h)| h.area_hold != NEVER)
+            .filter(|(_, h)| h.area_reported)
             .map(|(i, _)| i)
             .collect();
         let mut partitions = Vec::new();
@@ -430,9 +427,9 @@ impl Engine {
         }
     }
 
-    /// Whether the home was reported to its area (read only when some home here was).
+    /// Whether the home was reported to its area.
     pub(super) fn area_reported(&self, h: &Household) -> bool {
-        self.areas.reported_here > 0 && h.area_hold != NEVER
+        h.area_reported
     }
 
     /// When a reported home's wait or hold ends.
@@ -446,7 +443,7 @@ impl Engine {
     /// incident now); false when storm control does not apply or the wait is over.
     pub(super) fn area_report(&mut self, slot: u32, d: Millis, t: Millis) -> bool {
         let h = self.slot(slot);
-        if h.area_hold != NEVER {
+        if h.area_reported {
             self.stats.area_homes_released += 1;
             return false;
         }
@@ -468,19 +465,17 @@ impl Engine {
             }),
         ));
         self.stats.area_homes_reported += 1;
-        self.areas.reported_here += 1;
-        self.slot_mut(slot).area_hold = d;
+        let h = self.slot_mut(slot);
+        h.area_hold = d;
+        h.area_reported = true;
         self.schedule(slot, RuleKind::HomeSilence);
         true
     }
 
     /// A reported home sent something after its silence began: its report is withdrawn.
     pub(super) fn area_heard(&mut self, slot: u32, t: Millis) {
-        if self.areas.reported_here == 0 {
-            return;
-        }
         let h = self.slot(slot);
-        if h.area_hold == NEVER {
+        if !h.area_reported {
             return;
         }
         let since = h.area_hold - self.ms(RuleKind::HomeSilence, p::AFTER, h);
@@ -488,8 +483,9 @@ impl Engine {
             return;
         }
         let id = h.id.to_string();
-        self.slot_mut(slot).area_hold = NEVER;
-        self.areas.reported_here -= 1;
+        let h = self.slot_mut(slot);
+        h.area_hold = NEVER;
+        h.area_reported = false;
         self.areas.out.push((AreaKey::Member(id), None));
     }
 }

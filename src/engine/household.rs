@@ -261,6 +261,9 @@ pub(crate) struct Household {
     /// Index of its rule parameters in the engine's table (worked out from its id, profile
     /// and the rules whenever one of them changes).
     pub params: u32,
+    /// Storm control: reported silent to its area (`area_hold` is set). Here, in the padding
+    /// of a line every released event reads, so an event need not read `area_hold`'s line.
+    pub area_reported: bool,
     /// UTC offset of the household's time zone.
     pub offset: Millis,
     /// Under a weather warning until then: absence thresholds tighten.
@@ -340,6 +343,7 @@ impl Household {
             last_seen: NEVER,
             recent: [0; RECENT_INLINE],
             params: 0,
+            area_reported: false,
             offset: super::localtime::offset_or_cst("Asia/Shanghai"),
             heightened_until: NEVER,
             last_activity: NEVER,
@@ -647,6 +651,7 @@ impl Household {
         self.ladder_scheduled = s.ladder_scheduled;
         self.heightened_until = s.heightened_until;
         self.area_hold = s.area_hold;
+        self.area_reported = s.area_hold != NEVER;
     }
 }
 

@@ -147,6 +147,9 @@ pub(crate) struct TaskRef {
     incident_id: String,
 }
 
+/// One thread owns an engine and every partition in it, and applies the tables (registry,
+/// weather, areas) in the same loop: no map is shared between threads, so `dashmap` (on the
+/// design card) would only add locking to every look-up.
 pub struct Engine {
     rules: Arc<RuleSet>,
     /// Household id → slot: each entry a slot number and 32 bits of the id's hash (8 bytes an

@@ -210,9 +210,6 @@ impl Engine {
             let h = self.slot_mut(slot);
             h.restore_state(state, memory);
             h.partition = Some(p);
-            if h.area_hold != NEVER {
-                self.areas.reported_here += 1;
-            }
             self.place_alarm_rules(slot);
             self.open_count += open;
             let h = self.slots.get(slot).expect("live slot");
