@@ -15,11 +15,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::Producer;
-use rdkafka::{Offset, TopicPartitionList};
 
 use carestream::model::*;
 
@@ -131,25 +129,18 @@ fn a_community_losing_power_is_one_task_for_the_desk_across_instances() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", common::unique("storm-desk"))
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for topic in [
-        &t.dispatch_critical,
-        &t.dispatch_high,
-        &t.dispatch_routine,
-        &t.task_events,
-        &t.contact_notifications,
-    ] {
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    reader.assign(&tpl).unwrap();
+    let reader = common::reader_from_start(
+        &broker.bootstrap(),
+        "storm-desk",
+        &[
+            &t.dispatch_critical,
+            &t.dispatch_high,
+            &t.dispatch_routine,
+            &t.task_events,
+            &t.contact_notifications,
+        ],
+        PARTITIONS,
+    );
     let mut seen = Seen::default();
     read(&reader, &mut seen, 5_000);
     let logs = || {

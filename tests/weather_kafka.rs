@@ -12,11 +12,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::Producer;
-use rdkafka::{Offset, TopicPartitionList};
 
 use carestream::model::*;
 use carestream::partition::Partitioner;
@@ -192,19 +190,12 @@ fn variant(broker: &common::Broker, when: When, instances: usize) {
     assert!(warned);
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("group.id", common::unique("wx-reader"))
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for topic in [&t.dispatch_critical, &t.dispatch_high, &t.dispatch_routine] {
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    reader.assign(&tpl).unwrap();
+    let reader = common::reader_from_start(
+        &broker.bootstrap(),
+        "wx-reader",
+        &[&t.dispatch_critical, &t.dispatch_high, &t.dispatch_routine],
+        PARTITIONS,
+    );
     let mut calls = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while calls.len() < 120 && Instant::now() < deadline {

@@ -80,13 +80,12 @@ impl Engine {
             (AreaKey::Member(id), Some(s)) => {
                 self.area_member_gone(id);
                 self.areas.members.insert(id.clone(), s.area.clone());
-                let place = self.place_of_member(id);
+                // Where the area is, from a reported home's registry entry.
+                let place = self.lookup(id).map(|s| self.place(self.slot(s)));
                 let a = self.areas.by_area.entry(s.area.clone()).or_default();
                 a.silent.insert(id.clone(), (s.silent_since, s.at));
-                if a.place.2.is_empty() {
-                    if let Some(place) = place {
-                        a.place = place;
-                    }
+                if let Some(place) = place.filter(|_| a.place.2.is_empty()) {
+                    a.place = place;
                 }
                 if a.open {
                     a.peak = a.peak.max(a.silent.len());
@@ -189,12 +188,6 @@ impl Engine {
         (r.enabled && !area.is_empty()).then_some(area)
     }
 
-    /// The area of a household whose silence was reported (it may have left the registry).
-    fn place_of_member(&self, id: &str) -> Option<(String, String, String)> {
-        let p = self.slot(self.lookup(id)?).profile.as_deref()?;
-        Some((p.district.clone(), p.street.clone(), p.community.clone()))
-    }
-
     /// District, street and community of an area's grouped incident.
     pub(super) fn area_place(&self, household_id: &str) -> Option<(String, String, String)> {
         let area = household_id.strip_prefix(AREA_PREFIX)?;
@@ -210,17 +203,9 @@ impl Engine {
         Some(area)
     }
 
+    /// Whether this instance owns the partition of `area:<area>`, and so decides for it.
     fn owns_area(&self, area: &str) -> bool {
-        match &self.owned {
-            None => true,
-            Some(set) => {
-                let id = format!("{AREA_PREFIX}{area}");
-                let p = self
-                    .partitioning
-                    .map_or(0, |(by, n)| by.partition(id.as_bytes(), n));
-                set.contains(&p)
-            }
-        }
+        self.owns_partition(self.partition_of(format!("{AREA_PREFIX}{area}").as_bytes()))
     }
 
     /// Registered homes of `area`.
@@ -271,6 +256,13 @@ impl Engine {
         }
         let group = &starts[best.0..best.1];
         let count = group.len();
+        if count < min_homes {
+            return;
+        }
+        let size = self.area_size(area);
+        if (count as f64) < min_fraction * size as f64 {
+            return;
+        }
         let since = group[0].0;
         let at = group.iter().map(|g| g.1).max().unwrap_or(since);
         let mut evidence: Vec<Evidence> = group
@@ -282,13 +274,6 @@ impl Engine {
                 summary: "silent since then".into(),
             })
             .collect();
-        if count < min_homes {
-            return;
-        }
-        let size = self.area_size(area);
-        if (count as f64) < min_fraction * size as f64 {
-            return;
-        }
         let summary = format!(
             "{count} of {size} registered homes of {area} silent within {} min",
             window / 60_000
@@ -425,11 +410,6 @@ impl Engine {
         for p in partitions {
             self.drain(p, out);
         }
-    }
-
-    /// Whether the home was reported to its area.
-    pub(super) fn area_reported(&self, h: &Household) -> bool {
-        h.area_reported
     }
 
     /// When a reported home's wait or hold ends.

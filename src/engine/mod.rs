@@ -289,17 +289,21 @@ impl Engine {
     /// The partition a household's records are on: where it was seen, else where the
     /// producers' partitioner puts its id (0 when that is not known).
     fn home_partition(&self, h: &Household) -> i32 {
-        h.partition.unwrap_or_else(|| {
-            self.partitioning
-                .map_or(0, |(by, n)| by.partition(h.id.as_bytes(), n))
-        })
+        h.partition
+            .unwrap_or_else(|| self.partition_of(h.id.as_bytes()))
+    }
+
+    /// Where the producers' partitioner puts a key (0 when that is not known).
+    fn partition_of(&self, key: &[u8]) -> i32 {
+        self.partitioning.map_or(0, |(by, n)| by.partition(key, n))
     }
 
     fn owns(&self, h: &Household) -> bool {
-        match &self.owned {
-            Some(set) => set.contains(&self.home_partition(h)),
-            None => true,
-        }
+        self.owns_partition(self.home_partition(h))
+    }
+
+    fn owns_partition(&self, p: i32) -> bool {
+        self.owned.as_ref().is_none_or(|set| set.contains(&p))
     }
 
     /// Events so far from each district's registered households.

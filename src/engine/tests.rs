@@ -2706,6 +2706,32 @@ mod storm {
             self.exchange(t);
         }
 
+        /// A new instance owning partition `p` (with its checkpoint, or without), after it has
+        /// read the table from the start: what it wrote then.
+        fn restarted(&self, p: i32, with_checkpoint: bool) -> (Engine, Vec<Output>) {
+            let mut e = engine();
+            e.set_owned(Some(vec![p]));
+            e.set_partitioning(Partitioner::Murmur2, 2);
+            e.areas_wait_for_table();
+            let mut out = Vec::new();
+            for i in 0..12 {
+                e.process(&profile(&home(i), 1), on(0, T0), &mut out)
+                    .unwrap();
+            }
+            if with_checkpoint {
+                e.restore(self.engines[p as usize].snapshot(p));
+            }
+            for (key, signal) in &self.table {
+                let input = Input::Area {
+                    key: key.clone(),
+                    signal: signal.clone(),
+                };
+                e.process(&input, on(0, T0 + 41 * MIN), &mut out).unwrap();
+            }
+            e.areas_caught_up(T0 + 41 * MIN, &mut out);
+            (e, out)
+        }
+
         fn tasks(&self, rule: &str) -> Vec<&EscalationTask> {
             self.out
                 .iter()
@@ -2926,31 +2952,8 @@ mod storm {
         // Each instance restarts: its checkpoint gives its partition back (the owner's holds
         // the area's incident), then the table is read from the start, its decisions waiting
         // until the end. Nothing is opened, closed or written again.
-        let restart = |c: &City, p: i32, with_checkpoint: bool| {
-            let mut e = engine();
-            e.set_owned(Some(vec![p]));
-            e.set_partitioning(Partitioner::Murmur2, 2);
-            e.areas_wait_for_table();
-            let mut out = Vec::new();
-            for i in 0..12 {
-                e.process(&profile(&home(i), 1), on(0, T0), &mut out)
-                    .unwrap();
-            }
-            if with_checkpoint {
-                e.restore(c.engines[p as usize].snapshot(p));
-            }
-            for (key, signal) in &c.table {
-                let input = Input::Area {
-                    key: key.clone(),
-                    signal: signal.clone(),
-                };
-                e.process(&input, on(0, T0 + 41 * MIN), &mut out).unwrap();
-            }
-            e.areas_caught_up(T0 + 41 * MIN, &mut out);
-            (e, out)
-        };
         for p in 0..2 {
-            let (mut e, out) = restart(&c, p, true);
+            let (mut e, out) = c.restarted(p, true);
             assert!(out.is_empty(), "{out:#?}");
             assert!(e.take_area_signals().is_empty());
             assert!(e.area_open(AREA));
@@ -2958,7 +2961,7 @@ mod storm {
         // The owner without its checkpoint (older than the incident): the area's record is
         // taken back, not left holding its homes with no incident; judged again, the same
         // incident opens under the same ids, which the desk has already.
-        let (mut e, out) = restart(&c, owner, false);
+        let (mut e, out) = c.restarted(owner, false);
         assert!(out.is_empty(), "{out:#?}");
         assert_eq!(
             e.take_area_signals(),
@@ -2983,24 +2986,8 @@ mod storm {
         c.run_to(T0, T0 + 40 * MIN);
         assert_eq!(c.tasks("area_silence").len(), 1);
         // Partition 1 moves to a new instance: its checkpoint, and the table read whole.
-        let snapshot = c.engines[1].snapshot(1);
-        let mut e = engine();
-        e.set_owned(Some(vec![1]));
-        e.set_partitioning(Partitioner::Murmur2, 2);
-        e.areas_wait_for_table();
-        for i in 0..12 {
-            e.process(&profile(&home(i), 1), on(0, T0), &mut c.out)
-                .unwrap();
-        }
-        e.restore(snapshot);
-        for (key, signal) in &c.table {
-            let input = Input::Area {
-                key: key.clone(),
-                signal: signal.clone(),
-            };
-            e.process(&input, on(0, T0 + 41 * MIN), &mut c.out).unwrap();
-        }
-        e.areas_caught_up(T0 + 41 * MIN, &mut c.out);
+        let (e, out) = c.restarted(1, true);
+        c.out.extend(out);
         c.engines[1] = e;
         for i in 0..8 {
             c.heartbeat(i, T0 + 60 * MIN);

@@ -382,30 +382,6 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
     Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) - offset)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(
-            parse_rfc3339("2026-11-20T00:00:00+08:00"),
-            Some(1_795_104_000_000)
-        );
-        assert_eq!(
-            parse_rfc3339("2026-11-19T16:00:00Z"),
-            Some(1_795_104_000_000)
-        );
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339("2024-02-29T12:30:00-05:00"),
-            Some(1_709_227_800_000)
-        );
-        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339("yesterday"), None);
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AreaFile {
@@ -527,5 +503,29 @@ impl AreaRules {
             AreaLevel::Community => &p.community,
             AreaLevel::District => &p.district,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(
+            parse_rfc3339("2026-11-20T00:00:00+08:00"),
+            Some(1_795_104_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-19T16:00:00Z"),
+            Some(1_795_104_000_000)
+        );
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:30:00-05:00"),
+            Some(1_709_227_800_000)
+        );
+        assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -919,3 +919,28 @@ pub fn now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// A reader of every partition of `topics` from their start, outside any group's
+/// assignment: what the tests read the processor's outputs with.
+pub fn reader_from_start(
+    bootstrap: &str,
+    tag: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let reader: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique(tag))
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+    }
+    reader.assign(&tpl).unwrap();
+    reader
+}

@@ -50,7 +50,7 @@ impl Engine {
                 h.devices.iter().map(|d| d.last).min().map(|m| m + after)
             }
             // Reported to its area: its wait or hold ends first.
-            RuleKind::HomeSilence if self.area_reported(h) => Some(self.area_deadline(h)),
+            RuleKind::HomeSilence if h.area_reported => Some(self.area_deadline(h)),
             RuleKind::HomeSilence => {
                 let newest = h.devices.iter().map(|d| d.last).max()?;
                 Some(newest.max(h.away_until().unwrap_or(NEVER)) + after)
@@ -69,11 +69,7 @@ impl Engine {
         let after = self.ms(kind, p::AFTER, h);
         if kind == RuleKind::HomeSilence {
             // After a wait or hold for its area: the silence found then.
-            let d = if self.area_reported(h) {
-                h.area_hold
-            } else {
-                d
-            };
+            let d = if h.area_reported { h.area_hold } else { d };
             let summary = format!(
                 "all {} device(s) silent: power or network loss?",
                 h.devices.len()
