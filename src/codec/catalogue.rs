@@ -57,7 +57,7 @@ pub struct WriterSchema {
 #[derive(Debug)]
 pub struct Catalogue {
     /// By wire id, looked up for every record: the engine's fast hasher, not SipHash.
-    writers: HashMap<u32, Arc<WriterSchema>, crate::engine::fasthash::Fast>,
+    writers: HashMap<u32, Arc<WriterSchema>, foldhash::fast::RandomState>,
     readers: HashMap<String, (Schema, String)>,
     current_ids: HashMap<String, u32>,
     dir: PathBuf,

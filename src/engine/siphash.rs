@@ -1,42 +1,10 @@
 //! `hash64`, the hash of event and device ids that checkpoints keep (the dedup memory, the
-//! device list, queued entries). It was std's `DefaultHasher`, whose algorithm Rust does not
-//! promise to keep from one release to the next: a toolchain upgrade could have silently
-//! changed every stored value (devices seen as new, silence alarms for the old ones). This is
-//! the same function written out, SipHash-1-3 with both keys zero over the id's bytes and the
-//! `0xFF` that `str`'s `Hash` appends, so every checkpoint written so far reads the same and
-//! no later toolchain can change it. The tests pin it to fixed values and, while std still
-//! agrees, to `DefaultHasher`. Written for one whole string at once it also skips the
-//! streaming buffer of `Hasher::write` (fewer instructions per event on the hot path).
+//! device list, queued entries): SipHash-1-3 with both keys zero over the id's bytes and the
+//! `0xFF` that `str`'s `Hash` appends, which is what std's `DefaultHasher` gave when the first
+//! checkpoints were written. std does not promise to keep that algorithm, so it comes from the
+//! `siphasher` crate, and the tests pin it to fixed values.
 
-const K0: u64 = 0x736f_6d65_7073_6575;
-const K1: u64 = 0x646f_7261_6e64_6f6d;
-const K2: u64 = 0x6c79_6765_6e65_7261;
-const K3: u64 = 0x7465_6462_7974_6573;
-
-#[inline(always)]
-fn round(v: &mut [u64; 4]) {
-    v[0] = v[0].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(13);
-    v[1] ^= v[0];
-    v[0] = v[0].rotate_left(32);
-    v[2] = v[2].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(16);
-    v[3] ^= v[2];
-    v[0] = v[0].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(21);
-    v[3] ^= v[0];
-    v[2] = v[2].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(17);
-    v[1] ^= v[2];
-    v[2] = v[2].rotate_left(32);
-}
-
-#[inline(always)]
-fn compress(v: &mut [u64; 4], m: u64) {
-    v[3] ^= m;
-    round(v);
-    v[0] ^= m;
-}
+use std::hash::Hasher;
 
 /// SipHash-1-3, keys (0, 0), of `s`'s bytes followed by `0xFF`. Stored in checkpoints:
 /// never change it (a new function needs a new checkpoint format and a migration).
@@ -46,32 +14,12 @@ pub fn hash64(s: &str) -> u64 {
 
 /// The same over any bytes (for a payload's fingerprint in a dead letter): equal to `hash64`
 /// of the same bytes as a string.
-#[inline(always)]
+#[inline]
 pub fn hash64_bytes(bytes: &[u8]) -> u64 {
-    let mut v = [K0, K1, K2, K3];
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        compress(&mut v, u64::from_le_bytes(w.try_into().expect("8 bytes")));
-    }
-    // The rest (0 to 7 bytes) and the 0xFF terminator: a whole word when the rest is 7.
-    let rest = words.remainder();
-    let mut tail = 0u64;
-    for (i, b) in rest.iter().enumerate() {
-        tail |= (*b as u64) << (8 * i);
-    }
-    tail |= 0xFF << (8 * rest.len());
-    let total = bytes.len() as u64 + 1;
-    if rest.len() == 7 {
-        compress(&mut v, tail);
-        tail = 0;
-    }
-    let b = (total << 56) | tail;
-    compress(&mut v, b);
-    v[2] ^= 0xFF;
-    round(&mut v);
-    round(&mut v);
-    round(&mut v);
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    h.write(bytes);
+    h.write_u8(0xFF);
+    h.finish()
 }
 
 #[cfg(test)]
