@@ -100,7 +100,7 @@ fn register_city(
     topic: &str,
 ) {
     for i in 0..HOUSEHOLDS {
-        let p = carestream::simulate::household(i, 1);
+        let p = carestream::tools::simulate::household(i, 1);
         let input = Input::Household {
             household_id: p.household_id.clone(),
             profile: Some(p),
@@ -505,7 +505,8 @@ fn live_phase(
             let mut i = i.clone();
             if k % probe_every == probe_every - 1 {
                 let j = k / probe_every;
-                let hh = carestream::simulate::household_id((8 * j + phase) * 47 % HOUSEHOLDS);
+                let hh =
+                    carestream::tools::simulate::household_id((8 * j + phase) * 47 % HOUSEHOLDS);
                 i = Input::Sensor(SensorEvent {
                     event_id: format!("probe-{tag}-{j}"),
                     device_id: format!("{hh}-button"),

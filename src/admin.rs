@@ -19,7 +19,7 @@ pub async fn create_topics(
     replication: i32,
 ) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> =
-        crate::source::base_client_config(config).create()?;
+        crate::kafka::base_client_config(config).create()?;
     let all = config.topics.all();
     let topics: Vec<NewTopic<'_>> = all
         .iter()
@@ -74,7 +74,7 @@ impl ClientContext for Reported {
 /// Creates a client from `kafka.brokers` and `kafka.properties` without connecting: a
 /// misspelt property, a file that cannot be read or a feature this build lacks fails here.
 pub fn check_client_settings(config: &Config) -> anyhow::Result<()> {
-    crate::source::base_client_config(config)
+    crate::kafka::base_client_config(config)
         .create::<BaseConsumer>()
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("kafka.properties: {e}"))
@@ -84,7 +84,7 @@ pub fn check_client_settings(config: &Config) -> anyhow::Result<()> {
 /// topic of the contract exists, that the keyed input topics are co-partitioned and that the
 /// tables are compacted. Each problem names the setting to fix.
 pub async fn check_connect(config: &Config, timeout: Duration) -> anyhow::Result<String> {
-    let client: BaseConsumer<Reported> = crate::source::base_client_config(config)
+    let client: BaseConsumer<Reported> = crate::kafka::base_client_config(config)
         .create_with_context(Reported::default())
         .map_err(|e| anyhow::anyhow!("kafka.properties: {e}"))?;
     let md = match client.fetch_metadata(None, timeout) {
@@ -129,7 +129,7 @@ pub async fn check_connect(config: &Config, timeout: Duration) -> anyhow::Result
         ));
     }
     let admin: AdminClient<DefaultClientContext> =
-        crate::source::base_client_config(config).create()?;
+        crate::kafka::base_client_config(config).create()?;
     let compacted: Vec<&str> = config
         .topics
         .all()

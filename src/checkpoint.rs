@@ -279,7 +279,7 @@ pub fn load(
 ) -> Result<Loaded, CheckpointError> {
     let topic = &config.topics.state;
     let group = &config.kafka.group_id;
-    let mut c = crate::source::base_client_config(config);
+    let mut c = crate::kafka::base_client_config(config);
     c.set(
         "group.id",
         format!("{}-state-reader", config.kafka.group_id),

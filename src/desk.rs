@@ -18,7 +18,7 @@ use crate::model::{EscalationTask, Input, Millis, Output, TaskUpdate};
 /// processor will check it first, so a malformed one is refused here, not dead-lettered there.
 pub async fn send_update(config: &Config, update: TaskUpdate) -> anyhow::Result<()> {
     let input = Input::TaskUpdate(update);
-    crate::validate::input(&input).context("the update would be refused")?;
+    crate::codec::validate::input(&input).context("the update would be refused")?;
     let codec = crate::pipeline::load_registered(config).await?.codec;
     let payload = codec
         .encode_input(&input)?
@@ -26,7 +26,7 @@ pub async fn send_update(config: &Config, update: TaskUpdate) -> anyhow::Result<
     let Input::TaskUpdate(u) = &input else {
         unreachable!()
     };
-    let producer: FutureProducer = crate::source::producer_config(config)
+    let producer: FutureProducer = crate::kafka::producer_config(config)
         .set("enable.idempotence", "true")
         .create()?;
     let record = FutureRecord::to(&config.topics.task_updates)
@@ -63,7 +63,7 @@ pub async fn tail(
         std::process::id(),
         crate::pipeline::wall_millis()
     );
-    let consumer: StreamConsumer = crate::source::base_client_config(config)
+    let consumer: StreamConsumer = crate::kafka::base_client_config(config)
         .set("group.id", group)
         .set(
             "auto.offset.reset",

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
 
 use carestream::config::Config;
 use carestream::model::TaskUpdateStatus;
-use carestream::simulate::{Injection, Mix, SimConfig, Simulator};
 use carestream::telemetry::{self, Metrics};
-use carestream::{admin, demo, pipeline};
+use carestream::tools::demo;
+use carestream::tools::simulate::{Injection, Mix, SimConfig, Simulator};
+use carestream::{admin, pipeline};
 
 #[derive(Parser)]
 #[command(
@@ -202,7 +201,7 @@ impl SimArgs {
             seed: self.seed,
             start: Some(self.start_ms.unwrap_or_else(|| {
                 let duration = self.duration_secs.map(Duration::from_secs_f64);
-                carestream::simulate::default_start(self.speed, duration)
+                carestream::tools::simulate::default_start(self.speed, duration)
             })),
             mix: match self.mix.check() {
                 Ok(()) => self.mix,
@@ -240,36 +239,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// After a hard stop, how long the pipeline has to return by itself before the process exits.
-const HARD_STOP_EXIT: Duration = Duration::from_millis(500);
-
-/// `shutdown` turns true on the first SIGINT/SIGTERM; `hard_stop` when the drain has taken
-/// longer than allowed, or on a second signal.
-fn signals(grace: Duration) -> (watch::Receiver<bool>, watch::Receiver<bool>) {
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (hard_tx, hard_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        next_signal(&mut term).await;
-        tracing::info!("signal received: draining");
-        let _ = shutdown_tx.send(true);
-        let why = tokio::select! {
-            _ = next_signal(&mut term) => "a second signal",
-            _ = tokio::time::sleep(grace) => "shutdown_timeout_ms passed",
-        };
-        tracing::warn!(reason = why, "shutdown cut short: outputs not yet acknowledged are given up, their input offsets stay uncommitted");
-        let _ = hard_tx.send(true);
-        // Whatever still blocks (a broker gone, a client's close), the process ends now: the
-        // offsets committed cover only acknowledged outputs, so the next owner re-does the rest.
-        std::thread::spawn(move || {
-            std::thread::sleep(HARD_STOP_EXIT);
-            eprintln!("error: shutdown cut short by {why}; exiting with work undelivered (it is re-done from the committed offsets)");
-            std::process::exit(3);
-        });
-    });
-    (shutdown_rx, hard_rx)
-}
-
 /// Every task on the dispatch topics, read from the start by a fresh consumer group, until
 /// nothing new comes for `idle` (the first record may wait for the group to form).
 async fn read_tasks(
@@ -279,7 +248,7 @@ async fn read_tasks(
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message;
     let codec = pipeline::load_registered(config).await?.codec;
-    let consumer: StreamConsumer = carestream::source::base_client_config(config)
+    let consumer: StreamConsumer = carestream::kafka::base_client_config(config)
         .set(
             "group.id",
             format!(
@@ -305,10 +274,6 @@ async fn read_tasks(
         }
     }
     Ok(tasks)
-}
-
-async fn next_signal(term: &mut tokio::signal::unix::Signal) {
-    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
@@ -338,7 +303,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Score { log, idle_secs } => {
             let text = std::fs::read_to_string(&log)?;
-            let (injected, size) = carestream::score::read_log(&text);
+            let (injected, size) = carestream::tools::score::read_log(&text);
             let (households, start, simulated) = size.ok_or_else(|| {
                 anyhow::anyhow!(
                     "{}: no \"simulated\" line: did the simulator finish?",
@@ -352,8 +317,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| (a.rule_id.clone(), a.stale_after))
                 .collect();
-            let card =
-                carestream::score::score(&injected, &tasks, households, start, simulated, &held);
+            let card = carestream::tools::score::score(
+                &injected, &tasks, households, start, simulated, &held,
+            );
             println!("{}", serde_json::to_string_pretty(&card)?);
             Ok(())
         }
@@ -361,7 +327,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             from_beginning,
             idle_secs,
         } => {
-            let (shutdown, _) = signals(grace);
+            let (shutdown, _) = carestream::shutdown::signals(grace);
             let idle = idle_secs.map(Duration::from_secs_f64);
             carestream::desk::tail(&config, from_beginning, idle, shutdown).await
         }
@@ -407,7 +373,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Run => {
             let loaded = pipeline::load_registered(&config).await?;
             let metrics = Arc::new(Metrics::new(&loaded.rules.rule_ids()));
-            let (shutdown, hard_stop) = signals(grace);
+            let (shutdown, hard_stop) = carestream::shutdown::signals(grace);
             let (addr, _http) =
                 carestream::http::serve(&config.http.listen, metrics.clone(), shutdown.clone())
                     .await?;
@@ -416,7 +382,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             processor.run(shutdown, hard_stop).await
         }
         Command::Demo { sim, partitions } => {
-            let (shutdown, hard_stop) = signals(grace);
+            let (shutdown, hard_stop) = carestream::shutdown::signals(grace);
             let mut cfg = sim.config();
             if cfg.incident_every.is_none() && cfg.injections.is_empty() {
                 // A simulated incident every 5 minutes: about every 5 s at the default speed.
@@ -436,10 +402,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Simulate { sim } => {
             let loaded = pipeline::load_registered(&config).await?;
             let producer: rdkafka::producer::FutureProducer =
-                carestream::source::producer_config(&config)
+                carestream::kafka::producer_config(&config)
                     .set("linger.ms", "5")
                     .create()?;
-            let (shutdown, _) = signals(grace);
+            let (shutdown, _) = carestream::shutdown::signals(grace);
             let report = Simulator::new(&producer, &loaded.codec, &config.topics)
                 .with_rules(loaded.rules.clone())
                 .run(&sim.config(), shutdown)

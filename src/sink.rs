@@ -13,6 +13,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
+use crate::shutdown::wait_true;
+
 use crate::model::{Millis, Severity, TaskEventKind};
 
 /// A dead letter keeps at most this much of a key (keys are household ids).
@@ -148,21 +150,9 @@ pub enum SinkError {
     Transaction(KafkaError),
 }
 
-/// Producer settings: idempotent, acks from all replicas, a short linger for batching.
-pub fn producer_config(base: &ClientConfig) -> ClientConfig {
-    let mut c = base.clone();
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        // Bounded per attempt; the sink itself retries past it, logging as it goes.
-        .set("message.timeout.ms", "30000");
-    c
-}
-
 impl Sink {
     pub fn new(config: &ClientConfig, dead_letter: &str) -> Result<Sink, SinkError> {
-        let producer: FutureProducer = producer_config(config)
+        let producer: FutureProducer = crate::kafka::reliable_producer_config(config)
             .create()
             .map_err(SinkError::Create)?;
         Ok(Sink {
@@ -182,7 +172,7 @@ impl Sink {
         transactional_id: &str,
         transaction_timeout: Duration,
     ) -> Result<Sink, SinkError> {
-        let producer: FutureProducer = producer_config(config)
+        let producer: FutureProducer = crate::kafka::reliable_producer_config(config)
             .set("transactional.id", transactional_id)
             .set(
                 "transaction.timeout.ms",
@@ -391,12 +381,5 @@ async fn pause(
     tokio::select! {
         _ = tokio::time::sleep(d) => Ok(()),
         _ = wait_true(hard_stop) => Err(SinkError::Interrupted(undelivered)),
-    }
-}
-
-/// Resolves once the watched flag is true (never, if the sender is gone while false).
-pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|v| *v).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }

@@ -72,7 +72,7 @@ fn engine_steady_state_allocations_per_event() {
     let start = workload::T0 - (WARM * 1000 / RATE) as i64;
     let registered: Vec<Input> = (0..HOUSEHOLDS)
         .map(|hh| {
-            let id = carestream::simulate::household_id(hh);
+            let id = carestream::tools::simulate::household_id(hh);
             Input::Heartbeat(DeviceHeartbeat {
                 device_id: format!("{id}-hub"),
                 household_id: id,
@@ -182,7 +182,7 @@ fn state_bytes_per_household(households: usize) -> f64 {
     std::hint::black_box(&engine);
     let before = live();
     let profiles: Vec<std::sync::Arc<_>> = (0..households)
-        .map(|i| std::sync::Arc::new(carestream::simulate::household(i, 1)))
+        .map(|i| std::sync::Arc::new(carestream::tools::simulate::household(i, 1)))
         .collect();
     let table = std::mem::size_of_val(profiles.as_slice()) as i64;
     let registry = live() - before - table;

@@ -48,7 +48,7 @@ fn a_missing_dispatch_topic_stops_consumption_and_loses_nothing() {
         common::produce(&prod, topic, key, &bytes, ts);
     };
     for i in 0..HOUSEHOLDS {
-        let p = carestream::simulate::household(i, 1);
+        let p = carestream::tools::simulate::household(i, 1);
         let id = p.household_id.clone();
         let input = Input::Household {
             household_id: id.clone(),

@@ -137,7 +137,7 @@ async fn alarms_and_bad_records_end_to_end() {
     )
     .await;
     for (i, hh) in ["hh-bb-1", "hh-bb-2"].iter().enumerate() {
-        let mut p = carestream::simulate::household(i, 7);
+        let mut p = carestream::tools::simulate::household(i, 7);
         p.household_id = hh.to_string();
         let input = Input::Household {
             household_id: hh.to_string(),
@@ -972,7 +972,7 @@ async fn rules_reload_while_running_and_windowed_rules_fire() {
     let base: Millis = 1_795_000_060_000;
     let hour: Millis = 3_600_000;
 
-    let mut p = carestream::simulate::household(3, 7);
+    let mut p = carestream::tools::simulate::household(3, 7);
     p.household_id = "hh-r-1".into();
     p.cohorts = vec![Cohort::EMPTY_NEST];
     p.age = 70;
@@ -1157,7 +1157,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning() {
     .iter()
     .enumerate()
     {
-        let mut p = carestream::simulate::household(i, 3);
+        let mut p = carestream::tools::simulate::household(i, 3);
         p.household_id = hh.to_string();
         p.district = district.to_string();
         let input = Input::Household {
@@ -1459,7 +1459,7 @@ async fn the_dispatch_desk_loop_and_a_weather_warning() {
     )
     .await;
     // A home visit, counted by the household's community.
-    let community = carestream::simulate::household(1, 3).community;
+    let community = carestream::tools::simulate::household(1, 3).community;
     let visit = Input::CheckIn(CheckIn {
         household_id: "hh-d-2".into(),
         event_time: base + 28 * min,

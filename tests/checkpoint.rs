@@ -25,7 +25,7 @@ fn engine_with_households(n: usize) -> Engine {
     let mut out = Vec::new();
     let now = carestream::pipeline::wall_millis();
     for i in 0..n {
-        let profile = carestream::simulate::household(i, 1);
+        let profile = carestream::tools::simulate::household(i, 1);
         let id = profile.household_id.clone();
         let motion = Input::Sensor(SensorEvent {
             event_id: format!("{id}-m"),
@@ -97,10 +97,11 @@ fn state_topic(
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(carestream::admin::create_topics(&config, 1, 1))
         .unwrap();
-    let producer: FutureProducer =
-        carestream::sink::producer_config(&carestream::source::base_client_config(&config))
-            .create()
-            .unwrap();
+    let producer: FutureProducer = carestream::kafka::reliable_producer_config(
+        &carestream::kafka::base_client_config(&config),
+    )
+    .create()
+    .unwrap();
     (broker, config, rt, producer)
 }
 

@@ -23,7 +23,7 @@ const HOMES: usize = 20;
 fn city_profiles() -> Vec<Input> {
     (0..HOMES)
         .map(|i| {
-            let mut p = carestream::simulate::household(i, 19);
+            let mut p = carestream::tools::simulate::household(i, 19);
             p.last_visit_at = None;
             Input::Household {
                 household_id: p.household_id.clone(),
@@ -38,7 +38,7 @@ fn city_events(from: Millis, to: Millis) -> Vec<Input> {
     let mut t = from;
     while t < to {
         for i in 0..HOMES {
-            let id = carestream::simulate::household_id(i);
+            let id = carestream::tools::simulate::household_id(i);
             let at = t + i as Millis * 1_000;
             out.push(Input::Heartbeat(DeviceHeartbeat {
                 household_id: id.clone(),

@@ -33,7 +33,7 @@ fn yesterday() -> Millis {
 }
 
 fn profile(i: usize) -> HouseholdProfile {
-    let mut p = carestream::simulate::household(i, 30);
+    let mut p = carestream::tools::simulate::household(i, 30);
     p.cohorts = vec![Cohort::LIVING_ALONE];
     p.ability_level = 0;
     p.age = 84;

@@ -74,7 +74,7 @@ fn first_tasks(bootstrap: &str, codec: &Codec, topic: &str) -> Vec<EscalationTas
 async fn register(p: &FutureProducer, codec: &Codec, config: &Config, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let profile = carestream::simulate::household(i, 1);
+        let profile = carestream::tools::simulate::household(i, 1);
         let id = profile.household_id.clone();
         let input = Input::Household {
             household_id: id.clone(),
@@ -209,7 +209,7 @@ async fn a_huge_bad_record_and_a_clock_a_year_ahead_do_not_stop_alarms_or_flood_
     motion_everywhere("future", ahead).await;
     // A registry record broken after its magic byte's place, and a desk update for a task
     // never issued, both carrying a phone number.
-    let mut profile = carestream::simulate::household(99, 1);
+    let mut profile = carestream::tools::simulate::household(99, 1);
     profile.emergency_contacts[0].phone = PHONE.into();
     let registered = Input::Household {
         household_id: profile.household_id.clone(),

@@ -28,7 +28,7 @@ fn seeds() -> Vec<(InputKind, Vec<u8>)> {
         };
         out.push((kind, codec.encode_input(&i).unwrap().unwrap()));
     }
-    let p = carestream::simulate::household(3, 1);
+    let p = carestream::tools::simulate::household(3, 1);
     let id = p.household_id.clone();
     let reg = Input::Household {
         household_id: id.clone(),
@@ -144,11 +144,11 @@ fn engine() -> Engine {
         feed(&mut e, kind, &bytes, workload::T0, 0);
     }
     for i in 0..50 {
-        let p = carestream::simulate::household(i, 1);
+        let p = carestream::tools::simulate::household(i, 1);
         let reg = Input::Household {
-            household_id: carestream::simulate::household_id(i),
+            household_id: carestream::tools::simulate::household_id(i),
             profile: Some(HouseholdProfile {
-                household_id: carestream::simulate::household_id(i),
+                household_id: carestream::tools::simulate::household_id(i),
                 ..p
             }),
         };

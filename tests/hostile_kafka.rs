@@ -231,7 +231,7 @@ fn every_bad_case_in_turn_leaves_alarms_working_and_adds_no_task() {
     // still open joins that incident.
     let homes: Vec<String> = (0..12)
         .map(|i| {
-            let mut profile = carestream::simulate::household(i, 3);
+            let mut profile = carestream::tools::simulate::household(i, 3);
             for c in profile.emergency_contacts.iter_mut() {
                 c.phone = PHONE.into();
             }

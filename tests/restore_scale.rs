@@ -127,10 +127,11 @@ fn restore_time_for_100k_households() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(carestream::admin::create_topics(&config, PARTITIONS, 1))
         .unwrap();
-    let producer: FutureProducer =
-        carestream::sink::producer_config(&carestream::source::base_client_config(&config))
-            .create()
-            .unwrap();
+    let producer: FutureProducer = carestream::kafka::reliable_producer_config(
+        &carestream::kafka::base_client_config(&config),
+    )
+    .create()
+    .unwrap();
     let mut writer =
         checkpoint::Writer::new(&config.topics.state, &config.kafka.group_id, PARTITIONS);
     let started = Instant::now();

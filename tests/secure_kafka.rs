@@ -130,7 +130,7 @@ fn the_processor_runs_over_tls_with_scram_and_check_names_the_wrong_setting() {
     proc.wait_ready(Duration::from_secs(60));
     let codec = common::codec();
     let prod: ThreadedProducer<DefaultProducerContext> =
-        carestream::source::producer_config(&config)
+        carestream::kafka::producer_config(&config)
             .create()
             .unwrap();
     let now = carestream::pipeline::wall_millis();
@@ -144,7 +144,7 @@ fn the_processor_runs_over_tls_with_scram_and_check_names_the_wrong_setting() {
     let bytes = codec.encode_input(&press).unwrap().unwrap();
     common::produce(&prod, &config.topics.sensor_events, "hh-tls-1", &bytes, now);
     prod.flush(Duration::from_secs(30)).unwrap();
-    let desk: BaseConsumer = carestream::source::base_client_config(&config)
+    let desk: BaseConsumer = carestream::kafka::base_client_config(&config)
         .set("group.id", "tls-desk")
         .set("auto.offset.reset", "earliest")
         .create()

@@ -31,7 +31,7 @@ fn homes() -> Vec<HouseholdProfile> {
     let mut all = Vec::new();
     for (c, n) in communities {
         for i in 0..n {
-            let mut p = carestream::simulate::household(all.len(), 7);
+            let mut p = carestream::tools::simulate::household(all.len(), 7);
             p.household_id = format!("st-{c}-{i:02}");
             p.district = "420106".into();
             p.street = "420106001".into();

@@ -29,7 +29,7 @@ fn register(e: &mut Engine, n: usize, district: &str, prefix: &str) -> Vec<House
     let mut out = Vec::new();
     (0..n)
         .map(|i| {
-            let mut p = carestream::simulate::household(i, 42);
+            let mut p = carestream::tools::simulate::household(i, 42);
             p.household_id = format!("{prefix}-{i:05}");
             p.district = district.into();
             p.street = format!("{district}001");
@@ -160,7 +160,7 @@ fn ten_thousand_households_one_call_each_in_risk_order() {
 fn heightened_mode_tightens_absence_until_cancelled() {
     let mut e = Engine::new(rules());
     let mut out = Vec::new();
-    let mut p = carestream::simulate::household(1, 1);
+    let mut p = carestream::tools::simulate::household(1, 1);
     for (id, district) in [("in-1", "420106"), ("in-2", "420106"), ("out-1", "420111")] {
         p.household_id = id.into();
         p.district = district.into();
@@ -392,7 +392,7 @@ fn every_registered_home_is_called_once_by_the_owner_of_its_partition() {
     for (e, out) in instances.iter_mut().zip(outs.iter_mut()) {
         late = (0..50)
             .map(|i| {
-                let mut p = carestream::simulate::household(i, 7);
+                let mut p = carestream::tools::simulate::household(i, 7);
                 p.household_id = format!("late-{i:03}");
                 p.district = "420106".into();
                 e.process(

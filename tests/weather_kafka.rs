@@ -37,7 +37,7 @@ enum When {
 fn homes() -> Vec<HouseholdProfile> {
     (0..150)
         .map(|i| {
-            let mut p = carestream::simulate::household(i, 11);
+            let mut p = carestream::tools::simulate::household(i, 11);
             let district = if i < 120 { WARNED } else { SPARED };
             p.household_id = format!("wx-hh-{i:03}");
             p.district = district.into();

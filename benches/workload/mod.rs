@@ -13,7 +13,7 @@ use carestream::codec::{Catalogue, Codec};
 use carestream::engine::{Engine, Meta, PREFETCH_RECORDS_AHEAD};
 use carestream::model::*;
 use carestream::rules::RuleSet;
-use carestream::simulate::{household, household_id, Rng};
+use carestream::tools::simulate::{household, household_id, Rng};
 
 pub const T0: Millis = 1_795_000_000_000;
 

@@ -219,7 +219,7 @@ impl<'a> Body<'a> {
         }
         let (s, rest) = self.buf.split_at(len);
         self.buf = rest;
-        if crate::validate::printable_ascii(s) {
+        if crate::codec::validate::printable_ascii(s) {
             // SAFETY: printable ASCII is valid UTF-8. The ids of the hot records are short
             // and ASCII; `from_utf8`'s set-up cost per string was 7 % of the whole path.
             return Ok((unsafe { std::str::from_utf8_unchecked(s) }, true));
@@ -233,7 +233,7 @@ impl<'a> Body<'a> {
     #[inline(always)]
     fn id(&mut self, plain: &mut bool) -> Result<&'a str, DecodeError> {
         let (s, printable) = self.checked_str()?;
-        *plain &= crate::validate::plain_id(s.as_bytes(), printable);
+        *plain &= crate::codec::validate::plain_id(s.as_bytes(), printable);
         Ok(s)
     }
 
@@ -266,7 +266,7 @@ impl<'a> Body<'a> {
 
 /// Room a kept string gets when it first grows: the longest id `validate` accepts, so ids
 /// that grow (`ev-999`, `ev-1000`) do not allocate again.
-const ID_ROOM: usize = crate::validate::MAX_ID_LEN;
+const ID_ROOM: usize = crate::codec::validate::MAX_ID_LEN;
 
 #[inline]
 fn set(dst: &mut String, s: &str) {

@@ -9,6 +9,7 @@ mod avro_map;
 pub mod catalogue;
 mod fast;
 mod fast_out;
+pub mod validate;
 
 use apache_avro::types::Value;
 
@@ -261,9 +262,9 @@ impl Codec {
             }
         };
         if ids_checked {
-            crate::validate::values(input)?;
+            crate::codec::validate::values(input)?;
         } else {
-            crate::validate::input(input)?;
+            crate::codec::validate::input(input)?;
         }
         Ok(input)
     }

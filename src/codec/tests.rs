@@ -7,7 +7,7 @@ fn codec() -> Codec {
 }
 
 fn sample_inputs() -> Vec<(InputKind, Input)> {
-    let profile = crate::simulate::household(5, 9);
+    let profile = crate::tools::simulate::household(5, 9);
     vec![
         (
             InputKind::SensorEvents,
@@ -565,7 +565,7 @@ mod fast_decoder {
         let fast = c.decode_reusing(kind, None, Some(bytes), scratch).cloned();
         let generic = c
             .decode_generic(kind, None, Some(bytes))
-            .and_then(|i| crate::validate::input(&i).map(|()| i));
+            .and_then(|i| crate::codec::validate::input(&i).map(|()| i));
         (fast, generic)
     }
 

@@ -344,7 +344,7 @@ impl Household {
             recent: [0; RECENT_INLINE],
             params: 0,
             area_reported: false,
-            offset: super::localtime::offset_or_cst("Asia/Shanghai"),
+            offset: crate::localtime::offset_or_cst("Asia/Shanghai"),
             heightened_until: NEVER,
             last_activity: NEVER,
             last_motion: NEVER,

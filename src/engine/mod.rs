@@ -16,7 +16,6 @@ mod household;
 pub mod ids;
 mod incidents;
 mod ladder;
-pub mod localtime;
 mod plan;
 mod prefetch;
 mod siphash;
@@ -642,11 +641,11 @@ impl Engine {
             Some(p) => {
                 let slot = self.slot_for(household_id);
                 let new = self.slot(slot).profile.is_none();
-                let offset = match localtime::offset(&p.timezone) {
+                let offset = match crate::localtime::offset(&p.timezone) {
                     Some(o) => o,
                     None => {
                         self.stats.timezone_fallbacks += 1;
-                        localtime::offset_or_cst(&p.timezone)
+                        crate::localtime::offset_or_cst(&p.timezone)
                     }
                 };
                 let district = match self.district_index.get(&p.district) {

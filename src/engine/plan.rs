@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use super::household::NEVER;
-use super::localtime::{local_midnight, DAY};
 use super::{ids, Engine};
+use crate::localtime::{local_midnight, DAY};
 use crate::model::*;
 use crate::rules::RuleKind;
 

@@ -1951,7 +1951,7 @@ fn a_registry_entry_with_fields_out_of_range_is_repaired_not_refused() {
         household_id: "hh-odd".into(),
         profile: Some(p),
     };
-    crate::validate::input(&input).expect("a repairable entry passes validation");
+    crate::codec::validate::input(&input).expect("a repairable entry passes validation");
     e.process(&input, on(0, T0), &mut out).unwrap();
     assert_eq!(e.stats().profile_fields_repaired, 3);
     // Watched, not just for alarms: its motion is taken, not refused as unknown.
@@ -2157,7 +2157,7 @@ fn a_city_started_with_no_visit_history_is_due_its_visits_spread_over_the_cadenc
         let t = T0 + (i as Millis * HOUR) / HOMES as Millis;
         register_seen(&mut e, p, t, &mut out);
     }
-    use crate::engine::localtime::DAY;
+    use crate::localtime::DAY;
     let mut per_day = [0usize; 60];
     for day in 1..=60 {
         // (The first day's count starts with what came due while the city was registering.)
@@ -2368,7 +2368,7 @@ fn the_desk_reassigns_snoozes_escalates_and_closes_with_an_outcome_and_bad_updat
 
 #[test]
 fn the_registry_s_last_visit_places_the_next_one_and_an_old_one_spreads_the_backlog() {
-    use crate::engine::localtime::DAY;
+    use crate::localtime::DAY;
     let mut e = engine();
     let mut out = Vec::new();
     // Monthly homes: visited 20 days before the start, 40 days before (overdue), and one
@@ -2419,11 +2419,11 @@ fn the_registry_s_last_visit_places_the_next_one_and_an_old_one_spreads_the_back
 
 #[test]
 fn a_festival_brings_visits_forward_spread_over_its_window() {
-    use crate::engine::localtime::DAY;
+    use crate::localtime::DAY;
     let mut e = engine();
     // A week-long festival 20 days after the start, visits every 10 days within it.
     let cst = 8 * HOUR;
-    let from = crate::engine::localtime::local_midnight(T0, cst) + 20 * DAY + cst;
+    let from = crate::localtime::local_midnight(T0, cst) + 20 * DAY + cst;
     let mut rules = (**e.rules()).clone();
     rules.holidays = vec![crate::rules::Holiday {
         name: "festival".into(),
@@ -2471,7 +2471,7 @@ fn a_festival_brings_visits_forward_spread_over_its_window() {
 
 #[test]
 fn the_daily_visit_plan_takes_the_most_overdue_within_capacity_and_reports_the_rest() {
-    use crate::engine::localtime::{local_midnight, DAY};
+    use crate::localtime::{local_midnight, DAY};
     let mut e = engine();
     let capacity = e.rules().visit_plan.capacity as usize;
     assert_eq!(capacity, 20, "the shipped rules");

@@ -330,7 +330,7 @@ impl VisitPlanRules {
                 problems.push(src.at(f.plan_at.span(), "expected a time of day like \"06:00\""))
             }
         }
-        match crate::engine::localtime::offset(f.timezone.get_ref()) {
+        match crate::localtime::offset(f.timezone.get_ref()) {
             Some(o) => r.offset = o,
             None => problems.push(src.at(f.timezone.span(), "unknown time zone")),
         }

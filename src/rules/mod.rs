@@ -673,7 +673,7 @@ mod tests {
         );
         let set = RuleSet::load(&dir).unwrap();
         let rule = set.rule(RuleKind::NoMovement);
-        let mut p = crate::simulate::household(1, 1);
+        let mut p = crate::tools::simulate::household(1, 1);
         p.cohorts = vec![crate::model::Cohort::LIVING_ALONE];
         p.age = 70;
         assert_eq!(

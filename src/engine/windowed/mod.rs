@@ -10,8 +10,8 @@ mod water;
 
 use super::household::{Household, RuleRef, NEVER};
 use super::incidents::Finding;
-use super::localtime::in_quiet_hours;
 use super::Engine;
+use crate::localtime::in_quiet_hours;
 use crate::model::*;
 use crate::rules::{p, RuleKind};
 

@@ -3,8 +3,8 @@
 
 use super::super::household::Household;
 use super::super::incidents::Finding;
-use super::super::localtime::quiet_period;
 use super::super::Engine;
+use crate::localtime::quiet_period;
 use crate::model::*;
 use crate::rules::{p, RuleKind};
 

@@ -3,8 +3,8 @@
 
 use super::super::household::{Household, NEVER};
 use super::super::incidents::Finding;
-use super::super::localtime::{add_awake_time, quiet_period};
 use super::super::Engine;
+use crate::localtime::{add_awake_time, quiet_period};
 use crate::model::*;
 use crate::rules::{p, RuleKind};
 

@@ -3,8 +3,8 @@
 
 use super::super::household::{hash64, Household, NEVER};
 use super::super::incidents::Finding;
-use super::super::localtime::{local_midnight, DAY};
 use super::super::Engine;
+use crate::localtime::{local_midnight, DAY};
 use crate::model::*;
 use crate::rules::{p, RuleKind};
 

@@ -5,9 +5,9 @@
 use super::super::household::RuleRef;
 use super::super::household::Water;
 use super::super::incidents::Finding;
-use super::super::localtime::add_awake_time;
 use super::super::Engine;
 use super::evidence;
+use crate::localtime::add_awake_time;
 use crate::model::*;
 use crate::rules::{p, RuleKind};
 

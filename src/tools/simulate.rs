@@ -19,7 +19,7 @@ use crate::codec::Codec;
 use crate::config::Topics;
 use crate::model::*;
 use crate::pipeline::wall_millis;
-use crate::sink::wait_true;
+use crate::shutdown::wait_true;
 
 /// Wuhan's central districts (administrative division codes).
 const DISTRICTS: [&str; 6] = ["420102", "420103", "420104", "420105", "420106", "420111"];
@@ -95,7 +95,7 @@ impl IncidentKind {
 /// threshold and an hour; in bed at night, the time to be up in the morning past the quiet
 /// hours' end; without a mattress, late in the evening or at night, the threshold in waking time.
 fn collapse_promise(rules: &crate::rules::RuleSet, h: &Home, at: Millis) -> Millis {
-    use crate::engine::localtime::{add_awake_time, quiet_period};
+    use crate::localtime::{add_awake_time, quiet_period};
     use crate::rules::{p, RuleKind};
     let rule = rules.rule(RuleKind::NoMovement);
     let param = |i| rule.ms(i, &h.profile.household_id, Some(&h.profile));
@@ -541,7 +541,7 @@ pub struct SimReport {
     /// Simulated time at the start, ms.
     pub start: Millis,
     /// Every incident injected, as printed (for a run scored in process, as the demo does).
-    pub injected: Vec<crate::score::Injected>,
+    pub injected: Vec<crate::tools::score::Injected>,
     pub events: u64,
     pub incidents: u64,
     pub weather_alerts: u64,
@@ -1088,7 +1088,7 @@ impl<'a> Simulator<'a> {
 
     fn injected(&mut self, h: &Home, kind: IncidentKind, at: Millis, deadline: Millis, seen: bool) {
         let rule = kind.expectation(&h.profile).0;
-        self.report.injected.push(crate::score::Injected {
+        self.report.injected.push(crate::tools::score::Injected {
             household_id: h.profile.household_id.clone(),
             kind: kind.name().to_string(),
             rule: rule.to_string(),
@@ -1176,7 +1176,7 @@ mod tests {
         for i in 0..200 {
             let p = household(i, 1);
             assert_eq!(p, household(i, 1));
-            crate::validate::input(&Input::Household {
+            crate::codec::validate::input(&Input::Household {
                 household_id: p.household_id.clone(),
                 profile: Some(p.clone()),
             })

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::model::*;
 use crate::pipeline::{self, Processor};
-use crate::simulate::{SimConfig, Simulator};
-use crate::sink::wait_true;
+use crate::shutdown::wait_true;
 use crate::telemetry::Metrics;
+use crate::tools::simulate::{SimConfig, Simulator};
 
 pub struct DemoOptions {
     pub sim: SimConfig,
@@ -50,7 +50,7 @@ pub async fn run(
     // The simulator and the printer have their own codecs, as separate services would.
     let (stop_tx, stop_rx) = watch::channel(false);
     let sim_codec = pipeline::load(&config)?.codec;
-    let producer: FutureProducer = crate::source::producer_config(&config)
+    let producer: FutureProducer = crate::kafka::producer_config(&config)
         .set("linger.ms", "5")
         .create()?;
     let topics = config.topics.clone();
@@ -120,7 +120,7 @@ async fn desk(
         .set("group.id", "carestream-demo-desk")
         .set("auto.offset.reset", "earliest")
         .create()?;
-    let producer: FutureProducer = crate::source::producer_config(&config).create()?;
+    let producer: FutureProducer = crate::kafka::producer_config(&config).create()?;
     let t = &config.topics;
     consumer.subscribe(&[
         &t.dispatch_critical,
@@ -227,10 +227,10 @@ struct DeskLog {
 /// The closing summary: incidents caught in time, tasks by rule, escalations, the desk's part.
 fn summary(
     log: &DeskLog,
-    report: &crate::simulate::SimReport,
+    report: &crate::tools::simulate::SimReport,
     held: &std::collections::BTreeMap<String, Millis>,
 ) -> String {
-    let card = crate::score::score(
+    let card = crate::tools::score::score(
         &report.injected,
         &log.tasks,
         report.households,

@@ -1,0 +1,323 @@
+//! After the sink: wait for acknowledgements, store offsets only for what is acknowledged,
+//! commit the transaction under exactly once, and write partition checkpoints.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::shutdown::wait_true;
+use crate::sink::{Ack, OutRecord};
+use crate::telemetry::Metrics;
+
+use super::*;
+
+impl Processor {
+    /// Sends the batch's outputs and queues the batch; its offsets are stored once its
+    /// outputs, and those of every batch before it, are acknowledged. Batches overlap: the
+    /// next is processed while the broker acknowledges this one, up to `MAX_IN_FLIGHT`
+    /// batches, after which processing waits (a slow dispatch topic slows consumption).
+    pub(super) async fn complete(
+        &mut self,
+        batch: &mut Batch,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        if batch.count == 0 && batch.records.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut batch.records);
+        let delivery = (!records.is_empty()).then(|| {
+            let (sink, m, warn) = (self.sink.clone(), self.metrics.clone(), self.produce_warn.clone());
+            let mut stop = hard_stop.clone();
+            tokio::spawn(async move {
+                sink.deliver(
+                    records,
+                    &mut stop,
+                    |r| on_ack(&m, r),
+                    |e| {
+                        m.produce_retries.inc();
+                        if let Some(held) = warn.check("produce") {
+                            tracing::warn!(error = %e, held_back = held, "output delivery failed; sending again");
+                        }
+                    },
+                    |r, e| {
+                        m.undeliverable.with_label_values(&[r.ack.label()]).inc();
+                        if let Some(held) = warn.check("undeliverable") {
+                            tracing::error!(error = %e, kind = r.ack.label(), size = r.payload.len(), held_back = held, "output can never be delivered; a stand-in dead letter goes instead");
+                        }
+                    },
+                )
+                .await
+            })
+        });
+        self.in_flight.push_back(InFlight {
+            delivery,
+            offsets: std::mem::take(&mut batch.offsets),
+            started: batch.started,
+        });
+        *batch = Batch::default();
+        self.settle(MAX_IN_FLIGHT).await
+    }
+
+    /// Stores the offsets of the batches whose outputs are all acknowledged, in order; waits
+    /// for the oldest while more than `keep` are in flight (`0`: until all are done, as
+    /// before a checkpoint, which must cover only acknowledged outputs).
+    pub(super) async fn settle(&mut self, keep: usize) -> anyhow::Result<()> {
+        while let Some(front) = self.in_flight.front() {
+            let done = front.delivery.as_ref().is_none_or(|d| d.is_finished());
+            if !done && self.in_flight.len() <= keep {
+                break;
+            }
+            let f = self.in_flight.pop_front().expect("a front");
+            if let Some(d) = f.delivery {
+                d.await??;
+            }
+            // In a transaction the offsets go with the commit (`commit_epoch`).
+            let store = !f.offsets.is_empty() && !self.sink.is_transactional();
+            if let (Some(consumer), true) = (&self.consumer, store) {
+                let mut tpl = TopicPartitionList::new();
+                for ((topic, partition), offset) in &f.offsets {
+                    let name = &self.topic_names[*topic as usize].0;
+                    tpl.add_partition_offset(name, *partition, Offset::Offset(offset + 1))?;
+                }
+                if let Err(e) = consumer.store_offsets(&tpl) {
+                    // A revoked partition cannot be stored: its new owner re-reads, same ids.
+                    tracing::warn!(error = %e, "storing offsets");
+                }
+            }
+            if let Some(t) = f.started {
+                self.metrics
+                    .batch_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints (at least once) or commits the transaction (exactly once) when due.
+    pub(super) async fn persist_due(
+        &mut self,
+        all: bool,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        if self.sink.is_transactional() {
+            self.commit_epoch(all, hard_stop).await
+        } else {
+            self.checkpoint_due(all, hard_stop).await;
+            Ok(())
+        }
+    }
+
+    /// Exactly once: every `commit_interval_ms` (or now, when `all`), the open transaction
+    /// takes the checkpoints of the partitions that changed and the input offsets, and
+    /// commits with the outputs already sent in it. Any failure is fatal: this instance's
+    /// state has moved past what is committed, so it stops, and whoever takes its partitions
+    /// restores them from the last commit.
+    pub(super) async fn commit_epoch(
+        &mut self,
+        all: bool,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let interval = Duration::from_millis(self.config.pipeline.commit_interval_ms);
+        if !all && self.housekeeping.checkpointed.elapsed() < interval {
+            return Ok(());
+        }
+        self.housekeeping.checkpointed = Instant::now();
+        let timeout = Duration::from_millis(self.config.pipeline.shutdown_timeout_ms).max(interval);
+        let Some(consumer) = self.consumer.clone() else {
+            // Loading the registry: its dead letters commit on their own, within the
+            // transaction timeout however long the load takes.
+            self.settle(0).await?;
+            if self.sink.has_uncommitted() {
+                let sink = self.sink.clone();
+                tokio::task::block_in_place(|| sink.commit(None, timeout))
+                    .context("exactly-once commit")?;
+            }
+            return Ok(());
+        };
+        let started = Instant::now();
+        self.settle(0).await?;
+        let dirty: Vec<i32> = self
+            .owned
+            .iter()
+            .filter(|(_, pos)| pos.dirty)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut offsets = TopicPartitionList::new();
+        // Set with the consumer: offsets never commit without their partition's state.
+        let writer = self
+            .writer
+            .as_mut()
+            .context("exactly-once commit before the checkpoint writer exists")?;
+        for p in &dirty {
+            let pos = &self.owned[p];
+            for (topic, next) in &pos.next {
+                offsets.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+            }
+            let snapshot = self.engine.snapshot(*p);
+            let written = tokio::select! {
+                w = writer.write(self.sink.producer(), &snapshot, pos.next.clone(), wall_millis()) => w,
+                _ = wait_true(hard_stop) => anyhow::bail!("shutdown deadline passed with a transaction open"),
+            };
+            let m = written.context("checkpoint in the transaction")?;
+            self.metrics
+                .checkpoint_bytes
+                .with_label_values(&[&p.to_string()])
+                .set(m.bytes as i64);
+        }
+        let uncommitted = self.sink.has_uncommitted();
+        if dirty.is_empty() && !uncommitted {
+            self.checkpoint_ages();
+            return Ok(());
+        }
+        let group = consumer
+            .group_metadata()
+            .context("the consumer group's metadata, to fence the transaction")?;
+        let sink = self.sink.clone();
+        let committed =
+            tokio::task::block_in_place(|| sink.commit(Some((&offsets, &group)), timeout));
+        if let Err(e) = committed {
+            self.metrics.checkpoints.with_label_values(&["error"]).inc();
+            return Err(e).context("exactly-once commit");
+        }
+        // Stored (never committed by the consumer): for the lag the client reports.
+        if let Err(e) = consumer.store_offsets(&offsets) {
+            tracing::debug!(error = %e, "storing the committed offsets");
+        }
+        for p in &dirty {
+            if let Some(pos) = self.owned.get_mut(p) {
+                pos.dirty = false;
+            }
+            self.metrics.checkpoints.with_label_values(&["ok"]).inc();
+        }
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.checkpoint_ages();
+        Ok(())
+    }
+
+    /// Checkpoints the owned partitions that changed, when the interval has passed (or all
+    /// of them, when `all`); keeps the checkpoint-age gauges current.
+    pub(super) async fn checkpoint_due(
+        &mut self,
+        all: bool,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) {
+        let interval = Duration::from_millis(self.config.pipeline.checkpoint_interval_ms);
+        if all || self.housekeeping.checkpointed.elapsed() >= interval {
+            self.housekeeping.checkpointed = Instant::now();
+            let due: Vec<i32> = self
+                .owned
+                .iter()
+                .filter(|(_, pos)| all || pos.dirty)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in due {
+                self.checkpoint(p, hard_stop).await;
+            }
+        }
+        self.checkpoint_ages();
+    }
+
+    pub(super) fn checkpoint_ages(&self) {
+        let wall = wall_millis();
+        if let Some(w) = &self.writer {
+            for p in self.owned.keys() {
+                if let Some(at) = w.last_written(*p) {
+                    self.metrics
+                        .checkpoint_age
+                        .with_label_values(&[&p.to_string()])
+                        .set((wall - at).max(0) as f64 / 1000.0);
+                }
+            }
+        }
+    }
+
+    /// Writes partition `p`'s checkpoint. Called only between batches, when every output of
+    /// the records it covers has been acknowledged.
+    pub(super) async fn checkpoint(&mut self, p: i32, hard_stop: &mut watch::Receiver<bool>) {
+        let Some(position) = self.owned.get(&p) else {
+            return;
+        };
+        let offsets = position.next.clone();
+        let started = Instant::now();
+        // A checkpoint covers only outputs the broker has acknowledged.
+        if let Err(e) = self.settle(0).await {
+            tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
+            return;
+        }
+        let snapshot = self.engine.snapshot(p);
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        let written = tokio::select! {
+            w = writer.write(self.sink.producer(), &snapshot, offsets, wall_millis()) => w,
+            _ = wait_true(hard_stop) => return,
+        };
+        match written {
+            Ok(m) => {
+                self.metrics.checkpoints.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .checkpoint_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .checkpoint_bytes
+                    .with_label_values(&[&p.to_string()])
+                    .set(m.bytes as i64);
+                if let Some(pos) = self.owned.get_mut(&p) {
+                    pos.dirty = false;
+                }
+            }
+            Err(e) => {
+                self.metrics.checkpoints.with_label_values(&["error"]).inc();
+                tracing::warn!(partition = p, error = %e, "checkpoint not written; will try again");
+            }
+        }
+    }
+}
+
+pub(super) fn on_ack(m: &Metrics, r: &OutRecord) {
+    match &r.ack {
+        Ack::Task {
+            severity,
+            rule_id,
+            district,
+            incident_time,
+            received,
+        } => {
+            m.tasks_by_district
+                .with_label_values(&[severity.as_str(), district])
+                .inc();
+            m.tasks
+                .with_label_values(&[severity.as_str(), rule_id])
+                .inc();
+            let secs = (wall_millis() - incident_time).max(0) as f64 / 1000.0;
+            m.incident_to_ack
+                .with_label_values(&[severity.as_str()])
+                .observe(secs);
+            m.received_to_ack
+                .with_label_values(&[severity.as_str()])
+                .observe(received.elapsed().as_secs_f64());
+        }
+        Ack::Notification => m.notifications.inc(),
+        Ack::Resend => m.task_resends.inc(),
+        Ack::Incident { .. } | Ack::AreaSignal { .. } => {}
+        Ack::VisitPlan {
+            community,
+            planned,
+            beyond,
+        } => {
+            m.visits_planned
+                .with_label_values(&[community])
+                .inc_by(*planned as u64);
+            m.visits_beyond_capacity
+                .with_label_values(&[community])
+                .inc_by(*beyond as u64);
+        }
+        Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
+        Ack::DeadLetter | Ack::Undeliverable => {}
+    }
+}
