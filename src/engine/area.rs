@@ -16,7 +16,7 @@ use super::household::{Household, RuleRef, NEVER};
 use super::incidents::Finding;
 use super::Engine;
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{params, RuleKind};
 
 /// The household id prefix of an area's grouped incident.
 pub const AREA_PREFIX: &str = "area:";
@@ -431,7 +431,7 @@ impl Engine {
             return false;
         };
         let h = self.slot(slot);
-        let since = d - self.ms(RuleKind::HomeSilence, p::AFTER, h);
+        let since = d - self.params::<params::HomeSilence>(h).after();
         let id = h.id.to_string();
         self.areas.out.push((
             AreaKey::Member(id.clone()),
@@ -458,7 +458,7 @@ impl Engine {
         if !h.area_reported {
             return;
         }
-        let since = h.area_hold - self.ms(RuleKind::HomeSilence, p::AFTER, h);
+        let since = h.area_hold - self.params::<params::HomeSilence>(h).after();
         if t <= since {
             return;
         }

@@ -259,11 +259,6 @@ impl Engine {
         self.slot_mut(slot).params = i;
     }
 
-    /// Parameter `i` of rule `kind` for a household.
-    fn param(&self, kind: RuleKind, i: usize, h: &Household) -> f64 {
-        self.param_sets[h.params as usize][self.param_offsets[kind as usize] + i]
-    }
-
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
     }

@@ -15,7 +15,7 @@ use crate::model::{Action, DeviceKind, HouseholdProfile, Millis, QuietHours, Sev
 pub use extra::{
     parse_rfc3339, AreaLevel, AreaRules, Holiday, Suppression, VisitPlanRules, WeatherRules,
 };
-pub use windowed::{p, RuleKind, WindowedRule};
+pub use windowed::{params, RuleKind, RuleParams, Tighten, Values, WindowedRule};
 
 /// The files `rules/` holds besides one per windowed rule; anything else there is a mistake
 /// worth stopping for.
@@ -195,7 +195,7 @@ impl RuleSet {
     }
 
     /// Every windowed rule's parameters for one household, rule after rule in the order of
-    /// `RuleKind::ALL`, each rule's in the order of its `P_*` constants (see
+    /// `RuleKind::ALL`, each rule's in their declared order (see
     /// [`RuleSet::param_offsets`]). The engine works these out once per household when its profile
     /// or the rules change, instead of matching cohorts on every event.
     pub fn resolve_params(
@@ -677,36 +677,39 @@ mod tests {
         p.cohorts = vec![crate::model::Cohort::LIVING_ALONE];
         p.age = 70;
         assert_eq!(
-            rule.ms(p::AFTER, "hh-1", Some(&p)),
+            params::NoMovement::of(&rule.values("hh-1", Some(&p))).after(),
             12 * 3_600_000,
             "default"
         );
         p.age = 85;
         assert_eq!(
-            rule.ms(p::AFTER, "hh-1", Some(&p)),
+            params::NoMovement::of(&rule.values("hh-1", Some(&p))).after(),
             10 * 3_600_000,
             "living alone, 80+"
         );
         p.cohorts.push(crate::model::Cohort::DISABLED);
         assert_eq!(
-            rule.ms(p::AFTER, "hh-1", Some(&p)),
+            params::NoMovement::of(&rule.values("hh-1", Some(&p))).after(),
             8 * 3_600_000,
             "living alone and disabled: first match"
         );
         p.cohorts.push(crate::model::Cohort::SEVERE_DISABILITY);
-        assert_eq!(rule.ms(p::AFTER, "hh-1", Some(&p)), 6 * 3_600_000);
         assert_eq!(
-            rule.ms(p::AFTER, "hh-000042", Some(&p)),
+            params::NoMovement::of(&rule.values("hh-1", Some(&p))).after(),
+            6 * 3_600_000
+        );
+        assert_eq!(
+            params::NoMovement::of(&rule.values("hh-000042", Some(&p))).after(),
             4 * 3_600_000,
             "household override wins"
         );
         assert_eq!(
-            rule.param(p::POWER_KW, "hh-000042", Some(&p)),
+            params::NoMovement::of(&rule.values("hh-000042", Some(&p))).power_activity_kw(),
             0.3,
             "unset in the override: the default"
         );
         assert_eq!(
-            set.rule(RuleKind::Vitals).param(p::HR_HIGH, "x", Some(&p)),
+            params::Vitals::of(&set.rule(RuleKind::Vitals).values("x", Some(&p))).heart_rate_high(),
             110.0
         );
     }

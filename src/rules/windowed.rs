@@ -13,23 +13,6 @@ use toml::Spanned;
 use super::{parse_duration, Source};
 use crate::model::{Action, Cohort, HouseholdProfile, Millis, Severity};
 
-/// The windowed rules, one file each in `rules/`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub enum RuleKind {
-    NoMovement,
-    Vitals,
-    DeviceSilence,
-    HomeSilence,
-    DailyRound,
-    VisitCadence,
-    NightBedExit,
-    NightDoor,
-    WaterSilence,
-    WaterFlow,
-}
-
 /// What a parameter holds; all are stored as `f64` (durations in milliseconds).
 #[derive(Debug, Clone, Copy)]
 pub enum ParamKind {
@@ -42,137 +25,246 @@ pub enum ParamKind {
     },
 }
 
-impl RuleKind {
-    pub const ALL: [RuleKind; 10] = [
-        RuleKind::NoMovement,
-        RuleKind::Vitals,
-        RuleKind::DeviceSilence,
-        RuleKind::HomeSilence,
-        RuleKind::DailyRound,
-        RuleKind::VisitCadence,
-        RuleKind::NightBedExit,
-        RuleKind::NightDoor,
-        RuleKind::WaterSilence,
-        RuleKind::WaterFlow,
-    ];
+/// Which weather factor tightens a parameter while the household is under a warning.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tighten {
+    /// `weather.toml`'s `absence_factor` (how long an absence may last).
+    Absence,
+    /// `weather.toml`'s `visit_factor` (how far apart visits may be).
+    Visit,
+}
 
-    pub fn rule_id(self) -> &'static str {
-        match self {
-            RuleKind::NoMovement => "no_movement",
-            RuleKind::Vitals => "abnormal_vitals",
-            RuleKind::DeviceSilence => "device_silence",
-            RuleKind::HomeSilence => "home_silence",
-            RuleKind::DailyRound => "missed_daily_round",
-            RuleKind::VisitCadence => "visit_overdue",
-            RuleKind::NightBedExit => "night_bed_exit",
-            RuleKind::NightDoor => "night_door",
-            RuleKind::WaterSilence => "water_silence",
-            RuleKind::WaterFlow => "water_flow",
+/// One rule's parameter values for one household, as the engine resolved them (cohort and
+/// household overrides applied), with the weather factors in force (1 when none is).
+#[derive(Debug, Clone, Copy)]
+pub struct Values<'a> {
+    vals: &'a [f64],
+    absence: f64,
+    visit: f64,
+}
+
+impl<'a> Values<'a> {
+    pub fn new(vals: &'a [f64], absence: f64, visit: f64) -> Values<'a> {
+        Values {
+            vals,
+            absence,
+            visit,
         }
     }
 
-    pub fn file(self) -> &'static str {
-        match self {
-            RuleKind::NoMovement => "no_movement.toml",
-            RuleKind::Vitals => "vitals.toml",
-            RuleKind::DeviceSilence => "device_silence.toml",
-            RuleKind::HomeSilence => "home_silence.toml",
-            RuleKind::DailyRound => "daily_round.toml",
-            RuleKind::VisitCadence => "visit_cadence.toml",
-            RuleKind::NightBedExit => "night_bed_exit.toml",
-            RuleKind::NightDoor => "night_door.toml",
-            RuleKind::WaterSilence => "water_silence.toml",
-            RuleKind::WaterFlow => "water_flow.toml",
+    /// Values with no weather warning in force.
+    pub fn plain(vals: &'a [f64]) -> Values<'a> {
+        Values::new(vals, 1.0, 1.0)
+    }
+
+    #[inline]
+    fn ms(&self, i: usize, tighten: Option<Tighten>) -> Millis {
+        let base = self.vals[i] as Millis;
+        match tighten {
+            Some(Tighten::Absence) => (base as f64 * self.absence) as Millis,
+            Some(Tighten::Visit) => (base as f64 * self.visit) as Millis,
+            None => base,
         }
     }
 
-    /// The parameters the rule reads, in the order of its `P_*` constants.
-    pub fn params(self) -> &'static [(&'static str, ParamKind)] {
-        use ParamKind::*;
-        const BPM: ParamKind = Number {
-            min: 0.0,
-            max: 300.0,
-        };
-        const RPM: ParamKind = Number {
-            min: 0.0,
-            max: 120.0,
-        };
-        match self {
-            RuleKind::NoMovement => &[
-                ("after", Duration),
-                (
-                    "power_activity_kw",
-                    Number {
-                        min: 0.0,
-                        max: 100.0,
-                    },
-                ),
-                ("bedtime_window", Duration),
-                ("still_in_bed_after", Duration),
-                ("not_in_bed_after", Duration),
-                ("not_in_bed_still_for", Duration),
-            ],
-            RuleKind::Vitals => &[
-                ("heart_rate_low", BPM),
-                ("heart_rate_high", BPM),
-                ("respiration_low", RPM),
-                ("respiration_high", RPM),
-                ("sustained_for", Duration),
-            ],
-            RuleKind::DeviceSilence => &[("after", Duration)],
-            RuleKind::HomeSilence => &[("after", Duration)],
-            RuleKind::DailyRound => &[("due_by", TimeOfDay)],
-            RuleKind::VisitCadence => &[("every", Duration), ("grace", Duration)],
-            RuleKind::NightBedExit => &[("out_for", Duration)],
-            RuleKind::NightDoor => &[("no_motion_for", Duration)],
-            RuleKind::WaterSilence => &[
-                ("window", Duration),
-                (
-                    "min_use_m3",
-                    Number {
-                        min: 0.0,
-                        max: 100.0,
-                    },
-                ),
-            ],
-            RuleKind::WaterFlow => &[
-                ("flowing_for", Duration),
-                (
-                    "min_flow_m3_per_h",
-                    Number {
-                        min: 0.0,
-                        max: 100.0,
-                    },
-                ),
-                ("continuous_within", Duration),
-            ],
-        }
+    #[inline]
+    fn num(&self, i: usize) -> f64 {
+        self.vals[i]
     }
 }
 
-/// Parameter indices, named per rule.
-pub mod p {
-    pub const AFTER: usize = 0;
-    pub const POWER_KW: usize = 1;
-    pub const BEDTIME_WINDOW: usize = 2;
-    pub const STILL_IN_BED_AFTER: usize = 3;
-    pub const NOT_IN_BED_AFTER: usize = 4;
-    pub const NOT_IN_BED_STILL_FOR: usize = 5;
-    pub const HR_LOW: usize = 0;
-    pub const HR_HIGH: usize = 1;
-    pub const RR_LOW: usize = 2;
-    pub const RR_HIGH: usize = 3;
-    pub const SUSTAINED: usize = 4;
-    pub const DUE_BY: usize = 0;
-    pub const EVERY: usize = 0;
-    pub const GRACE: usize = 1;
-    pub const OUT_FOR: usize = 0;
-    pub const NO_MOTION_FOR: usize = 0;
-    pub const WINDOW: usize = 0;
-    pub const MIN_USE: usize = 1;
-    pub const FLOWING_FOR: usize = 0;
-    pub const MIN_FLOW: usize = 1;
-    pub const CONTINUOUS_WITHIN: usize = 2;
+/// A rule's typed parameters: made by the engine for one household.
+pub trait RuleParams<'a>: Copy {
+    const KIND: RuleKind;
+    fn from_values(v: Values<'a>) -> Self;
+
+    /// Over one rule's values with no weather warning in force (see [`WindowedRule::values`]).
+    fn of(vals: &'a [f64]) -> Self {
+        Self::from_values(Values::plain(vals))
+    }
+}
+
+macro_rules! param_decl {
+    (Duration) => {
+        ParamKind::Duration
+    };
+    (TimeOfDay) => {
+        ParamKind::TimeOfDay
+    };
+    (Number($min:expr, $max:expr)) => {
+        ParamKind::Number {
+            min: $min,
+            max: $max,
+        }
+    };
+}
+
+macro_rules! param_get {
+    ($v:ident, $i:expr, $t:expr, Duration) => {
+        $v.ms($i, $t)
+    };
+    // Minutes after midnight, as milliseconds into the day.
+    ($v:ident, $i:expr, $t:expr, TimeOfDay) => {
+        $v.ms($i, $t) * 60_000
+    };
+    ($v:ident, $i:expr, $t:expr, Number($min:expr, $max:expr)) => {
+        $v.num($i)
+    };
+}
+
+macro_rules! param_type {
+    (Duration) => {
+        Millis
+    };
+    (TimeOfDay) => {
+        Millis
+    };
+    (Number($min:expr, $max:expr)) => {
+        f64
+    };
+}
+
+macro_rules! tighten {
+    () => {
+        None
+    };
+    ($t:ident) => {
+        Some(Tighten::$t)
+    };
+}
+
+/// The registry of windowed rules: one entry per rule, its kind, the `rule_id` of its tasks,
+/// its file in `rules/`, and its parameters, typed (a parameter may be tightened by a weather
+/// warning). Everything else about the rule (its state, its deadline, its finding) is in its
+/// module under `src/engine/windowed/`; the engine's dispatch there has one line per rule,
+/// which the compiler asks for when an entry is added here.
+macro_rules! windowed_rules {
+    ($(
+        $(#[$doc:meta])*
+        $kind:ident ($index:ident) = $id:literal, $file:literal {
+            $( $param:ident : $pk:ident $( ( $($arg:expr),* ) )? $( * $t:ident )? ),* $(,)?
+        }
+    )*) => {
+        /// The windowed rules, one file each in `rules/`. Variant names are stored in
+        /// checkpoints (open incidents): never rename one.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
+            serde::Deserialize,
+        )]
+        pub enum RuleKind {
+            $( $(#[$doc])* $kind, )*
+        }
+
+        impl RuleKind {
+            pub const ALL: [RuleKind; [$(RuleKind::$kind),*].len()] = [$(RuleKind::$kind),*];
+
+            pub fn rule_id(self) -> &'static str {
+                match self {
+                    $( RuleKind::$kind => $id, )*
+                }
+            }
+
+            pub fn file(self) -> &'static str {
+                match self {
+                    $( RuleKind::$kind => $file, )*
+                }
+            }
+
+            /// The parameters the rule reads, in the order of their declaration.
+            pub fn params(self) -> &'static [(&'static str, ParamKind)] {
+                match self {
+                    $( RuleKind::$kind => &[
+                        $( (stringify!($param), param_decl!($pk $( ( $($arg),* ) )?)), )*
+                    ], )*
+                }
+            }
+        }
+
+        /// Each rule's parameters, typed, named as in its file.
+        pub mod params {
+            use super::*;
+            $(
+                #[derive(Debug, Clone, Copy)]
+                pub struct $kind<'a>(Values<'a>);
+
+                impl<'a> RuleParams<'a> for $kind<'a> {
+                    const KIND: RuleKind = RuleKind::$kind;
+                    fn from_values(v: Values<'a>) -> Self {
+                        $kind(v)
+                    }
+                }
+
+                mod $index {
+                    #[allow(non_camel_case_types, clippy::enum_variant_names)]
+                    pub(super) enum Index { $( $param, )* }
+                }
+
+                impl $kind<'_> {
+                    $(
+                        #[inline]
+                        pub fn $param(&self) -> param_type!($pk $( ( $($arg),* ) )?) {
+                            let v = &self.0;
+                            param_get!(
+                                v,
+                                $index::Index::$param as usize,
+                                tighten!($($t)?),
+                                $pk $( ( $($arg),* ) )?
+                            )
+                        }
+                    )*
+                }
+            )*
+        }
+    };
+}
+
+const BPM: (f64, f64) = (0.0, 300.0);
+const RPM: (f64, f64) = (0.0, 120.0);
+
+windowed_rules! {
+    /// No movement for longer than usual while home (by day, and in and out of bed at night).
+    NoMovement(no_movement) = "no_movement", "no_movement.toml" {
+        after: Duration * Absence,
+        power_activity_kw: Number(0.0, 100.0),
+        bedtime_window: Duration,
+        still_in_bed_after: Duration,
+        not_in_bed_after: Duration,
+        not_in_bed_still_for: Duration,
+    }
+    /// Heart rate or respiration out of its band for a sustained time.
+    Vitals(vitals) = "abnormal_vitals", "vitals.toml" {
+        heart_rate_low: Number(BPM.0, BPM.1),
+        heart_rate_high: Number(BPM.0, BPM.1),
+        respiration_low: Number(RPM.0, RPM.1),
+        respiration_high: Number(RPM.0, RPM.1),
+        sustained_for: Duration,
+    }
+    /// One device silent while the others report.
+    DeviceSilence(device_silence) = "device_silence", "device_silence.toml" { after: Duration }
+    /// Every device of the home silent.
+    HomeSilence(home_silence) = "home_silence", "home_silence.toml" { after: Duration * Absence }
+    /// No check-in of any kind by a time of day.
+    DailyRound(daily_round) = "missed_daily_round", "daily_round.toml" { due_by: TimeOfDay }
+    /// No home visit within the cadence.
+    VisitCadence(visit_cadence) = "visit_overdue", "visit_cadence.toml" {
+        every: Duration * Visit,
+        grace: Duration,
+    }
+    /// Out of bed at night and not back.
+    NightBedExit(night_bed_exit) = "night_bed_exit", "night_bed_exit.toml" { out_for: Duration }
+    /// The door opened at night and no movement inside after.
+    NightDoor(night_door) = "night_door", "night_door.toml" { no_motion_for: Duration }
+    /// Too little water used over a window while home.
+    WaterSilence(water_silence) = "water_silence", "water_silence.toml" {
+        window: Duration,
+        min_use_m3: Number(0.0, 100.0),
+    }
+    /// Water that never stops running.
+    WaterFlow(water_flow) = "water_flow", "water_flow.toml" {
+        flowing_for: Duration,
+        min_flow_m3_per_h: Number(0.0, 100.0),
+        continuous_within: Duration,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,9 +332,22 @@ pub struct WindowedRule {
 }
 
 impl WindowedRule {
+    /// This rule's parameters for one household, in their declared order: read them through
+    /// the rule's typed view, `params::NoMovement::of(&values).after()`.
+    pub fn values(&self, household_id: &str, profile: Option<&HouseholdProfile>) -> Vec<f64> {
+        (0..self.defaults.len())
+            .map(|i| self.param(i, household_id, profile))
+            .collect()
+    }
+
     /// Parameter `i` for this household: its override, else the first matching cohort's,
     /// else the default.
-    pub fn param(&self, i: usize, household_id: &str, profile: Option<&HouseholdProfile>) -> f64 {
+    pub(super) fn param(
+        &self,
+        i: usize,
+        household_id: &str,
+        profile: Option<&HouseholdProfile>,
+    ) -> f64 {
         if let Some(v) = self.households.get(household_id).and_then(|v| v[i]) {
             return v;
         }
@@ -256,10 +361,6 @@ impl WindowedRule {
             }
         }
         self.defaults[i]
-    }
-
-    pub fn ms(&self, i: usize, household_id: &str, profile: Option<&HouseholdProfile>) -> Millis {
-        self.param(i, household_id, profile) as Millis
     }
 
     pub(super) fn load(

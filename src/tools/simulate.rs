@@ -96,19 +96,21 @@ impl IncidentKind {
 /// hours' end; without a mattress, late in the evening or at night, the threshold in waking time.
 fn collapse_promise(rules: &crate::rules::RuleSet, h: &Home, at: Millis) -> Millis {
     use crate::localtime::{add_awake_time, quiet_period};
-    use crate::rules::{p, RuleKind};
-    let rule = rules.rule(RuleKind::NoMovement);
-    let param = |i| rule.ms(i, &h.profile.household_id, Some(&h.profile));
-    let after = param(p::AFTER);
+    use crate::rules::{params, RuleKind, RuleParams};
+    let values = rules
+        .rule(RuleKind::NoMovement)
+        .values(&h.profile.household_id, Some(&h.profile));
+    let p = params::NoMovement::of(&values);
+    let after = p.after();
     let q = h.profile.quiet_hours.unwrap_or(rules.default_quiet_hours);
     let Some((from, to)) = quiet_period(at, CST, q) else {
         return at + after + HOUR;
     };
-    let night = at >= from - param(p::BEDTIME_WINDOW);
+    let night = at >= from - p.bedtime_window();
     let found = if !night {
         at + after
     } else if h.alive(DeviceKind::BED_SENSOR) && h.in_bed {
-        (at + after).max(to + param(p::STILL_IN_BED_AFTER))
+        (at + after).max(to + p.still_in_bed_after())
     } else if h.alive(DeviceKind::BED_SENSOR) {
         at + after
     } else {
@@ -1067,11 +1069,11 @@ impl<'a> Simulator<'a> {
                 self.settle_racing(h, at);
                 h.tachycardia_until = at + 20 * MIN;
                 let sustained = self.rules.as_ref().map_or(10 * MIN, |rules| {
-                    rules.rule(crate::rules::RuleKind::Vitals).ms(
-                        crate::rules::p::SUSTAINED,
-                        &h.profile.household_id,
-                        Some(&h.profile),
-                    )
+                    use crate::rules::{params, RuleKind, RuleParams};
+                    let values = rules
+                        .rule(RuleKind::Vitals)
+                        .values(&h.profile.household_id, Some(&h.profile));
+                    params::Vitals::of(&values).sustained_for()
                 });
                 h.racing = Some(Racing {
                     at,

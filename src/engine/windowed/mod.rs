@@ -1,5 +1,10 @@
 //! The windowed rules, one module each, and what they share: parameters per household,
 //! quiet hours, auto-resolution, and the dispatch of deadlines to the rule they belong to.
+//!
+//! A rule is a unit: its entry in the registry (`src/rules/windowed.rs`: id, file, typed
+//! parameters), its module here (its reactions to events as `Engine` methods, and a type
+//! implementing [`Rule`]: its deadline and its finding), and one line in `dispatch!` below.
+//! docs/adding-a-rule.md walks through adding one.
 
 mod night;
 mod no_movement;
@@ -13,7 +18,7 @@ use super::incidents::Finding;
 use super::Engine;
 use crate::localtime::in_quiet_hours;
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{RuleKind, RuleParams, Values};
 
 pub(super) fn evidence(what: &str, t: Millis, summary: String) -> Evidence {
     Evidence {
@@ -23,26 +28,89 @@ pub(super) fn evidence(what: &str, t: Millis, summary: String) -> Evidence {
     }
 }
 
-impl Engine {
-    pub(super) fn ms(&self, kind: RuleKind, i: usize, h: &Household) -> Millis {
-        let base = self.param(kind, i, h) as Millis;
-        // Under a weather warning the absence thresholds and the visit cadence tighten.
-        if h.heightened_until > h.last_seen {
-            let w = &self.rules.weather;
-            let factor = match (kind, i) {
-                (RuleKind::NoMovement, p::AFTER) | (RuleKind::HomeSilence, p::AFTER) => {
-                    w.absence_factor
-                }
-                (RuleKind::VisitCadence, p::EVERY) => w.visit_factor,
-                _ => 1.0,
-            };
-            return (base as f64 * factor) as Millis;
-        }
-        base
+/// What the engine asks of a windowed rule. Rules judged as their readings arrive (water)
+/// keep the defaults: no deadline, nothing to judge.
+pub(super) trait Rule {
+    /// When the rule should next look at this household, if at all (it is enabled, has no
+    /// open incident for the household, and the household has been seen: checked before).
+    fn deadline(_e: &Engine, _h: &Household) -> Option<Millis> {
+        None
     }
 
-    pub(super) fn num(&self, kind: RuleKind, i: usize, h: &Household) -> f64 {
-        self.param(kind, i, h)
+    /// What the rule finds at its deadline `d`, judged at `t` (`None`: nothing after all).
+    fn finding(_e: &Engine, _h: &Household, _d: Millis, _t: Millis) -> Option<Finding> {
+        None
+    }
+
+    /// Its deadline `d` came due at `t`: by default, an incident for what it found.
+    fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
+        if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
+            e.open_incident(slot, f, out);
+        }
+    }
+}
+
+/// Deadlines and judgements go to the rule of their kind: one line per rule (the compiler
+/// asks for it when a rule is added to the registry).
+macro_rules! dispatch {
+    ($($kind:ident => $rule:ty),* $(,)?) => {
+        impl Engine {
+            /// When a timed rule should next look at this household, if at all.
+            pub(super) fn deadline(&self, h: &Household, kind: RuleKind) -> Option<Millis> {
+                if !self.enabled(kind)
+                    || h.active_for(&RuleRef::Windowed(kind))
+                    || h.first_seen == NEVER
+                {
+                    return None;
+                }
+                match kind {
+                    $( RuleKind::$kind => <$rule as Rule>::deadline(self, h), )*
+                }
+            }
+
+            /// A deadline `d` came due at `t`: the rule says what it found.
+            pub(super) fn judge(
+                &mut self,
+                slot: u32,
+                kind: RuleKind,
+                d: Millis,
+                t: Millis,
+                out: &mut Vec<Output>,
+            ) {
+                match kind {
+                    $( RuleKind::$kind => <$rule as Rule>::judge(self, slot, d, t, out), )*
+                }
+            }
+        }
+    };
+}
+
+dispatch! {
+    NoMovement => no_movement::NoMovement,
+    Vitals => vitals::Vitals,
+    DeviceSilence => silence::DeviceSilence,
+    HomeSilence => silence::HomeSilence,
+    DailyRound => rounds::DailyRound,
+    VisitCadence => rounds::VisitCadence,
+    NightBedExit => night::NightBedExit,
+    NightDoor => night::NightDoor,
+    WaterSilence => water::WaterSilence,
+    WaterFlow => water::WaterFlow,
+}
+
+impl Engine {
+    /// Rule `P`'s parameters for this household, tightened while a weather warning is in
+    /// force (`weather.toml`'s factors).
+    #[inline]
+    pub(super) fn params<'a, P: RuleParams<'a>>(&'a self, h: &Household) -> P {
+        let at = self.param_offsets[P::KIND as usize];
+        let vals = &self.param_sets[h.params as usize][at..];
+        if h.heightened_until > h.last_seen {
+            let w = &self.rules.weather;
+            P::from_values(Values::new(vals, w.absence_factor, w.visit_factor))
+        } else {
+            P::from_values(Values::plain(vals))
+        }
     }
 
     pub(super) fn enabled(&self, kind: RuleKind) -> bool {
@@ -78,53 +146,6 @@ impl Engine {
             emitted_at: t,
             evidence: vec![evidence(kind.rule_id(), d, summary.clone())],
             detail: Some(summary),
-        }
-    }
-
-    /// When a timed rule should next look at this household, if at all.
-    pub(super) fn deadline(&self, h: &Household, kind: RuleKind) -> Option<Millis> {
-        if !self.enabled(kind) || h.active_for(&RuleRef::Windowed(kind)) || h.first_seen == NEVER {
-            return None;
-        }
-        match kind {
-            RuleKind::NoMovement => self.no_movement_deadline(h),
-            RuleKind::DeviceSilence | RuleKind::HomeSilence => self.silence_deadline(h, kind),
-            RuleKind::DailyRound => self.daily_round_deadline(h),
-            RuleKind::VisitCadence => self.visit_deadline(h),
-            RuleKind::NightBedExit | RuleKind::NightDoor => self.night_deadline(h, kind),
-            RuleKind::Vitals => self.vitals_deadline(h),
-            // Judged as their readings arrive, not by a deadline.
-            RuleKind::WaterSilence | RuleKind::WaterFlow => None,
-        }
-    }
-
-    /// A deadline `d` came due at `t`: the rule says what it found.
-    pub(super) fn judge(
-        &mut self,
-        slot: u32,
-        kind: RuleKind,
-        d: Millis,
-        t: Millis,
-        out: &mut Vec<Output>,
-    ) {
-        let h = self.slot(slot);
-        let f = match kind {
-            RuleKind::NoMovement => self.no_movement_finding(h, d, t),
-            RuleKind::DeviceSilence | RuleKind::HomeSilence => self.silence_finding(h, kind, d, t),
-            RuleKind::DailyRound => return self.daily_round_fire(slot, d, t, out),
-            RuleKind::VisitCadence => self.visit_finding(h, d, t),
-            RuleKind::NightBedExit | RuleKind::NightDoor if !self.quiet(h, d) => {
-                return self.night_over(slot, kind);
-            }
-            RuleKind::NightBedExit | RuleKind::NightDoor => self.night_finding(h, kind, d, t),
-            RuleKind::Vitals => self.vitals_finding(h, d, t),
-            RuleKind::WaterSilence | RuleKind::WaterFlow => None,
-        };
-        if let Some(f) = f {
-            if kind == RuleKind::HomeSilence && self.area_report(slot, f.incident_time, t) {
-                return;
-            }
-            self.open_incident(slot, f, out);
         }
     }
 }

@@ -4,9 +4,10 @@
 use super::super::household::Household;
 use super::super::incidents::Finding;
 use super::super::Engine;
+use super::Rule;
 use crate::localtime::quiet_period;
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{params, RuleKind};
 
 /// A mattress repeating its state does so far more often than this; the same state reported
 /// after a longer silence means the change between was missed (a return to bed unreported).
@@ -36,7 +37,8 @@ impl Engine {
         self.activity(slot, t);
         let h = self.slot(slot);
         let k = RuleKind::NightDoor;
-        let in_time = |w: Millis| h.last_motion < t && t + self.ms(k, p::NO_MOTION_FOR, h) > w;
+        let no_motion_for = self.params::<params::NightDoor>(h).no_motion_for();
+        let in_time = |w: Millis| h.last_motion < t && t + no_motion_for > w;
         if self.enabled(k) && self.quiet(h, t) && !h.away_at(t) && late.is_none_or(in_time) {
             let h = self.slot_mut(slot);
             h.door_at_night = Some(h.door_at_night.map_or(t, |d| d.min(t)));
@@ -95,7 +97,8 @@ impl Engine {
         }
         let k = RuleKind::NightBedExit;
         let h = self.slot(slot);
-        let in_time = |w: Millis| t + self.ms(k, p::OUT_FOR, h) > w;
+        let out_for = self.params::<params::NightBedExit>(h).out_for();
+        let in_time = |w: Millis| t + out_for > w;
         let late_exit = !occupied && !late.is_none_or(in_time);
         if !late_exit {
             // Before the activity: no movement reads the mattress's state as evidence.
@@ -116,59 +119,69 @@ impl Engine {
             }
         }
     }
+}
 
-    pub(super) fn night_deadline(&self, h: &Household, kind: RuleKind) -> Option<Millis> {
-        match kind {
-            RuleKind::NightBedExit => h.bed_out_since.map(|s| s + self.ms(kind, p::OUT_FOR, h)),
-            RuleKind::NightDoor => h
-                .door_at_night
-                .map(|d| d + self.ms(kind, p::NO_MOTION_FOR, h)),
-            _ => None,
-        }
+/// Out of bed during the quiet hours and not back within `out_for`.
+pub(super) struct NightBedExit;
+
+impl Rule for NightBedExit {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        let out_for = e.params::<params::NightBedExit>(h).out_for();
+        h.bed_out_since.map(|s| s + out_for)
     }
 
-    /// The quiet hours ended before the deadline: up for the day (an early riser), or out
-    /// for a morning walk, not a night exit. The clock stops, so the next night starts anew.
-    pub(super) fn night_over(&mut self, slot: u32, kind: RuleKind) {
-        let h = self.slot_mut(slot);
-        match kind {
-            RuleKind::NightBedExit => h.bed_out_since = None,
-            _ => h.door_at_night = None,
-        }
+    fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let s = h.bed_out_since.unwrap_or(d);
+        let mut f = e.finding(
+            RuleKind::NightBedExit,
+            format!("out_of_bed:{s}"),
+            d,
+            t,
+            format!("out of bed at night for {} min", (t - s) / 60_000),
+        );
+        f.incident_time = s;
+        Some(f)
     }
 
-    pub(super) fn night_finding(
-        &self,
-        h: &Household,
-        kind: RuleKind,
-        d: Millis,
-        t: Millis,
-    ) -> Option<Finding> {
-        Some(match kind {
-            RuleKind::NightBedExit => {
-                let s = h.bed_out_since.unwrap_or(d);
-                let mut f = self.finding(
-                    kind,
-                    format!("out_of_bed:{s}"),
-                    d,
-                    t,
-                    format!("out of bed at night for {} min", (t - s) / 60_000),
-                );
-                f.incident_time = s;
-                f
-            }
-            _ => {
-                let at = h.door_at_night.unwrap_or(d);
-                let mut f = self.finding(
-                    kind,
-                    format!("door:{at}"),
-                    d,
-                    t,
-                    format!("door at night, no movement for {} min", (t - at) / 60_000),
-                );
-                f.incident_time = at;
-                f
-            }
-        })
+    /// The quiet hours ended before the deadline: up for the day (an early riser), not a
+    /// night exit. The clock stops, so the next night starts anew.
+    fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
+        if !e.quiet(e.slot(slot), d) {
+            e.slot_mut(slot).bed_out_since = None;
+        } else if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
+            e.open_incident(slot, f, out);
+        }
+    }
+}
+
+/// The door at night, and no movement indoors for `no_motion_for` after it.
+pub(super) struct NightDoor;
+
+impl Rule for NightDoor {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        let no_motion_for = e.params::<params::NightDoor>(h).no_motion_for();
+        h.door_at_night.map(|d| d + no_motion_for)
+    }
+
+    fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let at = h.door_at_night.unwrap_or(d);
+        let mut f = e.finding(
+            RuleKind::NightDoor,
+            format!("door:{at}"),
+            d,
+            t,
+            format!("door at night, no movement for {} min", (t - at) / 60_000),
+        );
+        f.incident_time = at;
+        Some(f)
+    }
+
+    /// The quiet hours ended before the deadline: out for a morning walk, not a night exit.
+    fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
+        if !e.quiet(e.slot(slot), d) {
+            e.slot_mut(slot).door_at_night = None;
+        } else if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
+            e.open_incident(slot, f, out);
+        }
     }
 }

@@ -4,9 +4,10 @@
 use super::super::household::{Household, NEVER};
 use super::super::incidents::Finding;
 use super::super::Engine;
+use super::Rule;
 use crate::localtime::{add_awake_time, quiet_period};
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{params, RuleKind};
 
 const HOUR: f64 = 3_600_000.0;
 
@@ -36,7 +37,7 @@ impl Engine {
     /// Power use counts as activity only above an appliance's draw: a fridge runs alone.
     pub(in crate::engine) fn power(&mut self, slot: u32, t: Millis, v: f64) {
         let h = self.slot(slot);
-        let threshold = self.num(RuleKind::NoMovement, p::POWER_KW, h);
+        let threshold = self.params::<params::NoMovement>(h).power_activity_kw();
         let last = Some(h.power_last).filter(|l| l.0 != NEVER);
         self.slot_mut(slot).power_last = (t, v);
         if let Some((t0, v0)) = last {
@@ -59,30 +60,30 @@ impl Engine {
     ///   was within `bedtime_window` of it, as going to bed would be; a fall by day is not
     ///   put off to the morning.
     fn no_movement_due(&self, h: &Household) -> (Millis, Found) {
-        let k = RuleKind::NoMovement;
+        let p = self.params::<params::NoMovement>(h);
         let base = Self::no_movement_since(h);
         let q = self.quiet_hours(h);
-        let after = self.ms(k, p::AFTER, h);
+        let after = p.after();
         let wall = base.saturating_add(after);
         let Some((quiet_from, quiet_to)) = quiet_period(base, h.offset, q) else {
             return (wall, Found::Still);
         };
         let bed = Self::bed_evidence(h);
         if bed == Some(false) {
-            let night = (quiet_from + self.ms(k, p::NOT_IN_BED_AFTER, h))
-                .max(base.saturating_add(self.ms(k, p::NOT_IN_BED_STILL_FOR, h)));
+            let night = (quiet_from + p.not_in_bed_after())
+                .max(base.saturating_add(p.not_in_bed_still_for()));
             if night < quiet_to && night < wall {
                 return (night, Found::NotInBed(quiet_from));
             }
             return (wall, Found::Still);
         }
-        let evening = base >= quiet_from - self.ms(k, p::BEDTIME_WINDOW, h);
+        let evening = base >= quiet_from - p.bedtime_window();
         let due = if evening {
             add_awake_time(base, after, h.offset, q)
         } else {
             wall
         };
-        let morning = quiet_to.saturating_add(self.ms(k, p::STILL_IN_BED_AFTER, h));
+        let morning = quiet_to.saturating_add(p.still_in_bed_after());
         if bed == Some(true) && morning < due {
             return (morning, Found::StillInBed(quiet_to));
         }
@@ -96,26 +97,26 @@ impl Engine {
         h.last_activity.max(h.first_seen).max(away)
     }
 
-    pub(super) fn no_movement_deadline(&self, h: &Household) -> Option<Millis> {
-        Some(self.no_movement_due(h).0)
-    }
-
     /// What the mattress says, if it has reported within `BED_REPEAT_WITHIN` of the
     /// household's newest event (its heartbeats keep that current): in bed or not.
     fn bed_evidence(h: &Household) -> Option<bool> {
         h.bed_occupied
             .filter(|_| h.last_seen.saturating_sub(h.bed_last) < super::night::BED_REPEAT_WITHIN)
     }
+}
 
-    pub(super) fn no_movement_finding(
-        &self,
-        h: &Household,
-        d: Millis,
-        t: Millis,
-    ) -> Option<Finding> {
-        let since = Self::no_movement_since(h);
+/// The no-movement rule.
+pub(super) struct NoMovement;
+
+impl Rule for NoMovement {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        Some(e.no_movement_due(h).0)
+    }
+
+    fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let since = Engine::no_movement_since(h);
         let still = (t - since) / 60_000;
-        let summary = match self.no_movement_due(h).1 {
+        let summary = match e.no_movement_due(h).1 {
             Found::Still => format!("no activity for {} h", (t - since) / 3_600_000),
             Found::StillInBed(end) => format!(
                 "still in bed {} h after the quiet hours ended, no activity for {} h",
@@ -128,7 +129,7 @@ impl Engine {
                 still
             ),
         };
-        Some(self.finding(
+        Some(e.finding(
             RuleKind::NoMovement,
             format!("since:{since}"),
             d,

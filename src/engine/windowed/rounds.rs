@@ -4,9 +4,10 @@
 use super::super::household::{hash64, Household, NEVER};
 use super::super::incidents::Finding;
 use super::super::Engine;
+use super::Rule;
 use crate::localtime::{local_midnight, DAY};
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{params, RuleKind};
 
 impl Engine {
     /// A check-in: the elder was seen or heard from, which is activity too.
@@ -24,7 +25,7 @@ impl Engine {
     }
     /// The first day after the last check-in (and after the last day judged) that was
     /// watched from its start.
-    pub(super) fn daily_round_deadline(&self, h: &Household) -> Option<Millis> {
+    fn daily_round_deadline(&self, h: &Household) -> Option<Millis> {
         let o = h.offset;
         let mut day = local_midnight(h.first_seen, o);
         if day < h.first_seen {
@@ -36,17 +37,11 @@ impl Engine {
         if h.round_judged != NEVER {
             day = day.max(local_midnight(h.round_judged, o) + DAY);
         }
-        Some(day + self.ms(RuleKind::DailyRound, p::DUE_BY, h) * 60_000)
+        Some(day + self.params::<params::DailyRound>(h).due_by())
     }
 
     /// Judges the day due at `d`, then looks ahead to the next.
-    pub(super) fn daily_round_fire(
-        &mut self,
-        slot: u32,
-        d: Millis,
-        t: Millis,
-        out: &mut Vec<Output>,
-    ) {
+    fn daily_round_fire(&mut self, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
         let h = self.slot(slot);
         let day = local_midnight(d, h.offset);
         let away = h.away_at(t);
@@ -65,14 +60,14 @@ impl Engine {
     }
 
     /// When the ONSITE_VISIT task goes out: `grace` after the visit falls due.
-    pub(super) fn visit_deadline(&self, h: &Household) -> Option<Millis> {
-        let grace = self.ms(RuleKind::VisitCadence, p::GRACE, h);
+    fn visit_deadline(&self, h: &Household) -> Option<Millis> {
+        let grace = self.params::<params::VisitCadence>(h).grace();
         Some(self.visit_due(h)? + grace)
     }
 
     /// When the home's next visit falls due (what the daily plan goes by).
     pub(in crate::engine) fn visit_due(&self, h: &Household) -> Option<Millis> {
-        let every = self.ms(RuleKind::VisitCadence, p::EVERY, h).max(1);
+        let every = self.params::<params::VisitCadence>(h).every().max(1);
         // Placed by a stable hash of the id within `span`, so a city started in one day is not
         // all due on one day.
         let spread = |span: Millis| (hash64(&h.id) % span.max(1) as u64) as Millis;
@@ -113,9 +108,9 @@ impl Engine {
         Some(due.max(h.away_until().unwrap_or(NEVER)))
     }
 
-    pub(super) fn visit_finding(&self, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
-        let every = self.ms(RuleKind::VisitCadence, p::EVERY, h);
-        let grace = self.ms(RuleKind::VisitCadence, p::GRACE, h);
+    fn visit_finding(&self, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let p = self.params::<params::VisitCadence>(h);
+        let (every, grace) = (p.every(), p.grace());
         let last = if h.last_visit == NEVER {
             "none recorded".to_string()
         } else {
@@ -128,5 +123,31 @@ impl Engine {
             t,
             format!("last home visit: {last}"),
         ))
+    }
+}
+
+/// A check-in of any kind every day by `due_by`.
+pub(super) struct DailyRound;
+
+impl Rule for DailyRound {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        e.daily_round_deadline(h)
+    }
+
+    fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
+        e.daily_round_fire(slot, d, t, out)
+    }
+}
+
+/// A home visit every `every`, the task `grace` after it falls due.
+pub(super) struct VisitCadence;
+
+impl Rule for VisitCadence {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        e.visit_deadline(h)
+    }
+
+    fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        e.visit_finding(h, d, t)
     }
 }

@@ -5,8 +5,9 @@
 use super::super::household::{Household, RuleRef, NEVER};
 use super::super::incidents::Finding;
 use super::super::Engine;
+use super::Rule;
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{params, RuleKind};
 
 impl Engine {
     /// A device reported (any event or heartbeat): the silence rules look again.
@@ -18,7 +19,7 @@ impl Engine {
             self.area_heard(slot, t);
         }
         let h = self.slot(slot);
-        let after = self.ms(RuleKind::HomeSilence, p::AFTER, h);
+        let after = self.params::<params::HomeSilence>(h).after();
         let silent_since = h
             .open_for(&RuleRef::Windowed(RuleKind::HomeSilence))
             .map(|i| i.incident_time - after);
@@ -26,7 +27,7 @@ impl Engine {
             self.resolve(slot, RuleKind::HomeSilence, t, "a device reported again");
         }
         let h = self.slot(slot);
-        let after = self.ms(RuleKind::DeviceSilence, p::AFTER, h);
+        let after = self.params::<params::DeviceSilence>(h).after();
         if registered
             && h.open_for(&RuleRef::Windowed(RuleKind::DeviceSilence))
                 .is_some()
@@ -42,46 +43,22 @@ impl Engine {
         self.schedule(slot, RuleKind::DeviceSilence);
         self.schedule(slot, RuleKind::HomeSilence);
     }
+}
 
-    pub(super) fn silence_deadline(&self, h: &Household, kind: RuleKind) -> Option<Millis> {
-        let after = self.ms(kind, p::AFTER, h);
-        match kind {
-            RuleKind::DeviceSilence if h.devices.len() >= 2 => {
-                h.devices.iter().map(|d| d.last).min().map(|m| m + after)
-            }
-            // Reported to its area: its wait or hold ends first.
-            RuleKind::HomeSilence if h.area_reported => Some(self.area_deadline(h)),
-            RuleKind::HomeSilence => {
-                let newest = h.devices.iter().map(|d| d.last).max()?;
-                Some(newest.max(h.away_until().unwrap_or(NEVER)) + after)
-            }
-            _ => None,
+/// One device silent while the others report (a battery or a fault: maintenance).
+pub(super) struct DeviceSilence;
+
+impl Rule for DeviceSilence {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        if h.devices.len() < 2 {
+            return None;
         }
+        let after = e.params::<params::DeviceSilence>(h).after();
+        h.devices.iter().map(|d| d.last).min().map(|m| m + after)
     }
 
-    pub(super) fn silence_finding(
-        &self,
-        h: &Household,
-        kind: RuleKind,
-        d: Millis,
-        t: Millis,
-    ) -> Option<Finding> {
-        let after = self.ms(kind, p::AFTER, h);
-        if kind == RuleKind::HomeSilence {
-            // After a wait or hold for its area: the silence found then.
-            let d = if h.area_reported { h.area_hold } else { d };
-            let summary = format!(
-                "all {} device(s) silent: power or network loss?",
-                h.devices.len()
-            );
-            return Some(self.finding(
-                kind,
-                format!("home_silent_since:{}", d - after),
-                d,
-                t,
-                summary,
-            ));
-        }
+    fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let after = e.params::<params::DeviceSilence>(h).after();
         let silent: Vec<String> = h
             .devices
             .iter()
@@ -92,12 +69,53 @@ impl Engine {
             return None; // the whole home is silent: that is home_silence's to report
         }
         let oldest = h.devices.iter().map(|x| x.last).min().unwrap_or(t);
-        Some(self.finding(
-            kind,
+        Some(e.finding(
+            RuleKind::DeviceSilence,
             format!("devices_silent_since:{oldest}"),
             d,
             t,
             format!("silent: {}", silent.join(", ")),
         ))
+    }
+}
+
+/// Every device of the home silent at once (power or network loss); reported to its area
+/// first (storm control), which may hold it while the area is dark.
+pub(super) struct HomeSilence;
+
+impl Rule for HomeSilence {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        // Reported to its area: its wait or hold ends first.
+        if h.area_reported {
+            return Some(e.area_deadline(h));
+        }
+        let after = e.params::<params::HomeSilence>(h).after();
+        let newest = h.devices.iter().map(|d| d.last).max()?;
+        Some(newest.max(h.away_until().unwrap_or(NEVER)) + after)
+    }
+
+    fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let after = e.params::<params::HomeSilence>(h).after();
+        // After a wait or hold for its area: the silence found then.
+        let d = if h.area_reported { h.area_hold } else { d };
+        let summary = format!(
+            "all {} device(s) silent: power or network loss?",
+            h.devices.len()
+        );
+        Some(e.finding(
+            RuleKind::HomeSilence,
+            format!("home_silent_since:{}", d - after),
+            d,
+            t,
+            summary,
+        ))
+    }
+
+    fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
+        if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
+            if !e.area_report(slot, f.incident_time, t) {
+                e.open_incident(slot, f, out);
+            }
+        }
     }
 }

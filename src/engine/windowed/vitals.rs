@@ -8,8 +8,9 @@ use super::super::household::{vital_byte, Household, RuleRef, VITAL_NONE};
 use super::super::incidents::Finding;
 use super::super::Engine;
 use super::evidence;
+use super::Rule;
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{params, RuleKind};
 
 impl Engine {
     pub(in crate::engine) fn vitals(
@@ -22,18 +23,17 @@ impl Engine {
     ) {
         let k = RuleKind::Vitals;
         let h = self.slot(slot);
-        let band = |v: Option<i16>, lo: usize, hi: usize| {
-            v.map(|v| (v as f64) < self.num(k, lo, h) || (v as f64) > self.num(k, hi, h))
-        };
+        let p = self.params::<params::Vitals>(h);
+        let band = |v: Option<i16>, lo: f64, hi: f64| v.map(|v| (v as f64) < lo || (v as f64) > hi);
         let (hr_bad, rr_bad) = (
-            band(hr, p::HR_LOW, p::HR_HIGH),
-            band(rr, p::RR_LOW, p::RR_HIGH),
+            band(hr, p.heart_rate_low(), p.heart_rate_high()),
+            band(rr, p.respiration_low(), p.respiration_high()),
         );
         if hr_bad.is_none() && rr_bad.is_none() {
             return;
         }
         if hr_bad == Some(true) || rr_bad == Some(true) {
-            let sustained = self.ms(k, p::SUSTAINED, h);
+            let sustained = p.sustained_for();
             let h = self.slot_mut(slot);
             let first = h.vitals_out_since.is_none();
             let since = *h.vitals_out_since.get_or_insert(t);
@@ -51,18 +51,6 @@ impl Engine {
             self.slot_mut(slot).vitals_out_since = None;
             self.resolve(slot, k, t, "vitals back in range");
         }
-    }
-
-    pub(super) fn vitals_deadline(&self, h: &Household) -> Option<Millis> {
-        let sustained = self.ms(RuleKind::Vitals, p::SUSTAINED, h);
-        h.vitals_out_since.map(|s| s.saturating_add(sustained))
-    }
-
-    /// At the deadline: out of range since `since` and still, with a later reading out of
-    /// range too (one reading alone is not sustained; the next reading decides then).
-    pub(super) fn vitals_finding(&self, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
-        let since = h.vitals_out_since?;
-        (h.vitals_last > since).then(|| self.vitals_found(h, since, d, t))
     }
 
     fn vitals_found(&self, h: &Household, since: Millis, at: Millis, t: Millis) -> Finding {
@@ -85,5 +73,22 @@ impl Engine {
             evidence: vec![evidence("vitals", at, detail.clone())],
             detail: Some(detail),
         }
+    }
+}
+
+/// Heart rate or respiration out of its band for `sustained_for`.
+pub(super) struct Vitals;
+
+impl Rule for Vitals {
+    fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
+        let sustained = e.params::<params::Vitals>(h).sustained_for();
+        h.vitals_out_since.map(|s| s.saturating_add(sustained))
+    }
+
+    /// At the deadline: out of range since `since` and still, with a later reading out of
+    /// range too (one reading alone is not sustained; the next reading decides then).
+    fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
+        let since = h.vitals_out_since?;
+        (h.vitals_last > since).then(|| e.vitals_found(h, since, d, t))
     }
 }

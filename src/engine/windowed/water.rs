@@ -7,9 +7,10 @@ use super::super::household::Water;
 use super::super::incidents::Finding;
 use super::super::Engine;
 use super::evidence;
+use super::Rule;
 use crate::localtime::add_awake_time;
 use crate::model::*;
-use crate::rules::{p, RuleKind};
+use crate::rules::{params, RuleKind};
 
 const HOUR: f64 = 3_600_000.0;
 
@@ -47,14 +48,13 @@ impl Engine {
             self.activity(slot, w.last_time + 1);
         }
         let h = self.slot(slot);
-        let (window, min_use) = (
-            self.ms(RuleKind::WaterSilence, p::WINDOW, h),
-            self.num(RuleKind::WaterSilence, p::MIN_USE, h),
-        );
+        let p = self.params::<params::WaterSilence>(h);
+        let (window, min_use) = (p.window(), p.min_use_m3());
+        let p = self.params::<params::WaterFlow>(h);
         let (flowing_for, min_flow, within) = (
-            self.ms(RuleKind::WaterFlow, p::FLOWING_FOR, h),
-            self.num(RuleKind::WaterFlow, p::MIN_FLOW, h),
-            self.ms(RuleKind::WaterFlow, p::CONTINUOUS_WITHIN, h),
+            p.flowing_for(),
+            p.min_flow_m3_per_h(),
+            p.continuous_within(),
         );
         // Use between two readings far apart by day is an elder using water now and then, not
         // a flow that never stops: such a pair neither proves nor breaks a leak. Close readings,
@@ -125,3 +125,13 @@ impl Engine {
         self.slot_mut(slot).water = Some(w);
     }
 }
+
+/// Too little water used over `window` while home; judged as the meter's readings arrive.
+pub(super) struct WaterSilence;
+
+impl Rule for WaterSilence {}
+
+/// Water that never stops running; judged as the meter's readings arrive.
+pub(super) struct WaterFlow;
+
+impl Rule for WaterFlow {}
