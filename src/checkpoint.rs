@@ -61,7 +61,8 @@ pub struct Manifest {
 }
 
 /// The checkpoint format this release writes and the newest it reads.
-pub const FORMAT: u32 = 1;
+/// 2: a household's deadlines keyed by rule id (1: a list in rule order, still read).
+pub const FORMAT: u32 = 2;
 
 fn chunk_key(group: &str, partition: i32, writer: &str, seq: u64, i: u32) -> String {
     format!("{group}/chunk/{partition}/{writer}/{seq}/{i}")

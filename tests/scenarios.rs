@@ -217,6 +217,9 @@ fn expand(events: &[EventSpec], default_household: &str) -> Vec<(Millis, Millis,
                 "bed_out" => sensor(DeviceKind::BED_SENSOR, Reading::Bed { occupied: false }),
                 "bed_in" => sensor(DeviceKind::BED_SENSOR, Reading::Bed { occupied: true }),
                 "pill" => sensor(DeviceKind::PILL_BOX, Reading::PillBox { dose_taken: true }),
+                "pill_missed" => {
+                    sensor(DeviceKind::PILL_BOX, Reading::PillBox { dose_taken: false })
+                }
                 "vitals" => sensor(
                     DeviceKind::WEARABLE,
                     Reading::Vitals {

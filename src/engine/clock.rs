@@ -36,7 +36,10 @@ pub(crate) enum Pending {
         water: bool,
         value: f64,
     },
+    /// A dose taken from the pill box.
     Pill,
+    /// A dose due and not taken.
+    DoseMissed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

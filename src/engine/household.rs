@@ -264,6 +264,8 @@ pub(crate) struct Household {
     /// Storm control: reported silent to its area (`area_hold` is set). Here, in the padding
     /// of a line every released event reads, so an event need not read `area_hold`'s line.
     pub area_reported: bool,
+    /// Missed doses: doses not taken in a row (in the same padding).
+    pub doses_missed: u8,
     /// UTC offset of the household's time zone.
     pub offset: Millis,
     /// Under a weather warning until then: absence thresholds tighten.
@@ -286,9 +288,12 @@ pub(crate) struct Household {
     /// finding made at the vitals deadline; a byte each fills the padding.
     pub vitals_bad: [u8; 2],
     /// The deadline each timed rule is queued for (`NEVER`: none queued).
-    pub scheduled: [Millis; RuleKind::ALL.len()],
+    pub scheduled: [Millis; RuleKind::TIMED],
     /// The ladder's next deadline queued (rungs and auto-resolution), `NEVER` if none.
     pub ladder_scheduled: Millis,
+    /// Time of the newest bed event applied: like `vitals_last`, the household's own order.
+    /// Here, not with the rest of the bed's state: no movement reads it on every activity.
+    pub bed_last: Millis,
     pub open: Vec<OpenIncident>,
     pub devices: InlineVec<DeviceSeen, DEVICES_INLINE>,
     // Read by some events only.
@@ -297,8 +302,6 @@ pub(crate) struct Household {
     /// its own order, not the partition's watermark (see `apply_pending`).
     pub vitals_last: Millis,
     pub bed_out_since: Option<Millis>,
-    /// Time of the newest bed event applied: like `vitals_last`, the household's own order.
-    pub bed_last: Millis,
     pub door_at_night: Option<Millis>,
     pub water: Option<Water>,
     /// The last power reading and its time (`NEVER`: none yet), without an `Option`'s 8
@@ -344,6 +347,7 @@ impl Household {
             recent: [0; RECENT_INLINE],
             params: 0,
             area_reported: false,
+            doses_missed: 0,
             offset: crate::localtime::offset_or_cst("Asia/Shanghai"),
             heightened_until: NEVER,
             last_activity: NEVER,
@@ -353,7 +357,7 @@ impl Household {
             round_judged: NEVER,
             away_until: None,
             quiet_hours: None,
-            scheduled: [NEVER; RuleKind::ALL.len()],
+            scheduled: [NEVER; RuleKind::TIMED],
             ladder_scheduled: NEVER,
             open: Vec::new(),
             devices: InlineVec::new(NO_DEVICE),
@@ -558,12 +562,77 @@ pub(crate) struct HouseholdState {
     water: Option<Water>,
     power_last: Option<(Millis, f64)>,
     devices: Vec<DeviceSeen>,
-    pub scheduled: Vec<Millis>,
+    scheduled: Scheduled,
     pub ladder_scheduled: Millis,
     heightened_until: Millis,
+    /// Missed doses' count; absent when none (and from checkpoints before the rule).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    missed_doses: u8,
     /// Absent from checkpoints written before storm control: not reported.
     #[serde(default = "never", skip_serializing_if = "is_never")]
     area_hold: Millis,
+}
+
+/// The deadline each timed rule has queued for a household, by rule id (a rule added or
+/// removed between releases then finds its own, or none). Checkpoints of format 1 and before
+/// hold a list instead, in the order of the rules then (`RuleKind::ALL`'s first ten), which
+/// reads the same.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Scheduled(std::collections::BTreeMap<String, Millis>);
+
+impl Scheduled {
+    fn of(deadlines: &[Millis; RuleKind::TIMED]) -> Scheduled {
+        Scheduled(
+            RuleKind::timed()
+                .zip(deadlines)
+                .filter(|(_, t)| **t != NEVER)
+                .map(|(k, t)| (k.rule_id().to_string(), *t))
+                .collect(),
+        )
+    }
+
+    fn deadlines(&self) -> [Millis; RuleKind::TIMED] {
+        let mut out = [NEVER; RuleKind::TIMED];
+        for k in RuleKind::timed() {
+            if let Some(t) = self.0.get(k.rule_id()) {
+                out[k.timer()] = *t;
+            }
+        }
+        out
+    }
+}
+
+impl Serialize for Scheduled {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scheduled {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scheduled, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            ByRule(std::collections::BTreeMap<String, Millis>),
+            /// Format 1: one per rule in `RuleKind::ALL` order, `NEVER` where none.
+            List(Vec<Millis>),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::ByRule(m) => Scheduled(m),
+            Either::List(list) => Scheduled(
+                RuleKind::ALL
+                    .iter()
+                    .zip(list)
+                    .filter(|(_, t)| *t != NEVER)
+                    .map(|(k, t)| (k.rule_id().to_string(), t))
+                    .collect(),
+            ),
+        })
+    }
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 fn is_never(t: &Millis) -> bool {
@@ -604,10 +673,11 @@ impl Household {
             water: self.water,
             power_last: (self.power_last.0 != NEVER).then_some(self.power_last),
             devices: self.devices.to_vec(),
-            scheduled: self.scheduled.to_vec(),
+            scheduled: Scheduled::of(&self.scheduled),
             ladder_scheduled: self.ladder_scheduled,
             heightened_until: self.heightened_until,
             area_hold: self.area_hold,
+            missed_doses: self.doses_missed,
         }
     }
 
@@ -644,13 +714,11 @@ impl Household {
         for d in s.devices {
             self.devices.push(d);
         }
-        self.scheduled = [NEVER; RuleKind::ALL.len()];
-        for (slot, t) in self.scheduled.iter_mut().zip(s.scheduled) {
-            *slot = t;
-        }
+        self.scheduled = s.scheduled.deadlines();
         self.ladder_scheduled = s.ladder_scheduled;
         self.heightened_until = s.heightened_until;
         self.area_hold = s.area_hold;
+        self.doses_missed = s.missed_doses;
         self.area_reported = s.area_hold != NEVER;
     }
 }
@@ -689,7 +757,11 @@ mod tests {
             (std::mem::offset_of!(Household, bed_occupied), 1),
             (std::mem::offset_of!(Household, door_open), 1),
             (std::mem::offset_of!(Household, vitals_bad), 2),
-            (std::mem::offset_of!(Household, scheduled), 80),
+            (
+                std::mem::offset_of!(Household, scheduled),
+                8 * RuleKind::TIMED,
+            ),
+            (std::mem::offset_of!(Household, bed_last), 8),
             (std::mem::offset_of!(Household, open), 24),
             (std::mem::offset_of!(Household, devices), 80),
         ] {
@@ -697,6 +769,31 @@ mod tests {
                 assert!(RELEASE_LINES.contains(&line(at)), "byte {at}");
             }
         }
+    }
+
+    #[test]
+    fn deadlines_are_kept_by_rule_id_and_a_list_of_format_1_reads_the_same() {
+        let mut d = [NEVER; RuleKind::TIMED];
+        d[RuleKind::NoMovement.timer()] = 1_000;
+        d[RuleKind::NightDoor.timer()] = 2_000;
+        let json = serde_json::to_string(&Scheduled::of(&d)).unwrap();
+        assert_eq!(json, r#"{"night_door":2000,"no_movement":1000}"#);
+        let back: Scheduled = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.deadlines(), d);
+        // Format 1: one entry per rule in the order of the first ten rules, water's last.
+        let mut list = vec![NEVER; 10];
+        list[0] = 1_000; // no_movement
+        list[7] = 2_000; // night_door
+        let old: Scheduled = serde_json::from_str(&serde_json::to_string(&list).unwrap()).unwrap();
+        assert_eq!(old.deadlines(), d);
+        // A rule this release does not know is left out.
+        let unknown: Scheduled =
+            serde_json::from_str(r#"{"no_movement":1000,"retired_rule":5}"#).unwrap();
+        assert_eq!(unknown.deadlines()[RuleKind::NoMovement.timer()], 1_000);
+        assert_eq!(
+            unknown.deadlines().iter().filter(|t| **t != NEVER).count(),
+            1
+        );
     }
 
     #[test]

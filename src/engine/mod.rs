@@ -375,7 +375,7 @@ impl Engine {
         let h = self.slot(slot);
         let Some(partition) = h.partition else { return };
         let generation = h.generation;
-        self.slot_mut(slot).scheduled[kind as usize] = at;
+        self.slot_mut(slot).scheduled[kind.timer()] = at;
         self.clock(partition).push(Entry {
             time: at,
             slot,
@@ -426,7 +426,7 @@ impl Engine {
                 self.slot_mut(slot).resize_memory(old_memory, memory);
                 self.place_alarm_rules(slot);
                 self.resolve_params(slot);
-                self.slot_mut(slot).scheduled = [NEVER; RuleKind::ALL.len()];
+                self.slot_mut(slot).scheduled = [NEVER; RuleKind::TIMED];
                 self.schedule_all(slot);
             }
         }
@@ -620,7 +620,7 @@ impl Engine {
         h.partition = Some(partition);
         h.seen(t);
         if earlier {
-            h.scheduled = [NEVER; RuleKind::ALL.len()];
+            h.scheduled = [NEVER; RuleKind::TIMED];
             self.schedule_all(slot);
         }
     }
@@ -671,7 +671,7 @@ impl Engine {
                 self.resolve_params(slot);
                 let h = self.slot_mut(slot);
                 // Cohorts, overrides and away_until may have moved a deadline.
-                h.scheduled = [NEVER; RuleKind::ALL.len()];
+                h.scheduled = [NEVER; RuleKind::TIMED];
                 self.schedule_all(slot);
                 if new {
                     self.call_late_registration(slot, at);
@@ -876,7 +876,7 @@ impl Engine {
                 Due::Late(p) => self.late(e.time, |en| {
                     en.apply_pending(e.slot, e.key as Millis, p, e.device, Some(e.time), out)
                 }),
-                Due::Timer(kind) if self.slot(e.slot).scheduled[kind as usize] == e.time => {
+                Due::Timer(kind) if self.slot(e.slot).scheduled[kind.timer()] == e.time => {
                     self.fire(e.slot, kind, e.time, out)
                 }
                 Due::Ladder if self.slot(e.slot).ladder_scheduled == e.time => {
@@ -1070,9 +1070,8 @@ fn pending(reading: &Reading, kind: DeviceKind) -> Pending {
             value: cumulative,
         },
         Reading::PillBox { dose_taken: true } => Pending::Pill,
-        Reading::Motion { detected: false }
-        | Reading::PillBox { dose_taken: false }
-        | Reading::Alarm { .. } => Pending::Alive,
+        Reading::PillBox { dose_taken: false } => Pending::DoseMissed,
+        Reading::Motion { detected: false } | Reading::Alarm { .. } => Pending::Alive,
     }
 }
 

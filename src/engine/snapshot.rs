@@ -215,9 +215,9 @@ impl Engine {
             let h = self.slots.get(slot).expect("live slot");
             let generation = h.generation;
             let mut entries = Vec::new();
-            for (kind, at) in RuleKind::ALL.iter().zip(h.scheduled) {
+            for (kind, at) in RuleKind::timed().zip(h.scheduled) {
                 if at != NEVER {
-                    entries.push((at, *kind as u64, Due::Timer(*kind)));
+                    entries.push((at, kind as u64, Due::Timer(kind)));
                 }
             }
             if h.ladder_scheduled != NEVER {

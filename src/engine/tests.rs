@@ -3003,3 +3003,57 @@ mod storm {
         assert_eq!(released, (8..12).map(home).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn missed_doses_are_counted_across_a_checkpoint_and_a_dose_taken_starts_over() {
+    let pill = |id: &str, t: Millis, taken: bool| {
+        sensor(
+            "hh-1",
+            id,
+            DeviceKind::PILL_BOX,
+            t,
+            Reading::PillBox { dose_taken: taken },
+        )
+    };
+    let opened = |out: &[Output]| {
+        out.iter()
+            .filter(|o| {
+                matches!(o, Output::TaskEvent(ev)
+                if ev.kind == TaskEventKind::OPENED && ev.rule_id == "missed_doses")
+            })
+            .count()
+    };
+    let mut e = engine();
+    run(&mut e, &profile("hh-1", 1), T0);
+    let mut out = Vec::new();
+    e.process(&pill("d1", T0, false), on(0, T0), &mut out)
+        .unwrap();
+    e.process(
+        &pill("d2", T0 + 12 * HOUR, true),
+        on(0, T0 + 12 * HOUR),
+        &mut out,
+    )
+    .unwrap();
+    e.process(
+        &pill("d3", T0 + 24 * HOUR, false),
+        on(0, T0 + 24 * HOUR),
+        &mut out,
+    )
+    .unwrap();
+    e.tick(0, T0 + 25 * HOUR, &mut out);
+    assert_eq!(opened(&out), 0, "a dose taken between: one miss in a row");
+    // The count moves with the partition.
+    let mut moved = engine();
+    run(&mut moved, &profile("hh-1", 1), T0);
+    moved.restore(e.snapshot(0));
+    let mut out = Vec::new();
+    moved
+        .process(
+            &pill("d4", T0 + 36 * HOUR, false),
+            on(0, T0 + 36 * HOUR),
+            &mut out,
+        )
+        .unwrap();
+    moved.tick(0, T0 + 37 * HOUR, &mut out);
+    assert_eq!(opened(&out), 1, "the second miss in a row, after the move");
+}

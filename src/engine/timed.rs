@@ -36,7 +36,8 @@ impl Engine {
             Pending::Heartbeat { .. } | Pending::Alive => {}
             Pending::CheckIn { visit } => self.checked_in(slot, t, visit),
             Pending::Motion => self.motion(slot, t),
-            Pending::Pill => self.activity(slot, t),
+            Pending::Pill => self.dose(slot, t, true, out),
+            Pending::DoseMissed => self.dose(slot, t, false, out),
             Pending::Door => self.door(slot, t, true, late),
             Pending::DoorClosed => self.door(slot, t, false, late),
             Pending::Bed { occupied } => self.bed(slot, t, occupied, late),
@@ -73,7 +74,7 @@ impl Engine {
         if h.partition.is_none() {
             return;
         }
-        let queued = h.scheduled[kind as usize];
+        let queued = h.scheduled[kind.timer()];
         if queued != NEVER && queued <= d {
             return;
         }
@@ -83,7 +84,7 @@ impl Engine {
     /// A deadline came due at `t` (event time).
     pub(super) fn fire(&mut self, slot: u32, kind: RuleKind, t: Millis, out: &mut Vec<Output>) {
         self.stats.timers_fired += 1;
-        self.slot_mut(slot).scheduled[kind as usize] = NEVER;
+        self.slot_mut(slot).scheduled[kind.timer()] = NEVER;
         let Some(d) = self.deadline(self.slot(slot), kind) else {
             return;
         };

@@ -223,7 +223,7 @@ impl Engine {
                 let h = self.slot_mut(slot);
                 h.heightened_until = until;
                 // Thresholds moved: work every deadline out again.
-                h.scheduled = [super::household::NEVER; crate::rules::RuleKind::ALL.len()];
+                h.scheduled = [super::household::NEVER; crate::rules::RuleKind::TIMED];
                 self.schedule_all(slot);
             }
         }

@@ -124,6 +124,15 @@ macro_rules! param_type {
     };
 }
 
+macro_rules! is_timed {
+    () => {
+        false
+    };
+    (timed) => {
+        true
+    };
+}
+
 macro_rules! tighten {
     () => {
         None
@@ -141,7 +150,7 @@ macro_rules! tighten {
 macro_rules! windowed_rules {
     ($(
         $(#[$doc:meta])*
-        $kind:ident ($index:ident) = $id:literal, $file:literal {
+        $kind:ident ($index:ident) = $id:literal, $file:literal $(, $timed:ident)? {
             $( $param:ident : $pk:ident $( ( $($arg:expr),* ) )? $( * $t:ident )? ),* $(,)?
         }
     )*) => {
@@ -157,6 +166,14 @@ macro_rules! windowed_rules {
 
         impl RuleKind {
             pub const ALL: [RuleKind; [$(RuleKind::$kind),*].len()] = [$(RuleKind::$kind),*];
+
+            /// Whether the rule keeps a deadline per household (`timed`); the others judge
+            /// as readings arrive.
+            pub const fn is_timed(self) -> bool {
+                match self {
+                    $( RuleKind::$kind => is_timed!($($timed)?), )*
+                }
+            }
 
             pub fn rule_id(self) -> &'static str {
                 match self {
@@ -218,12 +235,52 @@ macro_rules! windowed_rules {
     };
 }
 
+impl RuleKind {
+    /// How many rules are timed: the length of a household's list of deadlines.
+    pub const TIMED: usize = {
+        let mut n = 0;
+        let mut i = 0;
+        while i < RuleKind::ALL.len() {
+            if RuleKind::ALL[i].is_timed() {
+                n += 1;
+            }
+            i += 1;
+        }
+        n
+    };
+
+    const TIMER: [u8; RuleKind::ALL.len()] = {
+        let mut slots = [u8::MAX; RuleKind::ALL.len()];
+        let mut n = 0;
+        let mut i = 0;
+        while i < RuleKind::ALL.len() {
+            if RuleKind::ALL[i].is_timed() {
+                slots[i] = n;
+                n += 1;
+            }
+            i += 1;
+        }
+        slots
+    };
+
+    /// A timed rule's place in a household's list of deadlines (out of bounds for the others).
+    #[inline]
+    pub fn timer(self) -> usize {
+        RuleKind::TIMER[self as usize] as usize
+    }
+
+    /// The timed rules, in the order of their deadlines.
+    pub fn timed() -> impl Iterator<Item = RuleKind> {
+        RuleKind::ALL.into_iter().filter(|k| k.is_timed())
+    }
+}
+
 const BPM: (f64, f64) = (0.0, 300.0);
 const RPM: (f64, f64) = (0.0, 120.0);
 
 windowed_rules! {
     /// No movement for longer than usual while home (by day, and in and out of bed at night).
-    NoMovement(no_movement) = "no_movement", "no_movement.toml" {
+    NoMovement(no_movement) = "no_movement", "no_movement.toml", timed {
         after: Duration * Absence,
         power_activity_kw: Number(0.0, 100.0),
         bedtime_window: Duration,
@@ -232,7 +289,7 @@ windowed_rules! {
         not_in_bed_still_for: Duration,
     }
     /// Heart rate or respiration out of its band for a sustained time.
-    Vitals(vitals) = "abnormal_vitals", "vitals.toml" {
+    Vitals(vitals) = "abnormal_vitals", "vitals.toml", timed {
         heart_rate_low: Number(BPM.0, BPM.1),
         heart_rate_high: Number(BPM.0, BPM.1),
         respiration_low: Number(RPM.0, RPM.1),
@@ -240,20 +297,20 @@ windowed_rules! {
         sustained_for: Duration,
     }
     /// One device silent while the others report.
-    DeviceSilence(device_silence) = "device_silence", "device_silence.toml" { after: Duration }
+    DeviceSilence(device_silence) = "device_silence", "device_silence.toml", timed { after: Duration }
     /// Every device of the home silent.
-    HomeSilence(home_silence) = "home_silence", "home_silence.toml" { after: Duration * Absence }
+    HomeSilence(home_silence) = "home_silence", "home_silence.toml", timed { after: Duration * Absence }
     /// No check-in of any kind by a time of day.
-    DailyRound(daily_round) = "missed_daily_round", "daily_round.toml" { due_by: TimeOfDay }
+    DailyRound(daily_round) = "missed_daily_round", "daily_round.toml", timed { due_by: TimeOfDay }
     /// No home visit within the cadence.
-    VisitCadence(visit_cadence) = "visit_overdue", "visit_cadence.toml" {
+    VisitCadence(visit_cadence) = "visit_overdue", "visit_cadence.toml", timed {
         every: Duration * Visit,
         grace: Duration,
     }
     /// Out of bed at night and not back.
-    NightBedExit(night_bed_exit) = "night_bed_exit", "night_bed_exit.toml" { out_for: Duration }
+    NightBedExit(night_bed_exit) = "night_bed_exit", "night_bed_exit.toml", timed { out_for: Duration }
     /// The door opened at night and no movement inside after.
-    NightDoor(night_door) = "night_door", "night_door.toml" { no_motion_for: Duration }
+    NightDoor(night_door) = "night_door", "night_door.toml", timed { no_motion_for: Duration }
     /// Too little water used over a window while home.
     WaterSilence(water_silence) = "water_silence", "water_silence.toml" {
         window: Duration,
@@ -264,6 +321,10 @@ windowed_rules! {
         flowing_for: Duration,
         min_flow_m3_per_h: Number(0.0, 100.0),
         continuous_within: Duration,
+    }
+    /// Doses not taken in a row on the smart pill box.
+    MissedDoses(missed_doses) = "missed_doses", "missed_doses.toml" {
+        in_a_row: Number(1.0, 50.0),
     }
 }
 

@@ -102,6 +102,7 @@ fn about_the_elder(rule: &str) -> bool {
             "night_door",
             "water_silence",
             "water_flow",
+            "missed_doses",
         ]
         .contains(&rule)
 }

@@ -37,6 +37,9 @@ pub enum IncidentKind {
     Collapse,
     /// Heart rate 135 for 20 minutes.
     Tachycardia,
+    /// Not injected: doses not taken in a row on the pill box, as ordinary life has them (a
+    /// dose forgotten, the elder out at its time, or unable after a collapse).
+    MissedDoses,
 }
 
 impl IncidentKind {
@@ -53,6 +56,7 @@ impl IncidentKind {
             IncidentKind::Alarm(k) => k.as_str(),
             IncidentKind::Collapse => "COLLAPSE",
             IncidentKind::Tachycardia => "TACHYCARDIA",
+            IncidentKind::MissedDoses => "MISSED_DOSES",
         }
     }
 
@@ -76,6 +80,7 @@ impl IncidentKind {
             ),
             // Worked out from the readings that show it (`Racing`).
             IncidentKind::Tachycardia => ("abnormal_vitals", 0),
+            IncidentKind::MissedDoses => ("missed_doses", MIN),
         }
     }
 
@@ -206,6 +211,12 @@ pub struct Mix {
     /// Share of records the platform delivers twice.
     #[arg(long, default_value_t = Mix::default().duplicates, value_parser = share)]
     pub duplicates: f64,
+    /// Share of homes with a smart pill box (a dose after getting up and one at 20:00).
+    #[arg(long, default_value_t = Mix::default().pill_box, value_parser = share)]
+    pub pill_box: f64,
+    /// Chance that the elder forgets a dose.
+    #[arg(long, default_value_t = Mix::default().forgets_dose, value_parser = share)]
+    pub forgets_dose: f64,
 }
 
 fn share(s: &str) -> Result<f64, String> {
@@ -238,6 +249,8 @@ impl Default for Mix {
             watch_off: 0.2,
             stays_away: 0.01,
             duplicates: 0.01,
+            pill_box: 0.4,
+            forgets_dose: 0.05,
         }
     }
 }
@@ -422,6 +435,10 @@ struct Home {
     in_bed: bool,
     /// Until then the elder does not move (an injected collapse).
     collapsed_until: Millis,
+    /// A smart pill box (not one of `DEVICES`: it sends no heartbeats), and the doses not
+    /// taken since the last one taken.
+    pill_box: bool,
+    doses_missed: u32,
     tachycardia_until: Millis,
     /// The racing heart as the devices show it, until the rule's promise is known.
     racing: Option<Racing>,
@@ -443,6 +460,8 @@ impl Home {
         Home {
             profile,
             fitted: [true; DEVICES.len()],
+            pill_box: false,
+            doses_missed: 0,
             late_riser: false,
             night_owl: false,
             napper: false,
@@ -562,6 +581,8 @@ pub struct Simulator<'a> {
     mix: Mix,
     /// Draws for redelivered duplicates (apart from the city's, so they do not change it).
     dup_rng: Rng,
+    /// Draws for the pill boxes, apart from the city's for the same reason.
+    pill_rng: Rng,
     /// The rules, for each incident's promise (the threshold of its household's cohort).
     rules: Option<std::sync::Arc<crate::rules::RuleSet>>,
 }
@@ -576,6 +597,7 @@ impl<'a> Simulator<'a> {
             report: SimReport::default(),
             mix: Mix::default(),
             dup_rng: Rng::new(0x5eed),
+            pill_rng: Rng::new(0x9111_b0c5),
             rules: None,
         }
     }
@@ -697,6 +719,8 @@ impl<'a> Simulator<'a> {
         let mut rng = Rng::new(cfg.seed);
         let start = cfg.start();
         let local_day = |t: Millis| t - (t + CST).rem_euclid(DAY);
+        self.pill_rng = Rng::new(cfg.seed ^ 0x9111_b0c5);
+        let mut pill_fit = Rng::new(cfg.seed ^ 0xb0c5_9111);
         let mut homes: Vec<Home> = (0..cfg.households)
             .map(|i| {
                 let skew = match rng.below(1000) {
@@ -727,6 +751,7 @@ impl<'a> Simulator<'a> {
                 h.late_riser = rng.chance(mix.late_risers);
                 h.night_owl = rng.chance(mix.night_owls);
                 h.napper = rng.chance(mix.nappers);
+                h.pill_box = pill_fit.chance(mix.pill_box);
                 h.plan(local_day(start), start, &mut rng, &mix);
                 // In bed at the start only if the day's plan has the elder asleep then.
                 h.in_bed = h.asleep(start);
@@ -839,6 +864,7 @@ impl<'a> Simulator<'a> {
             self.flush_backlog(h, t);
         }
         let id = h.profile.household_id.clone();
+        self.doses(h, t);
         // Heartbeats every five minutes from every live device.
         if (t / MIN) % 5 == (id.len() as Millis) % 5 {
             for (k, kind) in DEVICES.iter().enumerate() {
@@ -1050,6 +1076,10 @@ impl<'a> Simulator<'a> {
     }
 
     fn inject(&mut self, h: &mut Home, kind: IncidentKind, at: Millis) {
+        // Missed doses arise from the doses as they fall due (`doses`), never injected.
+        if kind == IncidentKind::MissedDoses {
+            return;
+        }
         self.report.incidents += 1;
         let within = kind.expectation(&h.profile).1;
         let deadline = match kind {
@@ -1082,10 +1112,44 @@ impl<'a> Simulator<'a> {
                 });
                 return;
             }
+            IncidentKind::MissedDoses => unreachable!("never injected"),
         };
         // Away from home, a collapse is for no device at home to see.
         let observable = !(kind == IncidentKind::Collapse && h.away(at));
         self.injected(h, kind, at, deadline, observable);
+    }
+
+    /// The pill box's doses: one half an hour after getting up, one at 20:00. A dose is taken
+    /// unless forgotten, the elder is out, or cannot (a collapse); while the elder stays with
+    /// family the box is not used. Doses not taken in a row as many as the rule asks of the
+    /// household are what the rule is there to find.
+    fn doses(&mut self, h: &mut Home, t: Millis) {
+        if !h.pill_box || h.staying(t) {
+            return;
+        }
+        let evening = h.day + 20 * HOUR;
+        let due = |d: Millis| t >= d && t - d < MIN;
+        if !due(h.wake + 30 * MIN) && !due(evening) {
+            return;
+        }
+        let taken = !h.away(t) && !h.still(t) && !self.pill_rng.chance(self.mix.forgets_dose);
+        let reading = Reading::PillBox { dose_taken: taken };
+        self.sensor(h, DeviceKind::PILL_BOX, reading, t);
+        if taken {
+            h.doses_missed = 0;
+            return;
+        }
+        h.doses_missed += 1;
+        let in_a_row = self.rules.as_ref().map_or(2, |rules| {
+            use crate::rules::{params, RuleKind, RuleParams};
+            let values = rules
+                .rule(RuleKind::MissedDoses)
+                .values(&h.profile.household_id, Some(&h.profile));
+            params::MissedDoses::of(&values).in_a_row() as u32
+        });
+        if h.doses_missed == in_a_row {
+            self.injected(h, IncidentKind::MissedDoses, t, t + MIN, true);
+        }
     }
 
     fn injected(&mut self, h: &Home, kind: IncidentKind, at: Millis, deadline: Millis, seen: bool) {

@@ -6,6 +6,7 @@
 //! implementing [`Rule`]: its deadline and its finding), and one line in `dispatch!` below.
 //! docs/adding-a-rule.md walks through adding one.
 
+mod doses;
 mod night;
 mod no_movement;
 mod rounds;
@@ -96,6 +97,7 @@ dispatch! {
     NightDoor => night::NightDoor,
     WaterSilence => water::WaterSilence,
     WaterFlow => water::WaterFlow,
+    MissedDoses => doses::MissedDoses,
 }
 
 impl Engine {
