@@ -109,6 +109,14 @@ pub fn add_awake_time(start: Millis, amount: Millis, offset: Millis, q: QuietHou
     t + left
 }
 
+/// The processor's own clock, in milliseconds since the epoch (0 before 1970).
+pub fn wall_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,10 +9,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::shutdown::wait_true;
-use crate::sink::{Ack, OutRecord};
-use crate::telemetry::Metrics;
 
 use super::*;
+use crate::telemetry::events::{
+    CheckpointFailed, CheckpointWritten, OutputAcknowledged, OutputDeliveryRetried,
+    OutputUndeliverable, TransactionCommitted, TransactionFailed,
+};
+use crate::telemetry::InternalEvent;
 
 impl Processor {
     /// Sends the batch's outputs and queues the batch; its offsets are stored once its
@@ -29,25 +32,15 @@ impl Processor {
         }
         let records = std::mem::take(&mut batch.records);
         let delivery = (!records.is_empty()).then(|| {
-            let (sink, m, warn) = (self.sink.clone(), self.metrics.clone(), self.produce_warn.clone());
+            let (sink, m) = (self.sink.clone(), self.metrics.clone());
             let mut stop = hard_stop.clone();
             tokio::spawn(async move {
                 sink.deliver(
                     records,
                     &mut stop,
-                    |r| on_ack(&m, r),
-                    |e| {
-                        m.produce_retries.inc();
-                        if let Some(held) = warn.check("produce") {
-                            tracing::warn!(error = %e, held_back = held, "output delivery failed; sending again");
-                        }
-                    },
-                    |r, e| {
-                        m.undeliverable.with_label_values(&[r.ack.label()]).inc();
-                        if let Some(held) = warn.check("undeliverable") {
-                            tracing::error!(error = %e, kind = r.ack.label(), size = r.payload.len(), held_back = held, "output can never be delivered; a stand-in dead letter goes instead");
-                        }
-                    },
+                    |r| OutputAcknowledged(r).emit(&m),
+                    |e| OutputDeliveryRetried { error: e }.emit(&m),
+                    |record, e| OutputUndeliverable { record, error: e }.emit(&m),
                 )
                 .await
             })
@@ -179,7 +172,7 @@ impl Processor {
         let committed =
             tokio::task::block_in_place(|| sink.commit(Some((&offsets, &group)), timeout));
         if let Err(e) = committed {
-            self.metrics.checkpoints.with_label_values(&["error"]).inc();
+            TransactionFailed.emit(&self.metrics);
             return Err(e).context("exactly-once commit");
         }
         // Stored (never committed by the consumer): for the lag the client reports.
@@ -190,11 +183,12 @@ impl Processor {
             if let Some(pos) = self.owned.get_mut(p) {
                 pos.dirty = false;
             }
-            self.metrics.checkpoints.with_label_values(&["ok"]).inc();
         }
-        self.metrics
-            .checkpoint_seconds
-            .observe(started.elapsed().as_secs_f64());
+        TransactionCommitted {
+            checkpoints: dirty.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+        .emit(&self.metrics);
         self.checkpoint_ages();
         Ok(())
     }
@@ -259,65 +253,21 @@ impl Processor {
         };
         match written {
             Ok(m) => {
-                self.metrics.checkpoints.with_label_values(&["ok"]).inc();
-                self.metrics
-                    .checkpoint_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics
-                    .checkpoint_bytes
-                    .with_label_values(&[&p.to_string()])
-                    .set(m.bytes as i64);
+                CheckpointWritten {
+                    partition: p,
+                    bytes: m.bytes,
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+                .emit(&self.metrics);
                 if let Some(pos) = self.owned.get_mut(&p) {
                     pos.dirty = false;
                 }
             }
-            Err(e) => {
-                self.metrics.checkpoints.with_label_values(&["error"]).inc();
-                tracing::warn!(partition = p, error = %e, "checkpoint not written; will try again");
+            Err(e) => CheckpointFailed {
+                partition: p,
+                error: &e,
             }
+            .emit(&self.metrics),
         }
-    }
-}
-
-pub(super) fn on_ack(m: &Metrics, r: &OutRecord) {
-    match &r.ack {
-        Ack::Task {
-            severity,
-            rule_id,
-            district,
-            incident_time,
-            received,
-        } => {
-            m.tasks_by_district
-                .with_label_values(&[severity.as_str(), district])
-                .inc();
-            m.tasks
-                .with_label_values(&[severity.as_str(), rule_id])
-                .inc();
-            let secs = (wall_millis() - incident_time).max(0) as f64 / 1000.0;
-            m.incident_to_ack
-                .with_label_values(&[severity.as_str()])
-                .observe(secs);
-            m.received_to_ack
-                .with_label_values(&[severity.as_str()])
-                .observe(received.elapsed().as_secs_f64());
-        }
-        Ack::Notification => m.notifications.inc(),
-        Ack::Resend => m.task_resends.inc(),
-        Ack::Incident { .. } | Ack::AreaSignal { .. } => {}
-        Ack::VisitPlan {
-            community,
-            planned,
-            beyond,
-        } => {
-            m.visits_planned
-                .with_label_values(&[community])
-                .inc_by(*planned as u64);
-            m.visits_beyond_capacity
-                .with_label_values(&[community])
-                .inc_by(*beyond as u64);
-        }
-        Ack::TaskEvent(kind) => m.task_events.with_label_values(&[kind.as_str()]).inc(),
-        Ack::DeadLetter | Ack::Undeliverable => {}
     }
 }

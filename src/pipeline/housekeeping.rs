@@ -10,6 +10,8 @@ use crate::rules::RuleSet;
 use crate::sink::{Ack, OutRecord};
 
 use super::*;
+use crate::telemetry::events::{RulesReloadFailed, RulesReloaded};
+use crate::telemetry::InternalEvent;
 
 /// When the periodic chores last ran, and what the rules directory looked like.
 pub(super) struct Housekeeping {
@@ -139,17 +141,10 @@ impl Processor {
                 match RuleSet::load(&self.config.rules.dir) {
                     Ok(rules) => {
                         self.engine.set_rules(Arc::new(rules));
-                        self.metrics.rule_reloads.with_label_values(&["ok"]).inc();
-                        tracing::info!("rules reloaded");
+                        RulesReloaded.emit(&self.metrics);
                     }
-                    Err(e) => {
-                        // Keep running on the rules that worked; say exactly what is wrong.
-                        self.metrics
-                            .rule_reloads
-                            .with_label_values(&["error"])
-                            .inc();
-                        tracing::error!(error = %e, "rules changed but do not load; keeping the previous rules");
-                    }
+                    // Keep running on the rules that worked; say exactly what is wrong.
+                    Err(e) => RulesReloadFailed { error: &e }.emit(&self.metrics),
                 }
             }
         }

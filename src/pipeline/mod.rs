@@ -23,12 +23,13 @@ use crate::checkpoint;
 use crate::codec::{Catalogue, Codec, RegistryClient, RegistryError};
 use crate::config::{Config, Delivery};
 use crate::engine::{Engine, PREFETCH_RECORDS_AHEAD};
+pub use crate::localtime::wall_millis;
 use crate::model::*;
 use crate::rules::RuleSet;
 use crate::shutdown::wait_true;
 use crate::sink::{OutRecord, Sink};
 use crate::source::{self, Fetched, RegistryMsg, RegistryReader};
-use crate::telemetry::{Metrics, RateLimit};
+use crate::telemetry::Metrics;
 
 use housekeeping::Housekeeping;
 
@@ -128,7 +129,6 @@ pub struct Processor {
     outputs: Vec<Output>,
     /// The records decoded last: the next ones reuse their strings (no allocation per event).
     scratch: crate::codec::Scratch,
-    warn: RateLimit,
     /// When each partition last delivered a record (processing time), for idle ticks.
     last_record: HashMap<i32, Instant>,
     housekeeping: Housekeeping,
@@ -141,7 +141,6 @@ pub struct Processor {
     consumer: Option<Arc<source::GroupConsumer>>,
     /// The group's input topics, by the index fetched records carry.
     topic_names: Arc<Vec<(String, InputKind)>>,
-    produce_warn: Arc<RateLimit>,
     /// The wall clock when last read: record timestamps at or before it need no new reading.
     wall_seen: Millis,
 }
@@ -219,7 +218,6 @@ impl Processor {
             missing_schema_ids: HashSet::new(),
             outputs: Vec::new(),
             scratch: Default::default(),
-            warn: RateLimit::new(Duration::from_secs(10)),
             last_record: HashMap::new(),
             housekeeping,
             owned: BTreeMap::new(),
@@ -227,7 +225,6 @@ impl Processor {
             in_flight: Default::default(),
             consumer: None,
             topic_names: Arc::new(Vec::new()),
-            produce_warn: Arc::new(RateLimit::new(Duration::from_secs(10))),
             wall_seen: Millis::MIN,
         })
     }
@@ -554,11 +551,4 @@ impl Processor {
         let _ = self.metrics.checkpoint_bytes.remove_label_values(&[&label]);
         let _ = self.metrics.watermark_delay.remove_label_values(&[&label]);
     }
-}
-
-pub fn wall_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -11,6 +11,8 @@ use crate::model::*;
 use crate::sink::{Ack, OutRecord};
 
 use super::*;
+use crate::telemetry::events::{ClockSkewClamped, InputDeadLettered};
+use crate::telemetry::InternalEvent;
 
 impl Processor {
     pub(super) fn dead_letter(
@@ -37,21 +39,14 @@ impl Processor {
         // offset finds the record for whoever may read it).
         let personal = matches!(r.kind, InputKind::Households | InputKind::TaskUpdates);
         let error = if personal { reason } else { error };
-        self.metrics
-            .dead_letters
-            .with_label_values(&[r.kind.label(), reason])
-            .inc();
-        if let Some(held) = self.warn.check(reason) {
-            tracing::warn!(
-                stream = r.kind.label(),
-                partition = r.partition,
-                offset = r.offset,
-                reason,
-                error,
-                held_back = held,
-                "input record dead-lettered"
-            );
+        InputDeadLettered {
+            stream: r.kind,
+            partition: r.partition,
+            offset: r.offset,
+            reason,
+            error,
         }
+        .emit(&self.metrics);
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "source_topic",
@@ -119,7 +114,7 @@ impl Processor {
             return t;
         }
         if t - self.wall_seen > self.engine.rules().max_clock_skew {
-            self.metrics.clock_skew_clamped.inc();
+            ClockSkewClamped.emit(&self.metrics);
         }
         self.wall_seen
     }

@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use super::merge::Merger;
 use super::*;
 use crate::config::Config;
+use crate::telemetry::events::ConsumeFailed;
+use crate::telemetry::InternalEvent;
 
 /// Reads the event streams for the pipeline: a thread polling the group consumer, handing
 /// records over in chunks through a bounded channel (a slow pipeline slows fetching; memory
@@ -53,7 +55,6 @@ impl Fetcher {
             pending: Mutex::new(Chunk::default()),
             rebalanced: AtomicBool::new(false),
             starts: Mutex::new(HashMap::new()),
-            warn: crate::telemetry::RateLimit::new(Duration::from_secs(10)),
             held: Mutex::new(Default::default()),
         };
         let consumer: Arc<GroupConsumer> = Arc::new(c.create_with_context(context)?);
@@ -165,11 +166,7 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
                     fetched += 1;
                 }
             }
-            Some(Err(e)) => {
-                if let Some(held) = ctx.warn.check("consume") {
-                    tracing::warn!(error = %e, held_back = held, "consume error");
-                }
-            }
+            Some(Err(e)) => ConsumeFailed { error: &e }.emit(&ctx.metrics),
             None => {}
         }
         let mut full = false;

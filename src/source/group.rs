@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::config::Config;
+use crate::telemetry::events::{PartitionsRestored, Rebalanced};
+use crate::telemetry::InternalEvent;
 
 /// The group consumer's context. Rebalances are handled here, on the fetch thread: an
 /// assignment reads the partitions' checkpoints and assigns at their offsets; a revocation
@@ -26,7 +28,6 @@ pub struct GroupContext {
     pub(super) topics: Arc<Vec<(String, crate::model::InputKind)>>,
     pub(super) tx: mpsc::Sender<Fetched>,
     pub(super) pending: Mutex<Chunk>,
-    pub(super) warn: crate::telemetry::RateLimit,
     pub(super) rebalanced: AtomicBool,
     /// Each assigned topic-partition's first offset and its high watermark when assigned
     /// (for the merger's lag).
@@ -80,7 +81,7 @@ impl ConsumerContext for GroupContext {
         self.rebalanced.store(true, Ordering::Relaxed);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                Rebalanced::Assign.emit(&self.metrics);
                 self.assign(base, tpl);
                 let assigned = if cooperative {
                     base.incremental_assign(tpl).err()
@@ -92,10 +93,8 @@ impl ConsumerContext for GroupContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                Rebalanced::Revoke.emit(&self.metrics);
                 self.revoke(tpl);
-                // Lag of partitions this instance no longer reads would go stale.
-                self.metrics.consumer_lag.reset();
                 let _ = if cooperative {
                     base.incremental_unassign(tpl)
                 } else {
@@ -103,8 +102,7 @@ impl ConsumerContext for GroupContext {
                 };
             }
             e => {
-                tracing::error!(error = ?e, "rebalance error");
-                self.metrics.rebalances.with_label_values(&["error"]).inc();
+                Rebalanced::Failed { error: &e }.emit(&self.metrics);
                 let _ = base.unassign();
             }
         }
@@ -212,18 +210,18 @@ impl GroupContext {
             }
         }
         let mut starts = self.starts.lock().expect("not poisoned");
+        let mut sources = Vec::with_capacity(assignments.len());
         for a in &assignments {
             for (topic, o) in &a.start {
                 let _ = tpl.set_partition_offset(topic, a.partition, Offset::Offset(*o));
                 let high = highs.get(&(topic.clone(), a.partition)).copied();
                 starts.insert((topic.clone(), a.partition), (*o, high));
             }
-            let source = match (&a.restored, a.failed) {
+            sources.push(match (&a.restored, a.failed) {
                 (Some(_), _) => "checkpoint",
                 (None, true) => "failed",
                 (None, false) => "none",
-            };
-            self.metrics.restores.with_label_values(&[source]).inc();
+            });
         }
         drop(starts);
         let households: usize = assignments
@@ -231,15 +229,13 @@ impl GroupContext {
             .filter_map(|a| a.restored.as_ref())
             .map(|r| r.manifest.households)
             .sum();
-        let seconds = started.elapsed().as_secs_f64();
-        self.metrics.restore_seconds.observe(seconds);
-        tracing::info!(
-            ?partitions,
-            restored = assignments.iter().filter(|a| a.restored.is_some()).count(),
+        PartitionsRestored {
+            partitions: &partitions,
+            sources,
             households,
-            seconds,
-            "partitions assigned"
-        );
+            seconds: started.elapsed().as_secs_f64(),
+        }
+        .emit(&self.metrics);
         self.send(Fetched::Assigned(assignments));
     }
 

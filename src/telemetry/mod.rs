@@ -11,6 +11,10 @@ use prometheus::{
     TextEncoder,
 };
 
+pub mod events;
+
+pub use events::InternalEvent;
+
 use crate::codec::DecodeError;
 use crate::engine::{EngineError, EngineStats};
 use crate::model::{InputKind, Severity, TaskEventKind};
@@ -60,6 +64,9 @@ pub struct Metrics {
     pub incident_to_ack: HistogramVec,
     pub received_to_ack: HistogramVec,
     pub produce_retries: IntCounter,
+    pub consume_errors: IntCounter,
+    /// The rate limit of repeated warnings (`events`).
+    pub logs: RateLimit,
     /// Outputs that failed for good and were replaced by a stand-in dead letter, by kind.
     pub undeliverable: IntCounterVec,
     /// Age of the oldest batch whose outputs are not all acknowledged (0 when none waits).
@@ -309,6 +316,10 @@ impl Metrics {
                 "task_resends_total",
                 "Tasks sent to the desk again, same task id, because their alarm was raised again while open.",
             ),
+            consume_errors: counter(&registry, &names,
+                "consume_errors_total",
+                "Errors the group consumer reported while polling (the broker unreachable, a partition's leader changing); the client retries by itself."),
+            logs: RateLimit::new(Duration::from_secs(10)),
             produce_retries: counter(&registry, &names,
                 "produce_retries_total",
                 "Output records sent again after a failed delivery.",
