@@ -6,8 +6,9 @@
 //!    reading the backlog from the start;
 //! 2. the processor (`carestream run`, the binary of this build) reading the same backlog in
 //!    its own group: sustained events/s from its input counter, and the ratio to the ceiling;
-//!    then the peer (`benches/peer/peer.py`, Quix Streams) over the same backlog in its own
-//!    group, when installed (`benches/peer/setup.sh`);
+//!    then the peers (`benches/peer/`: Quix Streams and Bytewax, the same two rules) over the
+//!    same backlog, each in its own group, when installed (`benches/peer/setup.sh`), with the
+//!    CPU-seconds per million events of each consuming process;
 //! 3. latency at half of that throughput, then at a light 1 000 events/s: the city produced
 //!    live with emergency buttons among it (the workload's own, plus one every 100 ms from a
 //!    household not used before, so a phase has ~200 samples); for each alarm, the time from
@@ -335,14 +336,45 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         "ceiling (consume only): {ceiling:.0} records/s; carestream: {ours:.0} events/s; ratio {:.2}",
         ours / ceiling
     );
-    match peer(&broker.bootstrap(), &config) {
-        Some(peer) => println!(
-            "peer (Quix Streams {QUIX}, the no-movement and heart-rate rules): {peer:.0} events/s; \
-             ratio to the ceiling {:.2}; carestream / peer {:.1}",
-            peer / ceiling,
-            ours / peer
-        ),
-        None => println!("peer: not installed (benches/peer/setup.sh), skipped"),
+    // CPU-seconds per million events of each consuming process over the same backlog.
+    let per_million = |cpu_ms: u64, records: f64| cpu_ms as f64 / records * 1e3;
+    let ours_cost = per_million(ours_cpu.1, BACKLOG as f64);
+    println!(
+        "CPU per million events: carestream {ours_cost:.1} s (broker meanwhile {})",
+        ours_cpu.0.map_or("n/a".into(), |b| format!(
+            "{:.1} s",
+            per_million(b, BACKLOG as f64)
+        ))
+    );
+    let mut best: Option<f64> = None;
+    for which in [Peer::Quix, Peer::Bytewax] {
+        let broker_cpu0 = broker.cpu_ms();
+        match peer(which, &broker.bootstrap(), &config) {
+            Some(run) => {
+                let cost = per_million(run.cpu_ms, run.records);
+                best = Some(best.map_or(cost, |b: f64| b.min(cost)));
+                println!(
+                    "peer {} (the no-movement and heart-rate rules): {:.0} events/s; ratio to the \
+                     ceiling {:.2}; carestream / peer {:.1}; CPU per million events {cost:.1} s \
+                     (broker meanwhile {})",
+                    which.name(),
+                    run.rate,
+                    run.rate / ceiling,
+                    ours / run.rate,
+                    cpu_since(broker.cpu_ms(), broker_cpu0).map_or("n/a".into(), |b| format!(
+                        "{:.1} s, from its start",
+                        per_million(b, run.records)
+                    ))
+                );
+            }
+            None => println!("peers: not installed (benches/peer/setup.sh), skipped"),
+        }
+    }
+    if let Some(best) = best {
+        println!(
+            "CPU per event, the best peer / carestream: {:.1}",
+            best / ours_cost
+        );
     }
 
     // 3. Live at half that rate for 20 s, alarms among it; latency alarm → task. Then at a
@@ -367,11 +399,44 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     assert!(proc.terminate(Duration::from_secs(30)).is_some());
 }
 
-const QUIX: &str = "3.28.1";
+/// The peers of the comparison: each runs the no-movement and heart-rate rules of
+/// `benches/peer/rules.py` over the same backlog, in its own group.
+#[derive(Clone, Copy)]
+enum Peer {
+    Quix,
+    Bytewax,
+}
 
-/// The peer (`benches/peer/peer.py`, Quix Streams) over the same backlog, in its own group:
-/// records per second from its first record to the last. None when it is not installed.
-fn peer(bootstrap: &str, config: &carestream::config::Config) -> Option<f64> {
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Quix => "Quix Streams 3.28.1",
+            Peer::Bytewax => "Bytewax 0.21.1",
+        }
+    }
+
+    fn script(self) -> &'static str {
+        match self {
+            Peer::Quix => "peer.py",
+            Peer::Bytewax => "bytewax_peer.py",
+        }
+    }
+}
+
+/// A peer's run over the backlog: records per second and the CPU its process used, both from
+/// its first record to the last.
+struct PeerRun {
+    rate: f64,
+    cpu_ms: u64,
+    records: f64,
+}
+
+/// Runs `which` over the same backlog (`benches/peer/`); None when the peers are not
+/// installed (`benches/peer/setup.sh`). Its CPU (user + system, from `/proc/<pid>/stat`) is
+/// read when it prints that it has its first record and again when it prints that it has
+/// them all.
+fn peer(which: Peer, bootstrap: &str, config: &carestream::config::Config) -> Option<PeerRun> {
+    use std::io::BufRead;
     let python = std::env::var("CARESTREAM_PEER_PYTHON").ok().or_else(|| {
         let home = std::env::var("HOME").ok()?;
         let p = format!("{home}/.cache/carestream/peer-venv/bin/python");
@@ -384,30 +449,46 @@ fn peer(bootstrap: &str, config: &carestream::config::Config) -> Option<f64> {
     );
     let t = &config.topics;
     let state = std::env::temp_dir().join(common::unique("quix-state"));
-    let out = std::process::Command::new(python)
-        .arg(format!("{dir}/benches/peer/peer.py"))
-        .args(["--bootstrap", bootstrap, "--group", &common::unique("quix")])
+    let mut child = std::process::Command::new(python)
+        .arg(format!("{dir}/benches/peer/{}", which.script()))
+        .args(["--bootstrap", bootstrap, "--group", &common::unique("peer")])
         .args(["--schemas", &schemas, "--output", "peer.alerts"])
         .args(["--expect", &BACKLOG.to_string(), "--topics"])
         .args([&t.sensor_events, &t.heartbeats, &t.checkins])
         .current_dir(std::env::temp_dir())
+        .env("PYTHONPATH", format!("{dir}/benches/peer"))
         .env("Quix__State__Dir", &state)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .expect("the peer starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("peer: "));
-    let Some(line) = line else {
-        panic!(
-            "the peer did not finish: {}\n{}",
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let pid = child.id();
+    let lines = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let (mut cpu0, mut done) = (None, None);
+    let mut said = String::new();
+    for line in lines.lines().map_while(Result::ok) {
+        if line == "peer: started" {
+            cpu0 = Some(common::cpu_ms(pid));
+        } else if line.starts_with("peer: ") {
+            done = Some((line.clone(), common::cpu_ms(pid)));
+            break;
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (Some(cpu0), Some((line, cpu1))) = (cpu0, done) else {
+        panic!("{} did not finish: {said}", which.name());
     };
     // "peer: <n> records in <s> s"
     let words: Vec<&str> = line.split_whitespace().collect();
-    let n: f64 = words[1].parse().unwrap();
+    let records: f64 = words[1].parse().unwrap();
     let secs: f64 = words[4].parse().unwrap();
-    Some(n / secs)
+    Some(PeerRun {
+        rate: records / secs,
+        cpu_ms: cpu1 - cpu0,
+        records,
+    })
 }
 
 /// Produces the city live at `rate` for 20 s and reports the alarm → task latency, the

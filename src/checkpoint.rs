@@ -61,8 +61,9 @@ pub struct Manifest {
 }
 
 /// The checkpoint format this release writes and the newest it reads.
-/// 2: a household's deadlines keyed by rule id (1: a list in rule order, still read).
-pub const FORMAT: u32 = 2;
+/// 3: each rule's state under its rule id, a household's deadlines keyed by rule id (1, 2: the
+/// rules' state flat and the deadlines a list in rule order; still read).
+pub const FORMAT: u32 = 3;
 
 fn chunk_key(group: &str, partition: i32, writer: &str, seq: u64, i: u32) -> String {
     format!("{group}/chunk/{partition}/{writer}/{seq}/{i}")

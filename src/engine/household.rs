@@ -225,6 +225,84 @@ pub fn vital_byte(v: Option<i16>) -> u8 {
     v.map_or(VITAL_NONE, |v| v.clamp(0, 254) as u8)
 }
 
+/// Each windowed rule's own state in a household, one type per rule (or per pair of rules
+/// sharing a device), a field of `Household` named after it and kept in checkpoints under
+/// the rule's id. The fields sit where the cache lines an event reads want them, not side by
+/// side. No movement's: the last sign of the elder of any kind, and the last motion indoors
+/// (the night door rule reads it too).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NoMovementState {
+    pub last_activity: Millis,
+    pub last_motion: Millis,
+}
+
+/// The daily round's: the last check-in of any kind, and the last day's deadline judged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DailyRoundState {
+    pub last_checkin: Millis,
+    pub judged: Millis,
+}
+
+/// The visit cadence's: the last home visit (a check-in, or the registry's `last_visit_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct VisitState {
+    pub last_visit: Millis,
+}
+
+/// Abnormal vitals': out of band since when, and the newest reading applied (the rule takes
+/// a household's readings in its own order, not the partition's watermark; see
+/// `apply_pending`). The values out of band are `Household::vitals_bad`, in a padding.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct VitalsState {
+    pub out_since: Option<Millis>,
+    pub last: Millis,
+}
+
+/// Night bed exit's: out of bed in the quiet hours since when.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BedExitState {
+    pub out_since: Option<Millis>,
+}
+
+/// Night door's: the door at night, when (until movement indoors after it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NightDoorState {
+    pub at: Option<Millis>,
+}
+
+/// Missed doses': doses not taken in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DosesState {
+    pub in_a_row: u8,
+}
+
+/// Every rule's state in a checkpoint, under the rule's id (checkpoint format 3).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+struct RuleStates {
+    #[serde(default)]
+    no_movement: Option<NoMovementState>,
+    #[serde(default)]
+    missed_daily_round: Option<DailyRoundState>,
+    #[serde(default)]
+    visit_overdue: Option<VisitState>,
+    #[serde(default)]
+    abnormal_vitals: Option<VitalsSaved>,
+    #[serde(default)]
+    night_bed_exit: Option<BedExitState>,
+    #[serde(default)]
+    night_door: Option<NightDoorState>,
+    #[serde(default)]
+    missed_doses: Option<DosesState>,
+}
+
+/// Abnormal vitals' state as a checkpoint keeps it: with the values out of band.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct VitalsSaved {
+    out_since: Option<Millis>,
+    last: Millis,
+    bad: [u8; 2],
+}
+
 /// Devices kept inline: a home's usual heartbeat senders (watch, mattress, hub); three keep
 /// the household within ten cache lines.
 const DEVICES_INLINE: usize = 3;
@@ -264,18 +342,15 @@ pub(crate) struct Household {
     /// Storm control: reported silent to its area (`area_hold` is set). Here, in the padding
     /// of a line every released event reads, so an event need not read `area_hold`'s line.
     pub area_reported: bool,
-    /// Missed doses: doses not taken in a row (in the same padding).
-    pub doses_missed: u8,
+    /// Missed doses' state, in the same padding.
+    pub missed_doses: DosesState,
     /// UTC offset of the household's time zone.
     pub offset: Millis,
     /// Under a weather warning until then: absence thresholds tighten.
     pub heightened_until: Millis,
-    pub last_activity: Millis,
-    pub last_motion: Millis,
-    pub last_checkin: Millis,
-    pub last_visit: Millis,
-    /// The last daily-round deadline judged.
-    pub round_judged: Millis,
+    pub no_movement: NoMovementState,
+    pub daily_round: DailyRoundState,
+    pub visit: VisitState,
     /// Copies of the profile's fields the rules read on every event, kept here beside the
     /// rest of the state so an event does not also fetch the profile into the cache.
     away_until: Option<Millis>,
@@ -291,18 +366,15 @@ pub(crate) struct Household {
     pub scheduled: [Millis; RuleKind::TIMED],
     /// The ladder's next deadline queued (rungs and auto-resolution), `NEVER` if none.
     pub ladder_scheduled: Millis,
-    /// Time of the newest bed event applied: like `vitals_last`, the household's own order.
+    /// Time of the newest bed event applied: like the vitals', the household's own order.
     /// Here, not with the rest of the bed's state: no movement reads it on every activity.
     pub bed_last: Millis,
     pub open: Vec<OpenIncident>,
     pub devices: InlineVec<DeviceSeen, DEVICES_INLINE>,
     // Read by some events only.
-    pub vitals_out_since: Option<Millis>,
-    /// Time of the newest vitals reading applied: the rule takes a household's readings in
-    /// its own order, not the partition's watermark (see `apply_pending`).
-    pub vitals_last: Millis,
-    pub bed_out_since: Option<Millis>,
-    pub door_at_night: Option<Millis>,
+    pub vitals: VitalsState,
+    pub night_bed_exit: BedExitState,
+    pub night_door: NightDoorState,
     pub water: Option<Water>,
     /// The last power reading and its time (`NEVER`: none yet), without an `Option`'s 8
     /// bytes: they hold `area_hold` within ten cache lines.
@@ -347,26 +419,32 @@ impl Household {
             recent: [0; RECENT_INLINE],
             params: 0,
             area_reported: false,
-            doses_missed: 0,
+            missed_doses: DosesState { in_a_row: 0 },
             offset: crate::localtime::offset_or_cst("Asia/Shanghai"),
             heightened_until: NEVER,
-            last_activity: NEVER,
-            last_motion: NEVER,
-            last_checkin: NEVER,
-            last_visit: NEVER,
-            round_judged: NEVER,
+            no_movement: NoMovementState {
+                last_activity: NEVER,
+                last_motion: NEVER,
+            },
+            daily_round: DailyRoundState {
+                last_checkin: NEVER,
+                judged: NEVER,
+            },
+            visit: VisitState { last_visit: NEVER },
             away_until: None,
             quiet_hours: None,
             scheduled: [NEVER; RuleKind::TIMED],
             ladder_scheduled: NEVER,
             open: Vec::new(),
             devices: InlineVec::new(NO_DEVICE),
-            vitals_out_since: None,
-            vitals_last: NEVER,
+            vitals: VitalsState {
+                out_since: None,
+                last: NEVER,
+            },
             area_hold: NEVER,
-            bed_out_since: None,
+            night_bed_exit: BedExitState { out_since: None },
+            night_door: NightDoorState { at: None },
             bed_last: NEVER,
-            door_at_night: None,
             bed_occupied: None,
             door_open: None,
             vitals_bad: [VITAL_NONE; 2],
@@ -539,38 +617,49 @@ pub(crate) struct HouseholdState {
     recent_next: u16,
     first_seen: Millis,
     last_seen: Millis,
-    last_activity: Millis,
-    last_motion: Millis,
-    last_checkin: Millis,
-    last_visit: Millis,
-    round_judged: Millis,
-    vitals_out_since: Option<Millis>,
-    #[serde(default = "no_vitals")]
-    vitals_bad: [u8; 2],
+    /// Each rule's own state, under its id (format 3).
+    #[serde(default)]
+    rules: RuleStates,
     /// Absent from checkpoints written before it was kept: no reading yet.
     #[serde(default = "never")]
-    vitals_last: Millis,
-    bed_out_since: Option<Millis>,
-    #[serde(default = "never")]
     bed_last: Millis,
-    door_at_night: Option<Millis>,
     /// Absent from checkpoints written before they were kept: not known yet.
     #[serde(default)]
     bed_occupied: Option<bool>,
     #[serde(default)]
     door_open: Option<bool>,
+    /// The water meter's, which water_silence and water_flow both read.
     water: Option<Water>,
     power_last: Option<(Millis, f64)>,
     devices: Vec<DeviceSeen>,
     scheduled: Scheduled,
     pub ladder_scheduled: Millis,
     heightened_until: Millis,
-    /// Missed doses' count; absent when none (and from checkpoints before the rule).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    missed_doses: u8,
     /// Absent from checkpoints written before storm control: not reported.
     #[serde(default = "never", skip_serializing_if = "is_never")]
     area_hold: Millis,
+    /// Formats 1 and 2 kept the rules' state flat, beside the household's: read, never
+    /// written.
+    #[serde(default, skip_serializing)]
+    last_activity: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    last_motion: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    last_checkin: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    last_visit: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    round_judged: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    vitals_out_since: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    vitals_last: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    vitals_bad: Option<[u8; 2]>,
+    #[serde(default, skip_serializing)]
+    bed_out_since: Option<Millis>,
+    #[serde(default, skip_serializing)]
+    door_at_night: Option<Millis>,
 }
 
 /// The deadline each timed rule has queued for a household, by rule id (a rule added or
@@ -631,16 +720,8 @@ impl<'de> Deserialize<'de> for Scheduled {
     }
 }
 
-fn is_zero(n: &u8) -> bool {
-    *n == 0
-}
-
 fn is_never(t: &Millis) -> bool {
     *t == NEVER
-}
-
-fn no_vitals() -> [u8; 2] {
-    [VITAL_NONE; 2]
 }
 
 fn never() -> Millis {
@@ -657,18 +738,21 @@ impl Household {
             recent_next: self.recent_next,
             first_seen: self.first_seen,
             last_seen: self.last_seen,
-            last_activity: self.last_activity,
-            last_motion: self.last_motion,
-            last_checkin: self.last_checkin,
-            last_visit: self.last_visit,
-            round_judged: self.round_judged,
-            vitals_out_since: self.vitals_out_since,
-            vitals_last: self.vitals_last,
-            bed_out_since: self.bed_out_since,
+            rules: RuleStates {
+                no_movement: Some(self.no_movement),
+                missed_daily_round: Some(self.daily_round),
+                visit_overdue: Some(self.visit),
+                abnormal_vitals: Some(VitalsSaved {
+                    out_since: self.vitals.out_since,
+                    last: self.vitals.last,
+                    bad: self.vitals_bad,
+                }),
+                night_bed_exit: Some(self.night_bed_exit),
+                night_door: Some(self.night_door),
+                missed_doses: Some(self.missed_doses),
+            },
             bed_last: self.bed_last,
-            door_at_night: self.door_at_night,
             bed_occupied: self.bed_occupied,
-            vitals_bad: self.vitals_bad,
             door_open: self.door_open,
             water: self.water,
             power_last: (self.power_last.0 != NEVER).then_some(self.power_last),
@@ -677,7 +761,16 @@ impl Household {
             ladder_scheduled: self.ladder_scheduled,
             heightened_until: self.heightened_until,
             area_hold: self.area_hold,
-            missed_doses: self.doses_missed,
+            last_activity: None,
+            last_motion: None,
+            last_checkin: None,
+            last_visit: None,
+            round_judged: None,
+            vitals_out_since: None,
+            vitals_last: None,
+            vitals_bad: None,
+            bed_out_since: None,
+            door_at_night: None,
         }
     }
 
@@ -695,18 +788,38 @@ impl Household {
         }
         self.first_seen = s.first_seen;
         self.last_seen = s.last_seen;
-        self.last_activity = s.last_activity;
-        self.last_motion = s.last_motion;
-        self.last_checkin = s.last_checkin;
-        self.last_visit = s.last_visit;
-        self.round_judged = s.round_judged;
-        self.vitals_out_since = s.vitals_out_since;
-        self.vitals_last = s.vitals_last;
-        self.bed_out_since = s.bed_out_since;
+        // Each rule's state under its id, or (formats 1 and 2) the flat fields of before.
+        let (r, or_never) = (s.rules, |t: Option<Millis>| t.unwrap_or(NEVER));
+        self.no_movement = r.no_movement.unwrap_or(NoMovementState {
+            last_activity: or_never(s.last_activity),
+            last_motion: or_never(s.last_motion),
+        });
+        self.daily_round = r.missed_daily_round.unwrap_or(DailyRoundState {
+            last_checkin: or_never(s.last_checkin),
+            judged: or_never(s.round_judged),
+        });
+        self.visit = r.visit_overdue.unwrap_or(VisitState {
+            last_visit: or_never(s.last_visit),
+        });
+        let vitals = r.abnormal_vitals.unwrap_or(VitalsSaved {
+            out_since: s.vitals_out_since,
+            last: or_never(s.vitals_last),
+            bad: s.vitals_bad.unwrap_or([VITAL_NONE; 2]),
+        });
+        self.vitals = VitalsState {
+            out_since: vitals.out_since,
+            last: vitals.last,
+        };
+        self.vitals_bad = vitals.bad;
+        self.night_bed_exit = r.night_bed_exit.unwrap_or(BedExitState {
+            out_since: s.bed_out_since,
+        });
+        self.night_door = r.night_door.unwrap_or(NightDoorState {
+            at: s.door_at_night,
+        });
+        self.missed_doses = r.missed_doses.unwrap_or(DosesState { in_a_row: 0 });
         self.bed_last = s.bed_last;
-        self.door_at_night = s.door_at_night;
         self.bed_occupied = s.bed_occupied;
-        self.vitals_bad = s.vitals_bad;
         self.door_open = s.door_open;
         self.water = s.water;
         self.power_last = s.power_last.unwrap_or((NEVER, 0.0));
@@ -718,7 +831,6 @@ impl Household {
         self.ladder_scheduled = s.ladder_scheduled;
         self.heightened_until = s.heightened_until;
         self.area_hold = s.area_hold;
-        self.doses_missed = s.missed_doses;
         self.area_reported = s.area_hold != NEVER;
     }
 }
@@ -751,7 +863,7 @@ mod tests {
             (std::mem::offset_of!(Household, generation), 4),
             (std::mem::offset_of!(Household, params), 4),
             (std::mem::offset_of!(Household, offset), 8),
-            (std::mem::offset_of!(Household, round_judged), 8),
+            (std::mem::offset_of!(Household, visit), 8),
             (std::mem::offset_of!(Household, away_until), 16),
             (std::mem::offset_of!(Household, quiet_hours), 12),
             (std::mem::offset_of!(Household, bed_occupied), 1),
@@ -794,6 +906,36 @@ mod tests {
             unknown.deadlines().iter().filter(|t| **t != NEVER).count(),
             1
         );
+    }
+
+    #[test]
+    fn each_rule_s_state_is_kept_under_its_rule_id() {
+        let mut h = Household::new("hh-1", 1, 0);
+        h.no_movement.last_activity = 5;
+        h.night_door.at = Some(7);
+        h.missed_doses.in_a_row = 2;
+        let json = serde_json::to_value(h.state(0)).unwrap();
+        for id in json["rules"].as_object().unwrap().keys() {
+            assert!(
+                RuleKind::ALL.iter().any(|k| k.rule_id() == id),
+                "{id} is not a rule id"
+            );
+        }
+        assert_eq!(json["rules"]["no_movement"]["last_activity"], 5);
+        assert_eq!(json["rules"]["night_door"]["at"], 7);
+        assert_eq!(json["rules"]["missed_doses"]["in_a_row"], 2);
+        for flat in [
+            "last_activity",
+            "vitals_last",
+            "door_at_night",
+            "round_judged",
+        ] {
+            assert!(json.get(flat).is_none(), "{flat} written flat");
+        }
+        let mut back = Household::new("hh-1", 2, 0);
+        back.restore_state(serde_json::from_value(json).unwrap(), 0);
+        assert_eq!(back.state(0), h.state(0));
+        assert_eq!(back.night_door.at, Some(7));
     }
 
     #[test]
@@ -885,21 +1027,29 @@ mod tests {
     #[test]
     fn the_newest_vitals_and_bed_times_survive_a_checkpoint_and_older_checkpoints_still_restore() {
         let mut h = Household::new("hh-1", 1, 0);
-        h.vitals_last = 1_795_000_000_000;
+        h.vitals.last = 1_795_000_000_000;
         h.bed_last = 1_795_000_060_000;
         let json = serde_json::to_value(h.state(0)).unwrap();
         let mut back = Household::new("hh-1", 2, 0);
         back.restore_state(serde_json::from_value(json.clone()).unwrap(), 0);
-        assert_eq!(back.vitals_last, 1_795_000_000_000);
+        assert_eq!(back.vitals.last, 1_795_000_000_000);
         assert_eq!(back.bed_last, 1_795_000_060_000);
         // A checkpoint written before the fields were kept: no reading yet, so the next one
         // is in order whatever its time.
         let mut old = json;
-        for field in ["vitals_last", "bed_last"] {
-            assert!(old.as_object_mut().unwrap().remove(field).is_some());
-        }
+        assert!(old.as_object_mut().unwrap().remove("bed_last").is_some());
+        old["rules"]["abnormal_vitals"]
+            .as_object_mut()
+            .unwrap()
+            .remove("last");
+        let vitals = old["rules"]["abnormal_vitals"].clone();
+        old["rules"]
+            .as_object_mut()
+            .unwrap()
+            .remove("abnormal_vitals");
+        old["vitals_out_since"] = vitals["out_since"].clone();
         back.restore_state(serde_json::from_value(old).unwrap(), 0);
-        assert_eq!((back.vitals_last, back.bed_last), (NEVER, NEVER));
+        assert_eq!((back.vitals.last, back.bed_last), (NEVER, NEVER));
     }
 
     #[test]

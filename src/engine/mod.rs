@@ -663,7 +663,7 @@ impl Engine {
                 }
                 let h = self.slot_mut(slot);
                 if let Some(v) = p.last_visit_at {
-                    h.last_visit = h.last_visit.max(v);
+                    h.visit.last_visit = h.visit.last_visit.max(v);
                 }
                 h.set_profile(Some(Arc::new(p)));
                 h.offset = offset;

@@ -47,10 +47,10 @@ impl Engine {
                 // watermark, yet each after the last; only a reading older than one already
                 // applied is out of order.
                 let h = self.slot_mut(slot);
-                if t < h.vitals_last {
+                if t < h.vitals.last {
                     self.stats.late_out_of_order += 1;
                 } else {
-                    h.vitals_last = t;
+                    h.vitals.last = t;
                     if worn {
                         self.vitals(slot, t, hr, rr, out);
                     }

@@ -21,7 +21,7 @@ impl Engine {
     ) {
         let k = RuleKind::MissedDoses;
         if taken {
-            self.slot_mut(slot).doses_missed = 0;
+            self.slot_mut(slot).missed_doses.in_a_row = 0;
             self.resolve(slot, k, t, "a dose taken");
             self.activity(slot, t);
             return;
@@ -33,8 +33,8 @@ impl Engine {
         }
         let in_a_row = self.params::<params::MissedDoses>(h).in_a_row();
         let h = self.slot_mut(slot);
-        h.doses_missed = h.doses_missed.saturating_add(1);
-        let missed = h.doses_missed;
+        h.missed_doses.in_a_row = h.missed_doses.in_a_row.saturating_add(1);
+        let missed = h.missed_doses.in_a_row;
         if self.enabled(k) && f64::from(missed) >= in_a_row {
             let detail = format!("{missed} dose(s) in a row not taken");
             let f = Finding {

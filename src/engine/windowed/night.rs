@@ -38,10 +38,10 @@ impl Engine {
         let h = self.slot(slot);
         let k = RuleKind::NightDoor;
         let no_motion_for = self.params::<params::NightDoor>(h).no_motion_for();
-        let in_time = |w: Millis| h.last_motion < t && t + no_motion_for > w;
+        let in_time = |w: Millis| h.no_movement.last_motion < t && t + no_motion_for > w;
         if self.enabled(k) && self.quiet(h, t) && !h.away_at(t) && late.is_none_or(in_time) {
             let h = self.slot_mut(slot);
-            h.door_at_night = Some(h.door_at_night.map_or(t, |d| d.min(t)));
+            h.night_door.at = Some(h.night_door.at.map_or(t, |d| d.min(t)));
             self.schedule(slot, RuleKind::NightDoor);
         }
     }
@@ -49,9 +49,9 @@ impl Engine {
     pub(in crate::engine) fn motion(&mut self, slot: u32, t: Millis) {
         self.activity(slot, t);
         let h = self.slot_mut(slot);
-        h.last_motion = h.last_motion.max(t);
-        if h.door_at_night.is_some_and(|d| t >= d) {
-            h.door_at_night = None;
+        h.no_movement.last_motion = h.no_movement.last_motion.max(t);
+        if h.night_door.at.is_some_and(|d| t >= d) {
+            h.night_door.at = None;
             self.resolve(
                 slot,
                 RuleKind::NightDoor,
@@ -107,14 +107,17 @@ impl Engine {
         self.activity(slot, t);
         let h = self.slot(slot);
         if occupied {
-            self.slot_mut(slot).bed_out_since = None;
+            self.slot_mut(slot).night_bed_exit.out_since = None;
             self.resolve(slot, k, t, "back in bed");
         } else if late_exit {
             self.stats.late_out_of_order += 1;
         } else {
-            let starts = known && self.enabled(k) && self.quiet(h, t) && h.bed_out_since.is_none();
+            let starts = known
+                && self.enabled(k)
+                && self.quiet(h, t)
+                && h.night_bed_exit.out_since.is_none();
             if starts {
-                self.slot_mut(slot).bed_out_since = Some(t);
+                self.slot_mut(slot).night_bed_exit.out_since = Some(t);
                 self.schedule(slot, k);
             }
         }
@@ -127,11 +130,11 @@ pub(super) struct NightBedExit;
 impl Rule for NightBedExit {
     fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
         let out_for = e.params::<params::NightBedExit>(h).out_for();
-        h.bed_out_since.map(|s| s + out_for)
+        h.night_bed_exit.out_since.map(|s| s + out_for)
     }
 
     fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
-        let s = h.bed_out_since.unwrap_or(d);
+        let s = h.night_bed_exit.out_since.unwrap_or(d);
         let mut f = e.finding(
             RuleKind::NightBedExit,
             format!("out_of_bed:{s}"),
@@ -147,7 +150,7 @@ impl Rule for NightBedExit {
     /// night exit. The clock stops, so the next night starts anew.
     fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
         if !e.quiet(e.slot(slot), d) {
-            e.slot_mut(slot).bed_out_since = None;
+            e.slot_mut(slot).night_bed_exit.out_since = None;
         } else if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
             e.open_incident(slot, f, out);
         }
@@ -160,11 +163,11 @@ pub(super) struct NightDoor;
 impl Rule for NightDoor {
     fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
         let no_motion_for = e.params::<params::NightDoor>(h).no_motion_for();
-        h.door_at_night.map(|d| d + no_motion_for)
+        h.night_door.at.map(|d| d + no_motion_for)
     }
 
     fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
-        let at = h.door_at_night.unwrap_or(d);
+        let at = h.night_door.at.unwrap_or(d);
         let mut f = e.finding(
             RuleKind::NightDoor,
             format!("door:{at}"),
@@ -179,7 +182,7 @@ impl Rule for NightDoor {
     /// The quiet hours ended before the deadline: out for a morning walk, not a night exit.
     fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
         if !e.quiet(e.slot(slot), d) {
-            e.slot_mut(slot).door_at_night = None;
+            e.slot_mut(slot).night_door.at = None;
         } else if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
             e.open_incident(slot, f, out);
         }

@@ -26,8 +26,8 @@ impl Engine {
     /// Something the elder did at `t`: resets the no-movement clock.
     pub(in crate::engine) fn activity(&mut self, slot: u32, t: Millis) {
         let h = self.slot_mut(slot);
-        let newer = t > h.last_activity;
-        h.last_activity = h.last_activity.max(t);
+        let newer = t > h.no_movement.last_activity;
+        h.no_movement.last_activity = h.no_movement.last_activity.max(t);
         if newer {
             self.resolve(slot, RuleKind::NoMovement, t, "activity at home again");
         }
@@ -94,7 +94,7 @@ impl Engine {
     /// absence.
     fn no_movement_since(h: &Household) -> Millis {
         let away = h.away_until().unwrap_or(NEVER);
-        h.last_activity.max(h.first_seen).max(away)
+        h.no_movement.last_activity.max(h.first_seen).max(away)
     }
 
     /// What the mattress says, if it has reported within `BED_REPEAT_WITHIN` of the

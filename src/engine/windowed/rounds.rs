@@ -13,9 +13,9 @@ impl Engine {
     /// A check-in: the elder was seen or heard from, which is activity too.
     pub(in crate::engine) fn checked_in(&mut self, slot: u32, t: Millis, visit: bool) {
         let h = self.slot_mut(slot);
-        h.last_checkin = h.last_checkin.max(t);
+        h.daily_round.last_checkin = h.daily_round.last_checkin.max(t);
         if visit {
-            h.last_visit = h.last_visit.max(t);
+            h.visit.last_visit = h.visit.last_visit.max(t);
             self.resolve(slot, RuleKind::VisitCadence, t, "home visit made");
             self.schedule(slot, RuleKind::VisitCadence);
         }
@@ -31,11 +31,11 @@ impl Engine {
         if day < h.first_seen {
             day += DAY;
         }
-        if h.last_checkin != NEVER {
-            day = day.max(local_midnight(h.last_checkin, o) + DAY);
+        if h.daily_round.last_checkin != NEVER {
+            day = day.max(local_midnight(h.daily_round.last_checkin, o) + DAY);
         }
-        if h.round_judged != NEVER {
-            day = day.max(local_midnight(h.round_judged, o) + DAY);
+        if h.daily_round.judged != NEVER {
+            day = day.max(local_midnight(h.daily_round.judged, o) + DAY);
         }
         Some(day + self.params::<params::DailyRound>(h).due_by())
     }
@@ -52,7 +52,7 @@ impl Engine {
             t,
             "no check-in of any kind today".to_string(),
         );
-        self.slot_mut(slot).round_judged = d;
+        self.slot_mut(slot).daily_round.judged = d;
         if !away {
             self.open_incident(slot, f, out);
         }
@@ -71,22 +71,22 @@ impl Engine {
         // Placed by a stable hash of the id within `span`, so a city started in one day is not
         // all due on one day.
         let spread = |span: Millis| (hash64(&h.id) % span.max(1) as u64) as Millis;
-        let due = if h.last_visit == NEVER {
+        let due = if h.visit.last_visit == NEVER {
             // No visit known: the first falls due somewhere in the first cadence.
             h.first_seen + spread(every)
-        } else if h.last_visit + every < h.first_seen {
+        } else if h.visit.last_visit + every < h.first_seen {
             // Overdue already when first seen (the registry's last visit is old): the backlog
             // falls due over the first quarter of a cadence, not all at the start.
             h.first_seen + spread(every / 4)
         } else {
-            h.last_visit + every
+            h.visit.last_visit + every
         };
         // A festival tightens the cadence within its window: due once the last visit is older
         // than its `every`, spread over the window.
-        let last = if h.last_visit == NEVER {
+        let last = if h.visit.last_visit == NEVER {
             h.first_seen
         } else {
-            h.last_visit
+            h.visit.last_visit
         };
         let festival = self
             .rules
@@ -111,10 +111,10 @@ impl Engine {
     fn visit_finding(&self, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
         let p = self.params::<params::VisitCadence>(h);
         let (every, grace) = (p.every(), p.grace());
-        let last = if h.last_visit == NEVER {
+        let last = if h.visit.last_visit == NEVER {
             "none recorded".to_string()
         } else {
-            format!("{} days ago", (t - h.last_visit) / DAY)
+            format!("{} days ago", (t - h.visit.last_visit) / DAY)
         };
         Some(self.finding(
             RuleKind::VisitCadence,

@@ -35,8 +35,8 @@ impl Engine {
         if hr_bad == Some(true) || rr_bad == Some(true) {
             let sustained = p.sustained_for();
             let h = self.slot_mut(slot);
-            let first = h.vitals_out_since.is_none();
-            let since = *h.vitals_out_since.get_or_insert(t);
+            let first = h.vitals.out_since.is_none();
+            let since = *h.vitals.out_since.get_or_insert(t);
             h.vitals_bad = [vital_byte(hr), vital_byte(rr)];
             // Out of range again while the incident is clearing: it was not over.
             self.recurs(slot, &RuleRef::Windowed(k));
@@ -48,7 +48,7 @@ impl Engine {
                 self.open_incident(slot, f, out);
             }
         } else {
-            self.slot_mut(slot).vitals_out_since = None;
+            self.slot_mut(slot).vitals.out_since = None;
             self.resolve(slot, k, t, "vitals back in range");
         }
     }
@@ -82,13 +82,13 @@ pub(super) struct Vitals;
 impl Rule for Vitals {
     fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
         let sustained = e.params::<params::Vitals>(h).sustained_for();
-        h.vitals_out_since.map(|s| s.saturating_add(sustained))
+        h.vitals.out_since.map(|s| s.saturating_add(sustained))
     }
 
     /// At the deadline: out of range since `since` and still, with a later reading out of
     /// range too (one reading alone is not sustained; the next reading decides then).
     fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
-        let since = h.vitals_out_since?;
-        (h.vitals_last > since).then(|| e.vitals_found(h, since, d, t))
+        let since = h.vitals.out_since?;
+        (h.vitals.last > since).then(|| e.vitals_found(h, since, d, t))
     }
 }
