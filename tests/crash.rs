@@ -894,3 +894,77 @@ fn an_input_topic_with_records_on_an_offline_node_holds_its_partitions_back() {
             .is_some_and(|s| s.success()));
     }
 }
+
+#[test]
+fn a_checkpoint_ahead_of_the_committed_offsets_is_committed_by_its_next_owner() {
+    // An instance can die after writing a checkpoint and before its next automatic commit.
+    // The next owner starts at the checkpoint's offsets; with nothing new to read it must
+    // still commit them, or the group shows that lag for ever.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = common::Broker::start();
+    let rules = format!("{}/rules", common::MANIFEST);
+    let (config, env) = common::environment_with_topics(&broker, "ahead", &rules, 2);
+    let producer = common::platform_producer(&broker.bootstrap());
+    let homes: Vec<_> = (0..8)
+        .map(|i| carestream::tools::simulate::household(i, 1))
+        .collect();
+    common::register(&producer, &config, &homes, common::now());
+    let codec = common::codec();
+    let mut first = common::Processor::start(&env);
+    first.wait_ready(Duration::from_secs(60));
+    let t = common::now();
+    for (i, home) in homes.iter().enumerate() {
+        let hh = &home.household_id;
+        let motion = common::sensor(
+            hh,
+            &format!("m-{i}"),
+            carestream::model::DeviceKind::MOTION_PIR,
+            t,
+            carestream::model::Reading::Motion { detected: true },
+        );
+        common::produce(
+            &producer,
+            &config.topics.sensor_events,
+            hh,
+            &common::enc(&codec, &motion),
+            t,
+        );
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    common::wait_caught_up(&config, 2, Duration::from_secs(60)).unwrap();
+    // SIGTERM: every partition checkpointed at the end of its input.
+    let status = first.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", first.logs());
+    // The commits the dead writer never made: the group's offsets back to the start.
+    let rewind: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for topic in common::input_topics(&config) {
+        for p in 0..2 {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(0))
+                .unwrap();
+        }
+    }
+    rewind
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    assert!(
+        common::wait_caught_up(&config, 2, Duration::from_secs(1)).is_err(),
+        "the rewind took"
+    );
+    let mut next = common::Processor::start(&env);
+    next.wait_ready(Duration::from_secs(60));
+    let caught_up = common::wait_caught_up(&config, 2, Duration::from_secs(30));
+    let scrape = next.get("/metrics").1;
+    assert_eq!(restores_from_checkpoints(&scrape), 2.0, "{scrape}");
+    assert_eq!(
+        common::input_records_in(&scrape),
+        0.0,
+        "started at the checkpoints: nothing read again"
+    );
+    caught_up.unwrap_or_else(|e| panic!("{e}\n{}", common::tail(&next.logs(), 40)));
+}

@@ -82,7 +82,7 @@ impl ConsumerContext for GroupContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 Rebalanced::Assign.emit(&self.metrics);
-                self.assign(base, tpl);
+                let ahead = self.assign(base, tpl);
                 let assigned = if cooperative {
                     base.incremental_assign(tpl).err()
                 } else {
@@ -90,6 +90,14 @@ impl ConsumerContext for GroupContext {
                 };
                 if let Some(e) = assigned {
                     tracing::error!(error = %e, "assigning partitions");
+                } else if ahead.count() > 0 {
+                    // A checkpoint's offsets cover acknowledged outputs, but its writer may
+                    // have died before committing them: with nothing new to read, the group
+                    // would show that lag for ever. Stored now (after `assign`, which resets
+                    // the store), they go with the next automatic commit.
+                    if let Err(e) = base.store_offsets(&ahead) {
+                        tracing::warn!(error = %e, "storing the checkpoints' offsets");
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -134,7 +142,12 @@ impl GroupContext {
     /// Reads the checkpoints of the partitions being assigned and sets the offsets to start
     /// from: the checkpoint's where there is one, else the committed offset (or the reset
     /// policy's), made explicit so the next checkpoint records where this owner began.
-    pub(super) fn assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// Returns the checkpoints' offsets that are ahead of the committed ones.
+    pub(super) fn assign(
+        &self,
+        base: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> TopicPartitionList {
         let started = Instant::now();
         self.metrics.ready.set(0);
         self.metrics.restoring.set(1);
@@ -178,6 +191,7 @@ impl GroupContext {
             .collect();
         let earliest = self.config.kafka.auto_offset_reset != "latest";
         let mut highs = HashMap::new();
+        let mut ahead = TopicPartitionList::new();
         for e in tpl.elements() {
             let (topic, p) = (e.topic().to_string(), e.partition());
             let a = assignments
@@ -198,6 +212,9 @@ impl GroupContext {
             // Asked of the broker, not librdkafka's cached value: that one is as old as this
             // consumer's last fetch of the partition, which may be from before it was last
             // taken away, and a lane that looks caught up holds nothing back (see `Merger`).
+            if let Some(c) = from_checkpoint.filter(|c| from_commit.is_none_or(|k| *c > k)) {
+                let _ = ahead.add_partition_offset(&topic, p, Offset::Offset(c));
+            }
             let marks = base.fetch_watermarks(&topic, p, timeout).ok();
             if let Some((_, high)) = marks {
                 highs.insert((topic.clone(), p), high);
@@ -237,6 +254,7 @@ impl GroupContext {
         }
         .emit(&self.metrics);
         self.send(Fetched::Assigned(assignments));
+        ahead
     }
 
     /// Lets the pipeline finish and checkpoint the partitions before they go.

@@ -812,6 +812,7 @@ pub fn wait_caught_up(config: &Config, partitions: i32, limit: Duration) -> Resu
                 }
             }
         }
+        let mut lagging = Vec::new();
         let behind: i64 =
             match rdkafka::consumer::Consumer::committed_offsets(&consumer, tpl, timeout) {
                 Ok(c) => c
@@ -826,7 +827,15 @@ pub fn wait_caught_up(config: &Config, partitions: i32, limit: Duration) -> Resu
                             rdkafka::Offset::Offset(o) => o,
                             _ => 0,
                         };
-                        end.saturating_sub(at).max(0)
+                        let gap = end.saturating_sub(at).max(0);
+                        if gap > 0 {
+                            lagging.push(format!(
+                                "{}/{} at {at} of {end}",
+                                e.topic(),
+                                e.partition()
+                            ));
+                        }
+                        gap
                     })
                     // An unreachable partition counts as i64::MAX behind: no overflow.
                     .fold(0i64, i64::saturating_add),
@@ -836,7 +845,10 @@ pub fn wait_caught_up(config: &Config, partitions: i32, limit: Duration) -> Resu
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("still {behind} record(s) behind after {limit:?}"));
+            return Err(format!(
+                "still {behind} record(s) behind after {limit:?}: {}",
+                lagging.join(", ")
+            ));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
