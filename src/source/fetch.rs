@@ -116,9 +116,10 @@ fn assign_static(consumer: &GroupConsumer, partitions: &[i32]) {
             tpl.add_partition(topic, *p);
         }
     }
-    ctx.assign(consumer, &mut tpl);
-    if let Err(e) = consumer.assign(&tpl) {
-        tracing::error!(error = %e, "assigning the configured partitions");
+    let ahead = ctx.assign(consumer, &mut tpl);
+    match consumer.assign(&tpl) {
+        Ok(()) => super::group::store_ahead(consumer, &ahead),
+        Err(e) => tracing::error!(error = %e, "assigning the configured partitions"),
     }
 }
 

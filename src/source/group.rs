@@ -90,14 +90,8 @@ impl ConsumerContext for GroupContext {
                 };
                 if let Some(e) = assigned {
                     tracing::error!(error = %e, "assigning partitions");
-                } else if ahead.count() > 0 {
-                    // A checkpoint's offsets cover acknowledged outputs, but its writer may
-                    // have died before committing them: with nothing new to read, the group
-                    // would show that lag for ever. Stored now (after `assign`, which resets
-                    // the store), they go with the next automatic commit.
-                    if let Err(e) = base.store_offsets(&ahead) {
-                        tracing::warn!(error = %e, "storing the checkpoints' offsets");
-                    }
+                } else {
+                    store_ahead(base, &ahead);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -113,6 +107,18 @@ impl ConsumerContext for GroupContext {
                 Rebalanced::Failed { error: &e }.emit(&self.metrics);
                 let _ = base.unassign();
             }
+        }
+    }
+}
+
+/// Stores the checkpoints' offsets that are ahead of the committed ones, once their partitions
+/// are assigned (assigning resets the store). A checkpoint covers acknowledged outputs, but its
+/// writer may have died before committing: with nothing new to read, the group would show that
+/// lag for ever. Stored, they go with the next automatic commit.
+pub(super) fn store_ahead(base: &BaseConsumer<GroupContext>, ahead: &TopicPartitionList) {
+    if ahead.count() > 0 {
+        if let Err(e) = base.store_offsets(ahead) {
+            tracing::warn!(error = %e, "storing the checkpoints' offsets");
         }
     }
 }
@@ -209,12 +215,12 @@ impl GroupContext {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            // Asked of the broker, not librdkafka's cached value: that one is as old as this
-            // consumer's last fetch of the partition, which may be from before it was last
-            // taken away, and a lane that looks caught up holds nothing back (see `Merger`).
             if let Some(c) = from_checkpoint.filter(|c| from_commit.is_none_or(|k| *c > k)) {
                 let _ = ahead.add_partition_offset(&topic, p, Offset::Offset(c));
             }
+            // Asked of the broker, not librdkafka's cached value: that one is as old as this
+            // consumer's last fetch of the partition, which may be from before it was last
+            // taken away, and a lane that looks caught up holds nothing back (see `Merger`).
             let marks = base.fetch_watermarks(&topic, p, timeout).ok();
             if let Some((_, high)) = marks {
                 highs.insert((topic.clone(), p), high);
