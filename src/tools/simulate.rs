@@ -379,15 +379,16 @@ struct Racing {
 }
 
 impl Racing {
-    /// A reading out of range at `t`; from the second on, the promised deadline.
-    fn read(&mut self, t: Millis) -> Option<Millis> {
-        match self.first {
-            None => {
-                self.first = Some(t);
-                None
-            }
-            Some(first) => Some((first + self.sustained).max(t) + DRIFT),
-        }
+    /// A reading out of range at `t` of a racing heart that lasts until `until`; from the
+    /// second on, the promised deadline and whether the rule can see it: readings out of range
+    /// for `sustained`, so the heart must still race when that much has passed since the first.
+    fn read(&mut self, t: Millis, until: Millis) -> Option<(Millis, bool)> {
+        let Some(first) = self.first else {
+            self.first = Some(t);
+            return None;
+        };
+        let due = first + self.sustained;
+        Some((due.max(t) + DRIFT, t >= due || until > due))
     }
 
     /// Settled at `t` with no second reading: the deadline, and whether readings still to
@@ -1171,10 +1172,10 @@ impl<'a> Simulator<'a> {
     /// A reading of the racing heart sent at `t`: the second one settles the rule's promise.
     fn racing_read(&mut self, h: &mut Home, t: Millis) {
         let Some(r) = h.racing.as_mut() else { return };
-        if let Some(deadline) = r.read(t) {
+        if let Some((deadline, seen)) = r.read(t, h.tachycardia_until) {
             let at = r.at;
             h.racing = None;
-            self.injected(h, IncidentKind::Tachycardia, at, deadline, true);
+            self.injected(h, IncidentKind::Tachycardia, at, deadline, seen);
         }
     }
 
@@ -1332,22 +1333,41 @@ mod tests {
             sustained: 10 * MIN,
             first: None,
         };
+        let until = at + 20 * MIN;
         // Read on the watch every five minutes: ten minutes after the first reading.
         let mut r = racing();
-        assert_eq!(r.read(at + 4 * MIN), None);
-        assert_eq!(r.read(at + 9 * MIN), Some(at + 14 * MIN + DRIFT));
+        assert_eq!(r.read(at + 4 * MIN, until), None);
+        assert_eq!(
+            r.read(at + 9 * MIN, until),
+            Some((at + 14 * MIN + DRIFT, true))
+        );
         // The elder lies down for a nap before the watch's first reading: the mattress's
         // first reading, minutes on, starts the ten.
         let mut r = racing();
-        assert_eq!(r.read(at + 8 * MIN), None);
-        assert_eq!(r.read(at + 13 * MIN), Some(at + 18 * MIN + DRIFT));
+        assert_eq!(r.read(at + 8 * MIN, until), None);
+        assert_eq!(
+            r.read(at + 13 * MIN, until),
+            Some((at + 18 * MIN + DRIFT, true))
+        );
         // A second reading only after the ten minutes: the rule decides at that reading.
         let mut r = racing();
-        r.read(at + MIN);
-        assert_eq!(r.read(at + 16 * MIN), Some(at + 16 * MIN + DRIFT));
+        r.read(at + MIN, until);
+        assert_eq!(
+            r.read(at + 16 * MIN, until),
+            Some((at + 16 * MIN + DRIFT, true))
+        );
+        // The mattress's first reading 14 minutes in: two readings out of range, but the heart
+        // is back in range before ten minutes have passed since the first; nothing shows it
+        // sustained (the next reading, in range, lands on the deadline itself).
+        let mut r = racing();
+        r.read(at + 14 * MIN, until);
+        assert_eq!(
+            r.read(at + 19 * MIN, until),
+            Some((at + 24 * MIN + DRIFT, false))
+        );
         // One reading, then out of the house until it is over: nothing could show it.
         let mut r = racing();
-        r.read(at + MIN);
+        r.read(at + MIN, until);
         assert!(!r.unsettled(at + 20 * MIN, true).1);
         // The run ends with the condition still on: pending, past the run's end.
         let (deadline, seen) = racing().unsettled(at + 3 * MIN, false);

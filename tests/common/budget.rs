@@ -43,7 +43,17 @@ pub fn run(broker: &Broker, b: &Budget) -> (serde_json::Value, f64) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let start = now - span - HOUR;
+    // The city's phase of day follows the wall clock; a failing run is replayed with its start.
+    let start = match std::env::var("CARESTREAM_BUDGET_START_MS") {
+        Ok(ms) => ms
+            .parse()
+            .expect("CARESTREAM_BUDGET_START_MS: milliseconds"),
+        Err(_) => now - span - HOUR,
+    };
+    eprintln!(
+        "budget: seed {} start {start} (CARESTREAM_BUDGET_START_MS replays it)",
+        b.seed
+    );
     let speed = span as f64 / 1000.0 / b.wall_secs as f64;
     let sim = Command::new(bin)
         .args(["simulate", "--households", &b.households.to_string()])
