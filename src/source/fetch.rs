@@ -137,38 +137,40 @@ fn fetch(consumer: Arc<GroupConsumer>, stop: &AtomicBool, max: usize, wait: Dura
         merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
     }
     while !stop.load(Ordering::Relaxed) {
-        let polled = consumer.poll(Duration::from_millis(if merger.buffered > 0 {
-            5
-        } else {
-            20
-        }));
-        if ctx.rebalanced.swap(false, Ordering::Relaxed) {
-            let paused = merger.clear();
-            ctx.metrics.order_wait.reset();
-            if let Ok(a) = consumer.assignment() {
-                merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
-                let mut again = TopicPartitionList::new();
-                for (p, t) in paused {
-                    if a.find_partition(&index[t], p).is_some() {
-                        again.add_partition(&index[t], p);
+        let mut timeout = Duration::from_millis(if merger.buffered > 0 { 5 } else { 20 });
+        // What librdkafka already holds is drained in one turn: a turn per record would hand
+        // the pipeline one-record chunks, a thread wake-up each.
+        for _ in 0..max {
+            let polled = consumer.poll(timeout);
+            timeout = Duration::ZERO;
+            if ctx.rebalanced.swap(false, Ordering::Relaxed) {
+                let paused = merger.clear();
+                ctx.metrics.order_wait.reset();
+                if let Ok(a) = consumer.assignment() {
+                    merger.expect(&a, &index, &ctx.starts.lock().expect("not poisoned"));
+                    let mut again = TopicPartitionList::new();
+                    for (p, t) in paused {
+                        if a.find_partition(&index[t], p).is_some() {
+                            again.add_partition(&index[t], p);
+                        }
                     }
-                }
-                if again.count() > 0 {
-                    if let Err(e) = consumer.resume(&again) {
-                        tracing::error!(error = %e, "resuming partitions paused before the rebalance");
+                    if again.count() > 0 {
+                        if let Err(e) = consumer.resume(&again) {
+                            tracing::error!(error = %e, "resuming partitions paused before the rebalance");
+                        }
                     }
                 }
             }
-        }
-        match polled {
-            Some(Ok(m)) => {
-                if let Some(i) = index.iter().position(|n| n == m.topic()) {
-                    merger.push(i, m);
-                    fetched += 1;
+            match polled {
+                Some(Ok(m)) => {
+                    if let Some(i) = index.iter().position(|n| n == m.topic()) {
+                        merger.push(i, m);
+                        fetched += 1;
+                    }
                 }
+                Some(Err(e)) => ConsumeFailed { error: &e }.emit(&ctx.metrics),
+                None => break,
             }
-            Some(Err(e)) => ConsumeFailed { error: &e }.emit(&ctx.metrics),
-            None => {}
         }
         let mut full = false;
         while let Some((i, m, polled)) = merger.pop() {
