@@ -383,7 +383,12 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
         common::metric(&p.get("/metrics").1, "carestream_suppressed_repeats_total").unwrap_or(0.0)
     };
     let mut produced = BACKLOG;
-    for (k, rate) in [(ours / 2.0).max(100.0), 1_000.0].into_iter().enumerate() {
+    // `CARESTREAM_LIVE_RATE` sets the first phase's rate, to compare builds at the same load.
+    let first = std::env::var("CARESTREAM_LIVE_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or((ours / 2.0).max(100.0));
+    for (k, rate) in [first, 1_000.0].into_iter().enumerate() {
         let before = repeats(&proc);
         let waited = catch_up(&proc, produced, Duration::from_secs(300));
         println!(

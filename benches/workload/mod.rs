@@ -235,9 +235,11 @@ fn household_of(i: &Input) -> Option<&str> {
 }
 
 pub fn partition_of(i: &Input) -> i32 {
-    let Some(id) = household_of(i) else {
-        return 0;
-    };
+    household_of(i).map_or(0, partition_of_id)
+}
+
+/// The partition (of 8) of a household's records.
+pub fn partition_of_id(id: &str) -> i32 {
     (id.bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
         % 8) as i32

@@ -1,0 +1,164 @@
+//! Engine workers in process: the hot path (decode + engine + encode, `workload::hot_path`)
+//! with the city's 8 partitions split over 1 and 2 threads, each thread an engine of its own
+//! that holds only its partitions' households (the registry split by partition, not copied).
+//! Each round times every thread through its share of the next 500 000 events (wall clock,
+//! first start to last finish); the engines keep their state from round to round. Reported:
+//! events a second over all threads, per round and the median, and the ratio of 2 threads to 1.
+//! Not a timing bench for CI: run it by hand,
+//!
+//!     cargo bench --bench workers
+//!
+//! The pipeline does not run workers yet: this is the engine split's own scaling on the
+//! machine, what an instance's workers could reach at most.
+
+mod workload;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carestream::codec::Codec;
+use carestream::engine::{Engine, Meta};
+use carestream::model::*;
+use carestream::rules::RuleSet;
+use carestream::tools::simulate::household;
+
+const ROUND: usize = 500_000;
+
+/// The city and the warm-up: full size for the bench, small in `cargo test --benches`.
+struct Size {
+    households: usize,
+    warm_events: usize,
+}
+
+struct Worker {
+    engine: Engine,
+    wire: Vec<workload::Wire>,
+    inputs: Vec<Input>,
+    at: usize,
+}
+
+/// `n` workers, worker `w` owning the partitions `p % n == w`, each warmed on its share of
+/// the warm-up stream and given its share of `stream`.
+fn workers(
+    n: usize,
+    size: &Size,
+    rules: &Arc<RuleSet>,
+    codec: &Codec,
+    stream: &[Input],
+) -> Vec<Worker> {
+    let start = workload::T0 - (size.warm_events * 1000 / workload::RATE) as Millis;
+    let warm = workload::stream(size.households, size.warm_events, start, workload::RATE, 1);
+    (0..n as i32)
+        .map(|w| {
+            let mine = |i: &Input| workload::partition_of(i) % n as i32 == w;
+            let mut engine = Engine::new(rules.clone());
+            for i in 0..size.households {
+                let p = household(i, 1);
+                // The registry record goes to the worker of the household's partition.
+                let partition = workload::partition_of_id(&p.household_id);
+                if partition % n as i32 != w {
+                    continue;
+                }
+                let registered = Input::Household {
+                    household_id: p.household_id.clone(),
+                    profile: Some(p),
+                };
+                let meta = Meta {
+                    partition,
+                    arrival: workload::T0,
+                };
+                engine.process(&registered, meta, &mut Vec::new()).unwrap();
+            }
+            let warm: Vec<Input> = warm.iter().filter(|i| mine(i)).cloned().collect();
+            workload::run(&mut engine, &warm, &mut Vec::new());
+            let inputs: Vec<Input> = stream.iter().filter(|i| mine(i)).cloned().collect();
+            Worker {
+                engine,
+                wire: workload::encode(codec, &inputs),
+                inputs,
+                at: 0,
+            }
+        })
+        .collect()
+}
+
+/// One round: every worker through its share of the next `ROUND` events, on threads of their
+/// own; returns the events and the wall time.
+fn round(workers: &mut [Worker], codec: &Codec) -> (usize, Duration) {
+    let n = workers.len();
+    let start = Instant::now();
+    let done: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .map(|w| {
+                s.spawn(move || {
+                    let share = (ROUND / n).min(w.inputs.len() - w.at);
+                    let range = w.at..w.at + share;
+                    let mut out = Vec::new();
+                    workload::hot_path(
+                        codec,
+                        &mut w.engine,
+                        &w.wire[range.clone()],
+                        &w.inputs[range],
+                        &mut out,
+                    );
+                    w.at += share;
+                    share
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    (done, start.elapsed())
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    // `cargo test --benches` runs every bench once in test mode: one short round.
+    let (rounds, size) = if bench {
+        let size = Size {
+            households: 100_000,
+            warm_events: workload::WARM_EVENTS,
+        };
+        (5, size)
+    } else {
+        let size = Size {
+            households: 2_000,
+            warm_events: 20_000,
+        };
+        (1, size)
+    };
+    let events = if bench {
+        ROUND * rounds + ROUND / 10
+    } else {
+        20_000
+    };
+    let rules = workload::rules();
+    let codec = workload::codec();
+    let stream = workload::stream(size.households, events, workload::T0, workload::RATE, 2);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "{} households, 8 partitions, {cores} cores available",
+        size.households
+    );
+    let mut medians = Vec::new();
+    for n in [1, 2] {
+        let mut ws = workers(n, &size, &rules, &codec, &stream);
+        let shares: Vec<usize> = ws.iter().map(|w| w.inputs.len()).collect();
+        let mut rates = Vec::new();
+        for _ in 0..rounds {
+            let (done, took) = round(&mut ws, &codec);
+            assert!(done > 0, "a round did no work");
+            rates.push(done as f64 / took.as_secs_f64());
+        }
+        let shown: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        println!(
+            "{n} worker(s) (events per worker {shares:?}): {} events/s per round, median {median:.0}",
+            shown.join(" ")
+        );
+        medians.push(median);
+    }
+    println!("2 workers / 1: {:.2}", medians[1] / medians[0]);
+}
