@@ -21,6 +21,9 @@ pub struct Injected {
     /// Some device could see it (false: a racing heart with no watch worn and nobody on
     /// the mattress); unobservable incidents are counted apart, neither caught nor missed.
     pub observable: bool,
+    /// When the condition ended (a collapse lasts hours; an alarm is over at once): a rule
+    /// looking back a day may still see it then.
+    pub until: Millis,
 }
 
 /// The simulator's output: injected incidents, and the city's size, start and simulated time.
@@ -39,6 +42,9 @@ pub fn read_log(text: &str) -> (Vec<Injected>, Option<(usize, Millis, Millis)>) 
                 at: i["at"].as_i64().unwrap_or_default(),
                 deadline: i["deadline"].as_i64().unwrap_or_default(),
                 observable: i["observable"].as_bool().unwrap_or(true),
+                until: i["until"]
+                    .as_i64()
+                    .unwrap_or_else(|| i["at"].as_i64().unwrap_or_default()),
             });
         } else if let Some(s) = v.get("simulated") {
             size = Some((
@@ -142,11 +148,12 @@ pub fn score(
                     && t.emitted_at >= inc.at - 60_000
             })
             .min_by_key(|(_, t)| t.emitted_at);
-        // Every task about the elder in the day after the onset is explained by it.
+        // Every task about the elder from the onset to a day after the condition ended is
+        // explained by it (water_silence looks back 24 h: a collapse leaves a dry day behind).
         for (i, t) in calls.iter().enumerate() {
             if t.household_id == inc.household_id
                 && t.emitted_at >= inc.at - 60_000
-                && t.emitted_at <= inc.at + 24 * 3_600_000
+                && t.emitted_at <= inc.until.max(inc.at) + 24 * 3_600_000
             {
                 used[i] = true;
             }
@@ -328,5 +335,38 @@ not json
             vec!["b COLLAPSE at 1000: 4 s past its promise".to_string()]
         );
         assert_eq!(card.operational_tasks["device_silence"], 1);
+    }
+
+    #[test]
+    fn a_task_looking_back_over_a_long_condition_is_explained_by_it() {
+        const H: Millis = 3_600_000;
+        // A collapse of 20 h: the water meter's daily report 27 h after the onset sees a dry
+        // day that the collapse made; one a day after that, with the elder back on their feet,
+        // is a false alarm.
+        let log = format!(
+            r#"{{"injected":{{"household_id":"g","kind":"COLLAPSE","rule":"no_movement","at":{},"deadline":{},"until":{}}}}}"#,
+            H,
+            12 * H,
+            21 * H
+        );
+        let (injected, _) = read_log(&log);
+        assert_eq!(injected[0].until, 21 * H);
+        let tasks = vec![
+            task("g", "no_movement", Action::CALL_ELDER, 0, 11 * H),
+            task("g", "water_silence", Action::CALL_ELDER, 0, 28 * H),
+            task("g", "water_silence", Action::CALL_ELDER, 0, 52 * H),
+        ];
+        let card = score(&injected, &tasks, 1, 0, 72 * H, &BTreeMap::new());
+        assert_eq!((card.caught_in_time, card.false_tasks), (1, 1));
+        assert_eq!(
+            card.false_examples,
+            vec![format!("g water_silence at {}", 52 * H)]
+        );
+        // Without `until` (an older log), a day from the onset: both dry days are false.
+        let (mut old, _) = read_log(&log.replace(&format!(r#","until":{}"#, 21 * H), ""));
+        assert_eq!(old[0].until, H);
+        old[0].until = H;
+        let card = score(&old, &tasks, 1, 0, 72 * H, &BTreeMap::new());
+        assert_eq!(card.false_tasks, 2);
     }
 }

@@ -1155,6 +1155,17 @@ impl<'a> Simulator<'a> {
 
     fn injected(&mut self, h: &Home, kind: IncidentKind, at: Millis, deadline: Millis, seen: bool) {
         let rule = kind.expectation(&h.profile).0;
+        let until = match kind {
+            IncidentKind::Collapse => h.collapsed_until,
+            IncidentKind::Tachycardia => h.tachycardia_until,
+            _ => at,
+        };
+        // Missed doses are stamped by the pill box's clock: one running ahead stamps the task
+        // that much later.
+        let deadline = match kind {
+            IncidentKind::MissedDoses => deadline + h.skew.clamp(0, DRIFT),
+            _ => deadline,
+        };
         self.report.injected.push(crate::tools::score::Injected {
             household_id: h.profile.household_id.clone(),
             kind: kind.name().to_string(),
@@ -1162,10 +1173,11 @@ impl<'a> Simulator<'a> {
             at,
             deadline,
             observable: seen,
+            until,
         });
         println!(
             "{}",
-            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": deadline, "observable": seen}})
+            serde_json::json!({"injected": {"household_id": h.profile.household_id, "kind": kind.name(), "rule": rule, "at": at, "deadline": deadline, "observable": seen, "until": until}})
         );
     }
 
