@@ -384,10 +384,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     };
     let mut produced = BACKLOG;
     // `CARESTREAM_LIVE_RATE` sets the first phase's rate, to compare builds at the same load.
-    let first = std::env::var("CARESTREAM_LIVE_RATE")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or((ours / 2.0).max(100.0));
+    let first = live_rate().unwrap_or((ours / 2.0).max(100.0));
     for (k, rate) in [first, 1_000.0].into_iter().enumerate() {
         let before = repeats(&proc);
         let waited = catch_up(&proc, produced, Duration::from_secs(300));
@@ -871,10 +868,14 @@ fn broker_transit(bootstrap: &str, topic: &str, stop: &std::sync::atomic::Atomic
 /// The rate of a 50 % live phase where the run does not measure it first:
 /// `CARESTREAM_LIVE_RATE`, else half the backlog rate of the session-9 run (BENCHMARKS.md).
 fn half_rate() -> f64 {
+    live_rate().unwrap_or(38_587.0)
+}
+
+/// `CARESTREAM_LIVE_RATE`, when set: the rate of the 50 % live phase.
+fn live_rate() -> Option<f64> {
     std::env::var("CARESTREAM_LIVE_RATE")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(38_587.0)
 }
 
 /// The broker's floor: the same live production and consume-only reader as the main

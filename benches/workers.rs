@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carestream::codec::Codec;
-use carestream::engine::{Engine, Meta};
+use carestream::engine::Engine;
 use carestream::model::*;
 use carestream::rules::RuleSet;
-use carestream::tools::simulate::household;
 
 const ROUND: usize = 500_000;
 
@@ -51,24 +50,10 @@ fn workers(
     (0..n as i32)
         .map(|w| {
             let mine = |i: &Input| workload::partition_of(i) % n as i32 == w;
-            let mut engine = Engine::new(rules.clone());
-            for i in 0..size.households {
-                let p = household(i, 1);
-                // The registry record goes to the worker of the household's partition.
-                let partition = workload::partition_of_id(&p.household_id);
-                if partition % n as i32 != w {
-                    continue;
-                }
-                let registered = Input::Household {
-                    household_id: p.household_id.clone(),
-                    profile: Some(p),
-                };
-                let meta = Meta {
-                    partition,
-                    arrival: workload::T0,
-                };
-                engine.process(&registered, meta, &mut Vec::new()).unwrap();
-            }
+            // The registry goes to the worker of each household's partition.
+            let mut engine = workload::engine_where(rules, size.households, |id| {
+                workload::partition_of_id(id) % n as i32 == w
+            });
             let warm: Vec<Input> = warm.iter().filter(|i| mine(i)).cloned().collect();
             workload::run(&mut engine, &warm, &mut Vec::new());
             let inputs: Vec<Input> = stream.iter().filter(|i| mine(i)).cloned().collect();

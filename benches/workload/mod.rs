@@ -40,9 +40,21 @@ pub fn rules() -> Arc<RuleSet> {
 
 /// An engine with `households` registered and nothing else.
 pub fn engine(rules: &Arc<RuleSet>, households: usize) -> Engine {
+    engine_where(rules, households, |_| true)
+}
+
+/// An engine with those of `households` whose id `keep` accepts registered.
+pub fn engine_where(
+    rules: &Arc<RuleSet>,
+    households: usize,
+    keep: impl Fn(&str) -> bool,
+) -> Engine {
     let mut engine = Engine::new(rules.clone());
     for i in 0..households {
         let p = household(i, 1);
+        if !keep(&p.household_id) {
+            continue;
+        }
         engine
             .process(
                 &Input::Household {

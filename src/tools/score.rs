@@ -363,9 +363,8 @@ not json
             vec![format!("g water_silence at {}", 52 * H)]
         );
         // Without `until` (an older log), a day from the onset: both dry days are false.
-        let (mut old, _) = read_log(&log.replace(&format!(r#","until":{}"#, 21 * H), ""));
+        let (old, _) = read_log(&log.replace(&format!(r#","until":{}"#, 21 * H), ""));
         assert_eq!(old[0].until, H);
-        old[0].until = H;
         let card = score(&old, &tasks, 1, 0, 72 * H, &BTreeMap::new());
         assert_eq!(card.false_tasks, 2);
     }
