@@ -8,8 +8,8 @@
 //!
 //!     cargo bench --bench workers
 //!
-//! The pipeline does not run workers yet: this is the engine split's own scaling on the
-//! machine, what an instance's workers could reach at most.
+//! The pipeline's workers (`pipeline.workers`, src/pipeline/workers.rs) split the same way;
+//! this is the split's own scaling on the machine, without Kafka, what they reach at most.
 
 mod workload;
 

@@ -138,6 +138,10 @@ pub struct PipelineConfig {
     /// shutdown). Checkpoints then come with every commit and `checkpoint_interval_ms` is
     /// not used.
     pub commit_interval_ms: u64,
+    /// Engine workers: threads that each own the partitions `p % workers` with their state,
+    /// timers and clocks, and their share of the registry. 0 (the default): the cores
+    /// available, never more than the input topics' partitions.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -257,6 +261,7 @@ impl Default for PipelineConfig {
             stuck_after_ms: 60_000,
             delivery: Delivery::AtLeastOnce,
             commit_interval_ms: 500,
+            workers: 0,
         }
     }
 }
@@ -417,6 +422,9 @@ impl Config {
         }
         if self.pipeline.batch_max_records == 0 || self.pipeline.batch_max_records > 100_000 {
             problems.push("pipeline.batch_max_records must be 1..=100000".to_string());
+        }
+        if self.pipeline.workers > 64 {
+            problems.push("pipeline.workers must be 0 (the cores) ..= 64".to_string());
         }
         if self.pipeline.delivery == Delivery::ExactlyOnce {
             if !(50..=60_000).contains(&self.pipeline.commit_interval_ms) {

@@ -466,6 +466,19 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// The household of an event that needs its registry entry (sensor events, heartbeats,
+    /// check-ins).
+    pub fn event_household(&self) -> Option<&str> {
+        match self {
+            Input::Sensor(e) => Some(&e.household_id),
+            Input::Heartbeat(h) => Some(&h.household_id),
+            Input::CheckIn(c) => Some(&c.household_id),
+            _ => None,
+        }
+    }
+}
+
 /// The key of a `care.area-signals` record: a home's silence (`m:` and the household id) or
 /// an area's grouped incident (`a:` and the area).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

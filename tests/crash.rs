@@ -110,15 +110,17 @@ fn variant_of(env: &[(String, String)], suffix: &str) -> (Config, Vec<(String, S
     (Config::load(None, env.clone()).unwrap(), env)
 }
 
-/// Instance `i` of `n` of the same group: its own HTTP port and, with a static assignment,
-/// every `n`-th partition from `i`.
+/// Instance `i` of `n` of the same group: its own HTTP port, `workers` engine workers and,
+/// with a static assignment, every `n`-th partition from `i`.
 fn instance_env(
     env: &[(String, String)],
     i: usize,
     n: usize,
     fixed: bool,
+    workers: usize,
 ) -> Vec<(String, String)> {
     let mut env = env.to_vec();
+    env.push(("CARESTREAM_PIPELINE__WORKERS".into(), workers.to_string()));
     for (k, v) in env.iter_mut() {
         if k == "CARESTREAM_HTTP__LISTEN" {
             *v = format!("127.0.0.1:{}", common::free_port());
@@ -326,15 +328,24 @@ enum BrokerFault {
 /// Runs `instances` processors against a simulated city, stopping one at random moments
 /// `rounds` times and starting it again (with a broker fault halfway, when asked), then
 /// the reference, and compares. `fixed`: a static assignment instead of the group's.
+/// The group's members: how many, and the engine workers of member `i`, `workers[i % len]`
+/// (the reference runs one).
+struct Members<'a> {
+    count: usize,
+    workers: &'a [usize],
+}
+
 fn crash_run(
     tag: &str,
-    instances: usize,
+    members: Members<'_>,
     rounds: usize,
     stop: Stop,
     fixed: bool,
     fault: BrokerFault,
     delivery: &str,
 ) {
+    let instances = members.count;
+    let workers_of = |i: usize| members.workers[i % members.workers.len()];
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new();
     let (mut broker, replication) = match fault {
@@ -355,7 +366,7 @@ fn crash_run(
     let mut sim = simulator(&env, sim_secs);
     let started = Instant::now();
     let mut procs: Vec<common::Processor> = (0..instances)
-        .map(|i| common::Processor::start(&instance_env(&env, i, instances, fixed)))
+        .map(|i| common::Processor::start(&instance_env(&env, i, instances, fixed, workers_of(i))))
         .collect();
     for p in procs.iter_mut() {
         p.wait_ready(Duration::from_secs(60));
@@ -420,7 +431,13 @@ fn crash_run(
             }
         }
         std::thread::sleep(rng.millis(500, 4_000));
-        procs[victim] = common::Processor::start(&instance_env(&env, victim, instances, fixed));
+        procs[victim] = common::Processor::start(&instance_env(
+            &env,
+            victim,
+            instances,
+            fixed,
+            workers_of(victim),
+        ));
         procs[victim].wait_ready(Duration::from_secs(90));
     }
     let status = sim.wait().unwrap();
@@ -446,7 +463,8 @@ fn crash_run(
         );
     }
 
-    let (ref_config, ref_env) = reference_of(&env);
+    let (ref_config, mut ref_env) = reference_of(&env);
+    ref_env.push(("CARESTREAM_PIPELINE__WORKERS".into(), "1".into()));
     rt.block_on(carestream::admin::create_topics(
         &ref_config,
         PARTITIONS,
@@ -586,7 +604,10 @@ fn three_instances_killed_at_random_and_a_broker_restart_lose_no_task() {
     let fixed = common::BrokerKind::from_env() == common::BrokerKind::Tansu;
     crash_run(
         "crash3",
-        3,
+        Members {
+            count: 3,
+            workers: &[2],
+        },
         4,
         Stop::Kill,
         fixed,
@@ -603,7 +624,10 @@ fn three_instances_killed_at_random_on_a_three_broker_cluster_losing_a_broker_lo
     }
     crash_run(
         "cluster3",
-        3,
+        Members {
+            count: 3,
+            workers: &[2],
+        },
         4,
         Stop::Kill,
         false,
@@ -613,12 +637,33 @@ fn three_instances_killed_at_random_on_a_three_broker_cluster_losing_a_broker_lo
 }
 
 #[test]
+fn three_one_worker_instances_killed_at_random_lose_no_task() {
+    let fixed = common::BrokerKind::from_env() == common::BrokerKind::Tansu;
+    crash_run(
+        "crash1w",
+        Members {
+            count: 3,
+            workers: &[1],
+        },
+        3,
+        Stop::Kill,
+        fixed,
+        BrokerFault::None,
+        "at_least_once",
+    );
+}
+
+#[test]
 fn two_group_members_leaving_and_rejoining_lose_no_task() {
     // Partitions move through the group: the leaver checkpoints on revocation, the other
-    // member restores them, and back again when it rejoins.
+    // member restores them, and back again when it rejoins. One member runs one engine
+    // worker, the other two: partitions move between both kinds.
     crash_run(
         "leave2",
-        2,
+        Members {
+            count: 2,
+            workers: &[1, 2],
+        },
         3,
         Stop::Leave,
         false,
@@ -637,7 +682,10 @@ fn exactly_once_three_instances_killed_at_random_a_read_committed_desk_sees_each
     // leaves the open one to be aborted by the instance's restart under the same id.
     crash_run(
         "eos3",
-        3,
+        Members {
+            count: 3,
+            workers: &[2],
+        },
         4,
         Stop::Kill,
         false,

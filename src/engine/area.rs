@@ -37,6 +37,9 @@ pub(crate) struct Areas {
     out: Vec<(AreaKey, Option<AreaSignal>)>,
     /// Registered homes per area, counted when first needed after a registry change.
     sizes: HashMap<String, usize>,
+    /// The sizes are set from outside (`Engine::set_area_sizes`): this engine holds only part
+    /// of the registry (one of an instance's workers), so its own count would be short.
+    sizes_given: bool,
     /// Partitions whose state a table record changed (an area's incident opened or closed
     /// there): the caller checkpoints them, as it does partitions that read a record.
     touched: Vec<i32>,
@@ -52,7 +55,9 @@ impl Areas {
 
     /// The registry changed: areas are counted again when needed.
     pub fn registry_changed(&mut self) {
-        self.sizes.clear();
+        if !self.sizes_given {
+            self.sizes.clear();
+        }
     }
 }
 
@@ -155,6 +160,31 @@ impl Engine {
         }
     }
 
+    /// Registered homes per area among the households held here.
+    pub fn area_counts(&self) -> HashMap<String, usize> {
+        let r = &self.rules.area;
+        let mut counts = HashMap::new();
+        for p in self.slots.iter().filter_map(|h| h.profile.as_deref()) {
+            *counts.entry(r.area_of(p).to_string()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The registered homes of every area, counted over all of an instance's workers: this
+    /// engine holds only its share of the registry.
+    pub fn set_area_sizes(&mut self, sizes: HashMap<String, usize>) {
+        self.areas.sizes = sizes;
+        self.areas.sizes_given = true;
+    }
+
+    /// Where an area is, learnt from a reported home's registry entry held by another worker.
+    pub fn hint_area_place(&mut self, area: &str, place: (String, String, String)) {
+        let a = self.areas.by_area.entry(area.to_string()).or_default();
+        if a.place.2.is_empty() {
+            a.place = place;
+        }
+    }
+
     /// Until [`Engine::areas_caught_up`], no area's incident opens or closes here.
     pub fn areas_wait_for_table(&mut self) {
         self.areas.live = false;
@@ -212,6 +242,9 @@ impl Engine {
     fn area_size(&mut self, area: &str) -> usize {
         if let Some(n) = self.areas.sizes.get(area) {
             return *n;
+        }
+        if self.areas.sizes_given {
+            return 0;
         }
         let r = &self.rules.area;
         let n = self

@@ -137,6 +137,38 @@ pub struct EngineStats {
     pub area_incidents: u64,
 }
 
+/// The counters of several engines (an instance's workers) together.
+impl std::ops::AddAssign for EngineStats {
+    fn add_assign(&mut self, o: EngineStats) {
+        self.duplicate_events += o.duplicate_events;
+        self.suppressed_repeats += o.suppressed_repeats;
+        self.clock_skew_clamped += o.clock_skew_clamped;
+        self.unknown_household_alarms += o.unknown_household_alarms;
+        self.stale_incidents += o.stale_incidents;
+        self.late_events += o.late_events;
+        self.late_dropped += o.late_dropped;
+        self.late_out_of_order += o.late_out_of_order;
+        self.incidents_opened += o.incidents_opened;
+        self.auto_resolved += o.auto_resolved;
+        self.timers_fired += o.timers_fired;
+        self.timezone_fallbacks += o.timezone_fallbacks;
+        self.profile_fields_repaired += o.profile_fields_repaired;
+        self.households_forgotten += o.households_forgotten;
+        self.partitioner_mismatches += o.partitioner_mismatches;
+        self.flaps_absorbed += o.flaps_absorbed;
+        self.suppressed_by_window += o.suppressed_by_window;
+        for (a, b) in self.escalations.iter_mut().zip(o.escalations) {
+            *a += b;
+        }
+        self.weather_updates += o.weather_updates;
+        self.welfare_calls += o.welfare_calls;
+        self.reopen_refused += o.reopen_refused;
+        self.area_homes_reported += o.area_homes_reported;
+        self.area_homes_released += o.area_homes_released;
+        self.area_incidents += o.area_incidents;
+    }
+}
+
 /// Where an open task lives, for the desk's updates.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskRef {
@@ -479,6 +511,22 @@ impl Engine {
     fn known(&self, household_id: &str) -> Option<u32> {
         self.lookup(household_id)
             .filter(|s| self.slot(*s).profile.is_some())
+    }
+
+    /// Whether the registry entry of `household_id` is held here.
+    pub fn knows(&self, household_id: &str) -> bool {
+        self.known(household_id).is_some()
+    }
+
+    /// The registry entry of `household_id`, if held here.
+    pub fn profile_of(&self, household_id: &str) -> Option<HouseholdProfile> {
+        let h = self.slot(self.known(household_id)?);
+        h.profile.as_deref().cloned()
+    }
+
+    /// District, street and community of a registered household.
+    pub fn place_of(&self, household_id: &str) -> Option<(String, String, String)> {
+        self.known(household_id).map(|s| self.place(self.slot(s)))
     }
 
     fn slot_for(&mut self, household_id: &str) -> u32 {

@@ -27,6 +27,7 @@ impl Processor {
         batch: &mut Batch,
         hard_stop: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        self.gather(batch);
         if batch.count == 0 && batch.records.is_empty() {
             return Ok(());
         }
@@ -149,7 +150,9 @@ impl Processor {
             for (topic, next) in &pos.next {
                 offsets.add_partition_offset(topic, *p, Offset::Offset(*next))?;
             }
-            let snapshot = self.engine.snapshot(*p);
+            let snapshot = self.workers[self.router.of_partition(*p)]
+                .engine
+                .snapshot(*p);
             let written = tokio::select! {
                 w = writer.write(self.sink.producer(), &snapshot, pos.next.clone(), wall_millis()) => w,
                 _ = wait_true(hard_stop) => anyhow::bail!("shutdown deadline passed with a transaction open"),
@@ -243,7 +246,7 @@ impl Processor {
             tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
             return;
         }
-        let snapshot = self.engine.snapshot(p);
+        let snapshot = self.engine_of(p).snapshot(p);
         let Some(writer) = self.writer.as_mut() else {
             return;
         };

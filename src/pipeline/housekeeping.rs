@@ -49,27 +49,22 @@ impl Processor {
     /// changed rules, forget stale households.
     pub(super) fn housekeeping(&mut self, batch: &mut Batch) {
         let now = Instant::now();
-        let idle = Duration::from_millis(self.engine.rules().idle_timeout.max(0) as u64);
+        let idle = Duration::from_millis(self.workers[0].engine.rules().idle_timeout.max(0) as u64);
         if now.duration_since(self.housekeeping.ticked) >= Duration::from_secs(1) {
             self.housekeeping.ticked = now;
             let wall = wall_millis();
-            for p in self.engine.partitions() {
-                if let Some(wm) = self.engine.watermark(p) {
-                    let delay = (wall - wm) as f64 / 1000.0;
-                    self.metrics
-                        .watermark_delay
-                        .with_label_values(&[&p.to_string()])
-                        .set(delay);
+            for w in &self.workers {
+                for p in w.engine.partitions() {
+                    if let Some(wm) = w.engine.watermark(p) {
+                        let delay = (wall - wm) as f64 / 1000.0;
+                        self.metrics
+                            .watermark_delay
+                            .with_label_values(&[&p.to_string()])
+                            .set(delay);
+                    }
                 }
             }
-            self.metrics.districts(self.engine.district_counts());
-            self.metrics.engine_stats(
-                self.engine.stats(),
-                self.engine.household_count(),
-                self.engine.open_incidents(),
-            );
-            self.metrics
-                .engine_sizes(self.engine.queued(), self.engine.state_bytes());
+            self.report_engines();
             let stuck = self
                 .in_flight
                 .iter()
@@ -77,7 +72,12 @@ impl Processor {
                 .and_then(|f| f.started)
                 .map_or(0.0, |s| now.duration_since(s).as_secs_f64());
             self.metrics.outputs_stuck_seconds.set(stuck);
-            for plan in self.engine.draw_visit_plans() {
+            let plans: Vec<_> = self
+                .workers
+                .iter_mut()
+                .flat_map(|w| w.engine.draw_visit_plans())
+                .collect();
+            for plan in plans {
                 match self.codec.encode_visit_plan(&plan) {
                     Ok(payload) => batch.records.push(OutRecord {
                         topic: self.config.topics.visit_plans.clone(),
@@ -93,45 +93,64 @@ impl Processor {
                     Err(e) => tracing::error!(error = %e, "a visit plan could not be encoded"),
                 }
             }
-            let acks = self.engine.take_ack_latencies();
-            self.metrics.desk(
-                self.engine.incident_views(),
-                self.engine.household_count(),
-                &acks,
-            );
-            let mut outputs = std::mem::take(&mut self.outputs);
-            for p in self.engine.partitions() {
-                // A partition whose records wait for one of its topics is not idle: its idle
-                // time starts when the wait ends.
-                let held = self
-                    .consumer
-                    .as_ref()
-                    .is_some_and(|c| c.context().holding(p));
-                if held {
-                    self.last_record.insert(p, now);
-                }
-                let quiet = !held
-                    && self
-                        .last_record
+            let acks: Vec<_> = self
+                .workers
+                .iter_mut()
+                .flat_map(|w| w.engine.take_ack_latencies())
+                .collect();
+            let views = self
+                .workers
+                .iter()
+                .flat_map(|w| w.engine.incident_views())
+                .collect();
+            let households = self
+                .workers
+                .iter()
+                .map(|w| w.engine.household_count())
+                .sum();
+            self.metrics.desk(views, households, &acks);
+            // A partition whose records wait for one of its topics is not idle: its idle
+            // time starts when the wait ends.
+            let consumer = self.consumer.clone();
+            let held = |p: i32| consumer.as_ref().is_some_and(|c| c.context().holding(p));
+            let to = wall_millis() - idle.as_millis() as i64;
+            self.count_areas();
+            // Out while the workers are borrowed with the rest.
+            let mut last_record = std::mem::take(&mut self.last_record);
+            let (env, workers) = self.parts();
+            let mut dirty = Vec::new();
+            for w in workers {
+                let mut outputs = std::mem::take(&mut w.outputs);
+                for p in w.engine.partitions() {
+                    if held(p) {
+                        last_record.insert(p, now);
+                        continue;
+                    }
+                    let quiet = last_record
                         .get(&p)
                         .is_none_or(|t| now.duration_since(*t) >= idle);
-                if quiet {
-                    let before = self.engine.watermark(p);
-                    self.engine
-                        .tick(p, wall_millis() - idle.as_millis() as i64, &mut outputs);
-                    // Time moved: timers may have fired, state changed.
-                    if self.engine.watermark(p) != before {
-                        if let Some(pos) = self.owned.get_mut(&p) {
-                            pos.dirty = true;
+                    if quiet {
+                        let before = w.engine.watermark(p);
+                        w.engine.tick(p, to, &mut outputs);
+                        // Time moved: timers may have fired, state changed.
+                        if w.engine.watermark(p) != before {
+                            dirty.push(p);
                         }
                     }
                 }
+                // Areas whose partition this instance took on since, or whose homes came back
+                // while another owned it, are judged here.
+                w.engine.judge_areas(wall_millis(), &mut outputs);
+                let _ = w.emit(&env, &mut outputs, now);
+                w.outputs = outputs;
             }
-            // Areas whose partition this instance took on since, or whose homes came back
-            // while another owned it, are judged here.
-            self.engine.judge_areas(wall_millis(), &mut outputs);
-            let _ = self.emit(&mut outputs, batch, now);
-            self.outputs = outputs;
+            self.last_record = last_record;
+            for p in dirty {
+                if let Some(pos) = self.owned.get_mut(&p) {
+                    pos.dirty = true;
+                }
+            }
+            self.gather(batch);
         }
         if now.duration_since(self.housekeeping.reload_checked) >= Duration::from_secs(5) {
             self.housekeeping.reload_checked = now;
@@ -140,7 +159,10 @@ impl Processor {
                 self.housekeeping.rules_stamp = stamp;
                 match RuleSet::load(&self.config.rules.dir) {
                     Ok(rules) => {
-                        self.engine.set_rules(Arc::new(rules));
+                        let rules = Arc::new(rules);
+                        for w in &mut self.workers {
+                            w.engine.set_rules(rules.clone());
+                        }
                         RulesReloaded.emit(&self.metrics);
                     }
                     // Keep running on the rules that worked; say exactly what is wrong.
@@ -150,7 +172,48 @@ impl Processor {
         }
         if now.duration_since(self.housekeeping.swept) >= Duration::from_secs(60) {
             self.housekeeping.swept = now;
-            self.engine.sweep(wall_millis());
+            for w in &mut self.workers {
+                w.engine.sweep(wall_millis());
+            }
         }
+    }
+}
+
+impl Processor {
+    /// The engines' counters and sizes, over all workers, to the metrics.
+    fn report_engines(&mut self) {
+        let mut stats = crate::engine::EngineStats::default();
+        let (mut households, mut open, mut queued, mut bytes) = (0, 0, 0, 0);
+        for w in &self.workers {
+            stats += w.engine.stats();
+            households += w.engine.household_count();
+            open += w.engine.open_incidents();
+            queued += w.engine.queued();
+            bytes += w.engine.state_bytes();
+        }
+        if self.workers.len() == 1 {
+            self.metrics
+                .districts(self.workers[0].engine.district_counts());
+        } else {
+            // In an order that only grows, as the metric's deltas are kept by position.
+            let mut counts: Vec<(String, u64)> =
+                self.district_order.iter().map(|d| (d.clone(), 0)).collect();
+            for w in &self.workers {
+                for (name, n) in w.engine.district_counts() {
+                    let i = match self.district_order.iter().position(|d| d == name) {
+                        Some(i) => i,
+                        None => {
+                            self.district_order.push(name.clone());
+                            counts.push((name.clone(), 0));
+                            counts.len() - 1
+                        }
+                    };
+                    counts[i].1 += n;
+                }
+            }
+            self.metrics.districts(&counts);
+        }
+        self.metrics.engine_stats(stats, households, open);
+        self.metrics.engine_sizes(queued, bytes);
     }
 }

@@ -10,6 +10,7 @@
 mod acks;
 mod housekeeping;
 mod step;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ use crate::source::{self, Fetched, RegistryMsg, RegistryReader};
 use crate::telemetry::Metrics;
 
 use housekeeping::Housekeeping;
+use step::Mode;
+use workers::{Router, Worker};
 
 /// Everything `check` validates and `run` needs before touching Kafka.
 pub struct Loaded {
@@ -121,14 +124,19 @@ struct Batch {
 pub struct Processor {
     config: Config,
     codec: Codec,
-    engine: Engine,
+    /// The engine workers, each owning the partitions the router gives it.
+    workers: Vec<Worker>,
+    router: Router,
+    /// The registered homes per area are counted over all workers since the registry changed.
+    areas_counted: bool,
+    /// The area table has been read to its end (storm control decides from then on).
+    areas_live: bool,
+    /// Districts in the order first seen over all workers (the events metric's positions).
+    district_order: Vec<String>,
     metrics: Arc<Metrics>,
     sink: Sink,
     registry: Option<RegistryClient>,
     missing_schema_ids: HashSet<u32>,
-    outputs: Vec<Output>,
-    /// The records decoded last: the next ones reuse their strings (no allocation per event).
-    scratch: crate::codec::Scratch,
     /// When each partition last delivered a record (processing time), for idle ticks.
     last_record: HashMap<i32, Instant>,
     housekeeping: Housekeeping,
@@ -141,8 +149,6 @@ pub struct Processor {
     consumer: Option<Arc<source::GroupConsumer>>,
     /// The group's input topics, by the index fetched records carry.
     topic_names: Arc<Vec<(String, InputKind)>>,
-    /// The wall clock when last read: record timestamps at or before it need no new reading.
-    wall_seen: Millis,
 }
 
 /// Batches whose outputs may be awaiting acknowledgement at once. While a backlog is read,
@@ -177,6 +183,8 @@ struct Position {
 enum Step {
     Done,
     NeedSchema(u32),
+    /// The household's registry entry is on another worker (its id is given).
+    Misplaced(String),
 }
 
 impl Processor {
@@ -210,14 +218,16 @@ impl Processor {
                 .registry_url
                 .as_deref()
                 .map(RegistryClient::new),
-            engine: Engine::new(loaded.rules),
+            workers: vec![Worker::new(0, Engine::new(loaded.rules))],
+            router: Router::new(1, None),
+            areas_counted: false,
+            areas_live: false,
+            district_order: Vec::new(),
             codec: loaded.codec,
             config,
             metrics,
             sink,
             missing_schema_ids: HashSet::new(),
-            outputs: Vec::new(),
-            scratch: Default::default(),
             last_record: HashMap::new(),
             housekeeping,
             owned: BTreeMap::new(),
@@ -225,16 +235,21 @@ impl Processor {
             in_flight: Default::default(),
             consumer: None,
             topic_names: Arc::new(Vec::new()),
-            wall_seen: Millis::MIN,
         })
     }
 
-    /// Processes a record, learning an unknown writer schema from the registry if needed.
+    /// Processes a record on worker 0 (the only one), learning an unknown writer schema from
+    /// the registry if needed.
     async fn handle(&mut self, r: RawRecord<'_>, batch: &mut Batch) {
         batch.started.get_or_insert_with(Instant::now);
         batch.count += 1;
-        while let Step::NeedSchema(id) = self.step(&r, batch) {
-            self.fetch_schema(id).await;
+        loop {
+            let (env, workers) = self.parts();
+            match workers[0].step(&env, &r, Mode::Normal) {
+                Step::NeedSchema(id) => self.fetch_schema(id).await,
+                // One worker holds the whole registry.
+                Step::Done | Step::Misplaced(_) => break,
+            }
         }
     }
 
@@ -272,10 +287,18 @@ impl Processor {
     fn apply_registry(&mut self, msg: RegistryMsg, batch: &mut Batch) -> Option<bool> {
         match msg {
             RegistryMsg::CaughtUp => {
-                let mut outputs = std::mem::take(&mut self.outputs);
-                self.engine.areas_caught_up(wall_millis(), &mut outputs);
-                let _ = self.emit(&mut outputs, batch, Instant::now());
-                self.outputs = outputs;
+                self.areas_live = true;
+                self.areas_counted = false;
+                self.count_areas();
+                let now = wall_millis();
+                let (env, workers) = self.parts();
+                for w in workers {
+                    let mut outputs = std::mem::take(&mut w.outputs);
+                    w.engine.areas_caught_up(now, &mut outputs);
+                    let _ = w.emit(&env, &mut outputs, Instant::now());
+                    w.outputs = outputs;
+                }
+                self.gather(batch);
                 Some(true)
             }
             RegistryMsg::Record {
@@ -298,13 +321,8 @@ impl Processor {
                     received: Instant::now(),
                 };
                 batch.started.get_or_insert_with(Instant::now);
-                // Registry records use local schemas only: a registry look-up would stall the
-                // reader; an unknown id there is dead-lettered like any other.
-                if let Step::NeedSchema(id) = self.step(&r, batch) {
-                    self.missing_schema_ids.insert(id);
-                    let _ = self.step(&r, batch);
-                    self.missing_schema_ids.remove(&id);
-                }
+                self.take_table_record(&r);
+                self.gather(batch);
                 Some(false)
             }
         }
@@ -317,9 +335,12 @@ impl Processor {
         mut shutdown: watch::Receiver<bool>,
         mut hard_stop: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        // Weather calls go out only for partitions this instance has taken on.
-        self.engine.set_owned(Some(Vec::new()));
-        self.engine.areas_wait_for_table();
+        self.start_workers();
+        for w in &mut self.workers {
+            // Weather calls go out only for partitions this instance has taken on.
+            w.engine.set_owned(Some(Vec::new()));
+            w.engine.areas_wait_for_table();
+        }
         let (reader, mut registry_rx): (RegistryReader, mpsc::Receiver<RegistryMsg>) =
             RegistryReader::start(&self.config)?;
         let mut batch = Batch::default();
@@ -340,7 +361,12 @@ impl Processor {
         }
         self.complete(&mut batch, &mut hard_stop).await?;
         tracing::info!(
-            households = self.engine.household_count(),
+            households = self
+                .workers
+                .iter()
+                .map(|w| w.engine.household_count())
+                .sum::<usize>(),
+            workers = self.workers.len(),
             seconds = started.elapsed().as_secs_f64(),
             "registry loaded"
         );
@@ -366,9 +392,18 @@ impl Processor {
         let state_partitions = state_partitions
             .with_context(|| format!("state topic {}", self.config.topics.state))?;
         match input_partitions {
-            Some(n) => self
-                .engine
-                .set_partitioning(self.config.kafka.partitioner, n),
+            Some(n) => {
+                if self.workers.len() > 1 && self.router.partitions() != Some(n) {
+                    tracing::error!(
+                        before = ?self.router.partitions(),
+                        now = n,
+                        "the input topics' partition count changed while the registry loaded: restart to split the registry again"
+                    );
+                }
+                for w in &mut self.workers {
+                    w.engine.set_partitioning(self.config.kafka.partitioner, n);
+                }
+            }
             None => tracing::warn!(
                 topic = self.config.topics.sensor_events,
                 "the input topic's partition count could not be read: weather calls for homes that have sent nothing go to the owner of partition 0"
@@ -456,19 +491,24 @@ impl Processor {
     ) -> anyhow::Result<()> {
         match f {
             Fetched::Records(chunk) => {
+                let one = self.workers.len() == 1;
+                let mut mine = Vec::new();
+                let now = Instant::now();
                 for (i, r) in chunk.records.iter().enumerate() {
                     // Start loading the household of a record a few places on (its key is
                     // the household id), so its cache misses overlap this one's work.
-                    if let Some(ahead) = chunk.records.get(i + PREFETCH_RECORDS_AHEAD) {
-                        if let Some(key) = chunk.key(ahead) {
-                            self.engine.prefetch(key);
+                    if one {
+                        if let Some(ahead) = chunk.records.get(i + PREFETCH_RECORDS_AHEAD) {
+                            if let Some(key) = chunk.key(ahead) {
+                                self.workers[0].engine.prefetch(key);
+                            }
                         }
                     }
                     let Some(position) = self.owned.get_mut(&r.partition) else {
                         // Fetched before its partition was revoked: its new owner reads it.
                         continue;
                     };
-                    let (topic, kind) = &topics[r.topic as usize];
+                    let (topic, _) = &topics[r.topic as usize];
                     match position.next.get_mut(topic.as_str()) {
                         Some(next) => *next = r.offset + 1,
                         None => {
@@ -477,18 +517,20 @@ impl Processor {
                     }
                     position.dirty = true;
                     batch.offsets.insert((r.topic, r.partition), r.offset);
-                    let raw = RawRecord {
-                        kind: *kind,
-                        topic,
-                        partition: r.partition,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: chunk.key(r),
-                        payload: chunk.payload(r),
-                        received: r.polled,
-                    };
+                    self.last_record.insert(r.partition, now);
+                    if !one {
+                        mine.push(i as u32);
+                        continue;
+                    }
+                    let raw = workers::raw_record(&chunk, i as u32, topics);
                     self.handle(raw, batch).await;
                 }
+                if !mine.is_empty() {
+                    batch.started.get_or_insert_with(Instant::now);
+                    batch.count += mine.len();
+                    self.take_chunk(&chunk, topics, mine).await;
+                }
+                self.gather(batch);
                 self.complete(batch, hard_stop).await?;
             }
             Fetched::Assigned(assignments) => {
@@ -502,9 +544,9 @@ impl Processor {
                             if let Some(w) = self.writer.as_mut() {
                                 w.adopt(&r);
                             }
-                            self.engine.restore(r.snapshot);
+                            self.engine_of(p).restore(r.snapshot);
                         }
-                        None => self.engine.adopt(p),
+                        None => self.engine_of(p).adopt(p),
                     }
                     self.owned.insert(
                         p,
@@ -540,7 +582,7 @@ impl Processor {
     }
 
     fn release(&mut self, p: i32) {
-        self.engine.release(p);
+        self.engine_of(p).release(p);
         self.owned.remove(&p);
         self.last_record.remove(&p);
         if let Some(w) = self.writer.as_mut() {

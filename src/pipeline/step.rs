@@ -14,25 +14,47 @@ use super::*;
 use crate::telemetry::events::{ClockSkewClamped, InputDeadLettered};
 use crate::telemetry::InternalEvent;
 
-impl Processor {
+/// What every worker reads and none changes while records are processed.
+pub(super) struct Env<'a> {
+    pub config: &'a Config,
+    pub codec: &'a Codec,
+    pub metrics: &'a Metrics,
+    /// A Schema Registry is configured: unknown writer schema ids are looked up.
+    pub registry: bool,
+    pub missing_schema_ids: &'a HashSet<u32>,
+    pub router: &'a Router,
+}
+
+/// How a record is taken by a worker.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Normal,
+    /// A table record every worker applies: only the first counts it and dead-letters it.
+    Echo,
+    /// Its household's registry entry was looked for on its home worker already: apply it
+    /// here whatever this worker holds.
+    Placed,
+}
+
+impl Worker {
     pub(super) fn dead_letter(
-        &self,
+        &mut self,
+        env: &Env<'_>,
         r: &RawRecord<'_>,
         reason: &'static str,
         error: &str,
-        batch: &mut Batch,
     ) {
-        self.dead_letter_with(r, reason, error, &[], batch)
+        self.dead_letter_with(env, r, reason, error, &[])
     }
 
     /// A dead letter with headers of its own beyond the common ones.
     pub(super) fn dead_letter_with(
-        &self,
+        &mut self,
+        env: &Env<'_>,
         r: &RawRecord<'_>,
         reason: &'static str,
         error: &str,
         extra: &[(&str, String)],
-        batch: &mut Batch,
     ) {
         // Registry records hold names and phone numbers, desk updates free text: their dead
         // letters keep neither the value nor an error text that may quote it (the source
@@ -46,7 +68,7 @@ impl Processor {
             reason,
             error,
         }
-        .emit(&self.metrics);
+        .emit(env.metrics);
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "source_topic",
@@ -94,8 +116,8 @@ impl Processor {
         } else {
             headers
         };
-        batch.records.push(OutRecord {
-            topic: self.config.topics.dead_letter.clone(),
+        self.records.push(OutRecord {
+            topic: env.config.topics.dead_letter.clone(),
             key: crate::sink::bounded_key(r.key.unwrap_or_default()),
             payload: payload[..payload.len().min(kept)].to_vec(),
             headers: Some(headers),
@@ -108,44 +130,59 @@ impl Processor {
     /// Stamps ahead by more than `max_clock_skew` are broken clocks and counted. (One far
     /// behind moves nothing: an event that old is refused by the engine as too late and
     /// dead-lettered.)
-    pub(super) fn bound_by_wall_clock(&mut self, t: Millis) -> Millis {
+    pub(super) fn bound_by_wall_clock(&mut self, env: &Env<'_>, t: Millis) -> Millis {
         self.wall_seen = wall_millis();
         if t <= self.wall_seen {
             return t;
         }
         if t - self.wall_seen > self.engine.rules().max_clock_skew {
-            ClockSkewClamped.emit(&self.metrics);
+            ClockSkewClamped.emit(env.metrics);
         }
         self.wall_seen
     }
 
     /// Decodes and processes one record; synchronous, no I/O.
-    pub(super) fn step(&mut self, r: &RawRecord<'_>, batch: &mut Batch) -> Step {
+    pub(super) fn step(&mut self, env: &Env<'_>, r: &RawRecord<'_>, mode: Mode) -> Step {
         let now = match r.timestamp.filter(|t| *t > 0) {
             Some(t) if t <= self.wall_seen => t,
-            Some(t) => self.bound_by_wall_clock(t),
+            Some(t) => self.bound_by_wall_clock(env, t),
             None => wall_millis(),
         };
-        self.metrics.input(r.kind);
-        let decoded = self
+        let echo = mode == Mode::Echo;
+        let decoded = env
             .codec
             .decode_reusing(r.kind, r.key, r.payload, &mut self.scratch);
         let input = match decoded {
             Ok(i) => i,
             Err(DecodeError::UnknownSchemaId(id))
-                if self.registry.is_some() && !self.missing_schema_ids.contains(&id) =>
+                if env.registry && !env.missing_schema_ids.contains(&id) =>
             {
                 return Step::NeedSchema(id)
             }
+            Err(_) if echo => return Step::Done,
             Err(e) => {
-                self.metrics
+                env.metrics.input(r.kind);
+                env.metrics
                     .decode_errors
                     .with_label_values(&[r.kind.label(), e.reason()])
                     .inc();
-                self.dead_letter(r, e.reason(), &e.to_string(), batch);
+                self.dead_letter(env, r, e.reason(), &e.to_string());
                 return Step::Done;
             }
         };
+        if mode == Mode::Normal && env.router.workers() > 1 {
+            if let Some(id) = input.event_household() {
+                // Its registry entry is on another worker (producers placing households other
+                // than the configured partitioner does): the caller moves it here first.
+                if !self.engine.knows(id) && env.router.home_of(id) != self.index {
+                    return Step::Misplaced(id.to_string());
+                }
+            }
+        }
+        // Counted once it is taken (not when it must come back after a wait).
+        if !echo {
+            env.metrics.input(r.kind);
+        }
         let mut outputs = std::mem::take(&mut self.outputs);
         let meta = Meta {
             partition: r.partition,
@@ -156,27 +193,25 @@ impl Processor {
                 if let Input::CheckIn(c) = input {
                     if c.kind == crate::model::CheckInKind::HOME_VISIT {
                         let community = self.engine.community_of(&c.household_id).unwrap_or("");
-                        self.metrics
+                        env.metrics
                             .visits_done
                             .with_label_values(&[community])
                             .inc();
                     }
                 }
             }
+            Err(_) if echo => {}
             Err(e @ EngineError::TooLate { late_by, watermark }) => {
                 let extra = [
                     ("lateness_ms", late_by.to_string()),
                     ("watermark_ms", watermark.to_string()),
                 ];
-                self.dead_letter_with(r, e.reason(), &e.to_string(), &extra, batch);
+                self.dead_letter_with(env, r, e.reason(), &e.to_string(), &extra);
             }
-            Err(e) => self.dead_letter(r, e.reason(), &e.to_string(), batch),
+            Err(e) => self.dead_letter(env, r, e.reason(), &e.to_string()),
         }
-        if !r.kind.is_table() {
-            self.last_record.insert(r.partition, Instant::now());
-        }
-        if let Err(e) = self.emit(&mut outputs, batch, r.received) {
-            self.dead_letter(r, "encode_failed", &e.to_string(), batch);
+        if let Err(e) = self.emit(env, &mut outputs, r.received) {
+            self.dead_letter(env, r, "encode_failed", &e.to_string());
         }
         self.outputs = outputs;
         Step::Done
@@ -187,8 +222,8 @@ impl Processor {
     /// client, or the clock tick that released a deadline).
     pub(super) fn emit(
         &mut self,
+        env: &Env<'_>,
         outputs: &mut Vec<Output>,
-        batch: &mut Batch,
         received: Instant,
     ) -> Result<(), crate::codec::EncodeError> {
         let mut failed = Ok(());
@@ -206,8 +241,8 @@ impl Processor {
                     changed.push((household_id.clone(), id.clone()));
                 }
             }
-            match self.codec.encode_output(&o) {
-                Ok(payload) => batch.records.push(self.out_record(&o, payload, received)),
+            match env.codec.encode_output(&o) {
+                Ok(payload) => self.records.push(out_record(env, &o, payload, received)),
                 Err(e) => {
                     // Our own records always encode; if one does not, it is a bug to see.
                     tracing::error!(error = %e, "an output could not be encoded");
@@ -217,7 +252,7 @@ impl Processor {
         }
         for (household_id, incident_id) in changed {
             let view = self.engine.incident_view(&household_id, &incident_id);
-            let payload = match view.map(|v| self.codec.encode_incident(&v)) {
+            let payload = match view.map(|v| env.codec.encode_incident(&v)) {
                 Some(Ok(p)) => p,
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "an incident could not be encoded");
@@ -226,8 +261,8 @@ impl Processor {
                 }
                 None => Vec::new(),
             };
-            batch.records.push(OutRecord {
-                topic: self.config.topics.incidents.clone(),
+            self.records.push(OutRecord {
+                topic: env.config.topics.incidents.clone(),
                 key: incident_id.into_bytes(),
                 ack: Ack::Incident {
                     open: !payload.is_empty(),
@@ -236,14 +271,10 @@ impl Processor {
                 headers: None,
             });
         }
-        for p in self.engine.take_area_partitions() {
-            if let Some(pos) = self.owned.get_mut(&p) {
-                pos.dirty = true;
-            }
-        }
+        self.touched.extend(self.engine.take_area_partitions());
         for (key, signal) in self.engine.take_area_signals() {
             let tombstone = signal.is_none();
-            let payload = match self.codec.encode_input(&Input::Area {
+            let payload = match env.codec.encode_input(&Input::Area {
                 key: key.clone(),
                 signal,
             }) {
@@ -254,8 +285,8 @@ impl Processor {
                     continue;
                 }
             };
-            batch.records.push(OutRecord {
-                topic: self.config.topics.area_signals.clone(),
+            self.records.push(OutRecord {
+                topic: env.config.topics.area_signals.clone(),
                 key: key.to_bytes(),
                 ack: Ack::AreaSignal { tombstone },
                 payload,
@@ -264,32 +295,32 @@ impl Processor {
         }
         failed
     }
+}
 
-    pub(super) fn out_record(&self, o: &Output, payload: Vec<u8>, received: Instant) -> OutRecord {
-        let t = &self.config.topics;
-        let (topic, ack) = match o {
-            Output::Task(task) if task.repeat_count.is_some() => {
-                (t.dispatch(task.severity).to_string(), Ack::Resend)
-            }
-            Output::Task(task) => (
-                t.dispatch(task.severity).to_string(),
-                Ack::Task {
-                    severity: task.severity,
-                    rule_id: task.rule_id.clone(),
-                    district: task.district.clone(),
-                    incident_time: task.incident_time,
-                    received,
-                },
-            ),
-            Output::Notification(_) => (t.contact_notifications.clone(), Ack::Notification),
-            Output::TaskEvent(e) => (t.task_events.clone(), Ack::TaskEvent(e.kind)),
-        };
-        OutRecord {
-            topic,
-            key: o.household_id().as_bytes().to_vec(),
-            payload,
-            headers: None,
-            ack,
+fn out_record(env: &Env<'_>, o: &Output, payload: Vec<u8>, received: Instant) -> OutRecord {
+    let t = &env.config.topics;
+    let (topic, ack) = match o {
+        Output::Task(task) if task.repeat_count.is_some() => {
+            (t.dispatch(task.severity).to_string(), Ack::Resend)
         }
+        Output::Task(task) => (
+            t.dispatch(task.severity).to_string(),
+            Ack::Task {
+                severity: task.severity,
+                rule_id: task.rule_id.clone(),
+                district: task.district.clone(),
+                incident_time: task.incident_time,
+                received,
+            },
+        ),
+        Output::Notification(_) => (t.contact_notifications.clone(), Ack::Notification),
+        Output::TaskEvent(e) => (t.task_events.clone(), Ack::TaskEvent(e.kind)),
+    };
+    OutRecord {
+        topic,
+        key: o.household_id().as_bytes().to_vec(),
+        payload,
+        headers: None,
+        ack,
     }
 }

@@ -20,6 +20,19 @@ use std::time::Instant;
 
 use rdkafka::message::Message;
 
+/// The partition count of the first input topic (sensor events), read before the group is
+/// joined: the engine workers split the registry by it. `None`: the broker did not say.
+pub fn input_partition_count(config: &crate::config::Config) -> Option<i32> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = crate::kafka::table_reader_config(config).create().ok()?;
+    let topic = &config.topics.sensor_events;
+    let md = consumer
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+        .ok()?;
+    let m = md.topics().first().filter(|m| m.error().is_none())?;
+    Some(m.partitions().len() as i32).filter(|n| *n > 0)
+}
+
 /// A record fetched by the group consumer; its key and value are in its chunk's buffer.
 #[derive(Debug, Clone)]
 pub struct FetchedRecord {
