@@ -120,29 +120,28 @@ impl Processor {
             let (env, workers) = self.parts();
             let mut dirty = Vec::new();
             for w in workers {
-                let mut outputs = std::mem::take(&mut w.outputs);
-                for p in w.engine.partitions() {
-                    if held(p) {
-                        last_record.insert(p, now);
-                        continue;
-                    }
-                    let quiet = last_record
-                        .get(&p)
-                        .is_none_or(|t| now.duration_since(*t) >= idle);
-                    if quiet {
-                        let before = w.engine.watermark(p);
-                        w.engine.tick(p, to, &mut outputs);
-                        // Time moved: timers may have fired, state changed.
-                        if w.engine.watermark(p) != before {
-                            dirty.push(p);
+                w.with_engine(&env, now, |engine, outputs| {
+                    for p in engine.partitions() {
+                        if held(p) {
+                            last_record.insert(p, now);
+                            continue;
+                        }
+                        let quiet = last_record
+                            .get(&p)
+                            .is_none_or(|t| now.duration_since(*t) >= idle);
+                        if quiet {
+                            let before = engine.watermark(p);
+                            engine.tick(p, to, outputs);
+                            // Time moved: timers may have fired, state changed.
+                            if engine.watermark(p) != before {
+                                dirty.push(p);
+                            }
                         }
                     }
-                }
-                // Areas whose partition this instance took on since, or whose homes came back
-                // while another owned it, are judged here.
-                w.engine.judge_areas(wall_millis(), &mut outputs);
-                let _ = w.emit(&env, &mut outputs, now);
-                w.outputs = outputs;
+                    // Areas whose partition this instance took on since, or whose homes came
+                    // back while another owned it, are judged here.
+                    engine.judge_areas(wall_millis(), outputs);
+                });
             }
             self.last_record = last_record;
             for p in dirty {

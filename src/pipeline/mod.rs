@@ -293,10 +293,7 @@ impl Processor {
                 let now = wall_millis();
                 let (env, workers) = self.parts();
                 for w in workers {
-                    let mut outputs = std::mem::take(&mut w.outputs);
-                    w.engine.areas_caught_up(now, &mut outputs);
-                    let _ = w.emit(&env, &mut outputs, Instant::now());
-                    w.outputs = outputs;
+                    w.with_engine(&env, Instant::now(), |e, out| e.areas_caught_up(now, out));
                 }
                 self.gather(batch);
                 Some(true)

@@ -114,6 +114,20 @@ impl Worker {
         }
     }
 
+    /// Runs `f` on the engine and encodes what it made. `received`: when its cause came in.
+    pub fn with_engine<R>(
+        &mut self,
+        env: &Env<'_>,
+        received: Instant,
+        f: impl FnOnce(&mut Engine, &mut Vec<Output>) -> R,
+    ) -> R {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let r = f(&mut self.engine, &mut outputs);
+        let _ = self.emit(env, &mut outputs, received);
+        self.outputs = outputs;
+        r
+    }
+
     /// Takes one worker's share of a chunk, in order. A record that must wait for the
     /// pipeline (a writer schema to fetch, a registry entry to move here) is set aside, and
     /// so is every later record with its key, to keep each household's order. Returns the
@@ -329,15 +343,12 @@ impl Processor {
         };
         for (w, profile) in [(from, None), (to, Some(profile))] {
             let (env, workers) = self.parts();
-            let worker = &mut workers[w];
-            let mut outputs = std::mem::take(&mut worker.outputs);
             let input = Input::Household {
                 household_id: id.to_string(),
                 profile,
             };
-            let _ = worker.engine.process(&input, meta, &mut outputs);
-            let _ = worker.emit(&env, &mut outputs, Instant::now());
-            worker.outputs = outputs;
+            let _ =
+                workers[w].with_engine(&env, Instant::now(), |e, out| e.process(&input, meta, out));
         }
         self.router.moved.insert(id.to_string(), to);
         self.areas_counted = false;
