@@ -233,7 +233,17 @@ fn processor_on_the_city(
     prod.flush(Duration::from_secs(60)).unwrap();
     let mut p = common::Processor::start(env);
     p.wait_ready(Duration::from_secs(120));
+    print_workers(&p);
     p
+}
+
+/// How many engine workers the processor runs (`pipeline.workers`), for the record.
+fn print_workers(p: &common::Processor) {
+    let scrape = p.get("/metrics").1;
+    match common::metric(&scrape, "carestream_engine_workers") {
+        Some(n) => println!("processor: {n} engine workers"),
+        None => println!("processor: engine workers not reported"),
+    }
 }
 
 fn percentile(sorted: &[i64], q: f64) -> i64 {
@@ -303,6 +313,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     // 2. The processor over the same backlog.
     let mut proc = common::Processor::start(&env);
     proc.wait_ready(Duration::from_secs(120));
+    print_workers(&proc);
     // Timed like the ceiling, from the first record taken from librdkafka (the fetch thread's
     // count, scraped every 50 ms) to the last processed. (Timed from the first record
     // processed, it came out at 1.41 and 1.47 M events/s once nothing was fetched twice: the
@@ -632,7 +643,13 @@ fn live_phase(
         (sampled.0, sampled.1, sampled.2, latency)
     });
     let floor = transit.finish();
-    let inside = inside_processor(&inside_before, &proc.get("/metrics").1);
+    let inside_after = proc.get("/metrics").1;
+    let inside = inside_processor(&inside_before, &inside_after);
+    let before_producer = critical_share(
+        "carestream_record_to_task_sent_seconds",
+        &inside_before,
+        &inside_after,
+    );
     let mut slow: Vec<(i64, i64)> = latency.values().map(|(l, _, at)| (*l, *at)).collect();
     slow.sort_unstable_by_key(|(l, _)| -l);
     let l: Vec<i64> = slow.iter().rev().map(|(l, _)| *l).collect();
@@ -707,6 +724,27 @@ fn live_phase(
              {n} critical tasks, bucket upper bounds): p50 ≤ {p50} ms, p99 ≤ {p99} ms"
         );
     }
+    if let Some((n, p50, p99)) = before_producer {
+        println!(
+            "    of which before the producer (record handed over → task handed to the \
+             producer, {n} critical tasks): p50 ≤ {p50} ms, p99 ≤ {p99} ms"
+        );
+    }
+    let chores = [
+        (
+            "the second's housekeeping",
+            "carestream_housekeeping_seconds",
+        ),
+        ("checkpoints", "carestream_checkpoint_seconds"),
+    ];
+    for (what, name) in chores {
+        if let Some((n, p50, p99)) = histogram_between(name, None, &inside_before, &inside_after) {
+            println!(
+                "  the pipeline held by {what} ({n} times, bucket upper bounds): p50 ≤ {p50} ms, \
+                 p99 ≤ {p99} ms"
+            );
+        }
+    }
     (live_events, at_end(&lag) + at_end(&unacked))
 }
 
@@ -748,13 +786,27 @@ fn consumer_lag_gauge(scrape: &str) -> f64 {
 /// The critical tasks of `record_to_task_ack_seconds` between two scrapes: how many, and the
 /// upper bound (ms) of the bucket that holds their p50 and their p99.
 fn inside_processor(before: &str, after: &str) -> Option<(u64, f64, f64)> {
+    critical_share("carestream_record_to_task_ack_seconds", before, after)
+}
+
+/// The same of histogram `name` (by severity, the buckets of `record_to_task_ack_seconds`).
+fn critical_share(name: &str, before: &str, after: &str) -> Option<(u64, f64, f64)> {
+    histogram_between(name, Some(r#"severity="CRITICAL""#), before, after)
+}
+
+/// Observations of histogram `name` (those whose labels include `label`, if given) between
+/// two scrapes: how many, and the upper bound (ms) of the bucket holding their p50 and p99.
+fn histogram_between(
+    name: &str,
+    label: Option<&str>,
+    before: &str,
+    after: &str,
+) -> Option<(u64, f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
     let buckets = |scrape: &str| -> Vec<(f64, f64)> {
         scrape
             .lines()
-            .filter(|l| {
-                l.starts_with("carestream_record_to_task_ack_seconds_bucket{")
-                    && l.contains(r#"severity="CRITICAL""#)
-            })
+            .filter(|l| l.starts_with(&prefix) && label.is_none_or(|label| l.contains(label)))
             .filter_map(|l| {
                 let le = l.split(r#"le=""#).nth(1)?.split('"').next()?;
                 let le = if le == "+Inf" {

@@ -8,6 +8,10 @@
 //!
 //!     cargo bench --bench workers
 //!
+//! After the rounds, a RED warning for one district is applied by every worker at once, as
+//! the pipeline's workers apply weather warnings: each keeps the warning (one record) and
+//! queues the welfare calls of its own homes only, so the work splits with the registry.
+//!
 //! The pipeline's workers (`pipeline.workers`, src/pipeline/workers.rs) split the same way;
 //! this is the split's own scaling on the machine, without Kafka, what they reach at most.
 
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carestream::codec::Codec;
-use carestream::engine::Engine;
+use carestream::engine::{Engine, Meta};
 use carestream::model::*;
 use carestream::rules::RuleSet;
 
@@ -97,6 +101,35 @@ fn round(workers: &mut [Worker], codec: &Codec) -> (usize, Duration) {
     (done, start.elapsed())
 }
 
+/// Every worker applies the same district-wide warning on a thread of its own, as the
+/// pipeline's workers do; returns the wall time (first start to last finish).
+fn warning(workers: &mut [Worker], events: usize) -> Duration {
+    let at = workload::T0 + (events * 1000 / workload::RATE) as Millis;
+    let alert = Input::Weather(WeatherAlert {
+        alert_id: "bench-red".into(),
+        region: "420102".into(),
+        kind: WeatherKind::TYPHOON,
+        level: WeatherLevel::RED,
+        issued_at: at,
+        expires_at: at + 86_400_000,
+        cancelled: false,
+    });
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for w in workers.iter_mut() {
+            let alert = &alert;
+            s.spawn(move || {
+                let meta = Meta {
+                    partition: 0,
+                    arrival: at,
+                };
+                w.engine.process(alert, meta, &mut Vec::new()).unwrap();
+            });
+        }
+    });
+    start.elapsed()
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     // `cargo test --benches` runs every bench once in test mode: one short round.
@@ -144,6 +177,11 @@ fn main() {
             shown.join(" ")
         );
         medians.push(median);
+        let took = warning(&mut ws, events);
+        println!(
+            "  a RED warning for district 420102 (every sixth home): {:.1} ms with {n} worker(s)",
+            took.as_secs_f64() * 1000.0
+        );
     }
     println!("2 workers / 1: {:.2}", medians[1] / medians[0]);
 }

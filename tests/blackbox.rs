@@ -707,6 +707,10 @@ async fn alarms_and_bad_records_end_to_end() {
         m(r#"carestream_record_to_task_ack_seconds_count{severity="CRITICAL"}"#),
         8.0
     );
+    assert_eq!(
+        m(r#"carestream_record_to_task_sent_seconds_count{severity="CRITICAL"}"#),
+        8.0
+    );
     assert_eq!(m("carestream_contact_notifications_total"), 5.0);
     assert_eq!(m("carestream_duplicate_events_total"), 1.0);
     assert_eq!(m("carestream_suppressed_repeats_total"), 1.0);

@@ -32,6 +32,17 @@ impl Processor {
             return Ok(());
         }
         let records = std::mem::take(&mut batch.records);
+        for r in &records {
+            if let crate::sink::Ack::Task {
+                severity, received, ..
+            } = &r.ack
+            {
+                self.metrics
+                    .received_to_sent
+                    .with_label_values(&[severity.as_str()])
+                    .observe(received.elapsed().as_secs_f64());
+            }
+        }
         let delivery = (!records.is_empty()).then(|| {
             let (sink, m) = (self.sink.clone(), self.metrics.clone());
             let mut stop = hard_stop.clone();
@@ -196,23 +207,29 @@ impl Processor {
         Ok(())
     }
 
-    /// Checkpoints the owned partitions that changed, when the interval has passed (or all
-    /// of them, when `all`); keeps the checkpoint-age gauges current.
+    /// Checkpoints the owned partitions that changed (all of them, when `all`); keeps the
+    /// checkpoint-age gauges current. Out of `all`, one partition a turn, the one waiting
+    /// longest of those whose interval has passed, and at most one every
+    /// `interval / (2 × partitions)`: processing waits while a snapshot is taken and written,
+    /// and spread out so, no record waits for more than one.
     pub(super) async fn checkpoint_due(
         &mut self,
         all: bool,
         hard_stop: &mut watch::Receiver<bool>,
     ) {
         let interval = Duration::from_millis(self.config.pipeline.checkpoint_interval_ms);
-        if all || self.housekeeping.checkpointed.elapsed() >= interval {
+        if all {
             self.housekeeping.checkpointed = Instant::now();
-            let due: Vec<i32> = self
-                .owned
-                .iter()
-                .filter(|(_, pos)| all || pos.dirty)
-                .map(|(p, _)| *p)
-                .collect();
+            let due: Vec<i32> = self.owned.keys().copied().collect();
             for p in due {
+                self.checkpoint(p, hard_stop).await;
+            }
+        } else {
+            let now = Instant::now();
+            if let Some(p) =
+                next_checkpoint(&self.owned, interval, self.housekeeping.checkpointed, now)
+            {
+                self.housekeeping.checkpointed = now;
                 self.checkpoint(p, hard_stop).await;
             }
         }
@@ -241,6 +258,10 @@ impl Processor {
         };
         let offsets = position.next.clone();
         let started = Instant::now();
+        // A failed write is tried again an interval later, as a written one would be.
+        if let Some(pos) = self.owned.get_mut(&p) {
+            pos.checkpointed = started;
+        }
         // A checkpoint covers only outputs the broker has acknowledged.
         if let Err(e) = self.settle(0).await {
             tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
@@ -272,5 +293,88 @@ impl Processor {
             }
             .emit(&self.metrics),
         }
+    }
+}
+
+/// The partition to checkpoint now, if any (see `checkpoint_due`): of those changed since
+/// their last checkpoint and an `interval` past it, the one waiting longest, once
+/// `interval / (2 × partitions)` has passed since the last checkpoint of any (`last`).
+fn next_checkpoint(
+    owned: &BTreeMap<i32, Position>,
+    interval: Duration,
+    last: Instant,
+    now: Instant,
+) -> Option<i32> {
+    let spacing = interval / (2 * owned.len().max(1)) as u32;
+    if now.saturating_duration_since(last) < spacing {
+        return None;
+    }
+    owned
+        .iter()
+        .filter(|(_, pos)| pos.dirty && now.saturating_duration_since(pos.checkpointed) >= interval)
+        .min_by_key(|(_, pos)| pos.checkpointed)
+        .map(|(p, _)| *p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_go_one_at_a_time_spread_over_the_interval() {
+        let interval = Duration::from_secs(30);
+        let t0 = Instant::now();
+        // Eight partitions assigned together at t0, all changed since.
+        let mut owned: BTreeMap<i32, Position> = (0..8)
+            .map(|p| {
+                let pos = Position {
+                    next: BTreeMap::new(),
+                    dirty: true,
+                    checkpointed: t0,
+                };
+                (p, pos)
+            })
+            .collect();
+        let mut last = t0;
+        // Before the interval, none is due.
+        assert_eq!(
+            next_checkpoint(&owned, interval, last, t0 + interval / 2),
+            None
+        );
+        // Then one at a time, at least 30 s / 16 apart, each once.
+        let mut now = t0 + interval;
+        let mut taken = Vec::new();
+        while taken.len() < 8 {
+            assert!(
+                now < t0 + interval * 2,
+                "not all taken within the next interval"
+            );
+            if let Some(p) = next_checkpoint(&owned, interval, last, now) {
+                assert!(taken.is_empty() || now - last >= interval / 16);
+                taken.push(p);
+                last = now;
+                let pos = owned.get_mut(&p).unwrap();
+                pos.checkpointed = now;
+                pos.dirty = false;
+            }
+            now += Duration::from_millis(100);
+        }
+        taken.sort();
+        assert_eq!(taken, (0..8).collect::<Vec<_>>());
+        // Unchanged partitions are not written again; a changed one waits its own interval.
+        assert_eq!(
+            next_checkpoint(&owned, interval, last, now + interval),
+            None
+        );
+        owned.get_mut(&3).unwrap().dirty = true;
+        let c3 = owned[&3].checkpointed;
+        assert_eq!(
+            next_checkpoint(&owned, interval, last, c3 + interval / 2),
+            None
+        );
+        assert_eq!(
+            next_checkpoint(&owned, interval, last, c3 + interval),
+            Some(3)
+        );
     }
 }

@@ -47,11 +47,14 @@ impl Housekeeping {
 impl Processor {
     /// Periodic chores between batches: move quiet partitions on by the clock, reload
     /// changed rules, forget stale households.
-    pub(super) fn housekeeping(&mut self, batch: &mut Batch) {
+    /// Whether the second's chores ran.
+    pub(super) fn housekeeping(&mut self, batch: &mut Batch) -> bool {
         let now = Instant::now();
+        let mut ran = false;
         let idle = Duration::from_millis(self.workers[0].engine.rules().idle_timeout.max(0) as u64);
         if now.duration_since(self.housekeeping.ticked) >= Duration::from_secs(1) {
             self.housekeeping.ticked = now;
+            ran = true;
             let wall = wall_millis();
             for w in &self.workers {
                 for p in w.engine.partitions() {
@@ -175,6 +178,7 @@ impl Processor {
                 w.engine.sweep(wall_millis());
             }
         }
+        ran
     }
 }
 

@@ -173,11 +173,13 @@ struct InFlight {
     started: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Position {
     next: BTreeMap<String, i64>,
     /// Records processed since the last checkpoint.
     dirty: bool,
+    /// When its last checkpoint was taken (or it was assigned).
+    checkpointed: Instant,
 }
 
 enum Step {
@@ -433,7 +435,12 @@ impl Processor {
                 },
                 _ = ticker.tick() => {}
             }
-            self.housekeeping(&mut batch);
+            let chore = Instant::now();
+            if self.housekeeping(&mut batch) {
+                self.metrics
+                    .housekeeping_seconds
+                    .observe(chore.elapsed().as_secs_f64());
+            }
             self.complete(&mut batch, &mut hard_stop).await?;
             self.persist_due(false, &mut hard_stop).await?;
         }
@@ -550,6 +557,7 @@ impl Processor {
                         Position {
                             next: a.start,
                             dirty: true,
+                            checkpointed: Instant::now(),
                         },
                     );
                     // Do not tick a partition that has only just arrived.

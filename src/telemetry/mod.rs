@@ -63,6 +63,7 @@ pub struct Metrics {
     pub task_events: IntCounterVec,
     pub incident_to_ack: HistogramVec,
     pub received_to_ack: HistogramVec,
+    pub received_to_sent: HistogramVec,
     pub produce_retries: IntCounter,
     pub consume_errors: IntCounter,
     /// The rate limit of repeated warnings (`events`).
@@ -74,6 +75,7 @@ pub struct Metrics {
     /// `pipeline.stuck_after_ms`, for `/health`.
     pub stuck_after_ms: std::sync::atomic::AtomicU64,
     pub batch_seconds: prometheus::Histogram,
+    pub housekeeping_seconds: prometheus::Histogram,
     pub duplicate_events: IntCounter,
     pub suppressed_repeats: IntCounter,
     pub clock_skew_clamped: IntCounter,
@@ -248,6 +250,20 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(&registry, &names, received_to_ack.clone());
+        // Split off the broker's acknowledgement: what is left is this process alone.
+        let received_to_sent = HistogramVec::new(
+            HistogramOpts::new(
+                "record_to_task_sent_seconds",
+                "From the Kafka client handing over the record that raised a task (or the clock \
+                 tick that released its deadline) to the task being handed to the producer: \
+                 record_to_task_ack_seconds without the wait for the broker's acknowledgement.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
+            &["severity"],
+        )
+        .expect("valid metric");
+        reg(&registry, &names, received_to_sent.clone());
         let batch_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "batch_duration_seconds",
@@ -258,6 +274,17 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(&registry, &names, batch_seconds.clone());
+        let housekeeping_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "housekeeping_seconds",
+                "Time the second's chores (ticks, visit plans, the desk's and engines' gauges) \
+                 hold the pipeline while fetched records wait.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(prometheus::exponential_buckets(0.00025, 2.0, 14).expect("buckets")),
+        )
+        .expect("valid metric");
+        reg(&registry, &names, housekeeping_seconds.clone());
 
         // Every series a dashboard or alert relies on exists from the start, at zero.
         for k in InputKind::ALL {
@@ -272,6 +299,7 @@ impl Metrics {
         for s in Severity::ALL {
             incident_to_ack.with_label_values(&[s.as_str()]);
             received_to_ack.with_label_values(&[s.as_str()]);
+            received_to_sent.with_label_values(&[s.as_str()]);
             for rule in rule_ids {
                 tasks.with_label_values(&[s.as_str(), rule]);
             }
@@ -289,7 +317,9 @@ impl Metrics {
             task_events,
             incident_to_ack,
             received_to_ack,
+            received_to_sent,
             batch_seconds,
+            housekeeping_seconds,
             notifications: counter(&registry, &names,
                 "contact_notifications_total",
                 "Contact notifications acknowledged by the broker.",
