@@ -179,78 +179,174 @@ impl Writer {
         offsets: BTreeMap<String, i64>,
         now: Millis,
     ) -> Result<Manifest, CheckpointError> {
-        let p = snapshot.partition;
         let bytes = serde_json::to_vec(snapshot).map_err(CheckpointError::Encode)?;
+        let prepared = self.prepare(snapshot, Content::Encoded(bytes), offsets, now);
+        let written = prepared.send(producer).await?;
+        Ok(self.written(written))
+    }
+
+    /// A checkpoint of `snapshot` to send with `Prepared::send`, which needs nothing of the
+    /// writer, so it can run beside processing (the snapshot is encoded there too); its
+    /// result goes back to `written`. One at a time per partition: each retires the pieces
+    /// of the one before.
+    pub fn prepare_owned(
+        &mut self,
+        snapshot: PartitionSnapshot,
+        offsets: BTreeMap<String, i64>,
+        now: Millis,
+    ) -> Prepared {
+        let (partition, households) = (snapshot.partition, snapshot.households());
+        let mut prepared = self.prepare_for(partition, households, offsets, now);
+        prepared.content = Content::Snapshot(Box::new(snapshot));
+        prepared
+    }
+
+    fn prepare(
+        &mut self,
+        snapshot: &PartitionSnapshot,
+        content: Content,
+        offsets: BTreeMap<String, i64>,
+        now: Millis,
+    ) -> Prepared {
+        let mut prepared =
+            self.prepare_for(snapshot.partition, snapshot.households(), offsets, now);
+        prepared.content = content;
+        prepared
+    }
+
+    fn prepare_for(
+        &mut self,
+        p: i32,
+        households: usize,
+        offsets: BTreeMap<String, i64>,
+        now: Millis,
+    ) -> Prepared {
         self.seq += 1;
-        let pieces: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
         let manifest = Manifest {
             partition: p,
             writer: self.writer.clone(),
             seq: self.seq,
-            chunks: pieces.len() as u32,
-            bytes: bytes.len() as u64,
-            households: snapshot.households(),
+            chunks: 0,
+            bytes: 0,
+            households,
             offsets,
             written_at: now,
             format: FORMAT,
         };
-        let sp = p.rem_euclid(self.state_partitions);
-        let keys = manifest.chunk_keys(&self.group);
-        let mut acks = Vec::new();
-        for (key, piece) in keys.iter().zip(&pieces) {
-            acks.push(self.send(producer, sp, key, Some(piece)).await?);
-        }
-        for a in acks {
-            wait(a, &self.topic).await?;
-        }
-        let body = serde_json::to_vec(&manifest).map_err(CheckpointError::Encode)?;
-        let a = self
-            .send(producer, sp, &manifest_key(&self.group, p), Some(&body))
-            .await?;
-        wait(a, &self.topic).await?;
-        // The manifest is in: the chunks of the checkpoint before it can go, and any orphans.
-        let mut retired = self.orphans.remove(&p).unwrap_or_default();
-        if let Some(old) = self.previous.insert(p, manifest.clone()) {
+        let mut retired = self.orphans.get(&p).cloned().unwrap_or_default();
+        if let Some(old) = self.previous.get(&p) {
             retired.extend(old.chunk_keys(&self.group));
         }
+        Prepared {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            state_partition: p.rem_euclid(self.state_partitions),
+            manifest,
+            content: Content::Encoded(Vec::new()),
+            retired,
+        }
+    }
+
+    /// A sent checkpoint is in: the next one retires its pieces (and no longer the orphans
+    /// this one retired).
+    pub fn written(&mut self, w: Written) -> Manifest {
+        let p = w.manifest.partition;
+        if let Some(orphans) = self.orphans.get_mut(&p) {
+            orphans.retain(|k| !w.retired.contains(k));
+        }
+        self.previous.insert(p, w.manifest.clone());
+        w.manifest
+    }
+}
+
+enum Content {
+    Encoded(Vec<u8>),
+    Snapshot(Box<PartitionSnapshot>),
+}
+
+/// A checkpoint prepared by `Writer`, to send.
+pub struct Prepared {
+    topic: String,
+    group: String,
+    state_partition: i32,
+    /// Its pieces' count and size are filled in once encoded.
+    manifest: Manifest,
+    content: Content,
+    /// The pieces of the checkpoint before, and orphans, tombstoned once this one is in.
+    retired: Vec<String>,
+}
+
+/// What `Prepared::send` wrote, for `Writer::written`.
+pub struct Written {
+    manifest: Manifest,
+    retired: Vec<String>,
+}
+
+impl Prepared {
+    /// Sends the pieces, then the manifest once every piece is acknowledged, then the
+    /// tombstones of the pieces it retires.
+    pub async fn send(mut self, producer: &FutureProducer) -> Result<Written, CheckpointError> {
+        let bytes = match std::mem::replace(&mut self.content, Content::Encoded(Vec::new())) {
+            Content::Encoded(b) => b,
+            Content::Snapshot(s) => serde_json::to_vec(&*s).map_err(CheckpointError::Encode)?,
+        };
+        self.manifest.chunks = bytes.chunks(CHUNK_BYTES).count() as u32;
+        self.manifest.bytes = bytes.len() as u64;
+        let (topic, sp) = (&self.topic, self.state_partition);
+        let keys = self.manifest.chunk_keys(&self.group);
         let mut acks = Vec::new();
-        for key in &retired {
-            acks.push(self.send(producer, sp, key, None).await?);
+        for (key, piece) in keys.iter().zip(bytes.chunks(CHUNK_BYTES)) {
+            acks.push(send(producer, topic, sp, key, Some(piece)).await?);
+        }
+        for a in acks {
+            wait(a, topic).await?;
+        }
+        let body = serde_json::to_vec(&self.manifest).map_err(CheckpointError::Encode)?;
+        let key = manifest_key(&self.group, self.manifest.partition);
+        let a = send(producer, topic, sp, &key, Some(&body)).await?;
+        wait(a, topic).await?;
+        // The manifest is in: the chunks of the checkpoint before it can go, and any orphans.
+        let mut acks = Vec::new();
+        for key in &self.retired {
+            acks.push(send(producer, topic, sp, key, None).await?);
         }
         for a in acks {
             // A lost tombstone only leaves garbage for compaction; not an error.
-            let _ = wait(a, &self.topic).await;
+            let _ = wait(a, topic).await;
         }
-        Ok(manifest)
+        Ok(Written {
+            manifest: self.manifest,
+            retired: self.retired,
+        })
     }
+}
 
-    /// Queues one record; waits (asynchronously) while librdkafka's queue is full.
-    async fn send(
-        &self,
-        producer: &FutureProducer,
-        partition: i32,
-        key: &str,
-        payload: Option<&[u8]>,
-    ) -> Result<rdkafka::producer::DeliveryFuture, CheckpointError> {
-        let mut rec: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(&self.topic).partition(partition).key(key);
-        if let Some(p) = payload {
-            rec = rec.payload(p);
-        }
-        loop {
-            match producer.send_result(rec) {
-                Ok(f) => return Ok(f),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    rec = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(CheckpointError::Kafka(self.topic.clone(), e)),
+/// Queues one record; waits (asynchronously) while librdkafka's queue is full.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    payload: Option<&[u8]>,
+) -> Result<rdkafka::producer::DeliveryFuture, CheckpointError> {
+    let mut rec: FutureRecord<'_, str, [u8]> =
+        FutureRecord::to(topic).partition(partition).key(key);
+    if let Some(p) = payload {
+        rec = rec.payload(p);
+    }
+    loop {
+        match producer.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                rec = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            Err((e, _)) => return Err(CheckpointError::Kafka(topic.to_string(), e)),
         }
     }
 }

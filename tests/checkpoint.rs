@@ -105,6 +105,26 @@ fn state_topic(
     (broker, config, rt, producer)
 }
 
+/// `writer`'s checkpoint of `engine`'s partition 0, written now, covering no offsets.
+fn write_now(
+    rt: &tokio::runtime::Runtime,
+    writer: &mut checkpoint::Writer,
+    producer: &FutureProducer,
+    engine: &Engine,
+) -> checkpoint::Manifest {
+    let now = carestream::pipeline::wall_millis();
+    rt.block_on(writer.write(producer, &engine.snapshot(0), BTreeMap::new(), now))
+        .unwrap()
+}
+
+/// Every one of `keys` is tombstoned on the state topic.
+fn assert_tombstoned<'a>(bootstrap: &str, topic: &str, keys: impl IntoIterator<Item = &'a String>) {
+    let last = last_values(bootstrap, topic);
+    for key in keys {
+        assert_eq!(last.get(key), Some(&None), "{key} tombstoned");
+    }
+}
+
 #[test]
 fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept() {
     let (broker, config, rt, producer) = state_topic("orphans");
@@ -153,18 +173,10 @@ fn orphaned_pieces_of_a_dead_writer_are_tombstoned_and_a_live_writers_are_kept()
     // Its first checkpoint retires the one it restored and the orphans.
     let mut next = checkpoint::Writer::new(topic, group, 1);
     next.adopt(restored);
-    let m2 = rt
-        .block_on(next.write(
-            &producer,
-            &fresh.snapshot(0),
-            BTreeMap::new(),
-            carestream::pipeline::wall_millis(),
-        ))
-        .unwrap();
+    let m2 = write_now(&rt, &mut next, &producer, &fresh);
+    let m1_keys = m1.chunk_keys(group);
+    assert_tombstoned(&broker.bootstrap(), topic, dead.iter().chain(&m1_keys));
     let last = last_values(&broker.bootstrap(), topic);
-    for key in dead.iter().chain(&m1.chunk_keys(group)) {
-        assert_eq!(last.get(key), Some(&None), "{key} tombstoned");
-    }
     assert!(matches!(last.get(&busy), Some(Some(_))), "{busy} kept");
     for key in m2.chunk_keys(group) {
         assert!(matches!(last.get(&key), Some(Some(_))), "{key} kept");
@@ -201,5 +213,79 @@ fn a_corrupt_manifest_damages_its_own_partition_only() {
         loaded.damaged.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
         [1],
         "only partition 1 is damaged"
+    );
+}
+
+#[test]
+fn a_checkpoint_sent_beside_processing_holds_the_state_it_was_taken_at() {
+    let (broker, config, rt, producer) = state_topic("beside");
+    let (topic, group) = (&config.topics.state, &config.kafka.group_id);
+    let mut live = engine_with_households(20);
+    let mut writer = checkpoint::Writer::new(topic, group, 1);
+    let m1 = write_now(&rt, &mut writer, &producer, &live);
+
+    // The pipeline takes the snapshot, hands the sending to a task and goes on processing.
+    let taken = live.snapshot(0);
+    let offsets = BTreeMap::from([("sensor".to_string(), 42)]);
+    let prepared = writer.prepare_owned(
+        taken.clone(),
+        offsets.clone(),
+        carestream::pipeline::wall_millis(),
+    );
+    let sending = {
+        let producer = producer.clone();
+        rt.spawn(async move { prepared.send(&producer).await })
+    };
+    let later = carestream::pipeline::wall_millis() + 1_000;
+    let alarm = Input::Sensor(SensorEvent {
+        event_id: "beside-button".into(),
+        household_id: carestream::tools::simulate::household_id(3),
+        device_id: "beside-button-dev".into(),
+        device_kind: DeviceKind::EMERGENCY_BUTTON,
+        event_time: later,
+        reading: Reading::Alarm { active: true },
+        gateway_id: None,
+    });
+    let meta = Meta {
+        partition: 0,
+        arrival: later,
+    };
+    let mut out = Vec::new();
+    live.process(&alarm, meta, &mut out).unwrap();
+    assert!(
+        !out.is_empty(),
+        "the button raised a task while the checkpoint was sent"
+    );
+    assert_ne!(
+        live.snapshot(0),
+        taken,
+        "processing went on past the snapshot"
+    );
+
+    let sent = rt.block_on(sending).unwrap().unwrap();
+    let m2 = writer.written(sent);
+    assert_eq!(m2.seq, m1.seq + 1);
+    assert_eq!(m2.offsets, offsets);
+    assert!(
+        m2.chunks > 0 && m2.bytes > 0,
+        "its pieces counted once encoded"
+    );
+
+    // Restored: the state at the snapshot with its offsets, not what came after.
+    let loaded = checkpoint::load(&config, &[0], Duration::from_secs(60)).unwrap();
+    let restored = &loaded.restored[&0];
+    assert_eq!(restored.manifest, m2);
+    assert_eq!(restored.snapshot, taken);
+    // And the one before is retired.
+    assert_tombstoned(&broker.bootstrap(), topic, &m1.chunk_keys(group));
+    // The next checkpoint retires this one's pieces in turn.
+    let m3 = write_now(&rt, &mut writer, &producer, &live);
+    assert_tombstoned(&broker.bootstrap(), topic, &m2.chunk_keys(group));
+    assert_eq!(
+        checkpoint::load(&config, &[0], Duration::from_secs(60))
+            .unwrap()
+            .restored[&0]
+            .manifest,
+        m3
     );
 }

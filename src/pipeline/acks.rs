@@ -219,6 +219,7 @@ impl Processor {
     ) {
         let interval = Duration::from_millis(self.config.pipeline.checkpoint_interval_ms);
         if all {
+            self.take_sent(|_| true, hard_stop).await;
             self.housekeeping.checkpointed = Instant::now();
             let due: Vec<i32> = self.owned.keys().copied().collect();
             for p in due {
@@ -226,11 +227,22 @@ impl Processor {
             }
         } else {
             let now = Instant::now();
-            if let Some(p) =
-                next_checkpoint(&self.owned, interval, self.housekeeping.checkpointed, now)
-            {
+            self.take_sent(|_| false, hard_stop).await;
+            let sending = &self.sending;
+            let ready = self
+                .owned
+                .iter()
+                .filter(|(p, _)| !sending.contains_key(p))
+                .map(|(p, pos)| (*p, pos));
+            if let Some(p) = next_checkpoint(
+                ready,
+                self.owned.len(),
+                interval,
+                self.housekeeping.checkpointed,
+                now,
+            ) {
                 self.housekeeping.checkpointed = now;
-                self.checkpoint(p, hard_stop).await;
+                self.checkpoint_beside(p).await;
             }
         }
         self.checkpoint_ages();
@@ -253,21 +265,11 @@ impl Processor {
     /// Writes partition `p`'s checkpoint. Called only between batches, when every output of
     /// the records it covers has been acknowledged.
     pub(super) async fn checkpoint(&mut self, p: i32, hard_stop: &mut watch::Receiver<bool>) {
-        let Some(position) = self.owned.get(&p) else {
+        // After the one being sent, never beside it: each retires the pieces of the one before.
+        self.take_sent(|q| q == p, hard_stop).await;
+        let Some((snapshot, offsets, started)) = self.take_snapshot(p).await else {
             return;
         };
-        let offsets = position.next.clone();
-        let started = Instant::now();
-        // A failed write is tried again an interval later, as a written one would be.
-        if let Some(pos) = self.owned.get_mut(&p) {
-            pos.checkpointed = started;
-        }
-        // A checkpoint covers only outputs the broker has acknowledged.
-        if let Err(e) = self.settle(0).await {
-            tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
-            return;
-        }
-        let snapshot = self.engine_of(p).snapshot(p);
         let Some(writer) = self.writer.as_mut() else {
             return;
         };
@@ -294,31 +296,130 @@ impl Processor {
             .emit(&self.metrics),
         }
     }
+
+    /// Partition `p`'s state and the input offsets it covers, once every output before it
+    /// is acknowledged (a checkpoint covers only those), and when it was taken.
+    async fn take_snapshot(
+        &mut self,
+        p: i32,
+    ) -> Option<(
+        crate::engine::PartitionSnapshot,
+        BTreeMap<String, i64>,
+        Instant,
+    )> {
+        let position = self.owned.get_mut(&p)?;
+        let offsets = position.next.clone();
+        let started = Instant::now();
+        // A failed write is tried again an interval later, as a written one would be.
+        position.checkpointed = started;
+        if let Err(e) = self.settle(0).await {
+            tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
+            return None;
+        }
+        Some((self.engine_of(p).snapshot(p), offsets, started))
+    }
+
+    /// Partition `p`'s checkpoint taken now and sent beside processing: the pipeline waits
+    /// for the outputs it covers and the snapshot, not for its encoding or the broker.
+    async fn checkpoint_beside(&mut self, p: i32) {
+        let Some((snapshot, offsets, started)) = self.take_snapshot(p).await else {
+            return;
+        };
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        let prepared = writer.prepare_owned(snapshot, offsets, wall_millis());
+        // Records from here on are not in it; a failed send marks it changed again.
+        if let Some(pos) = self.owned.get_mut(&p) {
+            pos.dirty = false;
+        }
+        let producer = self.sink.producer().clone();
+        let task = tokio::spawn(async move { (prepared.send(&producer).await, started) });
+        self.sending.insert(p, task);
+    }
+
+    /// Takes in the checkpoints sent beside processing that are done, waiting for those of
+    /// the partitions `wait` names.
+    async fn take_sent(
+        &mut self,
+        wait: impl Fn(i32) -> bool,
+        hard_stop: &mut watch::Receiver<bool>,
+    ) {
+        let due: Vec<i32> = self
+            .sending
+            .iter()
+            .filter(|(p, task)| task.is_finished() || wait(**p))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            let Some(task) = self.sending.remove(&p) else {
+                continue;
+            };
+            let sent = tokio::select! {
+                sent = task => sent,
+                _ = wait_true(hard_stop) => return,
+            };
+            let failed = match sent {
+                Ok((Ok(written), started)) => {
+                    // Taken in only while the partition is still here: a released one's
+                    // next owner retires its pieces.
+                    if self.owned.contains_key(&p) {
+                        if let Some(w) = self.writer.as_mut() {
+                            let m = w.written(written);
+                            CheckpointWritten {
+                                partition: p,
+                                bytes: m.bytes,
+                                seconds: started.elapsed().as_secs_f64(),
+                            }
+                            .emit(&self.metrics);
+                        }
+                    }
+                    None
+                }
+                Ok((Err(e), _)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = failed {
+                CheckpointFailed {
+                    partition: p,
+                    error: &error,
+                }
+                .emit(&self.metrics);
+                if let Some(pos) = self.owned.get_mut(&p) {
+                    pos.dirty = true;
+                }
+            }
+        }
+    }
 }
 
 /// The partition to checkpoint now, if any (see `checkpoint_due`): of those changed since
 /// their last checkpoint and an `interval` past it, the one waiting longest, once
 /// `interval / (2 × partitions)` has passed since the last checkpoint of any (`last`).
-fn next_checkpoint(
-    owned: &BTreeMap<i32, Position>,
+fn next_checkpoint<'a>(
+    candidates: impl Iterator<Item = (i32, &'a Position)>,
+    partitions: usize,
     interval: Duration,
     last: Instant,
     now: Instant,
 ) -> Option<i32> {
-    let spacing = interval / (2 * owned.len().max(1)) as u32;
+    let spacing = interval / (2 * partitions.max(1)) as u32;
     if now.saturating_duration_since(last) < spacing {
         return None;
     }
-    owned
-        .iter()
+    candidates
         .filter(|(_, pos)| pos.dirty && now.saturating_duration_since(pos.checkpointed) >= interval)
         .min_by_key(|(_, pos)| pos.checkpointed)
-        .map(|(p, _)| *p)
+        .map(|(p, _)| p)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn all(owned: &BTreeMap<i32, Position>) -> impl Iterator<Item = (i32, &Position)> {
+        owned.iter().map(|(p, pos)| (*p, pos))
+    }
 
     #[test]
     fn checkpoints_go_one_at_a_time_spread_over_the_interval() {
@@ -338,7 +439,7 @@ mod tests {
         let mut last = t0;
         // Before the interval, none is due.
         assert_eq!(
-            next_checkpoint(&owned, interval, last, t0 + interval / 2),
+            next_checkpoint(all(&owned), 8, interval, last, t0 + interval / 2),
             None
         );
         // Then one at a time, at least 30 s / 16 apart, each once.
@@ -349,7 +450,7 @@ mod tests {
                 now < t0 + interval * 2,
                 "not all taken within the next interval"
             );
-            if let Some(p) = next_checkpoint(&owned, interval, last, now) {
+            if let Some(p) = next_checkpoint(all(&owned), 8, interval, last, now) {
                 assert!(taken.is_empty() || now - last >= interval / 16);
                 taken.push(p);
                 last = now;
@@ -363,17 +464,17 @@ mod tests {
         assert_eq!(taken, (0..8).collect::<Vec<_>>());
         // Unchanged partitions are not written again; a changed one waits its own interval.
         assert_eq!(
-            next_checkpoint(&owned, interval, last, now + interval),
+            next_checkpoint(all(&owned), 8, interval, last, now + interval),
             None
         );
         owned.get_mut(&3).unwrap().dirty = true;
         let c3 = owned[&3].checkpointed;
         assert_eq!(
-            next_checkpoint(&owned, interval, last, c3 + interval / 2),
+            next_checkpoint(all(&owned), 8, interval, last, c3 + interval / 2),
             None
         );
         assert_eq!(
-            next_checkpoint(&owned, interval, last, c3 + interval),
+            next_checkpoint(all(&owned), 8, interval, last, c3 + interval),
             Some(3)
         );
     }

@@ -144,6 +144,8 @@ pub struct Processor {
     /// what a checkpoint of the partition covers.
     owned: BTreeMap<i32, Position>,
     writer: Option<checkpoint::Writer>,
+    /// Checkpoints being sent beside processing, by partition, with when each was taken.
+    sending: HashMap<i32, tokio::task::JoinHandle<SentCheckpoint>>,
     /// Batches whose outputs are sent and not yet all acknowledged, oldest first.
     in_flight: std::collections::VecDeque<InFlight>,
     consumer: Option<Arc<source::GroupConsumer>>,
@@ -172,6 +174,11 @@ struct InFlight {
     offsets: HashMap<(u8, i32), i64>,
     started: Option<Instant>,
 }
+
+type SentCheckpoint = (
+    Result<checkpoint::Written, checkpoint::CheckpointError>,
+    Instant,
+);
 
 #[derive(Debug)]
 struct Position {
@@ -234,6 +241,7 @@ impl Processor {
             housekeeping,
             owned: BTreeMap::new(),
             writer: None,
+            sending: HashMap::new(),
             in_flight: Default::default(),
             consumer: None,
             topic_names: Arc::new(Vec::new()),
