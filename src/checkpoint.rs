@@ -180,7 +180,8 @@ impl Writer {
         now: Millis,
     ) -> Result<Manifest, CheckpointError> {
         let bytes = serde_json::to_vec(snapshot).map_err(CheckpointError::Encode)?;
-        let prepared = self.prepare(snapshot, Content::Encoded(bytes), offsets, now);
+        let (p, households) = (snapshot.partition, snapshot.households());
+        let prepared = self.prepare(p, households, Content::Encoded(bytes), offsets, now);
         let written = prepared.send(producer).await?;
         Ok(self.written(written))
     }
@@ -195,29 +196,21 @@ impl Writer {
         offsets: BTreeMap<String, i64>,
         now: Millis,
     ) -> Prepared {
-        let (partition, households) = (snapshot.partition, snapshot.households());
-        let mut prepared = self.prepare_for(partition, households, offsets, now);
-        prepared.content = Content::Snapshot(Box::new(snapshot));
-        prepared
+        let (p, households) = (snapshot.partition, snapshot.households());
+        self.prepare(
+            p,
+            households,
+            Content::Snapshot(Box::new(snapshot)),
+            offsets,
+            now,
+        )
     }
 
     fn prepare(
         &mut self,
-        snapshot: &PartitionSnapshot,
-        content: Content,
-        offsets: BTreeMap<String, i64>,
-        now: Millis,
-    ) -> Prepared {
-        let mut prepared =
-            self.prepare_for(snapshot.partition, snapshot.households(), offsets, now);
-        prepared.content = content;
-        prepared
-    }
-
-    fn prepare_for(
-        &mut self,
         p: i32,
         households: usize,
+        content: Content,
         offsets: BTreeMap<String, i64>,
         now: Millis,
     ) -> Prepared {
@@ -242,7 +235,7 @@ impl Writer {
             group: self.group.clone(),
             state_partition: p.rem_euclid(self.state_partitions),
             manifest,
-            content: Content::Encoded(Vec::new()),
+            content,
             retired,
         }
     }
@@ -285,15 +278,23 @@ pub struct Written {
 impl Prepared {
     /// Sends the pieces, then the manifest once every piece is acknowledged, then the
     /// tombstones of the pieces it retires.
-    pub async fn send(mut self, producer: &FutureProducer) -> Result<Written, CheckpointError> {
-        let bytes = match std::mem::replace(&mut self.content, Content::Encoded(Vec::new())) {
+    pub async fn send(self, producer: &FutureProducer) -> Result<Written, CheckpointError> {
+        let Prepared {
+            topic,
+            group,
+            state_partition: sp,
+            mut manifest,
+            content,
+            retired,
+        } = self;
+        let bytes = match content {
             Content::Encoded(b) => b,
             Content::Snapshot(s) => serde_json::to_vec(&*s).map_err(CheckpointError::Encode)?,
         };
-        self.manifest.chunks = bytes.chunks(CHUNK_BYTES).count() as u32;
-        self.manifest.bytes = bytes.len() as u64;
-        let (topic, sp) = (&self.topic, self.state_partition);
-        let keys = self.manifest.chunk_keys(&self.group);
+        manifest.chunks = bytes.chunks(CHUNK_BYTES).count() as u32;
+        manifest.bytes = bytes.len() as u64;
+        let topic = topic.as_str();
+        let keys = manifest.chunk_keys(&group);
         let mut acks = Vec::new();
         for (key, piece) in keys.iter().zip(bytes.chunks(CHUNK_BYTES)) {
             acks.push(send(producer, topic, sp, key, Some(piece)).await?);
@@ -301,23 +302,20 @@ impl Prepared {
         for a in acks {
             wait(a, topic).await?;
         }
-        let body = serde_json::to_vec(&self.manifest).map_err(CheckpointError::Encode)?;
-        let key = manifest_key(&self.group, self.manifest.partition);
+        let body = serde_json::to_vec(&manifest).map_err(CheckpointError::Encode)?;
+        let key = manifest_key(&group, manifest.partition);
         let a = send(producer, topic, sp, &key, Some(&body)).await?;
         wait(a, topic).await?;
         // The manifest is in: the chunks of the checkpoint before it can go, and any orphans.
         let mut acks = Vec::new();
-        for key in &self.retired {
+        for key in &retired {
             acks.push(send(producer, topic, sp, key, None).await?);
         }
         for a in acks {
             // A lost tombstone only leaves garbage for compaction; not an error.
             let _ = wait(a, topic).await;
         }
-        Ok(Written {
-            manifest: self.manifest,
-            retired: self.retired,
-        })
+        Ok(Written { manifest, retired })
     }
 }
 

@@ -210,8 +210,8 @@ impl Processor {
     /// Checkpoints the owned partitions that changed (all of them, when `all`); keeps the
     /// checkpoint-age gauges current. Out of `all`, one partition a turn, the one waiting
     /// longest of those whose interval has passed, and at most one every
-    /// `interval / (2 × partitions)`: processing waits while a snapshot is taken and written,
-    /// and spread out so, no record waits for more than one.
+    /// `interval / (2 × partitions)`: processing waits while a snapshot is taken, and spread
+    /// out so, no record waits for more than one.
     pub(super) async fn checkpoint_due(
         &mut self,
         all: bool,
@@ -262,69 +262,31 @@ impl Processor {
         }
     }
 
-    /// Writes partition `p`'s checkpoint. Called only between batches, when every output of
-    /// the records it covers has been acknowledged.
+    /// Writes partition `p`'s checkpoint and waits for it. Called only between batches, when
+    /// every output of the records it covers has been acknowledged.
     pub(super) async fn checkpoint(&mut self, p: i32, hard_stop: &mut watch::Receiver<bool>) {
         // After the one being sent, never beside it: each retires the pieces of the one before.
         self.take_sent(|q| q == p, hard_stop).await;
-        let Some((snapshot, offsets, started)) = self.take_snapshot(p).await else {
-            return;
-        };
-        let Some(writer) = self.writer.as_mut() else {
-            return;
-        };
-        let written = tokio::select! {
-            w = writer.write(self.sink.producer(), &snapshot, offsets, wall_millis()) => w,
-            _ = wait_true(hard_stop) => return,
-        };
-        match written {
-            Ok(m) => {
-                CheckpointWritten {
-                    partition: p,
-                    bytes: m.bytes,
-                    seconds: started.elapsed().as_secs_f64(),
-                }
-                .emit(&self.metrics);
-                if let Some(pos) = self.owned.get_mut(&p) {
-                    pos.dirty = false;
-                }
-            }
-            Err(e) => CheckpointFailed {
-                partition: p,
-                error: &e,
-            }
-            .emit(&self.metrics),
-        }
+        self.checkpoint_beside(p).await;
+        self.take_sent(|q| q == p, hard_stop).await;
     }
 
-    /// Partition `p`'s state and the input offsets it covers, once every output before it
-    /// is acknowledged (a checkpoint covers only those), and when it was taken.
-    async fn take_snapshot(
-        &mut self,
-        p: i32,
-    ) -> Option<(
-        crate::engine::PartitionSnapshot,
-        BTreeMap<String, i64>,
-        Instant,
-    )> {
-        let position = self.owned.get_mut(&p)?;
+    /// Partition `p`'s checkpoint taken now and sent beside processing: the pipeline waits
+    /// for the outputs it covers (a checkpoint covers only acknowledged ones) and the
+    /// snapshot, not for its encoding or the broker.
+    async fn checkpoint_beside(&mut self, p: i32) {
+        let Some(position) = self.owned.get_mut(&p) else {
+            return;
+        };
         let offsets = position.next.clone();
         let started = Instant::now();
         // A failed write is tried again an interval later, as a written one would be.
         position.checkpointed = started;
         if let Err(e) = self.settle(0).await {
             tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
-            return None;
-        }
-        Some((self.engine_of(p).snapshot(p), offsets, started))
-    }
-
-    /// Partition `p`'s checkpoint taken now and sent beside processing: the pipeline waits
-    /// for the outputs it covers and the snapshot, not for its encoding or the broker.
-    async fn checkpoint_beside(&mut self, p: i32) {
-        let Some((snapshot, offsets, started)) = self.take_snapshot(p).await else {
             return;
-        };
+        }
+        let snapshot = self.engine_of(p).snapshot(p);
         let Some(writer) = self.writer.as_mut() else {
             return;
         };

@@ -47,14 +47,11 @@ impl Housekeeping {
 impl Processor {
     /// Periodic chores between batches: move quiet partitions on by the clock, reload
     /// changed rules, forget stale households.
-    /// Whether the second's chores ran.
-    pub(super) fn housekeeping(&mut self, batch: &mut Batch) -> bool {
+    pub(super) fn housekeeping(&mut self, batch: &mut Batch) {
         let now = Instant::now();
-        let mut ran = false;
         let idle = Duration::from_millis(self.workers[0].engine.rules().idle_timeout.max(0) as u64);
         if now.duration_since(self.housekeeping.ticked) >= Duration::from_secs(1) {
             self.housekeeping.ticked = now;
-            ran = true;
             let wall = wall_millis();
             for w in &self.workers {
                 for p in w.engine.partitions() {
@@ -153,6 +150,9 @@ impl Processor {
                 }
             }
             self.gather(batch);
+            self.metrics
+                .housekeeping_seconds
+                .observe(now.elapsed().as_secs_f64());
         }
         if now.duration_since(self.housekeeping.reload_checked) >= Duration::from_secs(5) {
             self.housekeeping.reload_checked = now;
@@ -178,7 +178,6 @@ impl Processor {
                 w.engine.sweep(wall_millis());
             }
         }
-        ran
     }
 }
 

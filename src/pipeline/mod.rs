@@ -443,12 +443,7 @@ impl Processor {
                 },
                 _ = ticker.tick() => {}
             }
-            let chore = Instant::now();
-            if self.housekeeping(&mut batch) {
-                self.metrics
-                    .housekeeping_seconds
-                    .observe(chore.elapsed().as_secs_f64());
-            }
+            self.housekeeping(&mut batch);
             self.complete(&mut batch, &mut hard_stop).await?;
             self.persist_due(false, &mut hard_stop).await?;
         }
