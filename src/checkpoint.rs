@@ -103,6 +103,8 @@ pub enum CheckpointError {
     Damaged(i32, String),
     #[error("encoding a checkpoint: {0}")]
     Encode(serde_json::Error),
+    #[error("the outputs a checkpoint covers were never acknowledged")]
+    Unacknowledged,
 }
 
 /// How many partitions the state topic has.

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -67,10 +67,13 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let (status, ctype, body) = match (method, path) {
-        ("GET", "/incidents") => match incidents(&metrics.incidents(), query) {
-            Ok(body) => ("200 OK", "application/json", body),
-            Err(e) => ("400 Bad Request", "text/plain", format!("{e}\n")),
-        },
+        ("GET", "/incidents") => {
+            let (all, built) = fresh_incidents(metrics).await;
+            match incidents(&all, built.map(|b| b.elapsed()), query) {
+                Ok(body) => ("200 OK", "application/json", body),
+                Err(e) => ("400 Bad Request", "text/plain", format!("{e}\n")),
+            }
+        }
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
@@ -114,13 +117,44 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
     stream.shutdown().await
 }
 
+/// A view of the open incidents younger than this is served as it is.
+const INCIDENTS_FRESH: Duration = Duration::from_secs(1);
+/// How long a request waits for the pipeline to build a new view (it does so between batches;
+/// longer while it restores its state): then the last one built is served, with its age.
+const INCIDENTS_WAIT: Duration = Duration::from_secs(2);
+
+/// The open incidents as the pipeline last built them, asking it for a new view unless that
+/// one is fresh; and when it was built (never, before the pipeline first answered).
+async fn fresh_incidents(metrics: &Metrics) -> (Arc<Vec<crate::model::Incident>>, Option<Instant>) {
+    let asked = Instant::now();
+    let current = metrics.incidents();
+    if current
+        .1
+        .is_some_and(|at| asked.duration_since(at) < INCIDENTS_FRESH)
+    {
+        return current;
+    }
+    metrics.want_incidents();
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let current = metrics.incidents();
+        if current.1.is_some_and(|at| at >= asked) || asked.elapsed() >= INCIDENTS_WAIT {
+            return current;
+        }
+    }
+}
+
 /// Most incidents one response lists unless `limit` says otherwise, and the most it may say.
 const DEFAULT_LIMIT: usize = 1_000;
 const MAX_LIMIT: usize = 10_000;
 
 /// `GET /incidents?district=&severity=&limit=`: the open incidents, most severe and oldest
 /// first, with how many matched in all.
-fn incidents(all: &[crate::model::Incident], query: &str) -> Result<String, String> {
+fn incidents(
+    all: &[crate::model::Incident],
+    age: Option<Duration>,
+    query: &str,
+) -> Result<String, String> {
     let (mut district, mut severity, mut limit) = (None, None, DEFAULT_LIMIT);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -152,6 +186,9 @@ fn incidents(all: &[crate::model::Incident], query: &str) -> Result<String, Stri
         "matching": matching.len(),
         "truncated": shown.len() < matching.len(),
         "incidents": shown,
+        // How long ago the view was built: more than a second or two when the pipeline was
+        // too busy to build a new one in time (null: not built yet).
+        "age_ms": age.map(|a| a.as_millis() as u64),
     });
     Ok(body.to_string() + "\n")
 }
@@ -192,7 +229,8 @@ mod tests {
             view("c", Severity::CRITICAL, "420111"),
         ];
         let ids = |q: &str| -> (u64, Vec<String>) {
-            let v: serde_json::Value = serde_json::from_str(&incidents(&all, q).unwrap()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&incidents(&all, None, q).unwrap()).unwrap();
             let ids = v["incidents"]
                 .as_array()
                 .unwrap()
@@ -209,7 +247,50 @@ mod tests {
         );
         assert_eq!(ids("limit=1"), (3, vec!["a".into()]));
         for bad in ["severity=URGENT", "limit=0", "limit=100000", "name=x"] {
-            assert!(incidents(&all, bad).is_err(), "{bad}");
+            assert!(incidents(&all, None, bad).is_err(), "{bad}");
         }
+    }
+
+    /// The view is built by the pipeline when asked, not every second: a request asks for it
+    /// and waits for it; a fresh one is served as it is; with no pipeline to answer, the
+    /// request still gets an answer (the last view, or none) once the wait is over.
+    #[tokio::test]
+    async fn incidents_are_built_when_asked_and_a_request_never_waits_forever() {
+        let metrics = Arc::new(Metrics::new(&[]));
+        let (all, built) = fresh_incidents(&metrics).await;
+        assert!(all.is_empty() && built.is_none(), "no pipeline: no view");
+
+        let pipeline = metrics.clone();
+        let builds = tokio::spawn(async move {
+            let mut n = 0;
+            for id in ["a", "b"] {
+                pipeline.incidents_wanted.notified().await;
+                pipeline.set_incidents(vec![view(id, Severity::CRITICAL, "420106")]);
+                n += 1;
+            }
+            n
+        });
+        let asked = Instant::now();
+        let (all, built) = fresh_incidents(&metrics).await;
+        assert_eq!(all[0].incident_id, "a");
+        assert!(
+            built.is_some_and(|b| b >= asked),
+            "built after it was asked for"
+        );
+        // Fresh: served again without a build.
+        let (again, _) = fresh_incidents(&metrics).await;
+        assert_eq!(again[0].incident_id, "a");
+        tokio::time::sleep(INCIDENTS_FRESH).await;
+        let (all, _) = fresh_incidents(&metrics).await;
+        assert_eq!(all[0].incident_id, "b", "older than a second: built again");
+        assert_eq!(builds.await.unwrap(), 2);
+
+        // Nobody answers now: the last view, with its age, once the wait is over.
+        tokio::time::sleep(INCIDENTS_FRESH).await;
+        let asked = Instant::now();
+        let (all, built) = fresh_incidents(&metrics).await;
+        assert_eq!(all[0].incident_id, "b");
+        assert!(built.is_some_and(|b| b < asked));
+        assert!(asked.elapsed() >= INCIDENTS_WAIT);
     }
 }

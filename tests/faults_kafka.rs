@@ -375,10 +375,15 @@ async fn delete_topic(config: &Config, topic: &str) {
 /// A processor whose critical tasks cannot be delivered (their topic deleted): `/health` says
 /// stuck, SIGTERM ends it within `shutdown_timeout_ms` (non-zero, saying why), a second signal
 /// at once; a later instance re-does the alarm from the committed offsets with the same id.
+/// Checkpoints fall due meanwhile (every second): none may cover the undelivered task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_when_outputs_cannot_be_delivered_and_the_next_instance_redoes_them() {
     let broker = common::Broker::start();
     let (config, mut env) = common::test_config(&broker.bootstrap(), "stuck");
+    env.push((
+        "CARESTREAM_PIPELINE__CHECKPOINT_INTERVAL_MS".into(),
+        "1000".into(),
+    ));
     env.push((
         "CARESTREAM_PIPELINE__SHUTDOWN_TIMEOUT_MS".into(),
         "3000".into(),

@@ -163,11 +163,15 @@ impl Engine {
     /// Registered homes per area among the households held here.
     pub fn area_counts(&self) -> HashMap<String, usize> {
         let r = &self.rules.area;
-        let mut counts = HashMap::new();
+        // Keyed by the profiles' own strings: a copy per area, not per home.
+        let mut counts: HashMap<&str, usize> = HashMap::new();
         for p in self.slots.iter().filter_map(|h| h.profile.as_deref()) {
-            *counts.entry(r.area_of(p).to_string()).or_default() += 1;
+            *counts.entry(r.area_of(p)).or_default() += 1;
         }
         counts
+            .into_iter()
+            .map(|(a, n)| (a.to_string(), n))
+            .collect()
     }
 
     /// The registered homes of every area, counted over all of an instance's workers: this
@@ -219,9 +223,10 @@ impl Engine {
     }
 
     /// District, street and community of an area's grouped incident.
-    pub(super) fn area_place(&self, household_id: &str) -> Option<(String, String, String)> {
+    pub(super) fn area_place_ref(&self, household_id: &str) -> Option<(&str, &str, &str)> {
         let area = household_id.strip_prefix(AREA_PREFIX)?;
-        self.areas.by_area.get(area).map(|a| a.place.clone())
+        let (d, s, c) = &self.areas.by_area.get(area)?.place;
+        Some((d, s, c))
     }
 
     /// Forgets a home's report; the area it was in.

@@ -360,14 +360,36 @@ impl Engine {
         h.profile.as_deref().map(|p| p.community.as_str())
     }
 
-    /// Every open incident, as the desk's view shows it: most severe, then oldest, first.
+    /// Every open incident, as the desk's view shows it, in no order (the caller sorts the
+    /// views of all its engines together). A copy of every incident: built when asked for.
     pub fn incident_views(&self) -> Vec<Incident> {
         let mut all = Vec::with_capacity(self.open_count);
-        for h in self.slots.iter() {
+        for h in self.slots.iter().filter(|h| !h.open.is_empty()) {
             all.extend(h.open.iter().map(|inc| view(h, inc, self.place(h))));
         }
-        all.sort_by_key(|i| (i.severity, i.opened_at));
         all
+    }
+
+    /// Adds the open incidents to the desk's gauges, counted in place: by district and
+    /// severity, and the overdue visits by community. Runs every second, so it copies nothing
+    /// per incident (building the views took up to 22 ms a second at 20 000 homes with ~10 000
+    /// incidents open, holding every record meanwhile).
+    pub fn count_open(&self, into: &mut DeskCounts) {
+        let visit = RuleKind::VisitCadence.rule_id();
+        for h in self.slots.iter().filter(|h| !h.open.is_empty()) {
+            let (district, community) = match &h.profile {
+                Some(p) => (p.district.as_str(), p.community.as_str()),
+                None => self
+                    .area_place_ref(&h.id)
+                    .map_or(("", ""), |(d, _, c)| (d, c)),
+            };
+            for inc in &h.open {
+                bump(&mut into.open, district)[inc.severity.index()] += 1;
+                if inc.rule_id == visit {
+                    *bump(&mut into.overdue, community) += 1;
+                }
+            }
+        }
     }
 
     /// Incident `incident_id` of `household_id` as it stands, if it is open.
@@ -381,7 +403,10 @@ impl Engine {
     fn place(&self, h: &Household) -> (String, String, String) {
         match &h.profile {
             Some(p) => (p.district.clone(), p.street.clone(), p.community.clone()),
-            None => self.area_place(&h.id).unwrap_or_default(),
+            None => self
+                .area_place_ref(&h.id)
+                .map(|(d, s, c)| (d.to_string(), s.to_string(), c.to_string()))
+                .unwrap_or_default(),
         }
     }
 
@@ -1033,6 +1058,23 @@ impl Engine {
 }
 
 /// The desk's view of an open incident of `h`.
+/// The count of `key` in `map`, made on first sight: a key is copied once, not per count.
+fn bump<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("just inserted")
+}
+
+/// The open incidents the desk's gauges show, over one instance's engines.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DeskCounts {
+    /// By district: open incidents of each severity (by `Severity::index`).
+    pub open: HashMap<String, [i64; Severity::ALL.len()]>,
+    /// By community: open overdue-visit incidents.
+    pub overdue: HashMap<String, i64>,
+}
+
 fn view(h: &Household, inc: &household::OpenIncident, place: (String, String, String)) -> Incident {
     let (district, street, community) = place;
     Incident {

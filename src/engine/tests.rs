@@ -3057,3 +3057,56 @@ fn missed_doses_are_counted_across_a_checkpoint_and_a_dose_taken_starts_over() {
     moved.tick(0, T0 + 37 * HOUR, &mut out);
     assert_eq!(opened(&out), 1, "the second miss in a row, after the move");
 }
+
+#[test]
+fn the_desk_s_gauges_count_what_the_open_incidents_views_show() {
+    use crate::localtime::DAY;
+    let mut e = engine();
+    let mut out = Vec::new();
+    // Two districts; two homes overdue for a visit, in two communities; one visited lately.
+    for (hh, district, community, last) in [
+        ("hh-a1", "420102", "420102001003", T0 - 40 * DAY),
+        ("hh-a2", "420102", "420102001004", T0 - 45 * DAY),
+        ("hh-b1", "420106", "420106002001", T0 - DAY),
+    ] {
+        let mut p = profile_of(hh);
+        p.district = district.into();
+        p.community = community.into();
+        p.last_visit_at = Some(last);
+        register_seen(&mut e, p, T0, &mut out);
+    }
+    for hour in 1..=12 * 24 {
+        e.tick(0, T0 + hour * HOUR, &mut out);
+    }
+    let t = T0 + 12 * DAY + 60_000;
+    for (hh, id) in [("hh-a1", "p-a1"), ("hh-b1", "p-b1")] {
+        e.process(&press(hh, id, t), m(t), &mut out).unwrap();
+    }
+
+    let mut got = DeskCounts::default();
+    e.count_open(&mut got);
+    let mut want = DeskCounts::default();
+    let visit = RuleKind::VisitCadence.rule_id();
+    let views = e.incident_views();
+    for v in &views {
+        want.open.entry(v.district.clone()).or_default()[v.severity.index()] += 1;
+        if v.rule_id == visit {
+            *want.overdue.entry(v.community.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(got, want);
+    assert_eq!(views.len(), e.open_incidents());
+    assert_eq!(
+        want.overdue,
+        HashMap::from([
+            ("420102001003".to_string(), 1),
+            ("420102001004".to_string(), 1)
+        ]),
+        "{views:#?}"
+    );
+    assert_eq!(
+        want.open["420106"][Severity::CRITICAL.index()],
+        1,
+        "{views:#?}"
+    );
+}

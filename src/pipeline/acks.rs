@@ -29,7 +29,9 @@ impl Processor {
     ) -> anyhow::Result<()> {
         self.gather(batch);
         if batch.count == 0 && batch.records.is_empty() {
-            return Ok(());
+            // Idle: the batches acknowledged meanwhile have their offsets stored, and the
+            // checkpoints waiting for them go out.
+            return self.settle(MAX_IN_FLIGHT).await;
         }
         let records = std::mem::take(&mut batch.records);
         for r in &records {
@@ -57,7 +59,9 @@ impl Processor {
                 .await
             })
         });
+        self.handed += 1;
         self.in_flight.push_back(InFlight {
+            seq: self.handed,
             delivery,
             offsets: std::mem::take(&mut batch.offsets),
             started: batch.started,
@@ -66,9 +70,9 @@ impl Processor {
         self.settle(MAX_IN_FLIGHT).await
     }
 
-    /// Stores the offsets of the batches whose outputs are all acknowledged, in order; waits
-    /// for the oldest while more than `keep` are in flight (`0`: until all are done, as
-    /// before a checkpoint, which must cover only acknowledged outputs).
+    /// Stores the offsets of the batches whose outputs are all acknowledged, in order, and
+    /// says how far that is (`acked`); waits for the oldest while more than `keep` are in
+    /// flight (`0`: until all are done).
     pub(super) async fn settle(&mut self, keep: usize) -> anyhow::Result<()> {
         while let Some(front) = self.in_flight.front() {
             let done = front.delivery.as_ref().is_none_or(|d| d.is_finished());
@@ -79,6 +83,7 @@ impl Processor {
             if let Some(d) = f.delivery {
                 d.await??;
             }
+            self.acked.send_replace(f.seq);
             // In a transaction the offsets go with the commit (`commit_epoch`).
             let store = !f.offsets.is_empty() && !self.sink.is_transactional();
             if let (Some(consumer), true) = (&self.consumer, store) {
@@ -242,7 +247,7 @@ impl Processor {
                 now,
             ) {
                 self.housekeeping.checkpointed = now;
-                self.checkpoint_beside(p).await;
+                self.checkpoint_beside(p);
             }
         }
         self.checkpoint_ages();
@@ -262,19 +267,20 @@ impl Processor {
         }
     }
 
-    /// Writes partition `p`'s checkpoint and waits for it. Called only between batches, when
-    /// every output of the records it covers has been acknowledged.
+    /// Writes partition `p`'s checkpoint and waits for it, and so for the outputs it covers.
+    /// Called only between batches.
     pub(super) async fn checkpoint(&mut self, p: i32, hard_stop: &mut watch::Receiver<bool>) {
         // After the one being sent, never beside it: each retires the pieces of the one before.
         self.take_sent(|q| q == p, hard_stop).await;
-        self.checkpoint_beside(p).await;
+        self.checkpoint_beside(p);
         self.take_sent(|q| q == p, hard_stop).await;
     }
 
     /// Partition `p`'s checkpoint taken now and sent beside processing: the pipeline waits
-    /// for the outputs it covers (a checkpoint covers only acknowledged ones) and the
-    /// snapshot, not for its encoding or the broker.
-    async fn checkpoint_beside(&mut self, p: i32) {
+    /// for the snapshot only. The send waits for every output handed to the producer so far
+    /// to be acknowledged (a checkpoint covers only acknowledged outputs); held on the
+    /// pipeline's thread, that wait held every record behind it for a broker round trip.
+    fn checkpoint_beside(&mut self, p: i32) {
         let Some(position) = self.owned.get_mut(&p) else {
             return;
         };
@@ -282,10 +288,7 @@ impl Processor {
         let started = Instant::now();
         // A failed write is tried again an interval later, as a written one would be.
         position.checkpointed = started;
-        if let Err(e) = self.settle(0).await {
-            tracing::warn!(partition = p, error = %e, "checkpoint skipped: outputs unacknowledged");
-            return;
-        }
+        let (covers, mut acked) = (self.handed, self.acked.subscribe());
         let snapshot = self.engine_of(p).snapshot(p);
         let Some(writer) = self.writer.as_mut() else {
             return;
@@ -295,8 +298,16 @@ impl Processor {
         if let Some(pos) = self.owned.get_mut(&p) {
             pos.dirty = false;
         }
-        let producer = self.sink.producer().clone();
-        let task = tokio::spawn(async move { (prepared.send(&producer).await, started) });
+        let producer = match &self.checkpoint_producer {
+            Some(p) => p.clone(),
+            None => self.sink.producer().clone(),
+        };
+        let task = tokio::spawn(async move {
+            if acked.wait_for(|a| *a >= covers).await.is_err() {
+                return (Err(checkpoint::CheckpointError::Unacknowledged), started);
+            }
+            (prepared.send(&producer).await, started)
+        });
         self.sending.insert(p, task);
     }
 
@@ -313,6 +324,15 @@ impl Processor {
             .filter(|(p, task)| task.is_finished() || wait(**p))
             .map(|(p, _)| *p)
             .collect();
+        // One waited for may be waiting for outputs, which settle only here.
+        if due.iter().any(|p| !self.sending[p].is_finished()) {
+            if let Err(e) = self.settle(0).await {
+                tracing::warn!(error = %e, "checkpoints abandoned: outputs unacknowledged");
+                for p in &due {
+                    self.sending[p].abort();
+                }
+            }
+        }
         for p in due {
             let Some(task) = self.sending.remove(&p) else {
                 continue;

@@ -13,11 +13,16 @@ use super::*;
 use crate::telemetry::events::{RulesReloadFailed, RulesReloaded};
 use crate::telemetry::InternalEvent;
 
+/// How often `state_bytes` is measured.
+const STATE_SIZE_EVERY: Duration = Duration::from_secs(15);
+
 /// When the periodic chores last ran, and what the rules directory looked like.
 pub(super) struct Housekeeping {
     pub(super) ticked: Instant,
     pub(super) reload_checked: Instant,
     pub(super) swept: Instant,
+    /// When the state's size was last measured (a walk over every household: not each second).
+    pub(super) sized: Option<Instant>,
     pub(super) checkpointed: Instant,
     pub(super) rules_stamp: Option<std::time::SystemTime>,
 }
@@ -38,6 +43,7 @@ impl Housekeeping {
             ticked: now,
             reload_checked: now,
             swept: now,
+            sized: None,
             checkpointed: now,
             rules_stamp: rules_stamp(rules_dir),
         }
@@ -98,17 +104,16 @@ impl Processor {
                 .iter_mut()
                 .flat_map(|w| w.engine.take_ack_latencies())
                 .collect();
-            let views = self
-                .workers
-                .iter()
-                .flat_map(|w| w.engine.incident_views())
-                .collect();
+            let mut open = crate::engine::DeskCounts::default();
+            for w in &self.workers {
+                w.engine.count_open(&mut open);
+            }
             let households = self
                 .workers
                 .iter()
                 .map(|w| w.engine.household_count())
                 .sum();
-            self.metrics.desk(views, households, &acks);
+            self.metrics.desk(&open, households, &acks);
             // A partition whose records wait for one of its topics is not idle: its idle
             // time starts when the wait ends.
             let consumer = self.consumer.clone();
@@ -182,16 +187,37 @@ impl Processor {
 }
 
 impl Processor {
+    /// The open incidents of every worker, most severe then oldest first, for
+    /// `GET /incidents`: built when it asks (`Metrics::want_incidents`), not every second.
+    pub(super) fn publish_incidents(&self) {
+        let mut views: Vec<_> = self
+            .workers
+            .iter()
+            .flat_map(|w| w.engine.incident_views())
+            .collect();
+        views.sort_by_key(|i| (i.severity, i.opened_at));
+        self.metrics.set_incidents(views);
+    }
+
     /// The engines' counters and sizes, over all workers, to the metrics.
     fn report_engines(&mut self) {
         let mut stats = crate::engine::EngineStats::default();
-        let (mut households, mut open, mut queued, mut bytes) = (0, 0, 0, 0);
+        let (mut households, mut open, mut queued) = (0, 0, 0);
         for w in &self.workers {
             stats += w.engine.stats();
             households += w.engine.household_count();
             open += w.engine.open_incidents();
             queued += w.engine.queued();
-            bytes += w.engine.state_bytes();
+        }
+        let now = Instant::now();
+        if self
+            .housekeeping
+            .sized
+            .is_none_or(|t| now.duration_since(t) >= STATE_SIZE_EVERY)
+        {
+            self.housekeeping.sized = Some(now);
+            let bytes: usize = self.workers.iter().map(|w| w.engine.state_bytes()).sum();
+            self.metrics.state_bytes.set(bytes as i64);
         }
         if self.workers.len() == 1 {
             self.metrics
@@ -216,6 +242,6 @@ impl Processor {
             self.metrics.districts(&counts);
         }
         self.metrics.engine_stats(stats, households, open);
-        self.metrics.engine_sizes(queued, bytes);
+        self.metrics.queued.set(queued as i64);
     }
 }

@@ -135,6 +135,10 @@ pub struct Processor {
     district_order: Vec<String>,
     metrics: Arc<Metrics>,
     sink: Sink,
+    /// At least once: checkpoints go out on a producer of their own. On the outputs' own, a
+    /// checkpoint's megabytes sat in the broker connection ahead of the tasks produced after
+    /// them (the broker takes a connection's requests one at a time), and delayed their acks.
+    checkpoint_producer: Option<rdkafka::producer::FutureProducer>,
     registry: Option<RegistryClient>,
     missing_schema_ids: HashSet<u32>,
     /// When each partition last delivered a record (processing time), for idle ticks.
@@ -146,6 +150,11 @@ pub struct Processor {
     writer: Option<checkpoint::Writer>,
     /// Checkpoints being sent beside processing, by partition, with when each was taken.
     sending: HashMap<i32, tokio::task::JoinHandle<SentCheckpoint>>,
+    /// Batches handed to the producer so far, and the last of them whose outputs are all
+    /// acknowledged (in order): a checkpoint sent beside processing waits for the outputs it
+    /// covers there, not on the pipeline's thread.
+    handed: u64,
+    acked: watch::Sender<u64>,
     /// Batches whose outputs are sent and not yet all acknowledged, oldest first.
     in_flight: std::collections::VecDeque<InFlight>,
     consumer: Option<Arc<source::GroupConsumer>>,
@@ -169,6 +178,8 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEAD_LETTER_MAX_VALUE: usize = 64 * 1024;
 
 struct InFlight {
+    /// Its place in the order batches were handed to the producer (from 1).
+    seq: u64,
     delivery: Option<tokio::task::JoinHandle<Result<(), crate::sink::SinkError>>>,
     /// By (input topic index, partition).
     offsets: HashMap<(u8, i32), i64>,
@@ -220,6 +231,15 @@ impl Processor {
                 })?
             }
         };
+        let checkpoint_producer = match config.pipeline.delivery {
+            Delivery::AtLeastOnce => Some(
+                crate::kafka::reliable_producer_config(&crate::kafka::producer_config(&config))
+                    .create()
+                    .context("creating the checkpoints' producer")?,
+            ),
+            // In the transaction, with the outputs it covers.
+            Delivery::ExactlyOnce => None,
+        };
         let housekeeping = Housekeeping::new(&config.rules.dir);
         Ok(Processor {
             registry: config
@@ -236,12 +256,15 @@ impl Processor {
             config,
             metrics,
             sink,
+            checkpoint_producer,
             missing_schema_ids: HashSet::new(),
             last_record: HashMap::new(),
             housekeeping,
             owned: BTreeMap::new(),
             writer: None,
             sending: HashMap::new(),
+            handed: 0,
+            acked: watch::Sender::new(0),
             in_flight: Default::default(),
             consumer: None,
             topic_names: Arc::new(Vec::new()),
@@ -428,6 +451,7 @@ impl Processor {
         // traffic) took a member that was not reading yet for one that was: in the e2e test
         // the alarms of the first second took up to ~1 s (2026-12-02).
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let metrics = self.metrics.clone();
         let mut stopped = false;
         loop {
             tokio::select! {
@@ -437,6 +461,9 @@ impl Processor {
                     let Some(msg) = msg else { anyhow::bail!("registry reader stopped") };
                     self.apply_registry(msg, &mut batch);
                 }
+                // Before the records: under load they are always ready, and a biased select
+                // would never come to it.
+                _ = metrics.incidents_wanted.notified() => self.publish_incidents(),
                 f = fetched.recv() => match f {
                     Some(Fetched::Stopped) | None => { stopped = true; break }
                     Some(f) => self.on_fetched(f, &topics, &mut batch, &mut hard_stop).await?,

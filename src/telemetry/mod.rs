@@ -24,15 +24,22 @@ pub const NAMESPACE: &str = "carestream";
 impl Metrics {
     /// Replaces the open incidents `GET /incidents` shows.
     pub fn set_incidents(&self, views: Vec<crate::model::Incident>) {
-        *self.incidents.lock().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(views);
+        *self.incidents.lock().unwrap_or_else(|e| e.into_inner()) =
+            (std::sync::Arc::new(views), Some(Instant::now()));
     }
 
-    /// The open incidents last set.
-    pub fn incidents(&self) -> std::sync::Arc<Vec<crate::model::Incident>> {
+    /// The open incidents last set, and when.
+    pub fn incidents(&self) -> (std::sync::Arc<Vec<crate::model::Incident>>, Option<Instant>) {
         self.incidents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Asks the pipeline for the open incidents as they stand (it builds them between
+    /// batches: a copy of every open incident is not made unless someone reads it).
+    pub fn want_incidents(&self) {
+        self.incidents_wanted.notify_one();
     }
 
     /// Outputs have waited for the broker longer than `pipeline.stuck_after_ms`.
@@ -46,9 +53,12 @@ impl Metrics {
 
 pub struct Metrics {
     pub registry: Registry,
-    /// The open incidents of the partitions this instance owns, refreshed once a second, for
-    /// `GET /incidents`.
-    pub incidents: Mutex<std::sync::Arc<Vec<crate::model::Incident>>>,
+    /// The open incidents of the partitions this instance owns, for `GET /incidents`, and
+    /// when they were built (on request: `want_incidents`).
+    #[allow(clippy::type_complexity)]
+    pub incidents: Mutex<(std::sync::Arc<Vec<crate::model::Incident>>, Option<Instant>)>,
+    /// Wakes the pipeline to build them.
+    pub incidents_wanted: tokio::sync::Notify,
     /// Pre-resolved per stream: the hot path indexes an array, it never looks up labels.
     input_records: Vec<IntCounter>,
     pub dead_letters: IntCounterVec,
@@ -310,6 +320,7 @@ impl Metrics {
 
         Metrics {
             incidents: Mutex::new(Default::default()),
+            incidents_wanted: tokio::sync::Notify::new(),
             input_records,
             dead_letters,
             decode_errors,
@@ -656,39 +667,31 @@ impl Metrics {
         self.open_incidents.set(open as i64);
     }
 
-    /// The desk's side, from the open incidents as `GET /incidents` shows them: open incidents
-    /// by severity and district, visits overdue by community, acknowledgements. Keeps the
-    /// incidents for `GET /incidents`.
+    /// The desk's side, from the open incidents counted by the engines: open incidents by
+    /// severity and district, visits overdue by community, acknowledgements.
     pub fn desk(
         &self,
-        incidents: Vec<crate::model::Incident>,
+        counts: &crate::engine::DeskCounts,
         households: usize,
         acks: &[(Severity, i64)],
     ) {
-        let mut open: HashMap<(Severity, &str), i64> = HashMap::new();
-        let mut overdue_by_community: HashMap<&str, i64> = HashMap::new();
-        let visit = crate::rules::RuleKind::VisitCadence.rule_id();
-        for i in &incidents {
-            *open.entry((i.severity, i.district.as_str())).or_insert(0) += 1;
-            if i.rule_id == visit {
-                *overdue_by_community
-                    .entry(i.community.as_str())
-                    .or_insert(0) += 1;
+        self.open_by_district.reset();
+        for (district, by_severity) in &counts.open {
+            for (severity, n) in Severity::ALL.iter().zip(by_severity) {
+                if *n > 0 {
+                    self.open_by_district
+                        .with_label_values(&[severity.as_str(), district])
+                        .set(*n);
+                }
             }
         }
-        self.open_by_district.reset();
-        for ((severity, district), n) in open {
-            self.open_by_district
-                .with_label_values(&[severity.as_str(), district])
-                .set(n);
-        }
         self.visits_overdue_by_community.reset();
-        for (community, n) in &overdue_by_community {
+        for (community, n) in &counts.overdue {
             self.visits_overdue_by_community
                 .with_label_values(&[community])
                 .set(*n);
         }
-        let overdue: i64 = overdue_by_community.values().sum();
+        let overdue: i64 = counts.overdue.values().sum();
         self.visit_overdue.set(overdue);
         if households > 0 {
             self.visit_met_ratio
@@ -699,7 +702,6 @@ impl Metrics {
                 .with_label_values(&[severity.as_str()])
                 .observe(*ms as f64 / 1000.0);
         }
-        self.set_incidents(incidents);
     }
 
     /// Folds the engine's per-district event counts into the metric.
@@ -712,11 +714,6 @@ impl Metrics {
                 .inc_by(n.saturating_sub(last[i]));
             last[i] = *n;
         }
-    }
-
-    pub fn engine_sizes(&self, queued: usize, state_bytes: usize) {
-        self.queued.set(queued as i64);
-        self.state_bytes.set(state_bytes as i64);
     }
 
     pub fn render(&self) -> String {
