@@ -67,13 +67,15 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let (status, ctype, body) = match (method, path) {
-        ("GET", "/incidents") => {
-            let (all, built) = fresh_incidents(metrics).await;
-            match incidents(&all, built.map(|b| b.elapsed()), query) {
-                Ok(body) => ("200 OK", "application/json", body),
-                Err(e) => ("400 Bad Request", "text/plain", format!("{e}\n")),
+        // A bad query is answered before the view is asked for.
+        ("GET", "/incidents") => match Filter::parse(query) {
+            Ok(filter) => {
+                let (all, built) = fresh_incidents(metrics).await;
+                let age = built.map(|b| b.elapsed());
+                ("200 OK", "application/json", incidents(&all, age, &filter))
             }
-        }
+            Err(e) => ("400 Bad Request", "text/plain", format!("{e}\n")),
+        },
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
@@ -150,38 +152,13 @@ const MAX_LIMIT: usize = 10_000;
 
 /// `GET /incidents?district=&severity=&limit=`: the open incidents, most severe and oldest
 /// first, with how many matched in all.
-fn incidents(
-    all: &[crate::model::Incident],
-    age: Option<Duration>,
-    query: &str,
-) -> Result<String, String> {
-    let (mut district, mut severity, mut limit) = (None, None, DEFAULT_LIMIT);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "district" => district = Some(v),
-            "severity" => {
-                severity =
-                    Some(crate::model::Severity::from_symbol(v).ok_or_else(|| {
-                        "severity must be one of CRITICAL, HIGH, ROUTINE".to_string()
-                    })?)
-            }
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| format!("limit must be 1 to {MAX_LIMIT}"))?
-            }
-            _ => return Err("known parameters: district, severity, limit".to_string()),
-        }
-    }
+fn incidents(all: &[crate::model::Incident], age: Option<Duration>, f: &Filter<'_>) -> String {
     let matching: Vec<_> = all
         .iter()
-        .filter(|i| district.is_none_or(|d| i.district == d))
-        .filter(|i| severity.is_none_or(|s| i.severity == s))
+        .filter(|i| f.district.is_none_or(|d| i.district == d))
+        .filter(|i| f.severity.is_none_or(|s| i.severity == s))
         .collect();
-    let shown = &matching[..matching.len().min(limit)];
+    let shown = &matching[..matching.len().min(f.limit)];
     let body = serde_json::json!({
         "matching": matching.len(),
         "truncated": shown.len() < matching.len(),
@@ -190,7 +167,44 @@ fn incidents(
         // too busy to build a new one in time (null: not built yet).
         "age_ms": age.map(|a| a.as_millis() as u64),
     });
-    Ok(body.to_string() + "\n")
+    body.to_string() + "\n"
+}
+
+/// What `GET /incidents` asks for.
+struct Filter<'q> {
+    district: Option<&'q str>,
+    severity: Option<crate::model::Severity>,
+    limit: usize,
+}
+
+impl<'q> Filter<'q> {
+    fn parse(query: &'q str) -> Result<Filter<'q>, String> {
+        let mut f = Filter {
+            district: None,
+            severity: None,
+            limit: DEFAULT_LIMIT,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "district" => f.district = Some(v),
+                "severity" => {
+                    f.severity = Some(crate::model::Severity::from_symbol(v).ok_or_else(|| {
+                        "severity must be one of CRITICAL, HIGH, ROUTINE".to_string()
+                    })?)
+                }
+                "limit" => {
+                    f.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| format!("limit must be 1 to {MAX_LIMIT}"))?
+                }
+                _ => return Err("known parameters: district, severity, limit".to_string()),
+            }
+        }
+        Ok(f)
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +244,7 @@ mod tests {
         ];
         let ids = |q: &str| -> (u64, Vec<String>) {
             let v: serde_json::Value =
-                serde_json::from_str(&incidents(&all, None, q).unwrap()).unwrap();
+                serde_json::from_str(&incidents(&all, None, &Filter::parse(q).unwrap())).unwrap();
             let ids = v["incidents"]
                 .as_array()
                 .unwrap()
@@ -247,7 +261,7 @@ mod tests {
         );
         assert_eq!(ids("limit=1"), (3, vec!["a".into()]));
         for bad in ["severity=URGENT", "limit=0", "limit=100000", "name=x"] {
-            assert!(incidents(&all, None, bad).is_err(), "{bad}");
+            assert!(Filter::parse(bad).is_err(), "{bad}");
         }
     }
 
@@ -292,5 +306,28 @@ mod tests {
         assert_eq!(all[0].incident_id, "b");
         assert!(built.is_some_and(|b| b < asked));
         assert!(asked.elapsed() >= INCIDENTS_WAIT);
+    }
+
+    /// A bad query is refused at once: the pipeline is not asked to build a view for it.
+    #[tokio::test]
+    async fn a_bad_query_is_refused_without_asking_for_the_view() {
+        let metrics = Arc::new(Metrics::new(&[]));
+        let (_stop, shutdown) = watch::channel(false);
+        let (addr, _server) = serve("127.0.0.1:0", metrics.clone(), shutdown)
+            .await
+            .unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /incidents?severity=SOON HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        tokio::select! {
+            biased;
+            _ = metrics.incidents_wanted.notified() => panic!("the view was asked for"),
+            _ = std::future::ready(()) => {}
+        }
     }
 }
