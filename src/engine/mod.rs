@@ -377,12 +377,7 @@ impl Engine {
     pub fn count_open(&self, into: &mut DeskCounts) {
         let visit = RuleKind::VisitCadence.rule_id();
         for h in self.slots.iter().filter(|h| !h.open.is_empty()) {
-            let (district, community) = match &h.profile {
-                Some(p) => (p.district.as_str(), p.community.as_str()),
-                None => self
-                    .area_place_ref(&h.id)
-                    .map_or(("", ""), |(d, _, c)| (d, c)),
-            };
+            let (district, _, community) = self.place_ref(h);
             for inc in &h.open {
                 bump(&mut into.open, district)[inc.severity.index()] += 1;
                 if inc.rule_id == visit {
@@ -401,12 +396,15 @@ impl Engine {
 
     /// District, street and community of a household: its registry entry's, or an area's.
     fn place(&self, h: &Household) -> (String, String, String) {
+        let (d, s, c) = self.place_ref(h);
+        (d.to_string(), s.to_string(), c.to_string())
+    }
+
+    /// The same, borrowed (empty when neither knows it).
+    fn place_ref<'a>(&'a self, h: &'a Household) -> (&'a str, &'a str, &'a str) {
         match &h.profile {
-            Some(p) => (p.district.clone(), p.street.clone(), p.community.clone()),
-            None => self
-                .area_place_ref(&h.id)
-                .map(|(d, s, c)| (d.to_string(), s.to_string(), c.to_string()))
-                .unwrap_or_default(),
+            Some(p) => (&p.district, &p.street, &p.community),
+            None => self.area_place_ref(&h.id).unwrap_or_default(),
         }
     }
 
@@ -1057,7 +1055,6 @@ impl Engine {
     }
 }
 
-/// The desk's view of an open incident of `h`.
 /// The count of `key` in `map`, made on first sight: a key is copied once, not per count.
 fn bump<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
     if !map.contains_key(key) {
@@ -1075,6 +1072,7 @@ pub struct DeskCounts {
     pub overdue: HashMap<String, i64>,
 }
 
+/// The desk's view of an open incident of `h`.
 fn view(h: &Household, inc: &household::OpenIncident, place: (String, String, String)) -> Incident {
     let (district, street, community) = place;
     Incident {
