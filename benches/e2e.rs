@@ -50,7 +50,8 @@
 //! (seen 2026-12-03), and reports the others of the request unknown. The processor is this
 //! build's `carestream` binary and inherits the environment, so
 //! `CARESTREAM_KAFKA__PROPERTIES__*` (the fetch wait, say) reaches it. `CARESTREAM_E2E_LINGER_MS` sets the simulated gateways'
-//! producer linger (5 ms by default). Run by `cargo test --benches` (no `--bench` argument),
+//! producer linger (5 ms by default). `CARESTREAM_E2E_PROCESSOR_CPUS=1` gives the processor CPU 1
+//! and everything else the other CPUs (see `processor_cpus`). Run by `cargo test --benches` (no `--bench` argument),
 //! it checks its own arithmetic instead and starts no broker.
 
 #[path = "../tests/common/mod.rs"]
@@ -197,6 +198,16 @@ fn broker_with_topics(tag: &str) -> (Target, carestream::config::Config, Vec<(St
         Ok(b) if !b.is_empty() => Target::External(b, Vec::new()),
         _ => Target::Own(common::Broker::start()),
     };
+    if let Some(cpus) = processor_cpus() {
+        let rest = other_cpus(&cpus);
+        println!("the processor on CPUs {cpus}; the broker, the load generator and the peers on {rest} (CARESTREAM_E2E_PROCESSOR_CPUS)");
+        if let Target::Own(b) = &target {
+            for pid in b.pids() {
+                pin(pid, &rest);
+            }
+        }
+        pin(std::process::id(), &rest);
+    }
     let (config, env) = common::test_config(&target.bootstrap(), tag);
     if let Target::External(bootstrap, topics) = &mut target {
         println!(
@@ -221,6 +232,75 @@ fn broker_with_topics(tag: &str) -> (Target, carestream::config::Config, Vec<(St
     (target, config, env)
 }
 
+/// `CARESTREAM_E2E_PROCESSOR_CPUS` (CPU numbers and ranges, `taskset`'s list: `1`, `2-3`):
+/// the processor runs on those CPUs and the broker, the load generator and the peers on the
+/// others, as a deployment gives the processor cores of its own. Unset, all share every CPU
+/// (then, at half the catch-up rate on two cores, the processor's threads waited for a CPU
+/// longer than they ran).
+fn processor_cpus() -> Option<String> {
+    std::env::var("CARESTREAM_E2E_PROCESSOR_CPUS")
+        .ok()
+        .filter(|c| !c.is_empty())
+}
+
+/// The CPUs of this machine not in the list `cpus`, as a list.
+fn other_cpus(cpus: &str) -> String {
+    let mut taken = std::collections::BTreeSet::new();
+    for part in cpus.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let number = |c: &str| -> usize {
+            c.trim()
+                .parse()
+                .expect("CARESTREAM_E2E_PROCESSOR_CPUS: CPU numbers")
+        };
+        taken.extend(number(a)..=number(b));
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rest: Vec<String> = (0..n)
+        .filter(|c| !taken.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        !rest.is_empty(),
+        "CARESTREAM_E2E_PROCESSOR_CPUS leaves no CPU for the broker"
+    );
+    rest.join(",")
+}
+
+/// Every thread of `pid` (and those they start later) on the CPUs `cpus`.
+fn pin(pid: u32, cpus: &str) {
+    taskset(&["-a", "-p", "-c", cpus, &pid.to_string()]);
+}
+
+fn taskset(args: &[&str]) {
+    let out = std::process::Command::new("taskset")
+        .args(args)
+        .output()
+        .expect("taskset (util-linux) for CARESTREAM_E2E_PROCESSOR_CPUS");
+    assert!(
+        out.status.success(),
+        "taskset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The processor started on its own CPUs, if it has some (`processor_cpus`): this thread
+/// moves there to start it, so every thread of the processor is born there.
+fn start_processor(env: &[(String, String)]) -> common::Processor {
+    let Some(cpus) = processor_cpus() else {
+        return common::Processor::start(env);
+    };
+    let this = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = this
+        .file_name()
+        .and_then(|t| t.to_str())
+        .expect("a thread id");
+    taskset(&["-p", "-c", &cpus, tid]);
+    let p = common::Processor::start(env);
+    pin(std::process::id(), &other_cpus(&cpus));
+    p
+}
+
 /// The city registered (so no record is dead-lettered for an unknown household), then the
 /// processor started and ready.
 fn processor_on_the_city(
@@ -231,7 +311,7 @@ fn processor_on_the_city(
 ) -> common::Processor {
     register_city(prod, codec, &config.topics.households);
     prod.flush(Duration::from_secs(60)).unwrap();
-    let mut p = common::Processor::start(env);
+    let mut p = start_processor(env);
     p.wait_ready(Duration::from_secs(120));
     print_workers(&p);
     p
@@ -311,7 +391,7 @@ fn throughput_against_the_broker_ceiling_and_alarm_latency() {
     drop(reader);
 
     // 2. The processor over the same backlog.
-    let mut proc = common::Processor::start(&env);
+    let mut proc = start_processor(&env);
     proc.wait_ready(Duration::from_secs(120));
     print_workers(&proc);
     // Timed like the ceiling, from the first record taken from librdkafka (the fetch thread's
@@ -526,6 +606,7 @@ fn live_phase(
     let transit = Transit::start(bootstrap, &t.sensor_events);
     let inside_before = proc.get("/metrics").1;
     let taken_before = common::input_records_in(&inside_before);
+    let threads_before = scheduled(proc.child.id());
     let mut alarms = 0;
     let live_start = wall();
     let start = Instant::now();
@@ -644,6 +725,7 @@ fn live_phase(
     });
     let floor = transit.finish();
     let inside_after = proc.get("/metrics").1;
+    let threads_after = scheduled(proc.child.id());
     let inside = inside_processor(&inside_before, &inside_after);
     let before_producer = critical_share(
         "carestream_record_to_task_sent_seconds",
@@ -732,6 +814,18 @@ fn live_phase(
     }
     let chores = [
         (
+            "    a fetched chunk's oldest record, handed over → taken by the pipeline",
+            "carestream_fetched_wait_seconds",
+        ),
+        (
+            "    a fetched chunk, taken → its outputs handed to the producer",
+            "carestream_chunk_processing_seconds",
+        ),
+        (
+            "the pipeline held by checkpoints' snapshots",
+            "carestream_checkpoint_snapshot_seconds",
+        ),
+        (
             "the pipeline held by the second's housekeeping",
             "carestream_housekeeping_seconds",
         ),
@@ -740,12 +834,63 @@ fn live_phase(
             "carestream_checkpoint_seconds",
         ),
     ];
+    let waited = |scrape: &str| {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix("carestream_output_backpressure_seconds_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    if let (Some(b), Some(a)) = (waited(&inside_before), waited(&inside_after)) {
+        println!(
+            "    processing waited for the broker's acknowledgements (the most batches in flight): {:.0} ms in all",
+            (a - b) * 1000.0
+        );
+    }
+    for (name, (run, wait, slices)) in &threads_after {
+        if let Some((r0, w0, s0)) = threads_before.get(name) {
+            println!(
+                "    the processor's {name} thread: {} ms on a CPU, {} ms runnable but waiting for one, {} times scheduled",
+                (run - r0) / 1_000_000,
+                (wait - w0) / 1_000_000,
+                slices - s0
+            );
+        }
+    }
     for (what, name) in chores {
         if let Some((n, p50, p99)) = histogram_between(name, None, &inside_before, &inside_after) {
             println!("  {what} ({n} times, bucket upper bounds): p50 ≤ {p50} ms, p99 ≤ {p99} ms");
         }
     }
     (live_events, at_end(&lag) + at_end(&unacked))
+}
+
+/// The kernel's scheduler statistics of the processor's pipeline thread (its main thread)
+/// and its fetch thread: ns on a CPU, ns runnable but waiting for a CPU, times scheduled
+/// (`/proc/<pid>/task/<tid>/schedstat`). On two cores shared with the broker and the load
+/// generator, a record waits while its thread waits for a CPU.
+fn scheduled(pid: u32) -> std::collections::BTreeMap<&'static str, (u64, u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let path = t.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let name = match comm.trim() {
+            _ if t.file_name().to_str() == Some(&pid.to_string()) => "pipeline",
+            "kafka-fetch" => "fetch",
+            _ => continue,
+        };
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        let v: Vec<u64> = stat
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [run, wait, slices] = v[..] {
+            out.insert(name, (run, wait, slices));
+        }
+    }
+    out
 }
 
 /// A desk reading `topic` from its end now, read-committed, every partition assigned (no

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::telemetry::Metrics;
+use crate::telemetry::{IncidentsView, Metrics};
 
 /// Scrapes and probes are few; more connections than this at once are refused.
 const MAX_CONNECTIONS: usize = 32;
@@ -70,7 +70,7 @@ async fn respond(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::i
         // A bad query is answered before the view is asked for.
         ("GET", "/incidents") => match Filter::parse(query) {
             Ok(filter) => {
-                let (all, built) = fresh_incidents(metrics).await;
+                let IncidentsView { all, built } = fresh_incidents(metrics).await;
                 let age = built.map(|b| b.elapsed());
                 ("200 OK", "application/json", incidents(&all, age, &filter))
             }
@@ -127,11 +127,11 @@ const INCIDENTS_WAIT: Duration = Duration::from_secs(2);
 
 /// The open incidents as the pipeline last built them, asking it for a new view unless that
 /// one is fresh; and when it was built (never, before the pipeline first answered).
-async fn fresh_incidents(metrics: &Metrics) -> (Arc<Vec<crate::model::Incident>>, Option<Instant>) {
+async fn fresh_incidents(metrics: &Metrics) -> IncidentsView {
     let asked = Instant::now();
     let current = metrics.incidents();
     if current
-        .1
+        .built
         .is_some_and(|at| asked.duration_since(at) < INCIDENTS_FRESH)
     {
         return current;
@@ -140,7 +140,7 @@ async fn fresh_incidents(metrics: &Metrics) -> (Arc<Vec<crate::model::Incident>>
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let current = metrics.incidents();
-        if current.1.is_some_and(|at| at >= asked) || asked.elapsed() >= INCIDENTS_WAIT {
+        if current.built.is_some_and(|at| at >= asked) || asked.elapsed() >= INCIDENTS_WAIT {
             return current;
         }
     }
@@ -271,7 +271,7 @@ mod tests {
     #[tokio::test]
     async fn incidents_are_built_when_asked_and_a_request_never_waits_forever() {
         let metrics = Arc::new(Metrics::new(&[]));
-        let (all, built) = fresh_incidents(&metrics).await;
+        let IncidentsView { all, built } = fresh_incidents(&metrics).await;
         assert!(all.is_empty() && built.is_none(), "no pipeline: no view");
 
         let pipeline = metrics.clone();
@@ -285,24 +285,24 @@ mod tests {
             n
         });
         let asked = Instant::now();
-        let (all, built) = fresh_incidents(&metrics).await;
+        let IncidentsView { all, built } = fresh_incidents(&metrics).await;
         assert_eq!(all[0].incident_id, "a");
         assert!(
             built.is_some_and(|b| b >= asked),
             "built after it was asked for"
         );
         // Fresh: served again without a build.
-        let (again, _) = fresh_incidents(&metrics).await;
+        let again = fresh_incidents(&metrics).await.all;
         assert_eq!(again[0].incident_id, "a");
         tokio::time::sleep(INCIDENTS_FRESH).await;
-        let (all, _) = fresh_incidents(&metrics).await;
+        let all = fresh_incidents(&metrics).await.all;
         assert_eq!(all[0].incident_id, "b", "older than a second: built again");
         assert_eq!(builds.await.unwrap(), 2);
 
         // Nobody answers now: the last view, with its age, once the wait is over.
         tokio::time::sleep(INCIDENTS_FRESH).await;
         let asked = Instant::now();
-        let (all, built) = fresh_incidents(&metrics).await;
+        let IncidentsView { all, built } = fresh_incidents(&metrics).await;
         assert_eq!(all[0].incident_id, "b");
         assert!(built.is_some_and(|b| b < asked));
         assert!(asked.elapsed() >= INCIDENTS_WAIT);

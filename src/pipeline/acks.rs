@@ -81,7 +81,13 @@ impl Processor {
             }
             let f = self.in_flight.pop_front().expect("a front");
             if let Some(d) = f.delivery {
+                let waited = (!done && keep > 0).then(Instant::now);
                 d.await??;
+                if let Some(w) = waited {
+                    self.metrics
+                        .output_backpressure
+                        .inc_by(w.elapsed().as_secs_f64());
+                }
             }
             self.acked.send_replace(f.seq);
             // In a transaction the offsets go with the commit (`commit_epoch`).
@@ -294,6 +300,9 @@ impl Processor {
             return;
         };
         let prepared = writer.prepare_owned(snapshot, offsets, wall_millis());
+        self.metrics
+            .snapshot_seconds
+            .observe(started.elapsed().as_secs_f64());
         // Records from here on are not in it; a failed send marks it changed again.
         if let Some(pos) = self.owned.get_mut(&p) {
             pos.dirty = false;

@@ -528,6 +528,10 @@ impl Processor {
                 let one = self.workers.len() == 1;
                 let mut mine = Vec::new();
                 let now = Instant::now();
+                let oldest = chunk.records.iter().map(|r| r.polled).min().unwrap_or(now);
+                self.metrics
+                    .fetched_wait_seconds
+                    .observe(now.saturating_duration_since(oldest).as_secs_f64());
                 for (i, r) in chunk.records.iter().enumerate() {
                     // Start loading the household of a record a few places on (its key is
                     // the household id), so its cache misses overlap this one's work.
@@ -565,6 +569,9 @@ impl Processor {
                     self.take_chunk(&chunk, topics, mine).await;
                 }
                 self.gather(batch);
+                self.metrics
+                    .chunk_seconds
+                    .observe(now.elapsed().as_secs_f64());
                 self.complete(batch, hard_stop).await?;
             }
             Fetched::Assigned(assignments) => {

@@ -24,12 +24,14 @@ pub const NAMESPACE: &str = "carestream";
 impl Metrics {
     /// Replaces the open incidents `GET /incidents` shows.
     pub fn set_incidents(&self, views: Vec<crate::model::Incident>) {
-        *self.incidents.lock().unwrap_or_else(|e| e.into_inner()) =
-            (std::sync::Arc::new(views), Some(Instant::now()));
+        *self.incidents.lock().unwrap_or_else(|e| e.into_inner()) = IncidentsView {
+            all: std::sync::Arc::new(views),
+            built: Some(Instant::now()),
+        };
     }
 
     /// The open incidents last set, and when.
-    pub fn incidents(&self) -> (std::sync::Arc<Vec<crate::model::Incident>>, Option<Instant>) {
+    pub fn incidents(&self) -> IncidentsView {
         self.incidents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -51,12 +53,18 @@ impl Metrics {
     }
 }
 
+/// The open incidents of the partitions this instance owns, for `GET /incidents`.
+#[derive(Clone, Default)]
+pub struct IncidentsView {
+    pub all: std::sync::Arc<Vec<crate::model::Incident>>,
+    /// When the pipeline built them (on request: `Metrics::want_incidents`); never, before
+    /// it first answered.
+    pub built: Option<Instant>,
+}
+
 pub struct Metrics {
     pub registry: Registry,
-    /// The open incidents of the partitions this instance owns, for `GET /incidents`, and
-    /// when they were built (on request: `want_incidents`).
-    #[allow(clippy::type_complexity)]
-    pub incidents: Mutex<(std::sync::Arc<Vec<crate::model::Incident>>, Option<Instant>)>,
+    pub incidents: Mutex<IncidentsView>,
     /// Wakes the pipeline to build them.
     pub incidents_wanted: tokio::sync::Notify,
     /// Pre-resolved per stream: the hot path indexes an array, it never looks up labels.
@@ -82,10 +90,15 @@ pub struct Metrics {
     pub undeliverable: IntCounterVec,
     /// Age of the oldest batch whose outputs are not all acknowledged (0 when none waits).
     pub outputs_stuck_seconds: prometheus::Gauge,
+    /// Time processing waited for acknowledgements with the most batches in flight.
+    pub output_backpressure: prometheus::Counter,
     /// `pipeline.stuck_after_ms`, for `/health`.
     pub stuck_after_ms: std::sync::atomic::AtomicU64,
     pub batch_seconds: prometheus::Histogram,
     pub housekeeping_seconds: prometheus::Histogram,
+    pub fetched_wait_seconds: prometheus::Histogram,
+    pub chunk_seconds: prometheus::Histogram,
+    pub snapshot_seconds: prometheus::Histogram,
     pub duplicate_events: IntCounter,
     pub suppressed_repeats: IntCounter,
     pub clock_skew_clamped: IntCounter,
@@ -143,6 +156,14 @@ pub struct Metrics {
     /// Every metric name registered, series or not.
     names: Vec<String>,
     last_stats: Mutex<EngineStats>,
+}
+
+/// 1, 2, 5 from 0.5 ms to 10 s: an edge at 20 ms, the goal for the processor's share.
+fn share_buckets() -> Vec<f64> {
+    [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    ]
+    .to_vec()
 }
 
 /// Registers a collector, noting its names (vectors with no series yet are not in a scrape,
@@ -255,7 +276,7 @@ impl Metrics {
                  for the other input topics, processing, producing.",
             )
             .namespace(NAMESPACE)
-            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
+            .buckets(share_buckets()),
             &["severity"],
         )
         .expect("valid metric");
@@ -269,7 +290,7 @@ impl Metrics {
                  record_to_task_ack_seconds without the wait for the broker's acknowledgement.",
             )
             .namespace(NAMESPACE)
-            .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
+            .buckets(share_buckets()),
             &["severity"],
         )
         .expect("valid metric");
@@ -295,6 +316,31 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(&registry, &names, housekeeping_seconds.clone());
+        // The part before the producer, split: waiting to be taken, then being processed.
+        let share = |name: &str, help: &str| {
+            let h = prometheus::Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .namespace(NAMESPACE)
+                    .buckets(share_buckets()),
+            )
+            .expect("valid metric");
+            reg(&registry, &names, h)
+        };
+        let fetched_wait_seconds = share(
+            "fetched_wait_seconds",
+            "From the Kafka client handing over the oldest record of a fetched chunk to the \
+             pipeline taking the chunk: the fetch thread, the wait for the other input topics, \
+             and the pipeline busy with earlier chunks.",
+        );
+        let snapshot_seconds = share(
+            "checkpoint_snapshot_seconds",
+            "Time the pipeline's thread takes to copy a partition's state for its checkpoint, \
+             while fetched records wait (the checkpoint is then sent beside processing).",
+        );
+        let chunk_seconds = share(
+            "chunk_processing_seconds",
+            "From the pipeline taking a fetched chunk to its outputs being handed to the producer.",
+        );
 
         // Every series a dashboard or alert relies on exists from the start, at zero.
         for k in InputKind::ALL {
@@ -331,6 +377,9 @@ impl Metrics {
             received_to_sent,
             batch_seconds,
             housekeeping_seconds,
+            fetched_wait_seconds,
+            chunk_seconds,
+            snapshot_seconds,
             notifications: counter(&registry, &names,
                 "contact_notifications_total",
                 "Contact notifications acknowledged by the broker.",
@@ -378,6 +427,11 @@ impl Metrics {
                 let g = prometheus::Gauge::with_opts(Opts::new("outputs_unacknowledged_seconds", "Age of the oldest batch whose outputs the broker has not yet all acknowledged (0 when none waits); /health reports stuck past pipeline.stuck_after_ms.").namespace(NAMESPACE)).expect("valid metric");
                 reg(&registry, &names, g.clone());
                 g
+            },
+            output_backpressure: {
+                let c = prometheus::Counter::with_opts(Opts::new("output_backpressure_seconds_total", "Time the pipeline waited for the broker to acknowledge outputs because the most batches it keeps in flight were waiting; the records fetched meanwhile waited too.").namespace(NAMESPACE)).expect("valid metric");
+                reg(&registry, &names, c.clone());
+                c
             },
             duplicate_events: counter(&registry, &names,
                 "duplicate_events_total",
