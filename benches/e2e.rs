@@ -834,12 +834,8 @@ fn live_phase(
             "carestream_checkpoint_seconds",
         ),
     ];
-    let waited = |scrape: &str| {
-        scrape
-            .lines()
-            .find_map(|l| l.strip_prefix("carestream_output_backpressure_seconds_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let waited =
+        |scrape: &str| common::metric(scrape, "carestream_output_backpressure_seconds_total");
     if let (Some(b), Some(a)) = (waited(&inside_before), waited(&inside_after)) {
         println!(
             "    processing waited for the broker's acknowledgements (the most batches in flight): {:.0} ms in all",
