@@ -4,11 +4,15 @@
 //! alarm left open) over 6 partitions; then every partition is checkpointed (the JSON the
 //! checkpoint writer chunks) and restored into a fresh engine that has read the registry, as
 //! an instance taking the partitions over would. Reported per size: the engine's own count of
-//! state bytes per household, the process's resident memory, the checkpoint's size and the
-//! time to restore it. Not a timing bench for CI: run it by hand,
+//! state bytes per household, the process's resident memory, the checkpoint's size, what the
+//! pipeline's thread spends copying a partition's state for it (the longest partition), the
+//! time to write all the checkpoints (copy, make each a snapshot, encode) and to restore them. Not a timing bench for CI: run it by hand,
 //!
 //!     cargo bench --bench growth
 //!     CARESTREAM_GROWTH_SIZES=10000,100000 cargo bench --bench growth
+//!
+//! Then a partition with a full event-time queue is checkpointed as the pipeline does beside
+//! processing: what its thread copies, against the whole snapshot.
 //!
 //! Goals (issue 26): under 1 KiB of state per household; 1 000 000 households restored in
 //! under 30 s on the 2-core machine of BENCHMARKS.md.
@@ -136,6 +140,64 @@ fn registry(e: &mut Engine, n: usize, out: &mut Vec<Output>) {
     }
 }
 
+/// A checkpoint taken beside processing, for a partition whose event-time queue is full:
+/// `events` motion events spread over the 30 s out-of-orderness bound, among `homes`
+/// households. Prints the pipeline thread's part (`capture`) against the whole snapshot
+/// taken there, and what the send does beside (`finish` and encoding); fastest of 5.
+fn queued(rules: Arc<RuleSet>, homes: usize, events: usize) {
+    let mut e = Engine::new(rules);
+    let mut out = Vec::new();
+    registry(&mut e, homes, &mut out);
+    let ours: Vec<usize> = (0..homes)
+        .filter(|i| i % PARTITIONS as usize == 0)
+        .collect();
+    let start = T0 + 60_000;
+    for k in 0..events {
+        let i = ours[k % ours.len()];
+        let t = start + (k as i64 * 30_000) / events as i64;
+        let hh = format!("hh-{i:07}");
+        let motion = Input::Sensor(SensorEvent {
+            event_id: format!("q-{k}"),
+            household_id: hh.clone(),
+            device_id: format!("{hh}-motion_pir"),
+            device_kind: DeviceKind::MOTION_PIR,
+            event_time: t,
+            reading: Reading::Motion { detected: true },
+            gateway_id: None,
+        });
+        e.process(&motion, meta(i, t), &mut out).unwrap();
+        out.clear();
+    }
+    let waiting = e.queued();
+    assert!(waiting >= events * 9 / 10, "{waiting} entries queued");
+    let fastest = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                f();
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let whole = fastest(&mut || drop(std::hint::black_box(e.snapshot(0))));
+    let capture = fastest(&mut || drop(std::hint::black_box(e.capture(0))));
+    let beside = fastest(&mut || {
+        let bytes = serde_json::to_vec(&e.capture(0).finish()).unwrap();
+        std::hint::black_box(bytes);
+    }) - capture;
+    assert_eq!(
+        e.capture(0).finish(),
+        e.snapshot(0),
+        "the two ways make the same snapshot"
+    );
+    println!(
+        "\nA partition's checkpoint with {waiting} entries queued, {} households: on the \
+         pipeline's thread {capture:.1} ms (the whole snapshot there took {whole:.1} ms); \
+         beside it, made a snapshot and encoded, {beside:.1} ms",
+        ours.len()
+    );
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::var("CARESTREAM_GROWTH_SIZES")
         .ok()
@@ -150,13 +212,14 @@ fn main() {
     let rules =
         Arc::new(RuleSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")).unwrap());
     println!(
-        "{:>9} {:>11} {:>10} {:>13} {:>12} {:>11} {:>10} {:>10}",
+        "{:>9} {:>11} {:>10} {:>13} {:>12} {:>11} {:>12} {:>10} {:>10}",
         "homes",
         "state B/hh",
         "RSS MiB",
         "RSS B/hh",
         "ckpt MiB",
         "ckpt B/hh",
+        "capture ms",
         "write s",
         "restore s"
     );
@@ -181,6 +244,14 @@ fn main() {
         let open = live.open_incidents();
         assert!(open >= n / 500, "{open} incidents open");
 
+        // What the pipeline's thread copies per checkpoint: the longest partition's.
+        let capture = (0..PARTITIONS)
+            .map(|p| {
+                let started = Instant::now();
+                drop(std::hint::black_box(live.capture(p)));
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(0.0, f64::max);
         let started = Instant::now();
         let blobs: Vec<Vec<u8>> = (0..PARTITIONS)
             .map(|p| serde_json::to_vec(&live.snapshot(p)).unwrap())
@@ -205,15 +276,23 @@ fn main() {
             "every open incident came back"
         );
         println!(
-            "{:>9} {:>11} {:>10.0} {:>13} {:>12.1} {:>11} {:>10.2} {:>10.2}",
+            "{:>9} {:>11} {:>10.0} {:>13} {:>12.1} {:>11} {:>12.1} {:>10.2} {:>10.2}",
             n,
             state,
             resident as f64 / (1 << 20) as f64,
             resident / n as u64,
             bytes as f64 / (1 << 20) as f64,
             bytes / n,
+            capture,
             write,
             restore
         );
     }
+    // The e2e bench's city: 30 s of 60 000 events/s over 6 partitions, about.
+    let (homes, events) = if std::env::args().any(|a| a == "--bench") {
+        (20_000, 225_000)
+    } else {
+        (2_000, 20_000)
+    };
+    queued(rules, homes, events);
 }

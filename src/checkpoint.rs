@@ -29,7 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::engine::PartitionSnapshot;
+use crate::engine::{Captured, PartitionSnapshot};
 use crate::model::Millis;
 
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -188,21 +188,22 @@ impl Writer {
         Ok(self.written(written))
     }
 
-    /// A checkpoint of `snapshot` to send with `Prepared::send`, which needs nothing of the
-    /// writer, so it can run beside processing (the snapshot is encoded there too); its
+    /// A checkpoint of the captured `state` to send with `Prepared::send`, which needs nothing
+    /// of the writer, so it can run beside processing (the state is made a snapshot and
+    /// encoded there too); its
     /// result goes back to `written`. One at a time per partition: each retires the pieces
     /// of the one before.
     pub fn prepare_owned(
         &mut self,
-        snapshot: PartitionSnapshot,
+        state: Captured,
         offsets: BTreeMap<String, i64>,
         now: Millis,
     ) -> Prepared {
-        let (p, households) = (snapshot.partition, snapshot.households());
+        let (p, households) = (state.partition(), state.households());
         self.prepare(
             p,
             households,
-            Content::Snapshot(Box::new(snapshot)),
+            Content::Captured(Box::new(state)),
             offsets,
             now,
         )
@@ -256,7 +257,7 @@ impl Writer {
 
 enum Content {
     Encoded(Vec<u8>),
-    Snapshot(Box<PartitionSnapshot>),
+    Captured(Box<Captured>),
 }
 
 /// A checkpoint prepared by `Writer`, to send.
@@ -291,7 +292,9 @@ impl Prepared {
         } = self;
         let bytes = match content {
             Content::Encoded(b) => b,
-            Content::Snapshot(s) => serde_json::to_vec(&*s).map_err(CheckpointError::Encode)?,
+            Content::Captured(s) => {
+                serde_json::to_vec(&s.finish()).map_err(CheckpointError::Encode)?
+            }
         };
         manifest.chunks = bytes.chunks(CHUNK_BYTES).count() as u32;
         manifest.bytes = bytes.len() as u64;

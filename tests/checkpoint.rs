@@ -224,11 +224,11 @@ fn a_checkpoint_sent_beside_processing_holds_the_state_it_was_taken_at() {
     let mut writer = checkpoint::Writer::new(topic, group, 1);
     let m1 = write_now(&rt, &mut writer, &producer, &live);
 
-    // The pipeline takes the snapshot, hands the sending to a task and goes on processing.
+    // The pipeline copies the state, hands the rest to a task and goes on processing.
     let taken = live.snapshot(0);
     let offsets = BTreeMap::from([("sensor".to_string(), 42)]);
     let prepared = writer.prepare_owned(
-        taken.clone(),
+        live.capture(0),
         offsets.clone(),
         carestream::pipeline::wall_millis(),
     );

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 pub use area::AREA_PREFIX;
 pub use siphash::hash64_bytes;
-pub use snapshot::PartitionSnapshot;
+pub use snapshot::{Captured, PartitionSnapshot};
 
 use clock::{Clock, Due, Entry, Pending};
 use household::{hash64, Household, NEVER};

@@ -283,7 +283,7 @@ impl Processor {
     }
 
     /// Partition `p`'s checkpoint taken now and sent beside processing: the pipeline waits
-    /// for the snapshot only. The send waits for every output handed to the producer so far
+    /// only for the state's compact copy (made a snapshot and encoded by the send). The send waits for every output handed to the producer so far
     /// to be acknowledged (a checkpoint covers only acknowledged outputs); held on the
     /// pipeline's thread, that wait held every record behind it for a broker round trip.
     fn checkpoint_beside(&mut self, p: i32) {
@@ -295,11 +295,11 @@ impl Processor {
         // A failed write is tried again an interval later, as a written one would be.
         position.checkpointed = started;
         let (covers, mut acked) = (self.handed, self.acked.subscribe());
-        let snapshot = self.engine_of(p).snapshot(p);
+        let state = self.engine_of(p).capture(p);
         let Some(writer) = self.writer.as_mut() else {
             return;
         };
-        let prepared = writer.prepare_owned(snapshot, offsets, wall_millis());
+        let prepared = writer.prepare_owned(state, offsets, wall_millis());
         self.metrics
             .snapshot_seconds
             .observe(started.elapsed().as_secs_f64());
