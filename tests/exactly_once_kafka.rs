@@ -343,6 +343,13 @@ fn a_paused_instance_woken_after_its_partitions_moved_is_fenced() {
         }
         seen.len() == households.len()
     });
+    // Its commits wrote the state of the partitions that changed, each snapshot timed.
+    let (_, scrape) = b.get("/metrics");
+    let snapshots = common::metric(&scrape, "carestream_checkpoint_snapshot_seconds_count");
+    assert!(
+        snapshots.is_some_and(|n| n > 0.0),
+        "snapshots in the commits: {snapshots:?}"
+    );
     let status = b.terminate(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{}", b.logs());
     let desk = tasks(&read(&bootstrap, &config.topics.dispatch_critical, true));

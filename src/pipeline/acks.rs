@@ -172,9 +172,13 @@ impl Processor {
             for (topic, next) in &pos.next {
                 offsets.add_partition_offset(topic, *p, Offset::Offset(*next))?;
             }
+            let taken = Instant::now();
             let snapshot = self.workers[self.router.of_partition(*p)]
                 .engine
                 .snapshot(*p);
+            self.metrics
+                .snapshot_seconds
+                .observe(taken.elapsed().as_secs_f64());
             let written = tokio::select! {
                 w = writer.write(self.sink.producer(), &snapshot, pos.next.clone(), wall_millis()) => w,
                 _ = wait_true(hard_stop) => anyhow::bail!("shutdown deadline passed with a transaction open"),

@@ -335,7 +335,8 @@ impl Metrics {
         let snapshot_seconds = share(
             "checkpoint_snapshot_seconds",
             "Time the pipeline's thread takes to copy a partition's state for its checkpoint, \
-             while fetched records wait (the checkpoint is then sent beside processing).",
+             while fetched records wait (at least once: the copy is then made a snapshot, \
+             encoded and sent beside processing; exactly once: the whole snapshot, in the commit).",
         );
         let chunk_seconds = share(
             "chunk_processing_seconds",
