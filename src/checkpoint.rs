@@ -105,6 +105,8 @@ pub enum CheckpointError {
     Encode(serde_json::Error),
     #[error("the outputs a checkpoint covers were never acknowledged")]
     Unacknowledged,
+    #[error("the thread encoding checkpoints stopped")]
+    EncoderStopped,
 }
 
 /// How many partitions the state topic has.
@@ -190,9 +192,8 @@ impl Writer {
 
     /// A checkpoint of the captured `state` to send with `Prepared::send`, which needs nothing
     /// of the writer, so it can run beside processing (the state is made a snapshot and
-    /// encoded there too); its
-    /// result goes back to `written`. One at a time per partition: each retires the pieces
-    /// of the one before.
+    /// encoded there too); its result goes back to `written`. One at a time per partition:
+    /// each retires the pieces of the one before.
     pub fn prepare_owned(
         &mut self,
         state: Captured,
@@ -315,13 +316,13 @@ async fn encode_beside(state: Box<Captured>) -> Result<Vec<u8>, CheckpointError>
         return serde_json::to_vec(&state.finish()).map_err(CheckpointError::Encode);
     };
     let (reply, encoded) = tokio::sync::oneshot::channel();
-    encoder
-        .send((state, reply))
-        .expect("the encoding thread runs as long as the process");
-    encoded
-        .await
-        .expect("the encoding thread answers every job")
-        .map_err(CheckpointError::Encode)
+    if let Err(std::sync::mpsc::SendError((state, _))) = encoder.send((state, reply)) {
+        return serde_json::to_vec(&state.finish()).map_err(CheckpointError::Encode);
+    }
+    match encoded.await {
+        Ok(bytes) => bytes.map_err(CheckpointError::Encode),
+        Err(_) => Err(CheckpointError::EncoderStopped),
+    }
 }
 
 /// Lowers the calling thread's scheduling priority (on Linux, nice is per thread).
