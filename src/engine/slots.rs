@@ -67,6 +67,11 @@ impl Slots {
             .map(|(i, h)| (i as u32, h))
     }
 
+    /// Every slot's household, live or vacant, by slot number.
+    pub fn all(&self) -> &[Household] {
+        &self.all
+    }
+
     /// The live households.
     pub fn iter(&self) -> impl Iterator<Item = &Household> {
         self.live().map(|(_, h)| h)

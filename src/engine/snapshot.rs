@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::{Clock, Due, Entry, Pending, SOURCES};
 use super::household::{HouseholdId, HouseholdState, NEVER};
+use super::slots::VACANT;
 use super::{Engine, TaskRef};
 use crate::model::*;
 use crate::rules::RuleKind;
@@ -77,8 +78,12 @@ pub struct Captured {
     newest: [Option<Millis>; SOURCES],
     watermark: Option<Millis>,
     households: Vec<HouseholdState>,
-    /// Queued events and welfare calls with their household; deadlines left out.
-    queued: Vec<(HouseholdId, Entry)>,
+    /// Queued events and welfare calls as they are (a household by slot and generation);
+    /// deadlines left out.
+    queued: Vec<Entry>,
+    /// Every slot's generation and household id (none if vacant): copying these is cheaper
+    /// than looking up each queued event's household, scattered over the slots.
+    ids: Vec<(u32, Option<HouseholdId>)>,
     /// The warnings of those welfare calls, which name one by its place here.
     alerts: Vec<String>,
     closed: Vec<ClosedTask>,
@@ -102,6 +107,7 @@ impl Captured {
             watermark,
             mut households,
             queued: entries,
+            ids,
             alerts,
             closed,
             fanned,
@@ -109,7 +115,13 @@ impl Captured {
         households.sort_by(|a, b| a.id.cmp(&b.id));
         let mut queued = Vec::new();
         let mut welfare = Vec::new();
-        for (id, e) in entries {
+        for e in entries {
+            let Some((_, Some(id))) = ids
+                .get(e.slot as usize)
+                .filter(|(generation, _)| *generation == e.generation)
+            else {
+                continue;
+            };
             let household = id.to_string();
             match e.due {
                 Due::Event(pending) | Due::Late(pending) => queued.push(QueuedEvent {
@@ -153,25 +165,21 @@ impl Engine {
     /// The state of `partition` copied in compact form, to be made a snapshot elsewhere.
     pub fn capture(&self, partition: i32) -> Captured {
         let clock = self.partitions.get(&partition);
-        let households = self
-            .slots
-            .iter()
-            .filter(|h| h.partition == Some(partition))
-            .map(|h| h.state(self.rules.dedup_memory))
-            .collect();
+        let mut households = Vec::new();
+        let mut ids = Vec::with_capacity(self.slots.len());
+        for h in self.slots.all() {
+            let live = h.generation != VACANT;
+            ids.push((h.generation, live.then(|| h.id.clone())));
+            if live && h.partition == Some(partition) {
+                households.push(h.state(self.rules.dedup_memory));
+            }
+        }
         let mut queued = Vec::with_capacity(clock.map_or(0, Clock::queued));
         let (mut alerts, mut warnings) = (Vec::new(), Vec::new());
         for e in clock.into_iter().flat_map(Clock::entries) {
             if matches!(e.due, Due::Timer(_) | Due::Ladder) {
                 continue;
             }
-            let Some(h) = self
-                .slots
-                .get(e.slot)
-                .filter(|h| h.generation == e.generation)
-            else {
-                continue;
-            };
             let mut e = *e;
             if let Due::Welfare(idx) = e.due {
                 // Few warnings are being called for at a time.
@@ -185,7 +193,7 @@ impl Engine {
                 };
                 e.due = Due::Welfare(at as u32);
             }
-            queued.push((h.id.clone(), e));
+            queued.push(e);
         }
         let closed = self
             .closed
@@ -214,6 +222,7 @@ impl Engine {
             watermark: clock.and_then(|c| c.watermark),
             households,
             queued,
+            ids,
             alerts,
             closed,
             fanned,
