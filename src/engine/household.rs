@@ -328,7 +328,8 @@ pub(crate) struct Household {
     /// The registry's entry; set only through `set_profile`, which keeps the copies below.
     pub profile: Option<Arc<HouseholdProfile>>,
     pub partition: Option<i32>,
-    /// Event time of the first and the newest event of any kind.
+    /// Event time of the first event of any kind to arrive, and of the newest applied (in
+    /// event-time order).
     pub first_seen: Millis,
     pub last_seen: Millis,
     // Lines 1 and 2: the dedup memory (the rules' `dedup_memory` ids, inline up to 32; the
@@ -527,11 +528,12 @@ impl Household {
         true
     }
 
+    /// An event of the household's has arrived (`last_seen` moves as events are applied, in
+    /// event-time order: the rules read it, and what arrived first must not matter).
     pub fn seen(&mut self, t: Millis) {
         if self.first_seen == NEVER || t < self.first_seen {
             self.first_seen = t;
         }
-        self.last_seen = self.last_seen.max(t);
     }
 
     /// A heartbeat: registers the device for the silence rules. Only heartbeats register:

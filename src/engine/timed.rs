@@ -21,6 +21,8 @@ impl Engine {
         late: Option<Millis>,
         out: &mut Vec<Output>,
     ) {
+        let h = self.slot_mut(slot);
+        h.last_seen = h.last_seen.max(t);
         if device != 0 {
             let h = self.slot_mut(slot);
             let registered = match ev {
