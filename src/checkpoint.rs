@@ -301,7 +301,7 @@ async fn encode_beside(state: Box<Captured>) -> Result<Vec<u8>, CheckpointError>
             .spawn(move || {
                 lower_priority();
                 for (state, reply) in rx {
-                    let _ = reply.send(serde_json::to_vec(&state.finish()));
+                    let _ = reply.send(encode(state));
                 }
             });
         match started {
@@ -313,16 +313,21 @@ async fn encode_beside(state: Box<Captured>) -> Result<Vec<u8>, CheckpointError>
         }
     });
     let Some(encoder) = encoder else {
-        return serde_json::to_vec(&state.finish()).map_err(CheckpointError::Encode);
+        return encode(state).map_err(CheckpointError::Encode);
     };
     let (reply, encoded) = tokio::sync::oneshot::channel();
     if let Err(std::sync::mpsc::SendError((state, _))) = encoder.send((state, reply)) {
-        return serde_json::to_vec(&state.finish()).map_err(CheckpointError::Encode);
+        return encode(state).map_err(CheckpointError::Encode);
     }
     match encoded.await {
         Ok(bytes) => bytes.map_err(CheckpointError::Encode),
         Err(_) => Err(CheckpointError::EncoderStopped),
     }
+}
+
+/// A captured state as the checkpoint's JSON.
+fn encode(state: Box<Captured>) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&state.finish())
 }
 
 /// Lowers the calling thread's scheduling priority (on Linux, nice is per thread).

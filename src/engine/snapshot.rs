@@ -175,7 +175,7 @@ impl Engine {
             }
         }
         let mut queued = Vec::with_capacity(clock.map_or(0, Clock::queued));
-        let (mut alerts, mut warnings) = (Vec::new(), Vec::new());
+        let mut warnings: Vec<u32> = Vec::new();
         for e in clock.into_iter().flat_map(Clock::entries) {
             if matches!(e.due, Due::Timer(_) | Due::Ladder) {
                 continue;
@@ -183,18 +183,18 @@ impl Engine {
             let mut e = *e;
             if let Due::Welfare(idx) = e.due {
                 // Few warnings are being called for at a time.
-                let at = match warnings.iter().position(|w| *w == idx) {
-                    Some(at) => at,
-                    None => {
-                        warnings.push(idx);
-                        alerts.push(self.alerts[idx as usize].alert.alert_id.clone());
-                        warnings.len() - 1
-                    }
-                };
+                let at = warnings.iter().position(|w| *w == idx).unwrap_or_else(|| {
+                    warnings.push(idx);
+                    warnings.len() - 1
+                });
                 e.due = Due::Welfare(at as u32);
             }
             queued.push(e);
         }
+        let alerts = warnings
+            .iter()
+            .map(|i| self.alerts[*i as usize].alert.alert_id.clone())
+            .collect();
         let closed = self
             .closed
             .iter()
