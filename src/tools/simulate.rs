@@ -399,6 +399,11 @@ impl Racing {
     }
 }
 
+/// How long a record made at `t` waits for the home's gateway to reconnect.
+fn held_by_gateway(h: &Home, t: Millis) -> Millis {
+    (h.gateway_down_until - t).max(0)
+}
+
 /// Device clocks in the simulated city drift by up to this much (a reading's time is its
 /// device's).
 const DRIFT: Millis = 2 * MIN;
@@ -852,9 +857,10 @@ impl<'a> Simulator<'a> {
             for b in h.battery.iter_mut() {
                 *b -= 0.5 + rng.below(10) as f64 / 10.0;
             }
-            // Now and then the gateway drops out for up to an hour.
+            // Now and then the gateway drops out for up to an hour (reconnecting on a tick).
             if rng.chance(0.02) {
-                h.gateway_down_until = t + rng.between(10 * MIN, HOUR);
+                let out = rng.between(10 * MIN, HOUR);
+                h.gateway_down_until = t + (out + MIN - 1) / MIN * MIN;
             }
         }
         if h.racing.is_some() && t >= h.tachycardia_until {
@@ -1117,7 +1123,7 @@ impl<'a> Simulator<'a> {
         };
         // Away from home, a collapse is for no device at home to see.
         let observable = !(kind == IncidentKind::Collapse && h.away(at));
-        self.injected(h, kind, at, deadline, observable);
+        self.injected(h, kind, at, deadline, observable, at);
     }
 
     /// The pill box's doses: one half an hour after getting up, one at 20:00. A dose is taken
@@ -1149,11 +1155,21 @@ impl<'a> Simulator<'a> {
             params::MissedDoses::of(&values).in_a_row() as u32
         });
         if h.doses_missed == in_a_row {
-            self.injected(h, IncidentKind::MissedDoses, t, t + MIN, true);
+            self.injected(h, IncidentKind::MissedDoses, t, t + MIN, true, t);
         }
     }
 
-    fn injected(&mut self, h: &Home, kind: IncidentKind, at: Millis, deadline: Millis, seen: bool) {
+    /// `shown`: when the record that shows it is made (an alarm, the reading that settles a
+    /// racing heart, the dose not taken).
+    fn injected(
+        &mut self,
+        h: &Home,
+        kind: IncidentKind,
+        at: Millis,
+        deadline: Millis,
+        seen: bool,
+        shown: Millis,
+    ) {
         let rule = kind.expectation(&h.profile).0;
         let until = match kind {
             IncidentKind::Collapse => h.collapsed_until,
@@ -1165,6 +1181,12 @@ impl<'a> Simulator<'a> {
         let deadline = match kind {
             IncidentKind::MissedDoses => deadline + h.skew.clamp(0, DRIFT),
             _ => deadline,
+        };
+        // The platform cannot act on what the home's gateway holds: the promise runs from
+        // its reconnection. A collapse shows as an absence, which no outage hides.
+        let deadline = match kind {
+            IncidentKind::Collapse => deadline,
+            _ => deadline + held_by_gateway(h, shown),
         };
         self.report.injected.push(crate::tools::score::Injected {
             household_id: h.profile.household_id.clone(),
@@ -1187,7 +1209,7 @@ impl<'a> Simulator<'a> {
         if let Some((deadline, seen)) = r.read(t, h.tachycardia_until) {
             let at = r.at;
             h.racing = None;
-            self.injected(h, IncidentKind::Tachycardia, at, deadline, seen);
+            self.injected(h, IncidentKind::Tachycardia, at, deadline, seen, t);
         }
     }
 
@@ -1196,7 +1218,7 @@ impl<'a> Simulator<'a> {
     fn settle_racing(&mut self, h: &mut Home, t: Millis) {
         let Some(r) = h.racing.take() else { return };
         let (deadline, seen) = r.unsettled(t, t >= h.tachycardia_until);
-        self.injected(h, IncidentKind::Tachycardia, r.at, deadline, seen);
+        self.injected(h, IncidentKind::Tachycardia, r.at, deadline, seen, t);
     }
 
     fn weather(&mut self, rng: &mut Rng, at: Millis) {
@@ -1335,6 +1357,40 @@ mod tests {
             collapse_promise(&rules, &h, day + 23 * HOUR),
             day + DAY + 6 * HOUR + 30 * MIN + 10 * HOUR + HOUR
         );
+    }
+
+    #[test]
+    fn an_alarm_held_by_a_gateway_out_is_promised_from_its_reconnection() {
+        use crate::codec::{catalogue::Catalogue, Codec};
+        let codec = Codec::new(
+            Catalogue::load(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/schemas"
+            )))
+            .unwrap(),
+        );
+        // Nothing is sent: every record waits in the backlog of a gateway that is out.
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create()
+            .unwrap();
+        let topics = Topics::default();
+        let mut sim = Simulator::new(&producer, &codec, &topics);
+        let at = 1_795_104_000_000 + 26 * MIN;
+        let mut h = Home::new(household(1, 1), 0, [50.0; DEVICES.len()], 0.0, 0.0);
+        h.gateway_down_until = at + 14 * MIN;
+        sim.inject(&mut h, IncidentKind::Alarm(DeviceKind::GAS_ALARM), at);
+        sim.inject(&mut h, IncidentKind::Collapse, at);
+        assert_eq!(h.backlog.len(), 1, "the alarm waits for the gateway");
+        let deadlines: Vec<_> = sim.report.injected.iter().map(|i| i.deadline).collect();
+        assert_eq!(deadlines[0], at + 14 * MIN + MIN);
+        // A collapse shows as an absence: its promise is the rules' own, outage or not.
+        let promise = IncidentKind::Collapse.expectation(&h.profile).1;
+        assert_eq!(deadlines[1], at + promise);
+        // Once the gateway is back, an alarm is promised from its own time.
+        let later = at + 20 * MIN;
+        sim.inject(&mut h, IncidentKind::Alarm(DeviceKind::GAS_ALARM), later);
+        assert_eq!(sim.report.injected[2].deadline, later + MIN);
     }
 
     #[test]
