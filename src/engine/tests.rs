@@ -1059,6 +1059,37 @@ fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_no
     assert!(s.late_events >= 6, "{s:?}");
 }
 
+/// A night of `homes` (quiet hours 22:00-06:30) from `midnight`: each event at its own time,
+/// the clock ticked to it first, and on to `until`; the night rules' incidents opened, by
+/// minutes after midnight.
+fn a_night(
+    midnight: Millis,
+    homes: &[&str],
+    events: &[Input],
+    until: Millis,
+) -> (Vec<(String, String, Millis)>, Vec<Output>) {
+    let mut e = engine();
+    let mut out = Vec::new();
+    for hh in homes {
+        e.process(&sleeping_nights(hh), on(0, midnight), &mut out)
+            .unwrap();
+    }
+    for input in events {
+        let Input::Sensor(s) = input else {
+            unreachable!("sensor events only")
+        };
+        e.tick(0, s.event_time, &mut out);
+        e.process(input, on(0, s.event_time), &mut out).unwrap();
+    }
+    e.tick(0, until, &mut out);
+    let found = opened(&out)
+        .into_iter()
+        .filter(|(_, r, _)| r.starts_with("night_"))
+        .map(|(hh, r, t)| (hh, r, (t - midnight) / 60_000))
+        .collect();
+    (found, out)
+}
+
 #[test]
 fn getting_up_for_the_day_before_the_quiet_hours_end_is_not_a_night_exit() {
     // Quiet hours 22:00-06:30 (2026-11-20, CST). hh-early gets up at 06:10 and goes out at
@@ -1067,12 +1098,6 @@ fn getting_up_for_the_day_before_the_quiet_hours_end_is_not_a_night_exit() {
     // return to bed in the evening went unreported.
     let midnight = 1_795_104_000_000;
     let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
-    let mut e = engine();
-    let mut out = Vec::new();
-    for hh in ["hh-early", "hh-night"] {
-        e.process(&sleeping_nights(hh), on(0, midnight), &mut out)
-            .unwrap();
-    }
     let bed = |hh: &str, id: &str, t: Millis, occupied: bool| {
         sensor(hh, id, DeviceKind::BED_SENSOR, t, Reading::Bed { occupied })
     };
@@ -1089,26 +1114,69 @@ fn getting_up_for_the_day_before_the_quiet_hours_end_is_not_a_night_exit() {
         door,
         bed("hh-early", "e-out2", at(26, 0), false),
     ];
-    for input in &day {
-        let t = match input {
-            Input::Sensor(s) => s.event_time,
-            _ => unreachable!(),
-        };
-        e.tick(0, t, &mut out);
-        e.process(input, on(0, t), &mut out).unwrap();
-    }
-    e.tick(0, at(27, 0), &mut out);
-    let found: Vec<_> = opened(&out)
-        .into_iter()
-        .filter(|(_, r, _)| r.starts_with("night_"))
-        .map(|(hh, r, t)| (hh, r, (t - midnight) / 60_000))
-        .collect();
+    let (found, _) = a_night(midnight, &["hh-early", "hh-night"], &day, at(27, 0));
     assert_eq!(
         found,
         [
             ("hh-night".into(), "night_bed_exit".into(), 6 * 60 + 20),
             ("hh-early".into(), "night_bed_exit".into(), 26 * 60 + 30),
         ]
+    );
+}
+
+#[test]
+fn up_before_the_quiet_hours_end_and_moving_about_is_getting_up_not_a_night_exit() {
+    // Quiet hours 22:00-06:30 (2026-11-20, CST), `rising_within` 90 min: from 05:00 leaving
+    // bed and moving about is getting up. hh-rise is up at 05:10 and moves about every four
+    // minutes: nothing. hh-fell is up at 05:10, moves until 05:20, then nothing: raised half
+    // an hour after its last movement. hh-wander is up at 02:00 and moves about all night:
+    // raised half an hour after leaving bed, movement or not.
+    let midnight = 1_795_104_000_000;
+    let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
+    let mut day = vec![
+        (at(5, 10), "hh-rise", Reading::Bed { occupied: false }),
+        (at(5, 10), "hh-fell", Reading::Bed { occupied: false }),
+        (at(2, 0), "hh-wander", Reading::Bed { occupied: false }),
+    ];
+    let moving = Reading::Motion { detected: true };
+    for m in (4..=280).step_by(4) {
+        let t = at(2, m);
+        if t > at(5, 10) {
+            day.push((t, "hh-rise", moving.clone()));
+        }
+        if t > at(5, 10) && t <= at(5, 20) {
+            day.push((t, "hh-fell", moving.clone()));
+        }
+        day.push((t, "hh-wander", moving.clone()));
+    }
+    day.sort_by_key(|(t, hh, _)| (*t, *hh));
+    let events: Vec<_> = day
+        .into_iter()
+        .enumerate()
+        .map(|(n, (t, hh, reading))| {
+            let kind = match reading {
+                Reading::Bed { .. } => DeviceKind::BED_SENSOR,
+                _ => DeviceKind::MOTION_PIR,
+            };
+            sensor(hh, &format!("e{n}"), kind, t, reading)
+        })
+        .collect();
+    let homes = ["hh-rise", "hh-fell", "hh-wander"];
+    let (found, out) = a_night(midnight, &homes, &events, at(7, 0));
+    assert_eq!(
+        found,
+        [
+            ("hh-wander".into(), "night_bed_exit".into(), 2 * 60 + 30),
+            ("hh-fell".into(), "night_bed_exit".into(), 5 * 60 + 50),
+        ]
+    );
+    let fell = tasks(&out)
+        .into_iter()
+        .find(|t| t.household_id == "hh-fell")
+        .unwrap();
+    assert_eq!(
+        fell.evidence[0].summary,
+        "out of bed at night for 40 min, no activity for 30 min"
     );
 }
 

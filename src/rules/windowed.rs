@@ -308,7 +308,10 @@ windowed_rules! {
         grace: Duration,
     }
     /// Out of bed at night and not back.
-    NightBedExit(night_bed_exit) = "night_bed_exit", "night_bed_exit.toml", timed { out_for: Duration }
+    NightBedExit(night_bed_exit) = "night_bed_exit", "night_bed_exit.toml", timed {
+        out_for: Duration,
+        rising_within: Duration,
+    }
     /// The door opened at night and no movement inside after.
     NightDoor(night_door) = "night_door", "night_door.toml", timed { no_motion_for: Duration }
     /// Too little water used over a window while home.

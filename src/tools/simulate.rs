@@ -191,9 +191,13 @@ pub struct Mix {
     /// Share of homes whose meters report once a day.
     #[arg(long, default_value_t = Mix::default().meters_daily, value_parser = share)]
     pub meters_daily: f64,
-    /// Share of elders who get up late (07:30-09:00; the others 06:00-07:30).
+    /// Share of elders who get up late (07:30-09:00; the others 06:00-07:30, or early).
     #[arg(long, default_value_t = Mix::default().late_risers, value_parser = share)]
     pub late_risers: f64,
+    /// Share of elders who get up before the quiet hours end (05:00-06:00), of those who do
+    /// not get up late.
+    #[arg(long, default_value_t = Mix::default().early_risers, value_parser = share)]
+    pub early_risers: f64,
     /// Share of elders who go to bed after the quiet hours begin (23:00-00:30; the others
     /// 21:30-23:00).
     #[arg(long, default_value_t = Mix::default().night_owls, value_parser = share)]
@@ -244,6 +248,7 @@ impl Default for Mix {
             meters_hourly: 0.5,
             meters_daily: 0.2,
             late_risers: 0.15,
+            early_risers: 0.15,
             night_owls: 0.15,
             nappers: 0.4,
             watch_off: 0.2,
@@ -414,6 +419,7 @@ struct Home {
     /// The devices the home has (of `DEVICES`).
     fitted: [bool; DEVICES.len()],
     late_riser: bool,
+    early_riser: bool,
     night_owl: bool,
     napper: bool,
     /// How often the meters report, in minutes.
@@ -469,6 +475,7 @@ impl Home {
             pill_box: false,
             doses_missed: 0,
             late_riser: false,
+            early_riser: false,
             night_owl: false,
             napper: false,
             meter_every: 15,
@@ -502,6 +509,8 @@ impl Home {
         self.wake = day
             + if self.late_riser {
                 rng.between(7 * HOUR + 30 * MIN, 9 * HOUR)
+            } else if self.early_riser {
+                rng.between(5 * HOUR, 6 * HOUR)
             } else {
                 rng.between(6 * HOUR, 7 * HOUR + 30 * MIN)
             };
@@ -727,6 +736,8 @@ impl<'a> Simulator<'a> {
         let local_day = |t: Millis| t - (t + CST).rem_euclid(DAY);
         self.pill_rng = Rng::new(cfg.seed ^ 0x9111_b0c5);
         let mut pill_fit = Rng::new(cfg.seed ^ 0xb0c5_9111);
+        // Drawn apart, so a seed's city is otherwise the one it was.
+        let mut early = Rng::new(cfg.seed ^ 0x05_00_06_00);
         let mut homes: Vec<Home> = (0..cfg.households)
             .map(|i| {
                 let skew = match rng.below(1000) {
@@ -755,6 +766,7 @@ impl<'a> Simulator<'a> {
                     _ => 15,
                 };
                 h.late_riser = rng.chance(mix.late_risers);
+                h.early_riser = early.chance(mix.early_risers) && !h.late_riser;
                 h.night_owl = rng.chance(mix.night_owls);
                 h.napper = rng.chance(mix.nappers);
                 h.pill_box = pill_fit.chance(mix.pill_box);

@@ -127,20 +127,41 @@ impl Engine {
 /// Out of bed during the quiet hours and not back within `out_for`.
 pub(super) struct NightBedExit;
 
+impl NightBedExit {
+    /// When the clock for an exit at `s` starts: at the exit, or, for one within
+    /// `rising_within` of the quiet hours' end (getting up for the day), at the last activity.
+    fn still_since(e: &Engine, h: &Household, s: Millis) -> Millis {
+        let rising_within = e.params::<params::NightBedExit>(h).rising_within();
+        let rising = quiet_period(s, h.offset, e.quiet_hours(h))
+            .is_some_and(|(from, to)| s >= from && to - s <= rising_within);
+        if rising {
+            s.max(h.no_movement.last_activity)
+        } else {
+            s
+        }
+    }
+}
+
 impl Rule for NightBedExit {
     fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
         let out_for = e.params::<params::NightBedExit>(h).out_for();
-        h.night_bed_exit.out_since.map(|s| s + out_for)
+        let s = h.night_bed_exit.out_since?;
+        Some(Self::still_since(e, h, s) + out_for)
     }
 
     fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
         let s = h.night_bed_exit.out_since.unwrap_or(d);
+        let still = Self::still_since(e, h, s);
+        let mut summary = format!("out of bed at night for {} min", (t - s) / 60_000);
+        if still > s {
+            summary += &format!(", no activity for {} min", (t - still) / 60_000);
+        }
         let mut f = e.finding(
             RuleKind::NightBedExit,
             format!("out_of_bed:{s}"),
             d,
             t,
-            format!("out of bed at night for {} min", (t - s) / 60_000),
+            summary,
         );
         f.incident_time = s;
         Some(f)
