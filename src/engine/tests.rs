@@ -1181,6 +1181,53 @@ fn up_before_the_quiet_hours_end_and_moving_about_is_getting_up_not_a_night_exit
 }
 
 #[test]
+fn going_out_for_a_morning_walk_once_up_is_not_a_night_door() {
+    // Quiet hours 22:00-06:30, `rising_within` 90 min. hh-walk is up at 05:10, moves about,
+    // and goes out of the door at 05:40: a morning walk. hh-gone's door opens at 05:20 with
+    // nothing before it since bed, and hh-night's at 03:00 after moving about: raised 15 min
+    // after the door.
+    let midnight = 1_795_104_000_000;
+    let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
+    let moving = |hh: &str, id: &str, t: Millis| {
+        sensor(
+            hh,
+            id,
+            DeviceKind::MOTION_PIR,
+            t,
+            Reading::Motion { detected: true },
+        )
+    };
+    let door = |hh: &str, id: &str, t: Millis| {
+        let open = Reading::Door { open: true };
+        sensor(hh, id, DeviceKind::DOOR_CONTACT, t, open)
+    };
+    let night = [
+        moving("hh-night", "n1", at(2, 50)),
+        door("hh-night", "n2", at(3, 0)),
+        sensor(
+            "hh-walk",
+            "w0",
+            DeviceKind::BED_SENSOR,
+            at(5, 10),
+            Reading::Bed { occupied: false },
+        ),
+        moving("hh-walk", "w1", at(5, 15)),
+        door("hh-gone", "g1", at(5, 20)),
+        moving("hh-walk", "w2", at(5, 30)),
+        door("hh-walk", "w3", at(5, 40)),
+    ];
+    let homes = ["hh-walk", "hh-gone", "hh-night"];
+    let (found, _) = a_night(midnight, &homes, &night, at(7, 0));
+    assert_eq!(
+        found,
+        [
+            ("hh-night".into(), "night_door".into(), 3 * 60 + 15),
+            ("hh-gone".into(), "night_door".into(), 5 * 60 + 35),
+        ]
+    );
+}
+
+#[test]
 fn the_water_silence_window_counts_waking_time_only() {
     // Dinner's water at 18:15 (2026-11-20, CST), then none: twelve waking hours are 3 h 45
     // min before the quiet hours (22:00-06:30) and 8 h 15 min after, so 14:45 the next day,

@@ -313,7 +313,10 @@ windowed_rules! {
         rising_within: Duration,
     }
     /// The door opened at night and no movement inside after.
-    NightDoor(night_door) = "night_door", "night_door.toml", timed { no_motion_for: Duration }
+    NightDoor(night_door) = "night_door", "night_door.toml", timed {
+        no_motion_for: Duration,
+        rising_within: Duration,
+    }
     /// Too little water used over a window while home.
     WaterSilence(water_silence) = "water_silence", "water_silence.toml" {
         window: Duration,

@@ -442,6 +442,8 @@ struct Home {
     /// The `away_until` the registry is told for the stay.
     stay_told: Millis,
     out: Option<(Millis, Millis)>,
+    /// An early riser's walk before the quiet hours end (out of the door and back).
+    walk: Option<(Millis, Millis)>,
     night_trip: Option<Millis>,
     /// What the mattress last said: it repeats that every 10 minutes, whatever happens.
     in_bed: bool,
@@ -476,6 +478,7 @@ impl Home {
             doses_missed: 0,
             late_riser: false,
             early_riser: false,
+            walk: None,
             night_owl: false,
             napper: false,
             meter_every: 15,
@@ -520,6 +523,11 @@ impl Home {
             } else {
                 rng.between(21 * HOUR + 30 * MIN, 23 * HOUR)
             };
+        // Half the early risers walk in the morning, from a quarter of an hour after getting up.
+        self.walk = (self.early_riser && rng.chance(0.5)).then(|| {
+            let start = self.wake + rng.between(15 * MIN, 45 * MIN);
+            (start, start + rng.between(30 * MIN, 90 * MIN))
+        });
         self.out = rng.chance(0.5).then(|| {
             let start = day + rng.between(9 * HOUR, 15 * HOUR);
             (start, start + rng.between(HOUR, 3 * HOUR))
@@ -558,7 +566,8 @@ impl Home {
 
     /// Out of the home: an outing, or a stay with family.
     fn away(&self, t: Millis) -> bool {
-        self.out.is_some_and(|(a, b)| (a..b).contains(&t)) || self.staying(t)
+        let within = |o: Option<(Millis, Millis)>| o.is_some_and(|(a, b)| (a..b).contains(&t));
+        within(self.out) || within(self.walk) || self.staying(t)
     }
 
     fn staying(&self, t: Millis) -> bool {
@@ -1002,7 +1011,7 @@ impl<'a> Simulator<'a> {
             );
         }
         // Going out and coming back.
-        if let Some((a, b)) = h.out.filter(|_| !staying) {
+        for (a, b) in [h.out, h.walk].into_iter().flatten().filter(|_| !staying) {
             if !still
                 && ((t >= a && t - a < MIN) || (t >= b && t - b < MIN))
                 && h.alive(DeviceKind::DOOR_CONTACT)

@@ -1,7 +1,7 @@
 //! Night: during the household's quiet hours, out of bed and not back within `out_for`, and
 //! a door followed by no indoor movement for `no_motion_for`.
 
-use super::super::household::Household;
+use super::super::household::{Household, NEVER};
 use super::super::incidents::Finding;
 use super::super::Engine;
 use super::Rule;
@@ -21,6 +21,9 @@ impl Engine {
     /// after it has not been seen yet and its deadline is still ahead of that time: a door
     /// contact whose clock runs slow. A gateway's backlog hours late is past its deadline, and
     /// judging it at once would come before the movement behind it in the same backlog.
+    /// Within `rising_within` of the quiet hours' end, a door after the elder was already up
+    /// (activity earlier in that stretch) is going out for the morning: neither night rule
+    /// is waiting on it.
     pub(in crate::engine) fn door(
         &mut self,
         slot: u32,
@@ -34,11 +37,20 @@ impl Engine {
         if !acted {
             return;
         }
+        let up_before = self.slot(slot).no_movement.last_activity;
         self.activity(slot, t);
         let h = self.slot(slot);
         let k = RuleKind::NightDoor;
-        let no_motion_for = self.params::<params::NightDoor>(h).no_motion_for();
+        let p = self.params::<params::NightDoor>(h);
+        let no_motion_for = p.no_motion_for();
         let in_time = |w: Millis| h.no_movement.last_motion < t && t + no_motion_for > w;
+        let morning =
+            up_before != NEVER && up_before < t && self.rising(h, up_before, p.rising_within());
+        if morning {
+            // Up and out for the morning: the night is over for the bed too.
+            self.slot_mut(slot).night_bed_exit.out_since = None;
+            return;
+        }
         if self.enabled(k) && self.quiet(h, t) && !h.away_at(t) && late.is_none_or(in_time) {
             let h = self.slot_mut(slot);
             h.night_door.at = Some(h.night_door.at.map_or(t, |d| d.min(t)));
@@ -127,14 +139,20 @@ impl Engine {
 /// Out of bed during the quiet hours and not back within `out_for`.
 pub(super) struct NightBedExit;
 
+impl Engine {
+    /// `t` lies in the quiet hours, within `within` of their end: getting up for the day.
+    fn rising(&self, h: &Household, t: Millis, within: Millis) -> bool {
+        quiet_period(t, h.offset, self.quiet_hours(h))
+            .is_some_and(|(from, to)| t >= from && to - t <= within)
+    }
+}
+
 impl NightBedExit {
     /// When the clock for an exit at `s` starts: at the exit, or, for one within
     /// `rising_within` of the quiet hours' end (getting up for the day), at the last activity.
     fn still_since(e: &Engine, h: &Household, s: Millis) -> Millis {
         let rising_within = e.params::<params::NightBedExit>(h).rising_within();
-        let rising = quiet_period(s, h.offset, e.quiet_hours(h))
-            .is_some_and(|(from, to)| s >= from && to - s <= rising_within);
-        if rising {
+        if e.rising(h, s, rising_within) {
             s.max(h.no_movement.last_activity)
         } else {
             s
