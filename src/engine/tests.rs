@@ -1059,9 +1059,9 @@ fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_no
     assert!(s.late_events >= 6, "{s:?}");
 }
 
-/// A night of `homes` (quiet hours 22:00-06:30) from `midnight`: each event at its own time,
-/// the clock ticked to it first, and on to `until`; the night rules' incidents opened, by
-/// minutes after midnight.
+/// A night of `homes` (quiet hours 22:00-06:30; those named `hh-severe…` severely
+/// disabled) from `midnight`: each event at its own time, the clock ticked to it first, and
+/// on to `until`; the night rules' incidents opened, by minutes after midnight.
 fn a_night(
     midnight: Millis,
     homes: &[&str],
@@ -1071,8 +1071,16 @@ fn a_night(
     let mut e = engine();
     let mut out = Vec::new();
     for hh in homes {
-        e.process(&sleeping_nights(hh), on(0, midnight), &mut out)
-            .unwrap();
+        let mut registered = sleeping_nights(hh);
+        if let Input::Household {
+            profile: Some(p), ..
+        } = &mut registered
+        {
+            if hh.starts_with("hh-severe") {
+                p.cohorts = vec![Cohort::SEVERE_DISABILITY];
+            }
+        }
+        e.process(&registered, on(0, midnight), &mut out).unwrap();
     }
     for input in events {
         let Input::Sensor(s) = input else {
@@ -1184,8 +1192,10 @@ fn up_before_the_quiet_hours_end_and_moving_about_is_getting_up_not_a_night_exit
 fn going_out_for_a_morning_walk_once_up_is_not_a_night_door() {
     // Quiet hours 22:00-06:30, `rising_within` 90 min. hh-walk is up at 05:10, moves about,
     // and goes out of the door at 05:40: a morning walk. hh-gone's door opens at 05:20 with
-    // nothing before it since bed, and hh-night's at 03:00 after moving about: raised 15 min
-    // after the door.
+    // nothing before it since bed, hh-night's at 03:00 after moving about, and hh-severe's
+    // (who cannot go out alone: `rising_within` 1 min) at 05:40 after moving about from
+    // 05:15: each raised 15 min after the door. hh-walk2's door opens at 05:50 and its contact
+    // repeats "closed" at that same instant: a walk too.
     let midnight = 1_795_104_000_000;
     let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
     let moving = |hh: &str, id: &str, t: Millis| {
@@ -1197,10 +1207,10 @@ fn going_out_for_a_morning_walk_once_up_is_not_a_night_door() {
             Reading::Motion { detected: true },
         )
     };
-    let door = |hh: &str, id: &str, t: Millis| {
-        let open = Reading::Door { open: true };
-        sensor(hh, id, DeviceKind::DOOR_CONTACT, t, open)
+    let contact = |hh: &str, id: &str, t: Millis, open: bool| {
+        sensor(hh, id, DeviceKind::DOOR_CONTACT, t, Reading::Door { open })
     };
+    let door = |hh: &str, id: &str, t: Millis| contact(hh, id, t, true);
     let night = [
         moving("hh-night", "n1", at(2, 50)),
         door("hh-night", "n2", at(3, 0)),
@@ -1213,16 +1223,22 @@ fn going_out_for_a_morning_walk_once_up_is_not_a_night_door() {
         ),
         moving("hh-walk", "w1", at(5, 15)),
         door("hh-gone", "g1", at(5, 20)),
+        moving("hh-severe", "s1", at(5, 15)),
         moving("hh-walk", "w2", at(5, 30)),
         door("hh-walk", "w3", at(5, 40)),
+        door("hh-severe", "s2", at(5, 40)),
+        moving("hh-walk2", "v1", at(5, 45)),
+        door("hh-walk2", "v2", at(5, 50)),
+        contact("hh-walk2", "v3", at(5, 50), false),
     ];
-    let homes = ["hh-walk", "hh-gone", "hh-night"];
+    let homes = ["hh-walk", "hh-gone", "hh-night", "hh-severe", "hh-walk2"];
     let (found, _) = a_night(midnight, &homes, &night, at(7, 0));
     assert_eq!(
         found,
         [
             ("hh-night".into(), "night_door".into(), 3 * 60 + 15),
             ("hh-gone".into(), "night_door".into(), 5 * 60 + 35),
+            ("hh-severe".into(), "night_door".into(), 5 * 60 + 55),
         ]
     );
 }

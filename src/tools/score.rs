@@ -98,6 +98,10 @@ pub struct Scorecard {
     pub operational_tasks: BTreeMap<String, usize>,
 }
 
+/// How far before an incident's onset a task finding it may be stamped: a device's clock
+/// behind by up to the simulator's drift, and a minute for its tick.
+const EARLY: Millis = crate::tools::simulate::DRIFT + 60_000;
+
 /// Rules about the elder: a task from one of these with no incident behind it is a false alarm.
 fn about_the_elder(rule: &str) -> bool {
     rule.starts_with("alarm.")
@@ -145,14 +149,14 @@ pub fn score(
             .filter(|(_, t)| {
                 t.household_id == inc.household_id
                     && (about_the_elder(&t.rule_id) || t.rule_id == "missed_daily_round")
-                    && t.emitted_at >= inc.at - 60_000
+                    && t.emitted_at >= inc.at - EARLY
             })
             .min_by_key(|(_, t)| t.emitted_at);
         // Every task about the elder from the onset to a day after the condition ended is
         // explained by it (water_silence looks back 24 h: a collapse leaves a dry day behind).
         for (i, t) in calls.iter().enumerate() {
             if t.household_id == inc.household_id
-                && t.emitted_at >= inc.at - 60_000
+                && t.emitted_at >= inc.at - EARLY
                 && t.emitted_at <= inc.until.max(inc.at) + 24 * 3_600_000
             {
                 used[i] = true;
@@ -259,6 +263,23 @@ mod tests {
             repeat_count: None,
             assigned_to: None,
         }
+    }
+
+    #[test]
+    fn a_task_stamped_by_a_clock_behind_finds_its_incident() {
+        // g's pill box runs 2 min 30 s behind: its missed-doses task is stamped before the
+        // onset the simulator recorded. h's task 3 min 20 s before is about something else.
+        let log = r#"{"injected":{"household_id":"g","kind":"MISSED_DOSES","rule":"missed_doses","at":1000000,"deadline":1060000}}
+{"injected":{"household_id":"h","kind":"MISSED_DOSES","rule":"missed_doses","at":1000000,"deadline":1060000}}"#;
+        let (injected, _) = read_log(log);
+        let tasks = vec![
+            task("g", "missed_doses", Action::CALL_ELDER, 0, 850_000),
+            task("h", "missed_doses", Action::CALL_ELDER, 0, 800_000),
+        ];
+        let card = score(&injected, &tasks, 2, 0, 86_400_000, &BTreeMap::new());
+        assert_eq!(card.caught_in_time, 1);
+        assert_eq!(card.missed, vec!["h MISSED_DOSES at 1000000".to_string()]);
+        assert_eq!(card.false_tasks, 1);
     }
 
     #[test]

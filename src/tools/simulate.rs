@@ -411,7 +411,7 @@ fn held_by_gateway(h: &Home, t: Millis) -> Millis {
 
 /// Device clocks in the simulated city drift by up to this much (a reading's time is its
 /// device's).
-const DRIFT: Millis = 2 * MIN;
+pub(crate) const DRIFT: Millis = 2 * MIN;
 
 /// One household's day and devices.
 struct Home {
@@ -523,8 +523,10 @@ impl Home {
             } else {
                 rng.between(21 * HOUR + 30 * MIN, 23 * HOUR)
             };
-        // Half the early risers walk in the morning, from a quarter of an hour after getting up.
-        self.walk = (self.early_riser && rng.chance(0.5)).then(|| {
+        // Half the early risers walk in the morning, from a quarter of an hour after getting up
+        // (not one who cannot go out alone).
+        let can_walk = !self.profile.cohorts.contains(&Cohort::SEVERE_DISABILITY);
+        self.walk = (self.early_riser && can_walk && rng.chance(0.5)).then(|| {
             let start = self.wake + rng.between(15 * MIN, 45 * MIN);
             (start, start + rng.between(30 * MIN, 90 * MIN))
         });

@@ -44,8 +44,8 @@ impl Engine {
         let p = self.params::<params::NightDoor>(h);
         let no_motion_for = p.no_motion_for();
         let in_time = |w: Millis| h.no_movement.last_motion < t && t + no_motion_for > w;
-        let morning =
-            up_before != NEVER && up_before < t && self.rising(h, up_before, p.rising_within());
+        // Activity at the door's own instant counts: a contact repeating "closed" as it opens.
+        let morning = up_before != NEVER && self.rising(h, up_before.min(t), p.rising_within());
         if morning {
             // Up and out for the morning: the night is over for the bed too.
             self.slot_mut(slot).night_bed_exit.out_since = None;
