@@ -1138,7 +1138,9 @@ fn up_before_the_quiet_hours_end_and_moving_about_is_getting_up_not_a_night_exit
     // bed and moving about is getting up. hh-rise is up at 05:10 and moves about every four
     // minutes: nothing. hh-fell is up at 05:10, moves until 05:20, then nothing: raised half
     // an hour after its last movement. hh-wander is up at 02:00 and moves about all night:
-    // raised half an hour after leaving bed, movement or not.
+    // raised half an hour after leaving bed, movement or not. hh-rise moves about all day,
+    // is still up at 23:30 and then goes quiet: its morning's exit is long over (not raised
+    // at midnight).
     let midnight = 1_795_104_000_000;
     let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
     let mut day = vec![
@@ -1157,6 +1159,9 @@ fn up_before_the_quiet_hours_end_and_moving_about_is_getting_up_not_a_night_exit
         }
         day.push((t, "hh-wander", moving.clone()));
     }
+    for m in (6 * 60 + 44..=23 * 60 + 30).step_by(4) {
+        day.push((at(0, m), "hh-rise", moving.clone()));
+    }
     day.sort_by_key(|(t, hh, _)| (*t, *hh));
     let events: Vec<_> = day
         .into_iter()
@@ -1170,7 +1175,7 @@ fn up_before_the_quiet_hours_end_and_moving_about_is_getting_up_not_a_night_exit
         })
         .collect();
     let homes = ["hh-rise", "hh-fell", "hh-wander"];
-    let (found, out) = a_night(midnight, &homes, &events, at(7, 0));
+    let (found, out) = a_night(midnight, &homes, &events, at(25, 0));
     assert_eq!(
         found,
         [

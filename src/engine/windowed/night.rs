@@ -148,14 +148,22 @@ impl Engine {
 }
 
 impl NightBedExit {
-    /// When the clock for an exit at `s` starts: at the exit, or, for one within
-    /// `rising_within` of the quiet hours' end (getting up for the day), at the last activity.
-    fn still_since(e: &Engine, h: &Household, s: Millis) -> Millis {
+    /// For an exit at `s` within `rising_within` of the quiet hours' end (getting up for the
+    /// day): when they end.
+    fn rising_until(e: &Engine, h: &Household, s: Millis) -> Option<Millis> {
         let rising_within = e.params::<params::NightBedExit>(h).rising_within();
-        if e.rising(h, s, rising_within) {
-            s.max(h.no_movement.last_activity)
-        } else {
-            s
+        if !e.rising(h, s, rising_within) {
+            return None;
+        }
+        quiet_period(s, h.offset, e.quiet_hours(h)).map(|(_, to)| to)
+    }
+
+    /// When the clock for an exit at `s` starts: at the exit, or, getting up, at the last
+    /// activity.
+    fn still_since(e: &Engine, h: &Household, s: Millis) -> Millis {
+        match Self::rising_until(e, h, s) {
+            Some(_) => s.max(h.no_movement.last_activity),
+            None => s,
         }
     }
 }
@@ -164,7 +172,9 @@ impl Rule for NightBedExit {
     fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
         let out_for = e.params::<params::NightBedExit>(h).out_for();
         let s = h.night_bed_exit.out_since?;
-        Some(Self::still_since(e, h, s) + out_for)
+        let d = Self::still_since(e, h, s) + out_for;
+        // Getting up is judged by the quiet hours' end at the latest (and cleared there).
+        Some(Self::rising_until(e, h, s).map_or(d, |end| d.min(end)))
     }
 
     fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
