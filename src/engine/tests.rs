@@ -1249,6 +1249,53 @@ fn going_out_for_a_morning_walk_once_up_is_not_a_night_door() {
 }
 
 #[test]
+fn leaving_at_night_to_stay_with_family_is_not_a_night_exit() {
+    // At 22:52 the elder leaves bed and the door to stay with family; the registry's
+    // `away_until` arrives just after the mattress and the door: neither night rule raises.
+    let midnight = 1_795_104_000_000;
+    let t = midnight + 22 * HOUR + 52 * 60_000;
+    let mut e = engine();
+    let mut out = Vec::new();
+    e.process(&sleeping_nights("hh-1"), on(0, midnight), &mut out)
+        .unwrap();
+    let bed = Reading::Bed { occupied: true };
+    let inputs = [
+        sensor("hh-1", "b0", DeviceKind::BED_SENSOR, t - HOUR, bed),
+        sensor(
+            "hh-1",
+            "b1",
+            DeviceKind::BED_SENSOR,
+            t,
+            Reading::Bed { occupied: false },
+        ),
+        sensor(
+            "hh-1",
+            "d1",
+            DeviceKind::DOOR_CONTACT,
+            t,
+            Reading::Door { open: true },
+        ),
+    ];
+    for input in &inputs {
+        let Input::Sensor(s) = input else {
+            unreachable!()
+        };
+        e.tick(0, s.event_time, &mut out);
+        e.process(input, on(0, s.event_time), &mut out).unwrap();
+    }
+    let mut away = sleeping_nights("hh-1");
+    if let Input::Household {
+        profile: Some(p), ..
+    } = &mut away
+    {
+        p.away_until = Some(t + 2 * 24 * HOUR);
+    }
+    e.process(&away, on(0, t + 1_000), &mut out).unwrap();
+    e.tick(0, t + 2 * HOUR, &mut out);
+    assert_eq!(opened(&out), vec![], "away by the deadlines");
+}
+
+#[test]
 fn the_water_silence_window_counts_waking_time_only() {
     // Dinner's water at 18:15 (2026-11-20, CST), then none: twelve waking hours are 3 h 45
     // min before the quiet hours (22:00-06:30) and 8 h 15 min after, so 14:45 the next day,

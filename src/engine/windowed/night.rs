@@ -45,7 +45,10 @@ impl Engine {
         let no_motion_for = p.no_motion_for();
         let in_time = |w: Millis| h.no_movement.last_motion < t && t + no_motion_for > w;
         // Activity at the door's own instant counts: a contact repeating "closed" as it opens.
-        let morning = up_before != NEVER && self.rising(h, up_before.min(t), p.rising_within());
+        let morning = up_before != NEVER
+            && self
+                .rising(h, up_before.min(t), p.rising_within())
+                .is_some();
         if morning {
             // Up and out for the morning: the night is over for the bed too.
             self.slot_mut(slot).night_bed_exit.out_since = None;
@@ -140,10 +143,11 @@ impl Engine {
 pub(super) struct NightBedExit;
 
 impl Engine {
-    /// `t` lies in the quiet hours, within `within` of their end: getting up for the day.
-    fn rising(&self, h: &Household, t: Millis, within: Millis) -> bool {
+    /// When `t` lies in the quiet hours within `within` of their end (getting up for the
+    /// day): that end.
+    fn rising(&self, h: &Household, t: Millis, within: Millis) -> Option<Millis> {
         quiet_period(t, h.offset, self.quiet_hours(h))
-            .is_some_and(|(from, to)| t >= from && to - t <= within)
+            .and_then(|(from, to)| (t >= from && to - t <= within).then_some(to))
     }
 }
 
@@ -151,11 +155,7 @@ impl NightBedExit {
     /// For an exit at `s` within `rising_within` of the quiet hours' end (getting up for the
     /// day): when they end.
     fn rising_until(e: &Engine, h: &Household, s: Millis) -> Option<Millis> {
-        let rising_within = e.params::<params::NightBedExit>(h).rising_within();
-        if !e.rising(h, s, rising_within) {
-            return None;
-        }
-        quiet_period(s, h.offset, e.quiet_hours(h)).map(|(_, to)| to)
+        e.rising(h, s, e.params::<params::NightBedExit>(h).rising_within())
     }
 
     /// When the clock for an exit at `s` starts: at the exit, or, getting up, at the last
@@ -196,9 +196,11 @@ impl Rule for NightBedExit {
     }
 
     /// The quiet hours ended before the deadline: up for the day (an early riser), not a
-    /// night exit. The clock stops, so the next night starts anew.
+    /// night exit; or the registry has the elder away by then (left to stay with family).
+    /// The clock stops, so the next night starts anew.
     fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
-        if !e.quiet(e.slot(slot), d) {
+        let h = e.slot(slot);
+        if !e.quiet(h, d) || h.away_at(d) {
             e.slot_mut(slot).night_bed_exit.out_since = None;
         } else if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
             e.open_incident(slot, f, out);
@@ -228,9 +230,11 @@ impl Rule for NightDoor {
         Some(f)
     }
 
-    /// The quiet hours ended before the deadline: out for a morning walk, not a night exit.
+    /// The quiet hours ended before the deadline: out for a morning walk, not a night exit;
+    /// or the registry has the elder away by then.
     fn judge(e: &mut Engine, slot: u32, d: Millis, t: Millis, out: &mut Vec<Output>) {
-        if !e.quiet(e.slot(slot), d) {
+        let h = e.slot(slot);
+        if !e.quiet(h, d) || h.away_at(d) {
             e.slot_mut(slot).night_door.at = None;
         } else if let Some(f) = Self::finding(e, e.slot(slot), d, t) {
             e.open_incident(slot, f, out);
