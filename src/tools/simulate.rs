@@ -747,7 +747,8 @@ impl<'a> Simulator<'a> {
         let local_day = |t: Millis| t - (t + CST).rem_euclid(DAY);
         self.pill_rng = Rng::new(cfg.seed ^ 0x9111_b0c5);
         let mut pill_fit = Rng::new(cfg.seed ^ 0xb0c5_9111);
-        // Drawn apart, so a seed's city is otherwise the one it was.
+        // Drawn apart: choosing the early risers leaves the city's draws as they were (their
+        // walks are drawn from it).
         let mut early = Rng::new(cfg.seed ^ 0x05_00_06_00);
         let mut homes: Vec<Home> = (0..cfg.households)
             .map(|i| {
