@@ -50,6 +50,28 @@ fn profile_of(id: &str) -> HouseholdProfile {
     }
 }
 
+fn bed_at(hh: &str, id: &str, t: Millis, occupied: bool) -> Input {
+    sensor(hh, id, DeviceKind::BED_SENSOR, t, Reading::Bed { occupied })
+}
+
+fn door_at(hh: &str, id: &str, t: Millis, open: bool) -> Input {
+    sensor(hh, id, DeviceKind::DOOR_CONTACT, t, Reading::Door { open })
+}
+
+fn moving_at(hh: &str, id: &str, t: Millis) -> Input {
+    let moving = Reading::Motion { detected: true };
+    sensor(hh, id, DeviceKind::MOTION_PIR, t, moving)
+}
+
+/// A sensor event processed at its own time, the clock ticked to it first.
+fn at_its_time(e: &mut Engine, input: &Input, out: &mut Vec<Output>) {
+    let Input::Sensor(s) = input else {
+        unreachable!("sensor events only")
+    };
+    e.tick(0, s.event_time, out);
+    e.process(input, on(0, s.event_time), out).unwrap();
+}
+
 fn sensor(hh: &str, id: &str, kind: DeviceKind, t: Millis, reading: Reading) -> Input {
     Input::Sensor(SensorEvent {
         event_id: id.into(),
@@ -998,22 +1020,8 @@ fn night_exits_from_slow_device_clocks_are_caught_and_a_backlog_hours_late_is_no
             .unwrap();
     }
     let at = |minute: i64| midnight + minute * 60_000;
-    let bed = |hh: &str, id: &str, t: Millis, occupied: bool| {
-        sensor(hh, id, DeviceKind::BED_SENSOR, t, Reading::Bed { occupied })
-    };
-    let door = |hh: &str, id: &str, t: Millis| {
-        sensor(
-            hh,
-            id,
-            DeviceKind::DOOR_CONTACT,
-            t,
-            Reading::Door { open: true },
-        )
-    };
-    let motion = |hh: &str, id: &str, t: Millis| {
-        let m = Reading::Motion { detected: true };
-        sensor(hh, id, DeviceKind::MOTION_PIR, t, m)
-    };
+    let (bed, motion) = (bed_at, moving_at);
+    let door = |hh: &str, id: &str, t: Millis| door_at(hh, id, t, true);
     for minute in 1..=60 {
         let now = at(minute);
         let mut arriving = vec![motion("hh-fast", &format!("f{minute}"), now)];
@@ -1083,11 +1091,7 @@ fn a_night(
         e.process(&registered, on(0, midnight), &mut out).unwrap();
     }
     for input in events {
-        let Input::Sensor(s) = input else {
-            unreachable!("sensor events only")
-        };
-        e.tick(0, s.event_time, &mut out);
-        e.process(input, on(0, s.event_time), &mut out).unwrap();
+        at_its_time(&mut e, input, &mut out);
     }
     e.tick(0, until, &mut out);
     let found = opened(&out)
@@ -1106,21 +1110,11 @@ fn getting_up_for_the_day_before_the_quiet_hours_end_is_not_a_night_exit() {
     // return to bed in the evening went unreported.
     let midnight = 1_795_104_000_000;
     let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
-    let bed = |hh: &str, id: &str, t: Millis, occupied: bool| {
-        sensor(hh, id, DeviceKind::BED_SENSOR, t, Reading::Bed { occupied })
-    };
-    let door = sensor(
-        "hh-early",
-        "door",
-        DeviceKind::DOOR_CONTACT,
-        at(6, 20),
-        Reading::Door { open: true },
-    );
     let day = [
-        bed("hh-night", "n-out", at(5, 50), false),
-        bed("hh-early", "e-out", at(6, 10), false),
-        door,
-        bed("hh-early", "e-out2", at(26, 0), false),
+        bed_at("hh-night", "n-out", at(5, 50), false),
+        bed_at("hh-early", "e-out", at(6, 10), false),
+        door_at("hh-early", "door", at(6, 20), true),
+        bed_at("hh-early", "e-out2", at(26, 0), false),
     ];
     let (found, _) = a_night(midnight, &["hh-early", "hh-night"], &day, at(27, 0));
     assert_eq!(
@@ -1203,29 +1197,12 @@ fn going_out_for_a_morning_walk_once_up_is_not_a_night_door() {
     // repeats "closed" at that same instant: a walk too.
     let midnight = 1_795_104_000_000;
     let at = |h: i64, m: i64| midnight + h * HOUR + m * 60_000;
-    let moving = |hh: &str, id: &str, t: Millis| {
-        sensor(
-            hh,
-            id,
-            DeviceKind::MOTION_PIR,
-            t,
-            Reading::Motion { detected: true },
-        )
-    };
-    let contact = |hh: &str, id: &str, t: Millis, open: bool| {
-        sensor(hh, id, DeviceKind::DOOR_CONTACT, t, Reading::Door { open })
-    };
-    let door = |hh: &str, id: &str, t: Millis| contact(hh, id, t, true);
+    let (moving, contact) = (moving_at, door_at);
+    let door = |hh: &str, id: &str, t: Millis| door_at(hh, id, t, true);
     let night = [
         moving("hh-night", "n1", at(2, 50)),
         door("hh-night", "n2", at(3, 0)),
-        sensor(
-            "hh-walk",
-            "w0",
-            DeviceKind::BED_SENSOR,
-            at(5, 10),
-            Reading::Bed { occupied: false },
-        ),
+        bed_at("hh-walk", "w0", at(5, 10), false),
         moving("hh-walk", "w1", at(5, 15)),
         door("hh-gone", "g1", at(5, 20)),
         moving("hh-severe", "s1", at(5, 15)),
@@ -1258,30 +1235,13 @@ fn leaving_at_night_to_stay_with_family_is_not_a_night_exit() {
     let mut out = Vec::new();
     e.process(&sleeping_nights("hh-1"), on(0, midnight), &mut out)
         .unwrap();
-    let bed = Reading::Bed { occupied: true };
     let inputs = [
-        sensor("hh-1", "b0", DeviceKind::BED_SENSOR, t - HOUR, bed),
-        sensor(
-            "hh-1",
-            "b1",
-            DeviceKind::BED_SENSOR,
-            t,
-            Reading::Bed { occupied: false },
-        ),
-        sensor(
-            "hh-1",
-            "d1",
-            DeviceKind::DOOR_CONTACT,
-            t,
-            Reading::Door { open: true },
-        ),
+        bed_at("hh-1", "b0", t - HOUR, true),
+        bed_at("hh-1", "b1", t, false),
+        door_at("hh-1", "d1", t, true),
     ];
     for input in &inputs {
-        let Input::Sensor(s) = input else {
-            unreachable!()
-        };
-        e.tick(0, s.event_time, &mut out);
-        e.process(input, on(0, s.event_time), &mut out).unwrap();
+        at_its_time(&mut e, input, &mut out);
     }
     let mut away = sleeping_nights("hh-1");
     if let Input::Household {

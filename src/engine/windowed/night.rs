@@ -172,9 +172,11 @@ impl Rule for NightBedExit {
     fn deadline(e: &Engine, h: &Household) -> Option<Millis> {
         let out_for = e.params::<params::NightBedExit>(h).out_for();
         let s = h.night_bed_exit.out_since?;
-        let d = Self::still_since(e, h, s) + out_for;
-        // Getting up is judged by the quiet hours' end at the latest (and cleared there).
-        Some(Self::rising_until(e, h, s).map_or(d, |end| d.min(end)))
+        Some(match Self::rising_until(e, h, s) {
+            // Getting up is judged by the quiet hours' end at the latest (and cleared there).
+            Some(end) => (s.max(h.no_movement.last_activity) + out_for).min(end),
+            None => s + out_for,
+        })
     }
 
     fn finding(e: &Engine, h: &Household, d: Millis, t: Millis) -> Option<Finding> {
